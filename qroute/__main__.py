@@ -1,0 +1,5 @@
+import sys
+
+from qroute.cli import main
+
+sys.exit(main())

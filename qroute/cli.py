@@ -1,0 +1,148 @@
+"""qroute's command line: thin subcommands, each one library call.
+
+Bad input exits with code 2 and one line on stderr naming the bad value; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from qroute import geometry as geo
+from qroute import queries
+from qroute.cost import CostModel, builtin_names, load_profile
+from qroute.errors import QrouteError
+from qroute.report import console
+
+EPILOG_PLAN = """\
+Rows are the query rows (tokens x heads) of one decode step at one layer; with MLA one row
+is ~1.1 KB out and ~1 KB back. Chunk tokens are the selected tokens on each holder.
+Phase times are summed over layers and reuse steps. Examples:
+  qroute plan --model deepseek-v2-lite --profile published-h100 --rows 256 --chunk-tokens 2048 --holders 1 --layers 1
+  qroute plan --model deepseek-v2-lite --rows 16 --chunk-tokens 2048 --holders 1 --offset 4096 --reuse-steps 32
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: expected an integer >= {minimum}")
+        return value
+
+    return parse
+
+
+def _int_any(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _paths(text: str) -> tuple[str, ...]:
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated path names")
+    return names
+
+
+def _add_request_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="deepseek-v2-lite",
+                   help="preset name (see `qroute models`) or a checkpoint dir / config.json (default: %(default)s)")
+    p.add_argument("--profile", default="published-h100",
+                   help=f"built-in profile ({', '.join(builtin_names())}) or a profile JSON file (default: %(default)s)")
+    p.add_argument("--rows", type=_int_at_least(1), required=True, help="query rows (tokens x heads) per layer per decode step")
+    p.add_argument("--chunk-tokens", type=_int_at_least(1), required=True, help="selected tokens on each holder")
+    p.add_argument("--holders", type=_int_at_least(1), default=1, help="holders the selection is spread over (default: 1)")
+    p.add_argument("--layers", type=_int_at_least(1), default=None, help="layers (default: the model's)")
+    p.add_argument("--sparse", action="store_true", help="selected blocks are scattered (gather) instead of one contiguous chunk")
+    p.add_argument("--offset", type=_int_any, default=0, help="reuse offset D of the chunk; fetch splices when D != 0 (default: 0)")
+    p.add_argument("--reuse-steps", type=_int_at_least(1), default=1, help="decode steps a fetched chunk serves (default: 1)")
+    p.add_argument("--kv-dtype", choices=geo.KV_DTYPES, default="bf16", help="KV cache dtype moved by fetch (default: bf16)")
+    p.add_argument("--paths", type=_paths, default=(), help="candidate paths, comma-separated (default: the profile's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="qroute", description="Move the query, not the cache: plan and run cross-instance attention.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    m = sub.add_parser("models", help="presets with their routed payload and move-the-cache bytes")
+    m.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    for name, text in (("plan", "predict route / fetch / local for one request and pick the cheapest"),
+                       ("explain", "break-even table: where the choice flips in rows, steps, chunk size, probe latency")):
+        p = sub.add_parser(name, help=text, description=text, epilog=EPILOG_PLAN,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        _add_request_args(p)  # fmt: skip
+    return parser
+
+
+def _cost_model(args) -> CostModel:
+    return CostModel(geo.resolve(args.model), load_profile(args.profile), args.kv_dtype)
+
+
+def _request(model: CostModel, args):
+    return queries.build_request(
+        model, args.rows, args.chunk_tokens, args.holders, args.layers, args.sparse, args.offset, args.reuse_steps, args.paths
+    )
+
+
+def cmd_models(args) -> None:
+    rows = queries.models()
+    if args.json:
+        print(json.dumps({"models": rows}, indent=2))
+    else:
+        console.print_tables(console.models_table(rows))
+
+
+def cmd_plan(args) -> None:
+    model = _cost_model(args)
+    result = queries.plan_summary(model, _request(model, args))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    console.print_tables(console.plan_table(result))
+    print(f"choice: {result['choice']} (next: {result['runner_up']}, "
+          f"{console.fmt_s(result['margin_s'])} slower, {result['margin_ratio']:.2f}x)")  # fmt: skip
+
+
+def cmd_explain(args) -> None:
+    model = _cost_model(args)
+    result = queries.explain_summary(model, _request(model, args))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    tables = [console.explain_table(result)]
+    if result["path_crossovers"]:
+        tables.append(console.crossover_table(result["path_crossovers"]))
+    console.print_tables(*tables)
+
+
+COMMANDS = {"models": cmd_models, "plan": cmd_plan, "explain": cmd_explain}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except QrouteError as exc:
+        print(f"qroute {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `qroute ... | head`
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""The cost model: five phases (probe, transfer, compute, return, merge) per primitive.
+
+Pure functions of (geometry, profile, request shape): no I/O, no clocks. Every formula is
+plain arithmetic, so `rows` and `tokens` may be numbers or numpy arrays (batched planning).
+
+Request shape, per holder group (DESIGN.md section 3):
+    R  query rows per layer per decode step (tokens x heads), sent together (batched)
+    C  selected tokens on each holder;  H holders with that demand
+    L  layers;  N decode steps the moved or recomputed KV serves (reuse)
+
+route  per layer and step, all H holders at once: one probe (latencies overlap), the rows
+       out to every holder (bytes serialise on the requester's port), the holders' partial
+       attention (in parallel), the states back, one merge of H + 1 partials.
+fetch  once: per holder a probe and C*L KV rows; then a splice (contiguous chunk reused at
+       offset != 0) or a scattered gather (sparse selection); then N*L local attentions
+       over the H*C moved tokens on the requester.
+local  once: re-prefill each holder's chunk on the requester; then N*L local attentions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from qroute.cost.profile import PathSpec, Profile
+from qroute.errors import QrouteError, positive_int
+from qroute.geometry import Coefficients, Geometry
+
+PRIMITIVES = ("route", "fetch", "local")
+PHASES = ("probe", "transfer", "compute", "return", "merge")
+
+
+@dataclass(frozen=True)
+class Phases:
+    """Seconds per phase (numbers or numpy arrays). `ret` is the `return` phase."""
+
+    probe: Any = 0.0
+    transfer: Any = 0.0
+    compute: Any = 0.0
+    ret: Any = 0.0
+    merge: Any = 0.0
+
+    @property
+    def total(self):
+        return self.probe + self.transfer + self.compute + self.ret + self.merge
+
+    def __add__(self, other: "Phases") -> "Phases":
+        return Phases(*(a + b for a, b in zip(self._values(), other._values())))
+
+    def scaled(self, k) -> "Phases":
+        return Phases(*(v * k for v in self._values()))
+
+    def _values(self) -> tuple:
+        return (self.probe, self.transfer, self.compute, self.ret, self.merge)
+
+    def as_dict(self) -> dict[str, float]:
+        """JSON form: phase name -> seconds (scalar phases only)."""
+        return {name: float(v) for name, v in zip(PHASES, self._values())}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One group of H holders, each holding C of the request's selected tokens."""
+
+    rows: int
+    tokens: int
+    layers: int
+    steps: int = 1
+    holders: int = 1
+    sparse: bool = False
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        _positive("rows", self.rows)
+        _positive("chunk tokens", self.tokens)
+        positive_int("layers", self.layers)
+        positive_int("reuse steps", self.steps)
+        positive_int("holders", self.holders)
+        if not isinstance(self.offset, int) or isinstance(self.offset, bool):
+            raise QrouteError(f"offset={self.offset!r}: expected an integer")
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Geometry x profile: `route`, `fetch` and `local` phase times for a request shape."""
+
+    geometry: Geometry
+    profile: Profile
+    kv_dtype: str = "bf16"
+
+    @property
+    def coef(self) -> Coefficients:
+        return self.geometry.coefficients(self.kv_dtype)
+
+    # -- compute-side coefficients (vectorisable in rows / tokens) --------------------
+
+    def attention_s(self, rows, tokens):
+        """Partial attention of `rows` query rows over `tokens` keys, one layer."""
+        a = self.profile.compute.attention
+        read = tokens * self.coef.kv_token_layer_bytes / a.read_Bps
+        flops = rows * tokens * self.geometry.attn_flops_per_row_token / a.flops_per_s
+        return a.fixed_s + read + flops
+
+    def merge_s(self, rows, partials):
+        """Merge of `partials` states of `rows` rows, one layer."""
+        m = self.profile.compute.merge
+        return m.fixed_s + rows * partials * self.coef.o_row_bytes / m.Bps
+
+    def splice_s(self, tokens, layers):
+        """RoPE re-rotation of every layer's rope part of `tokens` spliced tokens."""
+        s = self.profile.compute.splice
+        return s.fixed_s + layers * s.per_layer_s + tokens * layers * s.per_token_layer_s
+
+    def gather_s(self, tokens, holders, layers):
+        """Scattered gather of `tokens` selected tokens (all layers) from `holders` holders."""
+        g = self.profile.compute.gather
+        return g.fixed_s + holders * layers * g.per_holder_layer_s + tokens * layers * g.per_entry_s
+
+    def reprefill_s(self, tokens, layers):
+        """Re-prefill one chunk of `tokens` tokens through `layers` layers."""
+        r, g = self.profile.compute.reprefill, self.geometry
+        flops = layers * (tokens * g.dense_flops_per_token_layer + tokens * (tokens + 1) / 2 * g.attn_flops_per_token_pair)
+        return r.fixed_s + flops / r.flops_per_s
+
+    # -- message sizes -----------------------------------------------------------------
+
+    def route_bytes(self, rows):
+        """Bytes of one route exchange with one holder (rows out + states back)."""
+        return rows * (self.coef.q_row_bytes + self.coef.o_row_bytes)
+
+    def fetch_bytes(self, tokens, layers):
+        """Bytes of one fetch from one holder: `tokens` tokens' KV over `layers` layers."""
+        return tokens * layers * self.coef.kv_token_layer_bytes
+
+    # -- primitives ------------------------------------------------------------------
+
+    def route(self, s: Shape, path: PathSpec) -> Phases:
+        """All H holders routed; phases summed over N steps and L layers."""
+        c = self.coef
+        per_layer = Phases(
+            probe=path.alpha_s,
+            transfer=s.holders * s.rows * c.q_row_bytes / path.beta_Bps,
+            compute=self.attention_s(s.rows, s.tokens),
+            ret=s.holders * s.rows * c.o_row_bytes / path.beta_Bps,
+            merge=self.merge_s(s.rows, s.holders + 1),
+        )
+        return per_layer.scaled(s.steps * s.layers)
+
+    def adapt_s(self, s: Shape):
+        """Making moved KV usable: gather (sparse) and/or splice (reused at offset != 0)."""
+        moved = s.holders * s.tokens
+        adapt = self.gather_s(moved, s.holders, s.layers) if s.sparse else 0.0
+        return adapt + (self.splice_s(moved, s.layers) if s.offset else 0.0)
+
+    def fetch(self, s: Shape, path: PathSpec) -> Phases:
+        """All H holders fetched once, then N*L local attentions over the moved tokens."""
+        local = s.steps * s.layers * self.attention_s(s.rows, s.holders * s.tokens)
+        return Phases(
+            probe=s.holders * path.alpha_s,
+            transfer=s.holders * self.fetch_bytes(s.tokens, s.layers) / path.beta_Bps,
+            compute=self.adapt_s(s) + local,
+        )
+
+    def local(self, s: Shape) -> Phases:
+        """All H chunks re-prefilled on the requester, then N*L local attentions."""
+        attn = s.steps * s.layers * self.attention_s(s.rows, s.holders * s.tokens)
+        return Phases(compute=s.holders * self.reprefill_s(s.tokens, s.layers) + attn)
+
+    def primitive(self, name: str, s: Shape, path: PathSpec | None) -> Phases:
+        """Phases of primitive `name` ('route', 'fetch' or 'local')."""
+        if name == "route":
+            return self.route(s, path)
+        if name == "fetch":
+            return self.fetch(s, path)
+        if name == "local":
+            return self.local(s)
+        raise QrouteError(f"unknown primitive {name!r}: expected one of {', '.join(PRIMITIVES)}")
+
+
+def best_path(model: CostModel, paths: dict[str, PathSpec], nbytes) -> tuple[str, PathSpec]:
+    """The path with the smallest `alpha + nbytes / beta` for one message (scalar bytes)."""
+    name = min(paths, key=lambda n: paths[n].time(nbytes))
+    return name, paths[name]
+
+
+def path_crossover_bytes(a: PathSpec, b: PathSpec) -> float | None:
+    """Message size where paths `a` and `b` cost the same, or None if one always wins.
+
+    Below it the path with the lower probe latency wins; above it, the higher rate.
+    """
+    inv = 1.0 / a.beta_Bps - 1.0 / b.beta_Bps
+    if inv == 0:
+        return None
+    x = (b.alpha_s - a.alpha_s) / inv
+    return float(x) if x > 0 else None
+
+
+def _positive(name: str, value) -> None:
+    """An int >= 1, or (batched planning) a numpy array of them."""
+    if isinstance(value, np.ndarray):
+        if value.size and value.min() < 1:
+            raise QrouteError(f"{name}: got {value.min()!r}: expected every value >= 1")
+    else:
+        positive_int(name, value)
+
+
+__all__ = [
+    "PHASES",
+    "PRIMITIVES",
+    "CostModel",
+    "Phases",
+    "Shape",
+    "best_path",
+    "path_crossover_bytes",
+]

@@ -1,0 +1,206 @@
+"""Profiles: the measured (or published, or what-if) constants of one cluster.
+
+A profile is a JSON file, schema `qroute.profile/1` (`profile.schema.json` beside this
+module), validated on load and never pickled. Calibration is the only code that writes
+measured profiles; everything else reads them. Built-in profiles live in `profiles/`:
+`published-h100` carries the paper's published figures, labelled as such.
+
+Path model: an exchange of `b` bytes on a path costs `alpha_s + b / beta_Bps`, where
+`alpha_s` is the probe latency (the zero-byte round trip, paid once per exchange).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema
+
+from qroute.errors import QrouteError
+
+SCHEMA_ID = "qroute.profile/1"
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    """One fabric between two instances: probe latency `alpha_s` (s), rate `beta_Bps` (B/s)."""
+
+    alpha_s: float
+    beta_Bps: float
+    source: str = ""
+
+    def time(self, nbytes):
+        """Seconds to exchange `nbytes` (a number or a numpy array)."""
+        return self.alpha_s + nbytes / self.beta_Bps
+
+
+@dataclass(frozen=True)
+class AttentionCoeffs:
+    """Partial attention of R rows over T keys: `fixed + T*kv_bytes/read + R*T*flops/flop_rate`."""
+
+    fixed_s: float
+    read_Bps: float
+    flops_per_s: float
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class MergeCoeffs:
+    """Merge of P partial states of R rows: `fixed + R*P*state_bytes/Bps`."""
+
+    fixed_s: float
+    Bps: float
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class SpliceCoeffs:
+    """RoPE re-rotation of a chunk: `fixed + L*per_layer + T*L*per_token_layer`."""
+
+    fixed_s: float
+    per_layer_s: float
+    per_token_layer_s: float
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class GatherCoeffs:
+    """Scattered gather of E (token, layer) entries from H holders: `fixed + H*L*per_holder_layer + E*per_entry`."""
+
+    fixed_s: float
+    per_holder_layer_s: float
+    per_entry_s: float
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ReprefillCoeffs:
+    """Re-prefill of a chunk: `fixed + flops/flop_rate` (flops from the geometry)."""
+
+    fixed_s: float
+    flops_per_s: float
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Compute:
+    attention: AttentionCoeffs
+    merge: MergeCoeffs
+    splice: SpliceCoeffs
+    gather: GatherCoeffs
+    reprefill: ReprefillCoeffs
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Constants of one cluster. `paths` maps a path name to its PathSpec."""
+
+    name: str
+    provenance: str
+    paths: Mapping[str, PathSpec]
+    default_paths: tuple[str, ...]
+    compute: Compute
+    description: str = ""
+    machine: Mapping[str, Any] = field(default_factory=dict)
+    created: str = ""
+    fits: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for p in self.default_paths:
+            if p not in self.paths:
+                raise QrouteError(f"profile {self.name!r}: default path {p!r} is not in paths {sorted(self.paths)}")
+
+    def path(self, name: str) -> PathSpec:
+        """The named path, or an error listing the known ones."""
+        if name not in self.paths:
+            raise QrouteError(f"unknown path {name!r} in profile {self.name!r}: expected one of {', '.join(self.paths)}")
+        return self.paths[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "schema": SCHEMA_ID,
+            "name": self.name,
+            "provenance": self.provenance,
+            "description": self.description,
+            "machine": dict(self.machine),
+            "created": self.created,
+            "paths": {k: asdict(v) for k, v in self.paths.items()},
+            "default_paths": list(self.default_paths),
+            "compute": asdict(self.compute),
+        }
+        if self.fits:
+            d["fits"] = dict(self.fits)
+        return d
+
+    def save(self, path: str | Path) -> None:
+        """Write as JSON after validating against the schema (never pickle)."""
+        data = self.to_dict()
+        validate(data, str(path))
+        Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+@lru_cache(maxsize=1)
+def _schema() -> dict[str, Any]:
+    return json.loads(resources.files("qroute.cost").joinpath("profile.schema.json").read_text())
+
+
+def validate(data: Any, origin: str) -> None:
+    """Validate a profile dict against schema `qroute.profile/1`; one-line error on failure."""
+    if isinstance(data, dict) and data.get("schema") != SCHEMA_ID:
+        raise QrouteError(f"profile {origin}: schema={data.get('schema')!r}: expected {SCHEMA_ID!r}")
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(data))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise QrouteError(f"profile {origin}: {where}: {error.message}")
+
+
+def from_dict(data: Mapping[str, Any], origin: str = "<dict>") -> Profile:
+    """A validated Profile from its JSON form."""
+    validate(data, origin)
+    c = data["compute"]
+    compute = Compute(
+        attention=AttentionCoeffs(**c["attention"]),
+        merge=MergeCoeffs(**c["merge"]),
+        splice=SpliceCoeffs(**c["splice"]),
+        gather=GatherCoeffs(**c["gather"]),
+        reprefill=ReprefillCoeffs(**c["reprefill"]),
+    )
+    return Profile(
+        name=data["name"],
+        provenance=data["provenance"],
+        paths={k: PathSpec(**v) for k, v in data["paths"].items()},
+        default_paths=tuple(data["default_paths"]),
+        compute=compute,
+        description=data.get("description", ""),
+        machine=data.get("machine", {}),
+        created=data.get("created", ""),
+        fits=data.get("fits", {}),
+    )
+
+
+def builtin_names() -> list[str]:
+    """Names of the profiles shipped with qroute."""
+    files = resources.files("qroute.cost.profiles").iterdir()
+    return sorted(f.name[: -len(".json")] for f in files if f.name.endswith(".json"))
+
+
+def load(name_or_path: str | Path) -> Profile:
+    """A built-in profile by name, or a profile JSON file by path."""
+    p = Path(name_or_path)
+    if str(name_or_path) in builtin_names():
+        text = resources.files("qroute.cost.profiles").joinpath(f"{name_or_path}.json").read_text()
+    elif p.is_file():
+        text = p.read_text()
+    else:
+        raise QrouteError(
+            f"unknown profile {str(name_or_path)!r}: expected a file or one of {', '.join(builtin_names())}"
+        )
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise QrouteError(f"profile {str(name_or_path)!r} is not valid JSON: {exc}") from None
+    return from_dict(data, repr(str(name_or_path)))

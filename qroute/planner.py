@@ -1,0 +1,239 @@
+"""The planner: for one request, which primitive and which path per holder, as a frozen Plan.
+
+Pure: a function of (cost model, request). The runtime executes Plans; the simulator
+replays them on a virtual clock; neither re-decides.
+
+Per holder the predicate takes the cheapest of route / fetch / local, each on the path
+that is cheapest for *its* message (route messages are small, fetches large, so the two
+may pick different fabrics). The request's predicted time combines holders as the runtime
+executes them: routed holders share one round trip per layer (latencies overlap, bytes
+serialise on the requester's port, one merge); fetched and recomputed chunks are moved or
+rebuilt once and attended locally. The plan is the cheapest of the per-holder choice and
+the three uniform assignments, so it is never predicted worse than any of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from qroute.cost.model import PRIMITIVES, CostModel, Phases, Shape, best_path
+from qroute.cost.profile import PathSpec
+from qroute.errors import QrouteError, non_negative_int, positive_int
+
+
+@dataclass(frozen=True)
+class HolderDemand:
+    """`tokens` selected tokens of the request live on `holder`, reachable over `paths` (empty: profile defaults)."""
+
+    holder: int
+    tokens: int
+    paths: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        non_negative_int("holder", self.holder)
+        positive_int(f"tokens on holder {self.holder}", self.tokens)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One decode request: R rows per layer, over `layers` layers, for `steps` decode steps."""
+
+    rows: int
+    layers: int
+    demands: tuple[HolderDemand, ...]
+    steps: int = 1
+    sparse: bool = False
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        positive_int("rows", self.rows)
+        positive_int("layers", self.layers)
+        positive_int("reuse steps", self.steps)
+        if not self.demands:
+            raise QrouteError("request has no holder demands: expected at least one holder")
+        ids = [d.holder for d in self.demands]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise QrouteError(f"holder {dup} appears twice in the request: expected one demand per holder")
+
+    def shape(self, demand: HolderDemand) -> Shape:
+        """The single-holder shape of one demand."""
+        return Shape(self.rows, demand.tokens, self.layers, self.steps, 1, self.sparse, self.offset)
+
+
+@dataclass(frozen=True)
+class HolderPlan:
+    """The decision for one holder: primitive, path (None for local), standalone phases, and all three totals."""
+
+    holder: int
+    tokens: int
+    primitive: str
+    path: str | None
+    phases: Phases
+    totals: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The frozen decision for one request, with the predicted phase times of the whole request."""
+
+    request: Request
+    holders: tuple[HolderPlan, ...]
+    phases: Phases
+    strategy: str  # "route", "fetch", "local" (uniform) or "mixed"
+
+    @property
+    def total_s(self) -> float:
+        return float(self.phases.total)
+
+    def primitive_of(self, holder: int) -> str:
+        for h in self.holders:
+            if h.holder == holder:
+                return h.primitive
+        raise QrouteError(f"holder {holder} is not in this plan: expected one of {[h.holder for h in self.holders]}")
+
+
+# ----------------------------------------------------------------------------- per holder
+
+
+def candidate_paths(model: CostModel, demand: HolderDemand) -> dict[str, PathSpec]:
+    names = demand.paths or model.profile.default_paths
+    return {n: model.profile.path(n) for n in names}
+
+
+def holder_options(model: CostModel, request: Request, demand: HolderDemand) -> dict[str, tuple[str | None, Phases]]:
+    """Standalone (path, phases) of each primitive for one holder."""
+    shape, paths = request.shape(demand), candidate_paths(model, demand)
+    route_name, route_path = best_path(model, paths, model.route_bytes(request.rows))
+    fetch_name, fetch_path = best_path(model, paths, model.fetch_bytes(demand.tokens, request.layers))
+    return {
+        "route": (route_name, model.route(shape, route_path)),
+        "fetch": (fetch_name, model.fetch(shape, fetch_path)),
+        "local": (None, model.local(shape)),
+    }
+
+
+def _holder_plan(demand: HolderDemand, options: dict, primitive: str) -> HolderPlan:
+    path, phases = options[primitive]
+    totals = {p: float(ph.total) for p, (_, ph) in options.items()}
+    return HolderPlan(demand.holder, demand.tokens, primitive, path, phases, totals)
+
+
+# ----------------------------------------------------------------------------- whole request
+
+
+def combine(model: CostModel, request: Request, chosen: Sequence[HolderPlan]) -> Phases:
+    """Predicted phases of the whole request when each holder runs its chosen primitive."""
+    routed = [h for h in chosen if h.primitive == "route"]
+    moved = [h for h in chosen if h.primitive != "route"]
+    total = _routed_phases(model, request, routed) if routed else Phases()
+    if moved:
+        total = total + _moved_phases(model, request, moved)
+    return total
+
+
+def _routed_phases(model: CostModel, request: Request, routed: Sequence[HolderPlan]) -> Phases:
+    c, rows = model.coef, request.rows
+    paths = [model.profile.path(h.path) for h in routed]
+    per_layer = Phases(
+        probe=max(p.alpha_s for p in paths),
+        transfer=sum(rows * c.q_row_bytes / p.beta_Bps for p in paths),
+        compute=max(model.attention_s(rows, h.tokens) for h in routed),
+        ret=sum(rows * c.o_row_bytes / p.beta_Bps for p in paths),
+        merge=model.merge_s(rows, len(routed) + 1),
+    )
+    return per_layer.scaled(request.steps * request.layers)
+
+
+def _moved_phases(model: CostModel, request: Request, moved: Sequence[HolderPlan]) -> Phases:
+    fetched = [h for h in moved if h.primitive == "fetch"]
+    layers = request.layers
+    paths = [model.profile.path(h.path) for h in fetched]
+    fetched_tokens = sum(h.tokens for h in fetched)
+    adapt = 0.0
+    if fetched and request.sparse:
+        adapt += model.gather_s(fetched_tokens, len(fetched), layers)
+    if fetched and request.offset:
+        adapt += model.splice_s(fetched_tokens, layers)
+    rebuild = sum(model.reprefill_s(h.tokens, layers) for h in moved if h.primitive == "local")
+    attend = request.steps * layers * model.attention_s(request.rows, sum(h.tokens for h in moved))
+    return Phases(
+        probe=sum(p.alpha_s for p in paths),
+        transfer=sum(model.fetch_bytes(h.tokens, layers) / p.beta_Bps for h, p in zip(fetched, paths)),
+        compute=adapt + rebuild + attend,
+    )
+
+
+def plan(model: CostModel, request: Request) -> Plan:
+    """The cheapest of: each holder's own best primitive, all-route, all-fetch, all-local."""
+    options = {d.holder: holder_options(model, request, d) for d in request.demands}
+
+    def assignment(pick) -> tuple[HolderPlan, ...]:
+        return tuple(_holder_plan(d, options[d.holder], pick(d)) for d in request.demands)
+
+    candidates = {"mixed": assignment(lambda d: min(options[d.holder], key=lambda p: options[d.holder][p][1].total))}
+    for prim in PRIMITIVES:
+        candidates[prim] = assignment(lambda d, prim=prim: prim)
+    scored = {name: combine(model, request, hp) for name, hp in candidates.items()}
+    name = min(scored, key=lambda n: float(scored[n].total))
+    holders = candidates[name]
+    if name == "mixed" and len({h.primitive for h in holders}) == 1:
+        name = holders[0].primitive
+    return Plan(request, holders, scored[name], name)
+
+
+def uniform_request(
+    rows: int, tokens: int, holders: int, layers: int, steps: int = 1, sparse: bool = False, offset: int = 0,
+    paths: Sequence[str] = (),
+) -> Request:  # fmt: skip
+    """H holders with the same demand: the shape `qroute plan` takes on the command line."""
+    positive_int("holders", holders)
+    demands = tuple(HolderDemand(h, tokens, tuple(paths)) for h in range(holders))
+    return Request(rows, layers, demands, steps, sparse, offset)
+
+
+def uniform_phases(model: CostModel, request: Request, primitive: str) -> Phases:
+    """Predicted phases of the whole request if every holder runs `primitive` (on its best path)."""
+    options = {d.holder: holder_options(model, request, d) for d in request.demands}
+    chosen = [_holder_plan(d, options[d.holder], primitive) for d in request.demands]
+    return combine(model, request, chosen)
+
+
+# ----------------------------------------------------------------------------- batched
+
+
+@dataclass(frozen=True)
+class BatchDecision:
+    """Per-holder decisions for arrays of shapes: `choice` indexes PRIMITIVES."""
+
+    choice: np.ndarray  # [n] int8
+    total_s: np.ndarray  # [n] float64, cost of the chosen primitive
+    route_path: np.ndarray  # [n] int8 index into `paths`
+    fetch_path: np.ndarray  # [n] int8 index into `paths`
+    paths: tuple[str, ...]
+
+
+def decide_batch(
+    model: CostModel, rows: np.ndarray, tokens: np.ndarray, layers: int, steps: int = 1,
+    sparse: bool = False, offset: int = 0, paths: Sequence[str] = (),
+) -> BatchDecision:  # fmt: skip
+    """Vectorised per-holder predicate over arrays `rows [n]`, `tokens [n]` (same formulas as `plan`)."""
+    rows, tokens = np.asarray(rows, dtype=np.float64), np.asarray(tokens, dtype=np.float64)
+    shape = Shape(rows, tokens, layers, steps, 1, sparse, offset)
+    names = tuple(paths) or model.profile.default_paths
+    specs = [model.profile.path(n) for n in names]
+    route = np.stack([model.route(shape, p).total for p in specs])  # [P, n]
+    fetch = np.stack([model.fetch(shape, p).total for p in specs])
+    local = np.broadcast_to(model.local(shape).total, rows.shape)
+    route_path, fetch_path = route.argmin(axis=0), fetch.argmin(axis=0)
+    totals = np.stack([route.min(axis=0), fetch.min(axis=0), local])  # [3, n]
+    return BatchDecision(
+        choice=totals.argmin(axis=0).astype(np.int8),
+        total_s=totals.min(axis=0),
+        route_path=route_path.astype(np.int8),
+        fetch_path=fetch_path.astype(np.int8),
+        paths=names,
+    )

@@ -1,0 +1,87 @@
+"""JSON-ready answers to the CLI's questions: one library call per subcommand.
+
+The dicts returned here are the stable `--json` output of `qroute models`, `qroute plan`
+and `qroute explain` (documented in docs/cli.md).
+"""
+
+from __future__ import annotations
+
+from qroute import geometry as geo
+from qroute.cost.model import PRIMITIVES, CostModel
+from qroute.cost.predicate import breakevens, path_crossovers
+from qroute.planner import Request, holder_options, plan, uniform_phases, uniform_request
+
+
+def models() -> list[dict]:
+    """Every preset with its geometry and the two coefficients."""
+    return [model_summary(geo.preset(name)) for name in geo.preset_names()]
+
+
+def model_summary(g: geo.Geometry) -> dict:
+    bf16, fp8 = g.coefficients("bf16"), g.coefficients("fp8")
+    return {
+        "name": g.name, "kind": g.kind, "layers": g.layers, "heads": g.heads, "kv_heads": g.kv_heads,
+        "qk_dim": g.qk_dim, "v_dim": g.v_dim,
+        "q_row_bytes": bf16.q_row_bytes, "o_row_bytes": bf16.o_row_bytes,
+        "kv_token_layer_bytes": {"bf16": bf16.kv_token_layer_bytes, "fp8": fp8.kv_token_layer_bytes},
+        "kv_token_bytes": {"bf16": bf16.kv_token_bytes, "fp8": fp8.kv_token_bytes},
+        "indexer": f"{g.indexer.heads}x{g.indexer.head_dim}, top-{g.indexer.topk}" if g.indexer else None,
+        "source": g.source,
+    }  # fmt: skip
+
+
+def build_request(
+    model: CostModel, rows: int, chunk_tokens: int, holders: int, layers: int | None = None,
+    sparse: bool = False, offset: int = 0, reuse_steps: int = 1, paths: tuple[str, ...] = (),
+) -> Request:  # fmt: skip
+    """The uniform request of `qroute plan` (layers default to the model's)."""
+    for p in paths:
+        model.profile.path(p)  # unknown names fail here, with the list of known ones
+    return uniform_request(rows, chunk_tokens, holders, layers or model.geometry.layers, reuse_steps, sparse, offset, paths)
+
+
+def _request_dict(model: CostModel, r: Request) -> dict:
+    return {
+        "rows": r.rows, "chunk_tokens": r.demands[0].tokens, "holders": len(r.demands), "layers": r.layers,
+        "sparse": r.sparse, "offset": r.offset, "reuse_steps": r.steps, "kv_dtype": model.kv_dtype,
+        "paths": list(r.demands[0].paths or model.profile.default_paths),
+    }  # fmt: skip
+
+
+def plan_summary(model: CostModel, request: Request) -> dict:
+    """Per primitive: phases (summed over layers and steps), total, path; the choice and margin."""
+    options = holder_options(model, request, request.demands[0])
+    primitives = {}
+    for name in PRIMITIVES:
+        phases = uniform_phases(model, request, name)
+        primitives[name] = {"total_s": float(phases.total), "phases": phases.as_dict(), "path": options[name][0]}
+    ranked = sorted(PRIMITIVES, key=lambda n: primitives[n]["total_s"])
+    best, second = primitives[ranked[0]]["total_s"], primitives[ranked[1]]["total_s"]
+    p = plan(model, request)
+    return {
+        "model": model.geometry.name, "profile": model.profile.name, "provenance": model.profile.provenance,
+        "request": _request_dict(model, request),
+        "choice": ranked[0], "runner_up": ranked[1],
+        "margin_s": second - best, "margin_ratio": second / best if best > 0 else None,
+        "primitives": primitives,
+        "plan": {
+            "strategy": p.strategy, "total_s": p.total_s, "phases": p.phases.as_dict(),
+            "holders": [{"holder": h.holder, "primitive": h.primitive, "path": h.path, "tokens": h.tokens}
+                        for h in p.holders],
+        },
+    }  # fmt: skip
+
+
+def explain_summary(model: CostModel, request: Request) -> dict:
+    """The break-even table and the path crossovers of a request."""
+    table = [b.as_dict() for b in breakevens(model, request)]
+    crossovers = []
+    for a, b, nbytes in path_crossovers(model, request):
+        pa, pb = model.profile.path(a), model.profile.path(b)
+        low_alpha = a if pa.alpha_s <= pb.alpha_s else b
+        high_beta = a if pa.beta_Bps >= pb.beta_Bps else b
+        crossovers.append({"a": a, "b": b, "bytes": nbytes, "below": low_alpha, "above": high_beta if nbytes else None})
+    return {
+        "model": model.geometry.name, "profile": model.profile.name, "provenance": model.profile.provenance,
+        "request": _request_dict(model, request), "breakevens": table, "path_crossovers": crossovers,
+    }  # fmt: skip

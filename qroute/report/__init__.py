@@ -1,0 +1,1 @@
+"""Tables and plots for people: what the CLI prints, and figures from result files."""

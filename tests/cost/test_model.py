@@ -1,0 +1,91 @@
+"""Cost model: phase formulas, linearity the closed forms rely on, path choice."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qroute.cost import CostModel, PathSpec, Shape, load_profile, path_crossover_bytes
+from qroute.cost.model import best_path
+from qroute.errors import QrouteError
+from qroute.geometry import preset
+
+
+@pytest.fixture(scope="module")
+def model():
+    return CostModel(preset("deepseek-v2-lite"), load_profile("published-h100"))
+
+
+def test_route_phases_by_hand(model):
+    p = model.profile.path("ibgda")
+    ph = model.route(Shape(rows=100, tokens=512, layers=1), p)
+    assert ph.probe == pytest.approx(16e-6)
+    assert ph.transfer == pytest.approx(100 * 1152 / 25e9)
+    assert ph.ret == pytest.approx(100 * 1028 / 25e9)
+    a = model.profile.compute.attention
+    assert ph.compute == pytest.approx(a.fixed_s + 512 * 1152 / a.read_Bps + 100 * 512 * 2 * 1088 / a.flops_per_s)
+    m = model.profile.compute.merge
+    assert ph.merge == pytest.approx(m.fixed_s + 100 * 2 * 1028 / m.Bps)
+
+
+def test_fetch_pays_once_and_route_every_layer_and_step(model):
+    p = model.profile.path("ibgda")
+    one = Shape(16, 2048, 27, steps=1)
+    ten = dataclasses.replace(one, steps=10)
+    assert model.route(ten, p).total == pytest.approx(10 * model.route(one, p).total)
+    fetch1, fetch10 = model.fetch(one, p), model.fetch(ten, p)
+    assert fetch10.transfer == fetch1.transfer and fetch10.probe == fetch1.probe
+    assert model.route(Shape(16, 2048, 27), p).probe == pytest.approx(27 * p.alpha_s)
+
+
+def test_splice_only_when_reused_at_an_offset_and_gather_only_when_sparse(model):
+    p = model.profile.path("ibgda")
+    base = Shape(16, 2048, 27)
+    plain = model.fetch(base, p).compute
+    spliced = model.fetch(dataclasses.replace(base, offset=7), p).compute
+    gathered = model.fetch(dataclasses.replace(base, sparse=True), p).compute
+    assert spliced - plain == pytest.approx(model.splice_s(2048, 27))
+    assert gathered - plain == pytest.approx(model.gather_s(2048, 1, 27))
+    assert model.splice_s(2048, 27) == pytest.approx(3e-3, rel=1e-3)
+
+
+@settings(max_examples=50, deadline=None)
+@given(rows=st.integers(1, 5000), tokens=st.integers(1, 8192), layers=st.integers(1, 61),
+       steps=st.integers(1, 50), holders=st.integers(1, 8), sparse=st.booleans(), offset=st.integers(-5, 5))
+def test_costs_are_affine_in_rows_and_steps(model, rows, tokens, layers, steps, holders, sparse, offset):
+    p = model.profile.path("ibgda")
+    s = Shape(rows, tokens, layers, steps, holders, sparse, offset)
+    for prim in ("route", "fetch", "local"):
+        f = lambda **kw: float(model.primitive(prim, dataclasses.replace(s, **kw), p).total)  # noqa: E731
+        assert f(rows=rows + 2) - f(rows=rows + 1) == pytest.approx(f(rows=rows + 1) - f(rows=rows), rel=1e-6, abs=1e-15)
+        assert f(steps=steps + 2) - f(steps=steps + 1) == pytest.approx(f(steps=steps + 1) - f(steps=steps), rel=1e-6, abs=1e-15)
+
+
+def test_vectorised_shapes_match_scalar_ones(model):
+    p = model.profile.path("ibgda")
+    rows, tokens = np.array([1, 17, 900]), np.array([64, 2048, 5])
+    batched = model.route(Shape(rows, tokens, 27), p).total
+    for i in range(3):
+        assert batched[i] == pytest.approx(model.route(Shape(int(rows[i]), int(tokens[i]), 27), p).total)
+
+
+def test_path_choice_by_message_size():
+    fast_probe, wide = PathSpec(2e-6, 10e9), PathSpec(20e-6, 100e9)
+    cross = path_crossover_bytes(fast_probe, wide)
+    assert cross == pytest.approx(18e-6 / (1 / 10e9 - 1 / 100e9))
+    assert fast_probe.time(cross) == pytest.approx(wide.time(cross))
+    paths = {"fast": fast_probe, "wide": wide}
+    assert best_path(None, paths, cross * 0.5)[0] == "fast"
+    assert best_path(None, paths, cross * 2)[0] == "wide"
+    assert path_crossover_bytes(PathSpec(1e-6, 50e9), PathSpec(2e-6, 10e9)) is None  # one dominates
+
+
+def test_bad_shapes_rejected():
+    with pytest.raises(QrouteError, match="rows=0"):
+        Shape(0, 10, 1)
+    with pytest.raises(QrouteError, match="chunk tokens=-3"):
+        Shape(1, -3, 1)
+    with pytest.raises(QrouteError, match="expected every value >= 1"):
+        Shape(np.array([1, 0]), np.array([2, 2]), 1)

@@ -1,0 +1,70 @@
+"""Profiles: the schema is enforced on load, errors are one line, nothing is pickled."""
+
+import json
+
+import pytest
+
+from qroute.cost import profile as prof
+from qroute.errors import QrouteError
+
+
+def published() -> dict:
+    return prof.load("published-h100").to_dict()
+
+
+def test_published_h100_is_labelled_and_carries_the_paper_figures():
+    p = prof.load("published-h100")
+    assert p.provenance == "published"
+    assert "NOT measured" in p.description
+    assert p.path("ibgda").alpha_s == pytest.approx(16e-6) and p.path("ibgda").beta_Bps == pytest.approx(25e9)
+    assert 18e9 <= p.path("nvlink4").beta_Bps <= 25e9
+    assert 27 * p.compute.splice.per_layer_s == pytest.approx(3e-3, rel=1e-3)  # ~3 ms over V2-Lite's layers
+    g = p.compute.gather
+    assert g.per_holder_layer_s + 2048 * g.per_entry_s == pytest.approx(1.3e-3, rel=1e-3)
+    assert 7 * g.per_holder_layer_s + 2048 * g.per_entry_s == pytest.approx(3.9e-3, rel=1e-3)
+    assert p.compute.merge.fixed_s <= 25e-6
+    for section in ("attention", "merge", "reprefill"):
+        assert "assumed" in getattr(p.compute, section).source
+
+
+def test_roundtrip_through_a_file(tmp_path):
+    p = prof.load("published-h100")
+    p.save(tmp_path / "p.json")
+    assert prof.load(tmp_path / "p.json") == p
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d["paths"]["ibgda"].update(alpha_s=-1e-6), r"paths\.ibgda\.alpha_s: -1e-06 is less than the minimum"),
+        (lambda d: d["paths"]["ibgda"].update(beta_Bps=0), r"paths\.ibgda\.beta_Bps: 0 is less than or equal"),
+        (lambda d: d["compute"].pop("splice"), "'splice' is a required property"),
+        (lambda d: d.update(schema="qroute.profile/0"), "expected 'qroute.profile/1'"),
+        (lambda d: d.update(default_paths=["pcie9"]), "default path 'pcie9' is not in paths"),
+        (lambda d: d["compute"]["merge"].update(fixed_s="2us"), r"compute\.merge\.fixed_s: '2us' is not of type 'number'"),
+        (lambda d: d.update(provenance="guessed"), "provenance: 'guessed' is not one of"),
+        (lambda d: d.update(paths={}), "paths"),
+    ],
+)
+def test_schema_violations_are_one_line_errors(tmp_path, mutate, message):
+    d = published()
+    mutate(d)
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps(d))
+    with pytest.raises(QrouteError, match=message) as info:
+        prof.load(f)
+    assert "\n" not in str(info.value)
+
+
+def test_not_json_and_unknown_name(tmp_path):
+    f = tmp_path / "bad.json"
+    f.write_text("{")
+    with pytest.raises(QrouteError, match="not valid JSON"):
+        prof.load(f)
+    with pytest.raises(QrouteError, match="unknown profile 'h200-dreams'"):
+        prof.load("h200-dreams")
+
+
+def test_unknown_path_lists_known_ones():
+    with pytest.raises(QrouteError, match="unknown path 'roce'.*ibgda"):
+        prof.load("published-h100").path("roce")

@@ -1,0 +1,88 @@
+"""Planner: per-holder choices, the whole-request combination, batched decisions."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qroute.cost import CostModel, PathSpec, Shape, load_profile
+from qroute.errors import QrouteError
+from qroute.geometry import preset
+from qroute.planner import (
+    HolderDemand, Request, combine, decide_batch, holder_options, plan, uniform_phases, uniform_request,
+)  # fmt: skip
+from qroute.cost.model import PRIMITIVES
+
+
+@pytest.fixture(scope="module")
+def model():
+    return CostModel(preset("deepseek-v2-lite"), load_profile("published-h100"))
+
+
+@pytest.fixture(scope="module")
+def two_path_model(model):
+    return dataclasses.replace(model, profile=dataclasses.replace(model.profile, default_paths=("ibgda", "nvlink4")))
+
+
+@pytest.mark.parametrize("holders", [1, 3, 7])
+@pytest.mark.parametrize("prim", PRIMITIVES)
+def test_uniform_combination_equals_the_homogeneous_formula(model, holders, prim):
+    request = uniform_request(64, 512, holders, 27, steps=3, offset=9)
+    shape = Shape(64, 512, 27, 3, holders, False, 9)
+    expected = model.primitive(prim, shape, model.profile.path("ibgda"))
+    assert float(uniform_phases(model, request, prim).total) == pytest.approx(float(expected.total))
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 4000), tokens=st.lists(st.integers(1, 6000), min_size=1, max_size=5),
+       steps=st.integers(1, 40), sparse=st.booleans(), offset=st.sampled_from([0, 1000]))
+def test_plan_is_never_worse_than_a_uniform_assignment(model, rows, tokens, steps, sparse, offset):
+    demands = tuple(HolderDemand(i, t) for i, t in enumerate(tokens))
+    request = Request(rows, 27, demands, steps, sparse, offset)
+    p = plan(model, request)
+    for prim in PRIMITIVES:
+        assert p.total_s <= float(uniform_phases(model, request, prim).total) * (1 + 1e-12)
+    assert p.total_s == pytest.approx(float(combine(model, request, p.holders).total))
+    assert {h.holder for h in p.holders} == set(range(len(tokens)))
+
+
+def test_mixed_plan_routes_small_holders_and_fetches_big_reused_ones(model):
+    # one holder with a tiny chunk reused many steps (fetch it once), one with a huge chunk (route to it)
+    request = Request(64, 27, (HolderDemand(0, 16), HolderDemand(1, 60000)), steps=20)
+    p = plan(model, request)
+    assert p.strategy == "mixed"
+    assert p.primitive_of(0) != "route" and p.primitive_of(1) == "route"
+
+
+def test_route_and_fetch_pick_their_own_fabric(two_path_model):
+    request = uniform_request(16, 2048, 1, 27)
+    options = holder_options(two_path_model, request, request.demands[0])
+    assert options["route"][0] == "nvlink4"  # small messages: lower probe latency wins
+    assert options["fetch"][0] == "ibgda"  # 63 MB: the higher rate wins
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.integers(1, 20000), min_size=1, max_size=30), seed=st.integers(0, 2**32 - 1),
+       steps=st.integers(1, 64), sparse=st.booleans(), offset=st.sampled_from([0, 77]))
+def test_batched_decisions_equal_per_request_plans(two_path_model, rows, seed, steps, sparse, offset):
+    tokens = np.random.default_rng(seed).integers(1, 8192, size=len(rows))
+    batch = decide_batch(two_path_model, np.array(rows), tokens, 27, steps, sparse, offset)
+    for i, (r, t) in enumerate(zip(rows, tokens)):
+        p = plan(two_path_model, uniform_request(r, int(t), 1, 27, steps, sparse, offset))
+        assert PRIMITIVES[batch.choice[i]] == p.strategy
+        assert batch.total_s[i] == pytest.approx(p.total_s)
+        if p.strategy != "local":
+            assert batch.paths[(batch.route_path if p.strategy == "route" else batch.fetch_path)[i]] == p.holders[0].path
+
+
+def test_bad_requests_rejected():
+    with pytest.raises(QrouteError, match="holder 1 appears twice"):
+        Request(4, 2, (HolderDemand(1, 5), HolderDemand(1, 6)))
+    with pytest.raises(QrouteError, match="no holder demands"):
+        Request(4, 2, ())
+    with pytest.raises(QrouteError, match="tokens on holder 3=0"):
+        HolderDemand(3, 0)
+    with pytest.raises(QrouteError, match="holders=0"):
+        uniform_request(4, 4, 0, 2)
