@@ -63,7 +63,7 @@ def test_route_equals_fetch_equals_reprefill(seed, tokens, start, offset, gap, s
     fetch = state(splice(stored, offset, spec), q_rope)
     for got in (route, fetch):
         assert rel_err(got.o, reprefill.o) <= 1e-5
-        assert rel_err(got.lse, reprefill.lse) <= 1e-5
+        assert float((got.lse - reprefill.lse).abs().max()) <= 1e-5 * max(1.0, float(reprefill.lse.abs().max()))
 
 
 @settings(max_examples=30, deadline=None)

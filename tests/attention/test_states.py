@@ -21,6 +21,11 @@ def rel_err(a, b):
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
 
 
+def lse_err(a, b):
+    """LSE error: absolute near 0 (it is the relative error of the softmax normaliser), relative when large."""
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1.0))
+
+
 def random_inputs(seed, rows, keys, dim, v_dim, dtype, sharpness=1.0):
     g = torch.Generator().manual_seed(seed)
     q = (torch.randn(rows, dim, generator=g) * sharpness).to(dtype)
@@ -58,7 +63,7 @@ def test_merge_of_any_partition_in_any_order_equals_full_attention(part, seed, r
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     assert merged.o.dtype == dtype and merged.lse.dtype == torch.float32
     assert rel_err(merged.o, o_ref) <= tol
-    assert rel_err(merged.lse, lse_ref) <= 1e-5  # lse is float32 whatever the input dtype
+    assert lse_err(merged.lse, lse_ref) <= 1e-5  # lse is float32 whatever the input dtype
 
 
 @settings(max_examples=30, deadline=None)
@@ -74,7 +79,7 @@ def test_blocks_spread_over_holders_merge_to_attention_over_the_selection(seed, 
     o_ref, lse_ref = oracle(q, keys, keys[:, :32], 0.2)
     merged = merge_states(states)
     assert rel_err(merged.o, o_ref) <= 1e-5
-    assert rel_err(merged.lse, lse_ref) <= 1e-5
+    assert lse_err(merged.lse, lse_ref) <= 1e-5
 
 
 def test_empty_selection_is_zero_and_minus_inf_and_merges_neutrally():
@@ -107,7 +112,7 @@ def test_one_block_on_one_holder_equals_full():
     q = torch.randn(7, 24, generator=g)
     s = merge_states([partial_attention(q, cache, [0], 0.3, v_dim=20)])
     o_ref, lse_ref = oracle(q, cache[0], cache[0][:, :20], 0.3)
-    assert rel_err(s.o, o_ref) <= 1e-6 and rel_err(s.lse, lse_ref) <= 1e-6
+    assert rel_err(s.o, o_ref) <= 1e-6 and lse_err(s.lse, lse_ref) <= 1e-6
 
 
 def test_masked_row_without_keys_is_empty():
@@ -179,4 +184,4 @@ def test_merge_on_gpu_matches_cpu():
     merged = merge_states(states)
     o_ref, lse_ref = oracle(q, k, v, 0.07)
     assert rel_err(merged.o.cpu(), o_ref) <= 1e-2
-    assert rel_err(merged.lse.cpu(), lse_ref) <= 1e-3
+    assert lse_err(merged.lse.cpu(), lse_ref) <= 1e-3
