@@ -51,6 +51,14 @@ def _int_any(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    parse = _int_at_least(1)
+    values = tuple(parse(v) for v in text.split(",") if v.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers >= 1")
+    return values
+
+
 def _paths(text: str) -> tuple[str, ...]:
     names = tuple(p.strip() for p in text.split(",") if p.strip())
     if not names:
@@ -75,6 +83,46 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")  # fmt: skip
 
 
+EPILOG_DEMO = """\
+The embedded cluster runs on this machine (gloo over loopback): rank 0 is the requester,
+the others hold the corpus's blocks. Each mode serves the same sub-agent requests; every
+output is checked against a single-instance run. Under torchrun the same command joins
+the job (gloo on CPU, NCCL on GPUs) instead of spawning instances.
+"""
+
+
+def _add_demo_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster")
+    g.add_argument("--instances", type=_int_at_least(1), default=3, help="instances incl. requesters (default: %(default)s)")
+    g.add_argument("--requesters", type=_int_at_least(1), default=1, help="requester instances (default: %(default)s)")
+    g.add_argument("--placement", choices=("contiguous", "hashed"), default="contiguous", help="block placement (default: %(default)s)")
+    g.add_argument("--replicas", type=_int_at_least(0), default=0, help="extra copies of each block (default: %(default)s)")
+    g.add_argument("--timeout", type=_int_at_least(1), default=120, help="process-group timeout in seconds (default: %(default)s)")
+    g = p.add_argument_group("model and corpus")
+    g.add_argument("--model", default="deepseek-v2-lite", help="MLA preset (random weights, real attention geometry) or a checkpoint dir (default: %(default)s)")
+    g.add_argument("--layers", type=_int_at_least(1), default=2, help="layers of a preset model (default: %(default)s)")
+    g.add_argument("--hidden", type=_int_at_least(1), default=256, help="hidden size of a preset model (default: %(default)s)")
+    g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model dtype (default: %(default)s)")
+    g.add_argument("--corpus-dir", default=None, help="directory of text to use as the shared corpus (default: the Python standard library's sources)")
+    g.add_argument("--corpus-tokens", type=_int_at_least(1), default=16384, help="tokens of corpus to prefill (default: %(default)s)")
+    g.add_argument("--block-size", type=_int_at_least(1), default=16, help="tokens per block (default: %(default)s)")
+    g.add_argument("--chunk-blocks", type=_int_at_least(1), default=32, help="most blocks per chunk (default: %(default)s)")
+    g = p.add_argument_group("workload")
+    g.add_argument("--requests", type=_int_at_least(1), default=8, help="sub-agent requests (default: %(default)s)")
+    g.add_argument("--steps", type=_int_list, default=(1, 8), help="decode steps per request, drawn per request from these comma-separated values (default: 1,8)")
+    g.add_argument("--batch", type=_int_at_least(1), default=2, help="requests decoded together (default: %(default)s)")
+    g.add_argument("--task-tokens", type=_int_at_least(1), default=24, help="tokens of each agent's own context (default: %(default)s)")
+    g.add_argument("--topk-blocks", type=_int_at_least(1), default=4, help="blocks selected per request with --sparse (default: %(default)s)")
+    g.add_argument("--sparse", action="store_true", help="select the top-k blocks of a chunk instead of the whole chunk")
+    g.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of weights and workload (default: %(default)s)")
+    g = p.add_argument_group("planning and output")
+    g.add_argument("--profile", default="auto", help="'auto' (calibrate this cluster first), a built-in profile, or a profile JSON (default: %(default)s)")
+    g.add_argument("--modes", type=_paths, default=("predicate", "route", "fetch", "local"), help="comma-separated modes (default: predicate,route,fetch,local)")
+    g.add_argument("--out", default="qroute-results", help="directory for the JSON results and PNG plots (default: %(default)s)")
+    g.add_argument("--json", action="store_true", help="print the results as one JSON object instead of a table")
+    g.add_argument("--quiet", action="store_true", help="no progress display")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="qroute", description="Move the query, not the cache: plan and run cross-instance attention.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -85,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text, epilog=EPILOG_PLAN,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_request_args(p)  # fmt: skip
+    d = sub.add_parser("demo", help="run the embedded cluster: sub-agent requests served with route, fetch, local",
+                       description=__import__("qroute.demo", fromlist=["x"]).__doc__, epilog=EPILOG_DEMO,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_demo_args(d)
     return parser
 
 
@@ -129,7 +181,45 @@ def cmd_explain(args) -> None:
     console.print_tables(*tables)
 
 
-COMMANDS = {"models": cmd_models, "plan": cmd_plan, "explain": cmd_explain}
+def demo_config(args):
+    from qroute.demo import DemoConfig
+    from qroute.runtime.launcher import ClusterSpec
+    from qroute.runtime.store import Placement
+    from qroute.runtime.world import WorldSpec
+    from qroute.workload.agents import WorkloadSpec
+    from qroute.workload.corpus import CorpusSpec
+
+    corpus = CorpusSpec(args.corpus_dir, max_tokens=args.corpus_tokens, block_size=args.block_size, chunk_blocks=args.chunk_blocks)
+    return DemoConfig(
+        cluster=ClusterSpec(args.instances, args.requesters, timeout_s=float(args.timeout)),
+        world=WorldSpec(args.model, args.layers, args.hidden, dtype=args.dtype, seed=args.seed, corpus=corpus,
+                        placement=Placement(args.placement, args.replicas)),
+        workload=WorkloadSpec(args.requests, args.task_tokens, args.steps, args.topk_blocks, args.sparse, seed=args.seed),
+        batch=args.batch, profile=args.profile, modes=tuple(args.modes), progress=not (args.quiet or args.json),
+    )  # fmt: skip
+
+
+def cmd_demo(args) -> None:
+    from rich.console import Console
+
+    from qroute.demo import run_demo
+    from qroute.report import demo as demo_report
+
+    config = demo_config(args)
+    if not args.json:
+        Console(stderr=True).print(f"[bold]qroute demo[/]: {args.instances} instances on this machine, results in {args.out}/")
+    results = run_demo(config)
+    files = demo_report.write_results(results, args.out)
+    if args.json:
+        print(json.dumps({"summary": results["summary"], "wall_s": results["wall_s"], "files": [str(f) for f in files]}, indent=2))
+        return
+    console.print_tables(demo_report.summary_table(results))
+    print(f"wall {results['wall_s']:.1f} s (calibration {results['calibrate_s']:.1f} s); wrote " + ", ".join(str(f) for f in files))
+    if not all(m["exact"] for m in results["summary"].values()):
+        raise QrouteError("some outputs differ from the single-instance reference (see the table)")
+
+
+COMMANDS = {"models": cmd_models, "plan": cmd_plan, "explain": cmd_explain, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,9 @@ from qroute.errors import QrouteError
 BF16 = 2
 FP32 = 4
 FP8_TILE = 128  # FlashMLA's FP8 latent layout: one float32 scale per 128 latent values
-KV_DTYPES = ("bf16", "fp8")
+KV_DTYPES = ("bf16", "fp8", "fp32")
+ROW_DTYPES = ("bf16", "fp32")
+ITEM_BYTES = {"bf16": BF16, "fp32": FP32}
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,8 @@ class IndexerSpec:
 class Coefficients:
     """What the cost model needs from a geometry, in bytes.
 
-    q_row_bytes:  one routed query row (token, head) sent to a holder (bf16).
-    o_row_bytes:  what comes back per row: bf16 output + float32 LSE.
+    q_row_bytes:  one routed query row (token, head) sent to a holder (bf16 unless asked).
+    o_row_bytes:  what comes back per row: output in the row dtype + float32 LSE.
     kv_token_layer_bytes: one token's KV in one layer, in the chosen KV dtype.
     kv_token_bytes: the same over all layers (fetch's move-the-cache bytes per token).
     """
@@ -117,18 +119,21 @@ class Geometry:
         """Bytes of one token's KV in one layer (bf16, or FP8 with FlashMLA's layout for MLA)."""
         if kv_dtype not in KV_DTYPES:
             raise QrouteError(f"kv dtype {kv_dtype!r}: expected one of {', '.join(KV_DTYPES)}")
-        if kv_dtype == "bf16":
-            return self.kv_entry_dim * BF16
+        if kv_dtype in ITEM_BYTES:
+            return self.kv_entry_dim * ITEM_BYTES[kv_dtype]
         if self.kind in ("mla", "mla-shared"):  # FP8 latent + float32 scale per tile + bf16 rope
             return self.latent_dim + FP32 * math.ceil(self.latent_dim / FP8_TILE) + BF16 * self.rope_dim
         return self.kv_entry_dim  # per-tensor scale, negligible
 
-    def coefficients(self, kv_dtype: str = "bf16") -> Coefficients:
-        """The routed payload and the move-the-cache bytes, for `kv_dtype`."""
+    def coefficients(self, kv_dtype: str = "bf16", row_dtype: str = "bf16") -> Coefficients:
+        """The routed payload (rows in `row_dtype`) and the move-the-cache bytes (KV in `kv_dtype`)."""
+        if row_dtype not in ROW_DTYPES:
+            raise QrouteError(f"row dtype {row_dtype!r}: expected one of {', '.join(ROW_DTYPES)}")
         per_layer = self.kv_token_layer_bytes(kv_dtype)
+        item = ITEM_BYTES[row_dtype]
         return Coefficients(
-            q_row_bytes=self.qk_dim * BF16,
-            o_row_bytes=self.v_dim * BF16 + FP32,
+            q_row_bytes=self.qk_dim * item,
+            o_row_bytes=self.v_dim * item + FP32,
             kv_token_layer_bytes=per_layer,
             kv_token_bytes=per_layer * self.layers,
             kv_dtype=kv_dtype,

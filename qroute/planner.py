@@ -26,15 +26,28 @@ from qroute.errors import QrouteError, non_negative_int, positive_int
 
 @dataclass(frozen=True)
 class HolderDemand:
-    """`tokens` selected tokens of the request live on `holder`, reachable over `paths` (empty: profile defaults)."""
+    """`tokens` selected tokens of the request live on `holder`, reachable over `paths` (empty: profile defaults).
+
+    `prefill_tokens`: what `local` must re-prefill to rebuild them (a sparse selection needs
+    its chunk up to the last selected block); defaults to `tokens`.
+    """
 
     holder: int
     tokens: int
     paths: tuple[str, ...] = ()
+    prefill_tokens: int | None = None
 
     def __post_init__(self) -> None:
         non_negative_int("holder", self.holder)
         positive_int(f"tokens on holder {self.holder}", self.tokens)
+        if self.prefill_tokens is not None and self.prefill_tokens < self.tokens:
+            raise QrouteError(
+                f"prefill tokens {self.prefill_tokens} on holder {self.holder}: expected >= its {self.tokens} selected tokens"
+            )
+
+    @property
+    def rebuild_tokens(self) -> int:
+        return self.tokens if self.prefill_tokens is None else self.prefill_tokens
 
 
 @dataclass(frozen=True)
@@ -61,7 +74,7 @@ class Request:
 
     def shape(self, demand: HolderDemand) -> Shape:
         """The single-holder shape of one demand."""
-        return Shape(self.rows, demand.tokens, self.layers, self.steps, 1, self.sparse, self.offset)
+        return Shape(self.rows, demand.tokens, self.layers, self.steps, 1, self.sparse, self.offset, demand.prefill_tokens)
 
 
 @dataclass(frozen=True)
@@ -125,45 +138,77 @@ def _holder_plan(demand: HolderDemand, options: dict, primitive: str) -> HolderP
 # ----------------------------------------------------------------------------- whole request
 
 
+Session = tuple[Request, Sequence[HolderPlan]]  # one request and the primitive each holder runs
+
+
 def combine(model: CostModel, request: Request, chosen: Sequence[HolderPlan]) -> Phases:
-    """Predicted phases of the whole request when each holder runs its chosen primitive."""
-    routed = [h for h in chosen if h.primitive == "route"]
-    moved = [h for h in chosen if h.primitive != "route"]
-    total = _routed_phases(model, request, routed) if routed else Phases()
-    if moved:
-        total = total + _moved_phases(model, request, moved)
+    """Predicted phases of one request when each holder runs its chosen primitive."""
+    return combine_batch(model, [(request, chosen)])
+
+
+def combine_batch(model: CostModel, sessions: Sequence[Session]) -> Phases:
+    """Predicted phases of requests decoded together, as the executor runs them.
+
+    Per layer and step: the rows of every request routed to a holder travel in one message
+    (one probe for all holders, bytes serialised, holders in parallel, each holder computing
+    one partial attention per request); then on the requester an attention over each
+    request's moved KV and a merge per request. Once: each request's fetches, splice or
+    gather, and re-prefills. All requests share `layers` and `steps`.
+    """
+    layers, steps = _common(sessions)
+    per_layer = _routed_per_layer(model, sessions) + _moved_per_layer(model, sessions)
+    return per_layer.scaled(steps * layers) + sum((_once(model, r, hp) for r, hp in sessions), Phases())
+
+
+def _common(sessions: Sequence[Session]) -> tuple[int, int]:
+    shapes = {(r.layers, r.steps) for r, _ in sessions}
+    if len(shapes) != 1:
+        raise QrouteError(f"requests decoded together have (layers, steps) {sorted(shapes)}: expected one value")
+    return shapes.pop()
+
+
+def _routed_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
+    c, rows, compute, paths = model.coef, {}, {}, {}
+    for request, holders in sessions:
+        for h in holders:
+            if h.primitive == "route":
+                rows[h.holder] = rows.get(h.holder, 0) + request.rows
+                compute[h.holder] = compute.get(h.holder, 0.0) + model.attention_s(request.rows, h.tokens)
+                paths.setdefault(h.holder, model.profile.path(h.path))
+    if not rows:
+        return Phases()
+    return Phases(
+        probe=max(p.alpha_s for p in paths.values()),
+        transfer=sum(rows[h] * c.q_row_bytes / paths[h].beta_Bps for h in rows),
+        compute=max(compute.values()),
+        ret=sum(rows[h] * c.o_row_bytes / paths[h].beta_Bps for h in rows),
+    )
+
+
+def _moved_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
+    total = Phases()
+    for request, holders in sessions:
+        routed = sum(h.primitive == "route" for h in holders)
+        moved = sum(h.tokens for h in holders if h.primitive != "route")
+        attend = model.attention_s(request.rows, moved, local=True) if moved else 0.0
+        partials = 1 + routed + (1 if moved else 0)
+        total = total + Phases(compute=attend, merge=model.merge_s(request.rows, partials))
     return total
 
 
-def _routed_phases(model: CostModel, request: Request, routed: Sequence[HolderPlan]) -> Phases:
-    c, rows = model.coef, request.rows
-    paths = [model.profile.path(h.path) for h in routed]
-    per_layer = Phases(
-        probe=max(p.alpha_s for p in paths),
-        transfer=sum(rows * c.q_row_bytes / p.beta_Bps for p in paths),
-        compute=max(model.attention_s(rows, h.tokens) for h in routed),
-        ret=sum(rows * c.o_row_bytes / p.beta_Bps for p in paths),
-        merge=model.merge_s(rows, len(routed) + 1),
-    )
-    return per_layer.scaled(request.steps * request.layers)
-
-
-def _moved_phases(model: CostModel, request: Request, moved: Sequence[HolderPlan]) -> Phases:
-    fetched = [h for h in moved if h.primitive == "fetch"]
-    layers = request.layers
+def _once(model: CostModel, request: Request, holders: Sequence[HolderPlan]) -> Phases:
+    """What one request pays once: fetches (probe + bytes), splice or gather, re-prefills."""
+    layers, demands = request.layers, {d.holder: d for d in request.demands}
+    fetched = [h for h in holders if h.primitive == "fetch"]
     paths = [model.profile.path(h.path) for h in fetched]
-    fetched_tokens = sum(h.tokens for h in fetched)
-    adapt = 0.0
-    if fetched and request.sparse:
-        adapt += model.gather_s(fetched_tokens, len(fetched), layers)
-    if fetched and request.offset:
-        adapt += model.splice_s(fetched_tokens, layers)
-    rebuild = sum(model.reprefill_s(h.tokens, layers) for h in moved if h.primitive == "local")
-    attend = request.steps * layers * model.attention_s(request.rows, sum(h.tokens for h in moved))
+    tokens = sum(h.tokens for h in fetched)
+    adapt = model.gather_s(tokens, len(fetched), layers) if fetched and request.sparse else 0.0
+    adapt += model.splice_s(tokens, layers) if fetched and request.offset else 0.0
+    rebuild = sum(model.reprefill_s(demands[h.holder].rebuild_tokens, layers) for h in holders if h.primitive == "local")
     return Phases(
         probe=sum(p.alpha_s for p in paths),
         transfer=sum(model.fetch_bytes(h.tokens, layers) / p.beta_Bps for h, p in zip(fetched, paths)),
-        compute=adapt + rebuild + attend,
+        compute=adapt + rebuild,
     )
 
 
@@ -183,6 +228,16 @@ def plan(model: CostModel, request: Request) -> Plan:
     if name == "mixed" and len({h.primitive for h in holders}) == 1:
         name = holders[0].primitive
     return Plan(request, holders, scored[name], name)
+
+
+def forced_plan(model: CostModel, request: Request, primitive: str) -> Plan:
+    """Every holder runs `primitive` (on its best path): the always-route / -fetch / -local baselines."""
+    if primitive not in PRIMITIVES:
+        raise QrouteError(f"unknown primitive {primitive!r}: expected one of {', '.join(PRIMITIVES)}")
+    holders = tuple(
+        _holder_plan(d, holder_options(model, request, d), primitive) for d in request.demands
+    )
+    return Plan(request, holders, combine(model, request, holders), primitive)
 
 
 def uniform_request(

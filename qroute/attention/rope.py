@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Mapping
 
 import torch
@@ -72,7 +73,10 @@ class RopeSpec:
             raise QrouteError(f"rope_theta={self.theta!r}: expected > 1")
 
     def inv_freq(self) -> Tensor:
-        """Inverse frequencies `[dim / 2]`, float64, YaRN-blended when scaled."""
+        """Inverse frequencies `[dim / 2]`, float64, YaRN-blended when scaled (computed once per spec)."""
+        return _inv_freq(self)
+
+    def _compute_inv_freq(self) -> Tensor:
         exponents = torch.arange(0, self.dim, 2, dtype=torch.float64) / self.dim
         extrapolation = 1.0 / (self.theta**exponents)
         if self.yarn is None:
@@ -117,6 +121,11 @@ class RopeSpec:
         if kind != "yarn":
             raise QrouteError(f"rope_type={kind!r}: expected 'default' or 'yarn'")
         return cls(dim=dim, theta=float(theta), yarn=_yarn_from_dict(merged, config), interleave=interleave)
+
+
+@lru_cache(maxsize=64)
+def _inv_freq(spec: RopeSpec) -> Tensor:
+    return spec._compute_inv_freq()
 
 
 def _yarn_from_dict(d: Mapping[str, Any], config: Mapping[str, Any]) -> YarnScaling:

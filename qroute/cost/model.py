@@ -10,11 +10,15 @@ Request shape, per holder group (DESIGN.md section 3):
 
 route  per layer and step, all H holders at once: one probe (latencies overlap), the rows
        out to every holder (bytes serialise on the requester's port), the holders' partial
-       attention (in parallel), the states back, one merge of H + 1 partials.
+       attention (in parallel), the states back, one merge of H + 1 partials (the
+       requester's own state and one per holder).
 fetch  once: per holder a probe and C*L KV rows; then a splice (contiguous chunk reused at
-       offset != 0) or a scattered gather (sparse selection); then N*L local attentions
-       over the H*C moved tokens on the requester.
-local  once: re-prefill each holder's chunk on the requester; then N*L local attentions.
+       offset != 0) or a scattered gather (sparse selection); then per layer and step a
+       local attention over the H*C moved tokens and a merge of 2 partials (own + moved).
+local  once: re-prefill each holder's chunk (its first `prefill_tokens` tokens: a sparse
+       selection needs the chunk up to its last selected block) on the requester; then,
+       as fetch, a local attention and a merge per layer and step.
+The requester's attention over its own context is common to all three and not priced.
 """
 
 from __future__ import annotations
@@ -71,10 +75,13 @@ class Shape:
     holders: int = 1
     sparse: bool = False
     offset: int = 0
+    prefill_tokens: int | None = None  # tokens local re-prefills per holder (default: `tokens`)
 
     def __post_init__(self) -> None:
         _positive("rows", self.rows)
         _positive("chunk tokens", self.tokens)
+        if self.prefill_tokens is not None:
+            _positive("prefill tokens", self.prefill_tokens)
         positive_int("layers", self.layers)
         positive_int("reuse steps", self.steps)
         positive_int("holders", self.holders)
@@ -89,16 +96,20 @@ class CostModel:
     geometry: Geometry
     profile: Profile
     kv_dtype: str = "bf16"
+    row_dtype: str = "bf16"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_coef", self.geometry.coefficients(self.kv_dtype, self.row_dtype))
 
     @property
     def coef(self) -> Coefficients:
-        return self.geometry.coefficients(self.kv_dtype)
+        return self._coef
 
     # -- compute-side coefficients (vectorisable in rows / tokens) --------------------
 
-    def attention_s(self, rows, tokens):
-        """Partial attention of `rows` query rows over `tokens` keys, one layer."""
-        a = self.profile.compute.attention
+    def attention_s(self, rows, tokens, local: bool = False):
+        """Partial attention of `rows` query rows over `tokens` keys, one layer (on a holder, or `local`ly)."""
+        a = self.profile.compute.local_attention if local else self.profile.compute.attention
         read = tokens * self.coef.kv_token_layer_bytes / a.read_Bps
         flops = rows * tokens * self.geometry.attn_flops_per_row_token / a.flops_per_s
         return a.fixed_s + read + flops
@@ -121,8 +132,9 @@ class CostModel:
     def reprefill_s(self, tokens, layers):
         """Re-prefill one chunk of `tokens` tokens through `layers` layers."""
         r, g = self.profile.compute.reprefill, self.geometry
-        flops = layers * (tokens * g.dense_flops_per_token_layer + tokens * (tokens + 1) / 2 * g.attn_flops_per_token_pair)
-        return r.fixed_s + flops / r.flops_per_s
+        dense = layers * tokens * g.dense_flops_per_token_layer
+        attention = layers * tokens * (tokens + 1) / 2 * g.attn_flops_per_token_pair
+        return r.fixed_s + dense / r.flops_per_s + attention / r.attn_flops_per_s
 
     # -- message sizes -----------------------------------------------------------------
 
@@ -154,19 +166,24 @@ class CostModel:
         adapt = self.gather_s(moved, s.holders, s.layers) if s.sparse else 0.0
         return adapt + (self.splice_s(moved, s.layers) if s.offset else 0.0)
 
+    def moved_per_layer(self, s: Shape) -> Phases:
+        """Per layer and step once KV is on the requester: attention over it, merge with the own state."""
+        return Phases(compute=self.attention_s(s.rows, s.holders * s.tokens, local=True), merge=self.merge_s(s.rows, 2))
+
     def fetch(self, s: Shape, path: PathSpec) -> Phases:
         """All H holders fetched once, then N*L local attentions over the moved tokens."""
-        local = s.steps * s.layers * self.attention_s(s.rows, s.holders * s.tokens)
-        return Phases(
+        once = Phases(
             probe=s.holders * path.alpha_s,
             transfer=s.holders * self.fetch_bytes(s.tokens, s.layers) / path.beta_Bps,
-            compute=self.adapt_s(s) + local,
+            compute=self.adapt_s(s),
         )
+        return once + self.moved_per_layer(s).scaled(s.steps * s.layers)
 
     def local(self, s: Shape) -> Phases:
         """All H chunks re-prefilled on the requester, then N*L local attentions."""
-        attn = s.steps * s.layers * self.attention_s(s.rows, s.holders * s.tokens)
-        return Phases(compute=s.holders * self.reprefill_s(s.tokens, s.layers) + attn)
+        prefill = s.tokens if s.prefill_tokens is None else s.prefill_tokens
+        once = Phases(compute=s.holders * self.reprefill_s(prefill, s.layers))
+        return once + self.moved_per_layer(s).scaled(s.steps * s.layers)
 
     def primitive(self, name: str, s: Shape, path: PathSpec | None) -> Phases:
         """Phases of primitive `name` ('route', 'fetch' or 'local')."""

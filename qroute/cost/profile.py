@@ -79,16 +79,18 @@ class GatherCoeffs:
 
 @dataclass(frozen=True)
 class ReprefillCoeffs:
-    """Re-prefill of a chunk: `fixed + flops/flop_rate` (flops from the geometry)."""
+    """Re-prefill of a chunk: `fixed + dense_flops/flops_per_s + attention_flops/attn_flops_per_s` (flops from the geometry)."""
 
     fixed_s: float
     flops_per_s: float
+    attn_flops_per_s: float
     source: str = ""
 
 
 @dataclass(frozen=True)
 class Compute:
-    attention: AttentionCoeffs
+    attention: AttentionCoeffs  # a holder's partial attention for one routed request
+    local_attention: AttentionCoeffs  # the requester's attention over fetched or re-prefilled KV
     merge: MergeCoeffs
     splice: SpliceCoeffs
     gather: GatherCoeffs
@@ -164,6 +166,7 @@ def from_dict(data: Mapping[str, Any], origin: str = "<dict>") -> Profile:
     c = data["compute"]
     compute = Compute(
         attention=AttentionCoeffs(**c["attention"]),
+        local_attention=AttentionCoeffs(**c["local_attention"]),
         merge=MergeCoeffs(**c["merge"]),
         splice=SpliceCoeffs(**c["splice"]),
         gather=GatherCoeffs(**c["gather"]),

@@ -115,6 +115,34 @@ class ModelConfig:
         """Whether layer `layer` has a routed MoE block (else a dense SiLU-gated MLP)."""
         return bool(self.n_routed_experts) and layer >= self.first_k_dense_replace and layer % self.moe_layer_freq == 0
 
+    def to_hf(self) -> dict[str, Any]:
+        """The config as HuggingFace DeepseekV3-style `config.json` fields (rope as `rope_parameters`)."""
+        r = self.rope
+        rope: dict[str, Any] = {"rope_type": "default" if r.yarn is None else "yarn", "rope_theta": r.theta}
+        if r.yarn is not None:
+            rope.update({k: v for k, v in vars(r.yarn).items() if v is not None})
+        return {
+            "model_type": "deepseek_v3", "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
+            "q_lora_rank": self.q_lora_rank, "kv_lora_rank": self.kv_lora_rank,
+            "qk_nope_head_dim": self.qk_nope_head_dim, "qk_rope_head_dim": self.qk_rope_head_dim,
+            "v_head_dim": self.v_head_dim, "intermediate_size": self.intermediate_size,
+            "n_routed_experts": self.n_routed_experts or None, "n_shared_experts": self.n_shared_experts,
+            "num_experts_per_tok": self.num_experts_per_tok, "moe_intermediate_size": self.moe_intermediate_size,
+            "first_k_dense_replace": self.first_k_dense_replace, "moe_layer_freq": self.moe_layer_freq,
+            "scoring_func": self.scoring_func, "topk_method": self.topk_method, "n_group": self.n_group,
+            "topk_group": self.topk_group, "norm_topk_prob": self.norm_topk_prob,
+            "routed_scaling_factor": self.routed_scaling_factor, "rms_norm_eps": self.rms_norm_eps,
+            "rope_interleave": r.interleave, "rope_parameters": rope,
+            "tie_word_embeddings": self.tie_word_embeddings, "attention_bias": self.attention_bias,
+        }  # fmt: skip
+
+    def geometry(self, name: str = "model") -> Geometry:
+        """This model's attention geometry (for the cost model)."""
+        from qroute.geometry import from_hf_config
+
+        return from_hf_config(self.to_hf(), name=name)
+
     # ------------------------------------------------------------------ constructors
 
     @classmethod

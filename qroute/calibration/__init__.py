@@ -1,0 +1,1 @@
+"""Calibration: the only code that measures. It fits the cost model's constants and writes profiles."""

@@ -1,0 +1,1 @@
+"""The runtime: instances on torch.distributed that execute Plans (route, fetch, local) exactly."""

@@ -1,0 +1,128 @@
+"""The holder: prefill the blocks placed here, then serve route, fetch and ping requests.
+
+Protocol (message kinds; see transport.py for framing):
+    ROUTE  meta [layer]; tensors q [n, H, D], groups [G, 3] (row, offset, count), blocks [sum count]
+           -> ROUTED meta [compute_ns]; tensors o [n, H, latent], lse [n, H] float32
+    FETCH  tensors blocks [n] -> FETCHED meta [gather_ns]; tensors kv [L, n * block_size, D]
+    PING   any payload -> PONG with the same payload (calibration)
+    STOP   the sender needs nothing more; the holder returns once every requester stopped
+Route shifts each group's query rope part by `-offset` here, where the keys live, so a
+requester whose rows attend chunks reused at different offsets sends its rows once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from qroute.attention import AttentionState, attend, empty_state, merge_states, shift_query
+from qroute.attention.rope import RopeSpec
+from qroute.errors import QrouteError
+from qroute.model import MLATransformer
+from qroute.runtime import transport
+from qroute.runtime.store import BlockStore, Directory
+from qroute.workload.corpus import Corpus
+
+ROUTE, ROUTED, FETCH, FETCHED, PING, PONG, STOP = 1, 2, 3, 4, 5, 6, 7
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """What a holder needs to compute partial attention: the latent width, RoPE and softmax scale."""
+
+    latent: int
+    rope: RopeSpec
+    scale: float
+
+    @classmethod
+    def of(cls, model: MLATransformer) -> "AttentionSpec":
+        c = model.config
+        return cls(c.kv_lora_rank, c.rope, c.softmax_scale)
+
+
+def build_store(rank: int, corpus: Corpus, directory: Directory, model: MLATransformer) -> BlockStore:
+    """Prefill every chunk with a block held on `rank` at canonical positions; keep those blocks."""
+    c = model.config
+    held = set(directory.blocks_on(rank))
+    store = BlockStore(sorted(held), c.num_layers, corpus.block_size, c.latent_width, model.dtype)
+    for chunk in corpus.chunks:
+        if held.intersection(chunk.blocks(corpus.block_size)):
+            kv = model.reprefill(chunk.tokens, torch.arange(chunk.tokens.numel()))
+            store.put_chunk(chunk.first_block, kv)
+    return store
+
+
+def route_states(
+    store: BlockStore, spec: AttentionSpec, layer: int, q: Tensor, groups: Tensor, blocks: Tensor
+) -> AttentionState:
+    """Partial states of `q [n, H, D]` over their groups of blocks at `layer`: `o [n, H, latent]`, `lse [n, H]`.
+
+    Group g = (row, offset, count): row `row` attends the next `count` block ids, stored at
+    canonical positions and reused at `offset`, so the row's rope part is rotated by `-offset`.
+    """
+    per_row: list[list[AttentionState]] = [[] for _ in range(q.shape[0])]
+    start = 0
+    for row, offset, count in groups.tolist():
+        ids = blocks[start : start + count]
+        start += count
+        rows = q[row]
+        shifted = torch.cat((rows[:, : spec.latent], shift_query(rows[:, spec.latent :], offset, spec.rope)), dim=-1)
+        keys = store.layer_rows(layer, ids)
+        per_row[row].append(attend(shifted, keys, keys[:, : spec.latent], spec.scale, check=False))
+    states = [merge_states(s, check=False) if s else empty_state(q[0], spec.latent) for s in per_row]
+    return AttentionState(torch.stack([s.o for s in states]), torch.stack([s.lse for s in states]))
+
+
+@dataclass
+class ServeStats:
+    """What a holder did, for the run's report."""
+
+    routed_rows: int = 0
+    route_messages: int = 0
+    fetched_blocks: int = 0
+    compute_s: float = 0.0
+    requesters: set = field(default_factory=set)
+
+
+def serve(store: BlockStore, spec: AttentionSpec, requesters: Sequence[int]) -> ServeStats:
+    """Answer messages until every requester in `requesters` has sent STOP."""
+    stats, stopped = ServeStats(), set()
+    while stopped != set(requesters):
+        msg = transport.recv(None)
+        stats.requesters.add(msg.src)
+        if msg.kind == STOP:
+            stopped.add(msg.src)
+        elif msg.kind == ROUTE:
+            _serve_route(store, spec, msg, stats)
+        elif msg.kind == FETCH:
+            _serve_fetch(store, msg, stats)
+        elif msg.kind == PING:
+            transport.send(msg.src, PONG, msg.meta, msg.tensors)
+        else:
+            raise QrouteError(f"holder got message kind {msg.kind} from {msg.src}: expected ROUTE, FETCH, PING or STOP")
+    return stats
+
+
+def _serve_route(store: BlockStore, spec: AttentionSpec, msg: transport.Message, stats: ServeStats) -> None:
+    (layer,) = msg.meta
+    q, groups, blocks = msg.tensors
+    t0 = time.perf_counter()
+    state = route_states(store, spec, layer, q, groups, blocks)
+    elapsed = time.perf_counter() - t0
+    stats.routed_rows += q.shape[0] * q.shape[1]
+    stats.route_messages += 1
+    stats.compute_s += elapsed
+    transport.send(msg.src, ROUTED, [int(elapsed * 1e9)], [state.o, state.lse])
+
+
+def _serve_fetch(store: BlockStore, msg: transport.Message, stats: ServeStats) -> None:
+    (blocks,) = msg.tensors
+    t0 = time.perf_counter()
+    kv = store.gather(blocks)
+    elapsed = time.perf_counter() - t0
+    stats.fetched_blocks += blocks.numel()
+    transport.send(msg.src, FETCHED, [int(elapsed * 1e9)], [kv])

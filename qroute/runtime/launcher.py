@@ -1,0 +1,209 @@
+"""Start N instances as processes and run one function on each, on torch.distributed.
+
+Embedded (default): the launcher hosts the rendezvous store on 127.0.0.1 (any free port,
+no race), forks the instances from a forkserver that has torch preloaded (cheap starts,
+no inherited OpenMP state), and runs `fn(instance, *args)` on each. Instances die with
+the launcher, so none is ever left behind: each instance drops its copy of the
+forkserver's keep-alive pipe (else the forkserver, and through it the instances, would
+outlive a killed launcher), asks for SIGKILL when the forkserver dies (PR_SET_PDEATHSIG),
+and watches the launcher's pid; the launcher also kills them on any error or timeout.
+
+Under `torchrun` (RANK / WORLD_SIZE in the environment) the same entry point joins the
+job's process group instead and runs `fn` for its own rank only.
+
+Ranks `[0, requesters)` are requesters; the rest are holders. World size 1 is one
+instance that holds every block and attends everything locally.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as dt
+import os
+import queue as queue_mod
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from qroute.errors import QrouteError, positive_int
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Shape of the embedded cluster and its process-group settings."""
+
+    world_size: int = 3
+    requesters: int = 1
+    backend: str = "gloo"
+    timeout_s: float = 120.0
+    host: str = "127.0.0.1"
+    threads: int = 1  # torch intra-op threads per instance
+
+    def __post_init__(self) -> None:
+        positive_int("instances", self.world_size)
+        positive_int("requesters", self.requesters)
+        if self.requesters > self.world_size:
+            raise QrouteError(f"requesters={self.requesters}: expected <= instances={self.world_size}")
+        if self.backend not in ("gloo", "nccl"):
+            raise QrouteError(f"backend={self.backend!r}: expected 'gloo' or 'nccl'")
+        if not self.timeout_s > 0:
+            raise QrouteError(f"timeout={self.timeout_s!r}: expected > 0 seconds")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """This process's place in the cluster."""
+
+    rank: int
+    world_size: int
+    requesters: int
+
+    @property
+    def is_requester(self) -> bool:
+        return self.rank < self.requesters
+
+    @property
+    def holders(self) -> list[int]:
+        """Ranks that hold blocks (every rank when the world is a single instance)."""
+        if self.world_size == 1:
+            return [0]
+        return list(range(self.requesters, self.world_size))
+
+    @property
+    def requester_ranks(self) -> list[int]:
+        return list(range(self.requesters))
+
+
+def under_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+
+
+def launch(spec: ClusterSpec, fn: Callable[..., Any], *args: Any) -> list[Any]:
+    """Run `fn(instance, *args)` on every instance; results by rank (torchrun: this rank's only)."""
+    if under_torchrun():
+        return [_run_under_torchrun(spec, fn, args)]
+    return _run_embedded(spec, fn, args)
+
+
+def _timeout(spec: ClusterSpec) -> dt.timedelta:
+    return dt.timedelta(seconds=spec.timeout_s)
+
+
+def _run_under_torchrun(spec: ClusterSpec, fn: Callable[..., Any], args: tuple) -> Any:
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if spec.backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(spec.backend, timeout=_timeout(spec))
+    try:
+        return fn(Instance(rank, world, spec.requesters), *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_embedded(spec: ClusterSpec, fn: Callable[..., Any], args: tuple) -> list[Any]:
+    store = dist.TCPStore(spec.host, 0, spec.world_size + 1, True, timeout=_timeout(spec), wait_for_workers=False)
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "torch.distributed", "qroute.runtime.launcher"])
+    results: Any = ctx.Queue()
+    procs = [
+        ctx.Process(target=_child, args=(rank, spec, store.port, fn, args, results, os.getpid()), daemon=True, name=f"qroute-{rank}")
+        for rank in range(spec.world_size)
+    ]
+    try:
+        for p in procs:
+            p.start()
+        return _collect(spec, procs, results)
+    finally:
+        _reap(procs)
+        del store
+
+
+def _collect(spec: ClusterSpec, procs: list, results: Any) -> list[Any]:
+    out: dict[int, Any] = {}
+    deadline = time.monotonic() + spec.timeout_s * 2
+    while len(out) < len(procs):
+        try:
+            rank, status, value = results.get(timeout=0.2)
+        except queue_mod.Empty:
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise QrouteError(f"instance {dead[0].name} exited with code {dead[0].exitcode} before reporting")
+            if time.monotonic() > deadline:
+                raise QrouteError(f"cluster did not finish within {spec.timeout_s * 2:.0f} s: expected all instances to report")
+            continue
+        if status == "error":
+            raise QrouteError(f"instance {rank} failed: {value}")
+        out[rank] = value
+    return [out[r] for r in range(len(procs))]
+
+
+def _reap(procs: list) -> None:
+    """Join finished instances; kill any still running."""
+    for p in procs:
+        if p.pid is not None:
+            p.join(timeout=5)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=5)
+
+
+def _die_with_launcher(launcher: int) -> None:
+    """Never outlive the launcher process `launcher` (see the module doc)."""
+    from multiprocessing import forkserver
+
+    alive_fd = getattr(forkserver._forkserver, "_forkserver_alive_fd", None)
+    if alive_fd is not None:
+        try:
+            os.close(alive_fd)
+        except OSError:
+            pass
+        forkserver._forkserver._forkserver_alive_fd = None
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the watchdog below still applies
+        pass
+    threading.Thread(target=_watch, args=(launcher,), daemon=True, name="qroute-watchdog").start()
+
+
+def _watch(launcher: int) -> None:
+    while True:
+        try:
+            os.kill(launcher, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        time.sleep(0.5)
+
+
+def _child(rank: int, spec: ClusterSpec, port: int, fn: Callable[..., Any], args: tuple, results: Any, launcher: int) -> None:
+    _die_with_launcher(launcher)
+    torch.set_num_threads(spec.threads)
+    try:
+        store = dist.TCPStore(spec.host, port, spec.world_size + 1, False, timeout=_timeout(spec))
+        dist.init_process_group(
+            spec.backend, store=store, rank=rank, world_size=spec.world_size, timeout=_timeout(spec)
+        )
+        value = fn(Instance(rank, spec.world_size, spec.requesters), *args)
+        results.put((rank, "ok", value))
+    except BaseException as exc:  # report, then exit non-zero so the launcher stops the rest
+        if isinstance(exc, QrouteError):
+            message = str(exc)
+        else:
+            traceback.print_exc()  # an internal error: keep the whole story on this instance's stderr
+            message = f"{type(exc).__name__}: {exc}"
+        results.put((rank, "error", message))
+        results.close()
+        results.join_thread()
+        os._exit(1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,162 @@
+"""Framed messages between instances over torch.distributed point-to-point.
+
+A message is a fixed-size int64 header (kind, small integer metadata, and the dtype and
+shape of each tensor) followed by one byte buffer holding every tensor back to back,
+8-byte aligned. Tensors of any dtype travel as bytes.
+
+Eager protocol: a message up to EAGER bytes (header included) travels as ONE send, which
+the receiver takes into an EAGER-sized buffer (gloo accepts a shorter message); on loopback
+that halves a round trip against a separate header and payload (measured here: 0.15 ms vs
+0.4 ms). Larger messages send the header first, flagged, then the payload with tag PAYLOAD.
+Messages are received from a given sender or from any (holders serve several requesters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from qroute.errors import QrouteError
+
+HEADER_LEN = 96
+HEADER_BYTES = HEADER_LEN * 8
+EAGER = 1 << 20
+MAGIC = 0x51524F55  # "QROU"
+HEADER, PAYLOAD = 11, 12
+INLINE_WORD = 4  # header word: 1 when the payload follows in the same send
+MAX_META = 24
+MAX_TENSORS = 8
+MAX_DIMS = 6
+DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.int32, torch.uint8, torch.bool, torch.float64)
+_CODE = {d: i for i, d in enumerate(DTYPES)}
+
+
+@dataclass
+class Message:
+    """`kind` (an int the protocol defines), its sender, integer `meta` and tensors."""
+
+    kind: int
+    src: int = -1
+    meta: list[int] = field(default_factory=list)
+    tensors: list[Tensor] = field(default_factory=list)
+    nbytes: int = 0  # payload bytes on the wire
+
+
+def _align(n: int) -> int:
+    return (n + 7) // 8 * 8
+
+
+def encode_header(kind: int, meta: Sequence[int], tensors: Sequence[Tensor]) -> tuple[Tensor, int]:
+    """int64 header `[HEADER_LEN]` and the payload size in bytes."""
+    if len(meta) > MAX_META or len(tensors) > MAX_TENSORS:
+        raise QrouteError(f"message with {len(meta)} meta / {len(tensors)} tensors: expected <= {MAX_META} / {MAX_TENSORS}")
+    words = [MAGIC, kind, len(meta), len(tensors), 0, 0, *meta]
+    nbytes = 0
+    for t in tensors:
+        if t.dim() > MAX_DIMS or t.dtype not in _CODE:
+            raise QrouteError(f"tensor {tuple(t.shape)} {t.dtype}: expected <= {MAX_DIMS} dims of a supported dtype")
+        words += [_CODE[t.dtype], t.dim(), *t.shape]
+        nbytes += _align(t.numel() * t.element_size())
+    words[5] = nbytes
+    words[INLINE_WORD] = int(HEADER_BYTES + nbytes <= EAGER)
+    header = torch.zeros(HEADER_LEN, dtype=torch.int64)
+    header[: len(words)] = torch.tensor(words, dtype=torch.int64)
+    return header, nbytes
+
+
+def decode_header(header: Tensor) -> tuple[int, list[int], list[tuple[torch.dtype, tuple[int, ...]]], int]:
+    """(kind, meta, [(dtype, shape)], payload bytes) from a received header."""
+    w = header.tolist()
+    if w[0] != MAGIC:
+        raise QrouteError(f"bad message header magic {w[0]:#x}: expected {MAGIC:#x}")
+    kind, n_meta, n_tensors, nbytes = w[1], w[2], w[3], w[5]
+    meta, pos, specs = w[6 : 6 + n_meta], 6 + n_meta, []
+    for _ in range(n_tensors):
+        dtype, ndim = DTYPES[w[pos]], w[pos + 1]
+        specs.append((dtype, tuple(w[pos + 2 : pos + 2 + ndim])))
+        pos += 2 + ndim
+    return kind, meta, specs, nbytes
+
+
+def pack(tensors: Sequence[Tensor], nbytes: int, header: Tensor | None = None) -> Tensor:
+    """One uint8 buffer holding (the header and) every tensor, each at an 8-byte aligned offset."""
+    start = 0 if header is None else HEADER_BYTES
+    buf = torch.empty(start + nbytes, dtype=torch.uint8)
+    if header is not None:
+        buf[:HEADER_BYTES] = header.view(torch.uint8)
+    offset = start
+    for t in tensors:
+        raw = t.detach().contiguous().cpu().reshape(-1).view(torch.uint8)
+        buf[offset : offset + raw.numel()] = raw
+        offset += _align(raw.numel())
+    return buf
+
+
+def unpack(buf: Tensor, specs: Sequence[tuple[torch.dtype, tuple[int, ...]]]) -> list[Tensor]:
+    """Views of the tensors in a payload buffer (no copies)."""
+    out, offset = [], 0
+    for dtype, shape in specs:
+        numel = 1
+        for d in shape:
+            numel *= d
+        size = numel * torch.empty(0, dtype=dtype).element_size()
+        out.append(buf[offset : offset + size].view(dtype).reshape(shape))
+        offset += _align(size)
+    return out
+
+
+def _frames(kind: int, meta: Sequence[int], tensors: Sequence[Tensor]) -> tuple[list[tuple[Tensor, int]], int]:
+    """The buffers to send, with their tags: one (eager) or header then payload."""
+    header, nbytes = encode_header(kind, meta, tensors)
+    if HEADER_BYTES + nbytes <= EAGER:
+        return [(pack(tensors, nbytes, header), HEADER)], nbytes
+    return [(header.view(torch.uint8), HEADER), (pack(tensors, nbytes), PAYLOAD)], nbytes
+
+
+def send(dst: int, kind: int, meta: Sequence[int] = (), tensors: Sequence[Tensor] = ()) -> int:
+    """Send one message to `dst` (blocking); returns the payload bytes."""
+    frames, nbytes = _frames(kind, meta, tensors)
+    for buf, tag in frames:
+        dist.send(buf, dst, tag=tag)
+    return nbytes
+
+
+def isend(dst: int, kind: int, meta: Sequence[int] = (), tensors: Sequence[Tensor] = ()) -> list:
+    """Post one message to `dst` without waiting; returns the work handles to wait on."""
+    frames, _ = _frames(kind, meta, tensors)
+    works = [dist.isend(buf, dst, tag=tag) for buf, tag in frames]
+    works.append(_Keep(*[buf for buf, _ in frames]))  # keep the buffers alive until waited on
+    return works
+
+
+class _Keep:
+    def __init__(self, *refs) -> None:
+        self.refs = refs
+
+    def wait(self) -> None:
+        return None
+
+
+def recv(src: int | None = None) -> Message:
+    """Receive one message from `src`, or from any instance when `src` is None."""
+    first = torch.empty(EAGER, dtype=torch.uint8)
+    sender = dist.recv(first, src, tag=HEADER)
+    header = first[:HEADER_BYTES].view(torch.int64)
+    kind, meta, specs, nbytes = decode_header(header)
+    if not nbytes:
+        return Message(kind, sender, meta, [], 0)
+    if int(header[INLINE_WORD]):
+        buf = first[HEADER_BYTES : HEADER_BYTES + nbytes]
+    else:
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        dist.recv(buf, sender, tag=PAYLOAD)
+    return Message(kind, sender, meta, unpack(buf, specs), nbytes)
+
+
+def wait_all(works: Sequence) -> None:
+    for w in works:
+        w.wait()

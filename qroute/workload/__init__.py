@@ -1,0 +1,1 @@
+"""Workloads: a corpus from a real code base, and sub-agent decode requests over it."""

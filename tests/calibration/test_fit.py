@@ -1,0 +1,40 @@
+"""Fitting recovers known constants from synthetic timings with noise and outliers."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qroute.calibration.fit import HUGE_RATE, nonneg_lstsq, rate, robust_median
+from qroute.errors import QrouteError
+
+
+@settings(max_examples=30, deadline=None)
+@given(alpha=st.floats(1e-6, 1e-3), beta=st.floats(1e8, 1e11), seed=st.integers(0, 2**32 - 1))
+def test_path_constants_recovered_through_noise_and_stalls(alpha, beta, seed):
+    rng = np.random.default_rng(seed)
+    sizes = np.array([8, 4 << 10, 64 << 10, 512 << 10, 4 << 20], dtype=float)
+    medians = []
+    for b in sizes:
+        t = (alpha + b / beta) * (1 + rng.normal(0, 0.01, size=41))
+        t[rng.choice(41, size=6, replace=False)] += 4e-3  # the scheduler's 4 ms mode
+        medians.append(robust_median(t))
+    fit = nonneg_lstsq(np.stack([np.ones_like(sizes), sizes], axis=1), np.array(medians))
+    assert fit.coef[0] == pytest.approx(alpha, rel=0.05, abs=2e-7)
+    assert rate(fit.coef[1]) == pytest.approx(beta, rel=0.05)
+
+
+def test_negative_coefficients_are_dropped_and_refitted():
+    x = np.array([[1.0, 1.0], [1.0, 2.0], [1.0, 3.0]])
+    y = np.array([3.0, 2.0, 1.0])  # decreasing: a positive slope cannot fit, the slope is dropped
+    fit = nonneg_lstsq(x, y)
+    assert fit.coef[1] == 0 and fit.coef[0] > 0
+    assert rate(fit.coef[1]) == HUGE_RATE
+
+
+def test_robust_median_ignores_stalls_and_rejects_empty():
+    assert robust_median([1.0, 1.1, 0.9, 1.0, 50.0, 60.0]) == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(QrouteError):
+        robust_median([])
+    with pytest.raises(QrouteError, match="at least as many samples"):
+        nonneg_lstsq(np.ones((1, 2)), np.ones(1))
