@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from qroute import geometry as geo
@@ -202,13 +203,16 @@ def demo_config(args):
 def cmd_demo(args) -> None:
     from rich.console import Console
 
-    from qroute.demo import run_demo
+    from qroute.demo import run_demo, validate
     from qroute.report import demo as demo_report
 
     config = demo_config(args)
-    if not args.json:
+    validate(config)
+    if not args.json and os.environ.get("RANK", "0") == "0":
         Console(stderr=True).print(f"[bold]qroute demo[/]: {args.instances} instances on this machine, results in {args.out}/")
     results = run_demo(config)
+    if results.get("rank") != 0:  # under torchrun, rank 0 reports
+        return
     files = demo_report.write_results(results, args.out)
     if args.json:
         print(json.dumps({"summary": results["summary"], "wall_s": results["wall_s"], "files": [str(f) for f in files]}, indent=2))

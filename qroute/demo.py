@@ -47,23 +47,45 @@ class DemoConfig:
                 raise QrouteError(f"mode {m!r}: expected one of {', '.join(MODES)}")
 
 
-def run_demo(config: DemoConfig) -> dict:
-    """Launch the cluster, run every mode, return the requester's results (rank 0)."""
+def validate(config: DemoConfig) -> None:
+    """Fail fast on bad input, before any process starts."""
     check_spec(config.world)
     if config.profile != "auto":
-        load_profile(config.profile)  # fail fast on a bad profile, before any process starts
+        load_profile(config.profile)
+
+
+def run_demo(config: DemoConfig) -> dict:
+    """Launch the cluster, run every mode, return the requester's results (rank 0)."""
+    validate(config)
     t0 = time.perf_counter()
-    results = launch(config.cluster, demo_instance, config)
-    out = results[0]
-    out["holders"] = [r for r in results if isinstance(r, dict) and r.get("role") == "holder"]
+    out = launch(config.cluster, demo_instance, config)[0]  # under torchrun: this rank's result
+    if out.get("rank") != 0:
+        return out
+    instances = out.pop("instances")
+    out["holders"] = [r for r in instances if r.get("role") == "holder"]
     out["other_requesters"] = [
-        {"rank": r["rank"], "summary": r["summary"]} for r in results[1:] if isinstance(r, dict) and r.get("role") == "requester"
+        {"rank": r["rank"], "summary": r["summary"]} for r in instances[1:] if r.get("role") == "requester"
     ]
     out["wall_s"] = time.perf_counter() - t0
     return out
 
 
 def demo_instance(instance: Instance, config: DemoConfig) -> dict:
+    """One instance's part; rank 0 returns every instance's result under "instances"."""
+    result = _instance(instance, config)
+    gathered = [None] * instance.world_size if instance.rank == 0 else None
+    dist.gather_object(result if instance.rank == 0 else _brief(result), gathered, dst=0)
+    if instance.rank == 0:
+        result["instances"] = gathered
+    return result
+
+
+def _brief(result: dict) -> dict:
+    """What rank 0 needs from the others (a requester's runs stay with it)."""
+    return {k: v for k, v in result.items() if k not in ("runs", "profile", "requests")}
+
+
+def _instance(instance: Instance, config: DemoConfig) -> dict:
     torch.manual_seed(config.world.seed)
     _say(config, instance, "building the corpus and the model; holders prefill their blocks")
     world = build_world(config.world, instance.holders)
