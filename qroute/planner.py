@@ -120,8 +120,8 @@ def candidate_paths(model: CostModel, demand: HolderDemand) -> dict[str, PathSpe
 def holder_options(model: CostModel, request: Request, demand: HolderDemand) -> dict[str, tuple[str | None, Phases]]:
     """Standalone (path, phases) of each primitive for one holder."""
     shape, paths = request.shape(demand), candidate_paths(model, demand)
-    route_name, route_path = best_path(model, paths, model.route_bytes(request.rows))
-    fetch_name, fetch_path = best_path(model, paths, model.fetch_bytes(demand.tokens, request.layers))
+    route_name, route_path = best_path(paths, model.route_bytes(request.rows))
+    fetch_name, fetch_path = best_path(paths, model.fetch_bytes(demand.tokens, request.layers))
     return {
         "route": (route_name, model.route(shape, route_path)),
         "fetch": (fetch_name, model.fetch(shape, fetch_path)),

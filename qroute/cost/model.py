@@ -196,7 +196,7 @@ class CostModel:
         raise QrouteError(f"unknown primitive {name!r}: expected one of {', '.join(PRIMITIVES)}")
 
 
-def best_path(model: CostModel, paths: dict[str, PathSpec], nbytes) -> tuple[str, PathSpec]:
+def best_path(paths: dict[str, PathSpec], nbytes) -> tuple[str, PathSpec]:
     """The path with the smallest `alpha + nbytes / beta` for one message (scalar bytes)."""
     name = min(paths, key=lambda n: paths[n].time(nbytes))
     return name, paths[name]

@@ -77,8 +77,8 @@ def test_path_choice_by_message_size():
     assert cross == pytest.approx(18e-6 / (1 / 10e9 - 1 / 100e9))
     assert fast_probe.time(cross) == pytest.approx(wide.time(cross))
     paths = {"fast": fast_probe, "wide": wide}
-    assert best_path(None, paths, cross * 0.5)[0] == "fast"
-    assert best_path(None, paths, cross * 2)[0] == "wide"
+    assert best_path(paths, cross * 0.5)[0] == "fast"
+    assert best_path(paths, cross * 2)[0] == "wide"
     assert path_crossover_bytes(PathSpec(1e-6, 50e9), PathSpec(2e-6, 10e9)) is None  # one dominates
 
 
