@@ -177,11 +177,13 @@ def _routed_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
                 paths.setdefault(h.holder, model.profile.path(h.path))
     if not rows:
         return Phases()
+    exchange = {h: model.route_bytes(rows[h]) for h in rows}
+    beta = {h: paths[h].beta(exchange[h]) for h in rows}
     return Phases(
-        probe=max(p.alpha_s for p in paths.values()),
-        transfer=sum(rows[h] * c.q_row_bytes / paths[h].beta_Bps for h in rows),
+        probe=max(paths[h].alpha(exchange[h]) for h in rows),
+        transfer=sum(rows[h] * c.q_row_bytes / beta[h] for h in rows),
         compute=max(compute.values()),
-        ret=sum(rows[h] * c.o_row_bytes / paths[h].beta_Bps for h in rows),
+        ret=sum(rows[h] * c.o_row_bytes / beta[h] for h in rows),
     )
 
 
@@ -205,9 +207,10 @@ def _once(model: CostModel, request: Request, holders: Sequence[HolderPlan]) -> 
     adapt = model.gather_s(tokens, len(fetched), layers) if fetched and request.sparse else 0.0
     adapt += model.splice_s(tokens, layers) if fetched and request.offset else 0.0
     rebuild = sum(model.reprefill_s(demands[h.holder].rebuild_tokens, layers) for h in holders if h.primitive == "local")
+    moved = [model.fetch_bytes(h.tokens, layers) for h in fetched]
     return Phases(
-        probe=sum(p.alpha_s for p in paths),
-        transfer=sum(model.fetch_bytes(h.tokens, layers) / p.beta_Bps for h, p in zip(fetched, paths)),
+        probe=sum(p.alpha(n) for p, n in zip(paths, moved)),
+        transfer=sum(n / p.beta(n) for p, n in zip(paths, moved)),
         compute=adapt + rebuild,
     )
 

@@ -75,12 +75,7 @@ def plan_summary(model: CostModel, request: Request) -> dict:
 def explain_summary(model: CostModel, request: Request) -> dict:
     """The break-even table and the path crossovers of a request."""
     table = [b.as_dict() for b in breakevens(model, request)]
-    crossovers = []
-    for a, b, nbytes in path_crossovers(model, request):
-        pa, pb = model.profile.path(a), model.profile.path(b)
-        low_alpha = a if pa.alpha_s <= pb.alpha_s else b
-        high_beta = a if pa.beta_Bps >= pb.beta_Bps else b
-        crossovers.append({"a": a, "b": b, "bytes": nbytes, "below": low_alpha, "above": high_beta if nbytes else None})
+    crossovers = path_crossovers(model, request)
     return {
         "model": model.geometry.name, "profile": model.profile.name, "provenance": model.profile.provenance,
         "request": _request_dict(model, request), "breakevens": table, "path_crossovers": crossovers,

@@ -151,11 +151,13 @@ class CostModel:
     def route(self, s: Shape, path: PathSpec) -> Phases:
         """All H holders routed; phases summed over N steps and L layers."""
         c = self.coef
+        exchange = self.route_bytes(s.rows)
+        beta = path.beta(exchange)
         per_layer = Phases(
-            probe=path.alpha_s,
-            transfer=s.holders * s.rows * c.q_row_bytes / path.beta_Bps,
+            probe=path.alpha(exchange),
+            transfer=s.holders * s.rows * c.q_row_bytes / beta,
             compute=self.attention_s(s.rows, s.tokens),
-            ret=s.holders * s.rows * c.o_row_bytes / path.beta_Bps,
+            ret=s.holders * s.rows * c.o_row_bytes / beta,
             merge=self.merge_s(s.rows, s.holders + 1),
         )
         return per_layer.scaled(s.steps * s.layers)
@@ -172,9 +174,10 @@ class CostModel:
 
     def fetch(self, s: Shape, path: PathSpec) -> Phases:
         """All H holders fetched once, then N*L local attentions over the moved tokens."""
+        nbytes = self.fetch_bytes(s.tokens, s.layers)
         once = Phases(
-            probe=s.holders * path.alpha_s,
-            transfer=s.holders * self.fetch_bytes(s.tokens, s.layers) / path.beta_Bps,
+            probe=s.holders * path.alpha(nbytes),
+            transfer=s.holders * nbytes / path.beta(nbytes),
             compute=self.adapt_s(s),
         )
         return once + self.moved_per_layer(s).scaled(s.steps * s.layers)
@@ -202,16 +205,39 @@ def best_path(paths: dict[str, PathSpec], nbytes) -> tuple[str, PathSpec]:
     return name, paths[name]
 
 
-def path_crossover_bytes(a: PathSpec, b: PathSpec) -> float | None:
-    """Message size where paths `a` and `b` cost the same, or None if one always wins.
+def path_flips(a: PathSpec, b: PathSpec) -> list[float]:
+    """Message sizes at which the cheaper of paths `a` and `b` changes, ascending.
 
-    Below it the path with the lower probe latency wins; above it, the higher rate.
+    Within a pair of regimes the crossing is closed form, `(alpha_b - alpha_a) / (1/beta_a - 1/beta_b)`,
+    and counts when it lies where both regimes apply; a regime boundary counts when the winner
+    differs on its two sides.
     """
-    inv = 1.0 / a.beta_Bps - 1.0 / b.beta_Bps
+    flips = [x for lo, hi in _regime_bounds(a, b) if (x := _affine_crossing(a, b, lo, hi)) is not None]
+    for cut in sorted({p.small.below_bytes for p in (a, b) if p.small is not None}):
+        before, after = cut * (1 - 1e-9), cut
+        if (a.time(before) < b.time(before)) != (a.time(after) < b.time(after)):
+            flips.append(float(cut))
+    return sorted(flips)
+
+
+def path_crossover_bytes(a: PathSpec, b: PathSpec) -> float | None:
+    """The smallest message size at which the cheaper of `a` and `b` changes, or None if one always wins."""
+    flips = path_flips(a, b)
+    return flips[0] if flips else None
+
+
+def _regime_bounds(a: PathSpec, b: PathSpec) -> list[tuple[float, float]]:
+    cuts = sorted({0.0, float("inf"), *(p.small.below_bytes for p in (a, b) if p.small is not None)})
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def _affine_crossing(a: PathSpec, b: PathSpec, lo: float, hi: float) -> float | None:
+    probe = lo if hi == float("inf") else (lo + hi) / 2  # a size inside the interval picks each path's regime
+    inv = 1.0 / a.beta(probe) - 1.0 / b.beta(probe)
     if inv == 0:
         return None
-    x = (b.alpha_s - a.alpha_s) / inv
-    return float(x) if x > 0 else None
+    x = (b.alpha(probe) - a.alpha(probe)) / inv
+    return float(x) if lo <= x < hi and x > 0 else None
 
 
 def _positive(name: str, value) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from itertools import combinations
 from typing import Callable
 
-from qroute.cost.model import CostModel, path_crossover_bytes
+from qroute.cost.model import CostModel, path_flips
 from qroute.planner import Request, uniform_phases
 
 
@@ -66,6 +66,19 @@ def _root_affine(f: Callable[[float], float], x1: float, x2: float) -> float | N
     return root if root > 0 else None
 
 
+def _root_piecewise(f: Callable[[float], float], start: float = 1.0, iters: int = 16) -> float | None:
+    """Root of a piecewise-affine `f` (a path's small-message regime makes costs piecewise in rows):
+    solve the affine piece around x, move x there, repeat until the root lies in the piece it came from."""
+    x = start
+    root = None
+    for _ in range(iters):
+        root = _root_affine(f, x, x + 1.0)
+        if root is None or abs(root - x) <= 1.0:
+            return root
+        x = max(start, float(math.floor(root)))
+    return root
+
+
 def _root_quadratic(f: Callable[[float], float]) -> float | None:
     """Smallest positive root of a quadratic `f`, from its values at 1, 2, 3."""
     y1, y2, y3 = f(1), f(2), f(3)
@@ -92,7 +105,7 @@ def _crossing(quantity, unit, current, vary, a, b, model, quadratic=False) -> Br
         r = vary(x)
         return _total(model, r, a) - _total(model, r, b)
 
-    root = _root_quadratic(diff) if quadratic else _root_affine(diff, 1.0, 2.0)
+    root = _root_quadratic(diff) if quadratic else _root_piecewise(diff)
     below, above = _order(diff(1.0), a, b)
     return BreakEven(quantity, unit, root, float(current), below, above)
 
@@ -150,16 +163,23 @@ def _on_path(request: Request, path: str) -> Request:
     return replace(request, demands=tuple(replace(d, paths=(path,)) for d in request.demands))
 
 
-def probe_breakeven(model: CostModel, request: Request, path: str) -> BreakEven:
-    """Probe latency of `path` at which routing over it stops beating both fetch and local.
+def _shifted(path, delta: float):
+    """The path with `delta` added to its probe latency (in every regime)."""
+    small = path.small and replace(path.small, alpha_s=path.small.alpha_s + delta)
+    return replace(path, alpha_s=path.alpha_s + delta, small=small)
 
-    route, fetch (over the same path) and local are each affine in alpha; route stops
-    winning at the first crossing with either.
+
+def probe_breakeven(model: CostModel, request: Request, path: str) -> BreakEven:
+    """Probe latency of `path` (at route's message size) at which routing over it stops beating fetch and local.
+
+    route, fetch (over the same path) and local are each affine in a shift of the path's
+    probe latency; route stops winning at the first crossing with either.
     """
     base = model.profile.path(path)
+    now = float(base.alpha(model.route_bytes(request.rows)))
 
     def total(alpha_s: float, primitive: str) -> float:
-        paths = dict(model.profile.paths, **{path: replace(base, alpha_s=alpha_s)})
+        paths = dict(model.profile.paths, **{path: _shifted(base, alpha_s - now)})
         return _total(replace(model, profile=replace(model.profile, paths=paths)), request, primitive)
 
     roots = [
@@ -169,10 +189,22 @@ def probe_breakeven(model: CostModel, request: Request, path: str) -> BreakEven:
     valid = [r for r in roots if r is not None]
     value = min(valid) if (valid and route_wins_at_zero) else None
     below = "route" if route_wins_at_zero else "fetch/local"
-    return BreakEven("probe latency: route vs rest", "s", value, base.alpha_s, below, "fetch/local", path)
+    return BreakEven("probe latency: route vs rest", "s", value, now, below, "fetch/local", path)
 
 
-def path_crossovers(model: CostModel, request: Request) -> list[tuple[str, str, float | None]]:
-    """(path a, path b, message bytes where they cost the same) for each pair of candidate paths."""
-    names = _paths(model, request)
-    return [(a, b, path_crossover_bytes(model.profile.path(a), model.profile.path(b))) for a, b in combinations(names, 2)]
+def path_crossovers(model: CostModel, request: Request) -> list[dict]:
+    """For each pair of candidate paths: the message sizes where the cheaper one changes, and the winner on each side."""
+    out = []
+    for a, b in combinations(_paths(model, request), 2):
+        pa, pb = model.profile.path(a), model.profile.path(b)
+        flips = path_flips(pa, pb)
+        edges = [0.0, *flips]
+        winners = [a if pa.time(x) <= pb.time(x) else b for x in _inside(edges)]
+        out.append({"a": a, "b": b, "flips": flips, "winners": winners})
+    return out
+
+
+def _inside(edges: list[float]) -> list[float]:
+    """One message size inside each interval [edges[i], edges[i + 1]) (the last one open-ended)."""
+    ends = [*edges[1:], None]
+    return [(lo + hi) / 2 if hi is not None else (lo * 2 or 1.0) for lo, hi in zip(edges, ends)]

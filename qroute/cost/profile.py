@@ -6,7 +6,10 @@ measured profiles; everything else reads them. Built-in profiles live in `profil
 `published-h100` carries the paper's published figures, labelled as such.
 
 Path model: an exchange of `b` bytes on a path costs `alpha_s + b / beta_Bps`, where
-`alpha_s` is the probe latency (the zero-byte round trip, paid once per exchange).
+`alpha_s` is the probe latency (the zero-byte round trip, paid once per exchange). A
+path may add a small-message regime: exchanges under `small.below_bytes` cost
+`small.alpha_s + b / small.beta_Bps` instead (the fixed turnaround of small messages that
+one alpha-beta line misses).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jsonschema
+import numpy as np
 
 from qroute.errors import QrouteError
 
@@ -26,16 +30,56 @@ SCHEMA_ID = "qroute.profile/1"
 
 
 @dataclass(frozen=True)
+class SmallRegime:
+    """Exchanges under `below_bytes` cost `alpha_s + bytes / beta_Bps`."""
+
+    below_bytes: float
+    alpha_s: float
+    beta_Bps: float
+
+
+def _pick(small, cond, big):
+    """`small` where `cond` else `big`, for numbers or numpy arrays."""
+    if isinstance(cond, np.ndarray):
+        return np.where(cond, small, big)
+    return small if cond else big
+
+
+@dataclass(frozen=True)
 class PathSpec:
-    """One fabric between two instances: probe latency `alpha_s` (s), rate `beta_Bps` (B/s)."""
+    """One fabric between two instances: probe latency `alpha_s` (s), rate `beta_Bps` (B/s), optional small regime."""
 
     alpha_s: float
     beta_Bps: float
     source: str = ""
+    small: SmallRegime | None = None
+
+    def alpha(self, nbytes):
+        """Probe latency of an exchange of `nbytes` (number or numpy array)."""
+        if self.small is None:
+            return self.alpha_s + 0 * nbytes
+        return _pick(self.small.alpha_s, nbytes < self.small.below_bytes, self.alpha_s)
+
+    def beta(self, nbytes):
+        """Rate of an exchange of `nbytes` (number or numpy array)."""
+        if self.small is None:
+            return self.beta_Bps + 0 * nbytes
+        return _pick(self.small.beta_Bps, nbytes < self.small.below_bytes, self.beta_Bps)
 
     def time(self, nbytes):
         """Seconds to exchange `nbytes` (a number or a numpy array)."""
-        return self.alpha_s + nbytes / self.beta_Bps
+        return self.alpha(nbytes) + nbytes / self.beta(nbytes)
+
+    def to_dict(self) -> dict:
+        d = {"alpha_s": self.alpha_s, "beta_Bps": self.beta_Bps, "source": self.source}
+        if self.small is not None:
+            d["small"] = asdict(self.small)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PathSpec":
+        small = d.get("small")
+        return cls(d["alpha_s"], d["beta_Bps"], d.get("source", ""), SmallRegime(**small) if small else None)
 
 
 @dataclass(frozen=True)
@@ -130,7 +174,7 @@ class Profile:
             "description": self.description,
             "machine": dict(self.machine),
             "created": self.created,
-            "paths": {k: asdict(v) for k, v in self.paths.items()},
+            "paths": {k: v.to_dict() for k, v in self.paths.items()},
             "default_paths": list(self.default_paths),
             "compute": asdict(self.compute),
         }
@@ -175,7 +219,7 @@ def from_dict(data: Mapping[str, Any], origin: str = "<dict>") -> Profile:
     return Profile(
         name=data["name"],
         provenance=data["provenance"],
-        paths={k: PathSpec(**v) for k, v in data["paths"].items()},
+        paths={k: PathSpec.from_dict(v) for k, v in data["paths"].items()},
         default_paths=tuple(data["default_paths"]),
         compute=compute,
         description=data.get("description", ""),

@@ -81,11 +81,13 @@ def explain_table(result: dict) -> Table:
 
 
 def crossover_table(crossovers: list[dict]) -> Table:
-    t = Table(title="Path choice by message size: alpha + bytes / beta")
-    for col in ("path a", "path b", "same cost at", "below", "above"):
+    t = Table(title="Path choice by message size (alpha + bytes / beta, per regime)")
+    for col in ("path a", "path b", "cheaper path by message size"):
         t.add_column(col)
     for c in crossovers:
-        t.add_row(c["a"], c["b"], fmt_bytes(c["bytes"]), c["below"] or "-", c["above"] or "-")
+        edges = ["0", *(fmt_bytes(x) for x in c["flips"])]
+        spans = [f"{w} from {e}" for w, e in zip(c["winners"], edges)]
+        t.add_row(c["a"], c["b"], "; ".join(spans))
     return t
 
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qroute.cost import CostModel, PathSpec, Shape, load_profile, path_crossover_bytes
-from qroute.cost.model import best_path
+from qroute.cost.model import best_path, path_flips
 from qroute.errors import QrouteError
 from qroute.geometry import preset
 
@@ -89,3 +89,30 @@ def test_bad_shapes_rejected():
         Shape(1, -3, 1)
     with pytest.raises(QrouteError, match="expected every value >= 1"):
         Shape(np.array([1, 0]), np.array([2, 2]), 1)
+
+
+def test_small_message_regime():
+    from qroute.cost.profile import SmallRegime
+
+    p = PathSpec(100e-6, 10e9, small=SmallRegime(64e3, 20e-6, 2e9))
+    assert p.time(1e3) == pytest.approx(20e-6 + 1e3 / 2e9)
+    assert p.time(1e6) == pytest.approx(100e-6 + 1e6 / 10e9)
+    sizes = np.array([1e3, 1e6])
+    assert np.allclose(p.time(sizes), [p.time(1e3), p.time(1e6)])
+    plain = PathSpec(50e-6, 5e9)
+    flips = path_flips(p, plain)
+    assert flips == [pytest.approx(64e3), pytest.approx(500e3)]  # the regime boundary, then a closed-form crossing
+    assert path_crossover_bytes(p, plain) == flips[0]
+    winner = [p.time(x) < plain.time(x) for x in (1e3, 1e5, 1e7)]
+    assert winner == [True, False, True]
+
+
+def test_small_regime_survives_the_profile_file(tmp_path):
+    from qroute.cost import profile as prof
+    from qroute.cost.profile import SmallRegime
+
+    p = load_profile("published-h100")
+    paths = dict(p.paths, ibgda=dataclasses.replace(p.path("ibgda"), small=SmallRegime(32e3, 9e-6, 12e9)))
+    q = dataclasses.replace(p, paths=paths)
+    q.save(tmp_path / "q.json")
+    assert prof.load(tmp_path / "q.json") == q

@@ -69,7 +69,23 @@ def test_probe_breakeven_is_where_route_stops_winning(model):
 
 def test_path_crossovers_listed_for_each_pair(model):
     request = uniform_request(16, 2048, 1, 27, paths=("ibgda", "nvlink4"))
-    (a, b, nbytes), = path_crossovers(model, request)
-    pa, pb = model.profile.path(a), model.profile.path(b)
+    (pair,) = path_crossovers(model, request)
+    (nbytes,) = pair["flips"]
+    pa, pb = model.profile.path(pair["a"]), model.profile.path(pair["b"])
     assert pa.time(nbytes) == pytest.approx(pb.time(nbytes))
+    assert pair["winners"] == ["nvlink4", "ibgda"]  # lower probe latency below, higher rate above
     assert {x.path for x in breakevens(model, request)} == {"ibgda", "nvlink4"}
+
+
+def test_rows_breakeven_across_a_small_message_regime(model):
+    from qroute.cost.profile import SmallRegime
+
+    path = model.profile.path("ibgda")
+    knee = 300 * (model.coef.q_row_bytes + model.coef.o_row_bytes)  # route switches regime at 300 rows
+    slow_small = dataclasses.replace(path, small=SmallRegime(knee, 4e-6, 5e9))
+    m = dataclasses.replace(model, profile=dataclasses.replace(model.profile, paths={"ibgda": slow_small}))
+    request = uniform_request(16, 2048, 1, 27, offset=100)
+    b = next(x for x in breakevens(m, request) if x.quantity == "rows: route vs fetch")
+    lo, hi = dataclasses.replace(request, rows=math.floor(b.value)), dataclasses.replace(request, rows=math.ceil(b.value))
+    assert total(m, lo, "route") <= total(m, lo, "fetch")
+    assert total(m, hi, "route") >= total(m, hi, "fetch")
