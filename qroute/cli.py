@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description=__import__("qroute.demo", fromlist=["x"]).__doc__, epilog=EPILOG_DEMO,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_demo_args(d)
+    c = sub.add_parser("calibrate", help="measure this cluster's constants (paths and compute) and write a profile",
+                       description=__import__("qroute.calibration.calibrate", fromlist=["x"]).__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_calibrate_args(c)
     return parser
 
 
@@ -223,7 +227,48 @@ def cmd_demo(args) -> None:
         raise QrouteError("some outputs differ from the single-instance reference (see the table)")
 
 
-COMMANDS = {"models": cmd_models, "plan": cmd_plan, "explain": cmd_explain, "demo": cmd_demo}
+def _add_calibrate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--instances", type=_int_at_least(2), default=2, help="instances (rank 0 measures, the rest serve; default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="fewer sizes, repetitions and grid points (under 30 s on 2 cores)")
+    p.add_argument("--repeats", type=_int_at_least(1), default=3, help="latency sweeps to run, to report the spread of alpha and beta (default: %(default)s)")
+    p.add_argument("--model", default="deepseek-v2-lite", help="MLA preset or checkpoint dir whose compute is measured (default: %(default)s)")
+    p.add_argument("--layers", type=_int_at_least(1), default=2, help="layers of a preset model (default: %(default)s)")
+    p.add_argument("--hidden", type=_int_at_least(1), default=256, help="hidden size of a preset model (default: %(default)s)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model dtype (default: %(default)s)")
+    p.add_argument("--block-size", type=_int_at_least(1), default=16, help="tokens per block (default: %(default)s)")
+    p.add_argument("--name", default=None, help="profile name (default: measured-<host>)")
+    p.add_argument("--tag", default=None, help="machine tag in the file names (default: the host name)")
+    p.add_argument("--out", default="qroute-results", help="directory for the profile and the sweep tables (default: %(default)s)")
+    p.add_argument("--timeout", type=_int_at_least(1), default=300, help="process-group timeout in seconds (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object instead of tables")
+    p.add_argument("--quiet", action="store_true", help="no progress display")  # fmt: skip
+
+
+def cmd_calibrate(args) -> None:
+    from qroute.calibration.calibrate import CalibrationConfig, run_calibration
+    from qroute.report import calibration as report
+    from qroute.runtime.launcher import ClusterSpec
+    from qroute.runtime.world import WorldSpec
+    from qroute.workload.corpus import CorpusSpec
+
+    world = WorldSpec(args.model, args.layers, args.hidden, dtype=args.dtype,
+                      corpus=CorpusSpec(max_tokens=512, block_size=args.block_size))  # fmt: skip
+    config = CalibrationConfig(ClusterSpec(args.instances, 1, timeout_s=float(args.timeout)), world, args.quick,
+                               args.repeats, args.name, progress=not (args.quiet or args.json))  # fmt: skip
+    results = run_calibration(config)
+    if results.get("rank") != 0:
+        return
+    files = report.write_calibration(results, args.out, args.tag)
+    if args.json:
+        print(json.dumps({"profile": results["profile"], "spread": results["spread"], "files": [str(f) for f in files]}, indent=2))
+        return
+    path = next(iter(results["profile"]["paths"]))
+    console.print_tables(report.latency_table(results["latency"][-1], path), report.bandwidth_table(results["bandwidth"], path),
+                         report.fit_table(results))  # fmt: skip
+    print(f"wall {results['wall_s']:.1f} s; wrote " + ", ".join(str(f) for f in files))
+
+
+COMMANDS = {"models": cmd_models, "plan": cmd_plan, "explain": cmd_explain, "demo": cmd_demo, "calibrate": cmd_calibrate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.distributed as dist
 
-from qroute.calibration.quick import quick_profile
+from qroute.calibration.compute import quick_profile
 from qroute.cost import CostModel, load_profile
 from qroute.errors import QrouteError, positive_int
 from qroute.indexer import BlockIndexer

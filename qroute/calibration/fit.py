@@ -65,3 +65,57 @@ def nonneg_lstsq(X, y, relative: bool = True) -> LinearFit:
 def rate(inverse: float) -> float:
     """A rate from a fitted seconds-per-unit coefficient (0 -> not measurable -> huge)."""
     return HUGE_RATE if inverse <= 0 else float(1.0 / inverse)
+
+
+@dataclass(frozen=True)
+class PathFit:
+    """alpha + bytes / beta, with a small-message regime below `knee_bytes` when that fits markedly better."""
+
+    alpha_s: float
+    beta_Bps: float
+    small_alpha_s: float | None
+    small_beta_Bps: float | None
+    knee_bytes: float | None
+    rel_residuals: np.ndarray
+
+    @property
+    def median_ape(self) -> float:
+        return float(np.median(np.abs(self.rel_residuals)))
+
+    @property
+    def p90_ape(self) -> float:
+        return float(np.percentile(np.abs(self.rel_residuals), 90))
+
+    def report(self) -> dict:
+        return {"alpha_s": self.alpha_s, "beta_Bps": self.beta_Bps, "knee_bytes": self.knee_bytes,
+                "small_alpha_s": self.small_alpha_s, "small_beta_Bps": self.small_beta_Bps,
+                "median_ape": self.median_ape, "p90_ape": self.p90_ape,
+                "rel_residuals": [float(r) for r in self.rel_residuals]}  # fmt: skip
+
+
+def _line(b: np.ndarray, t: np.ndarray) -> LinearFit:
+    return nonneg_lstsq(np.stack([np.ones_like(b), b], axis=1), t)
+
+
+def fit_path(exchange_bytes, seconds, min_points: int = 3, floor: float = 0.03, gain: float = 0.5) -> PathFit:
+    """Fit a path's constants to round-trip medians at several exchange sizes (bytes out + back).
+
+    One alpha-beta line, or two (a small-message regime below a knee between two measured
+    sizes). Two are kept only where one line misses (p90 relative error above `floor`) and
+    two cut that error by `gain` or more: noise around a clean line does not invent a regime.
+    """
+    b = np.asarray(exchange_bytes, dtype=np.float64)
+    t = np.asarray(seconds, dtype=np.float64)
+    order = np.argsort(b)
+    b, t = b[order], t[order]
+    one = _line(b, t)
+    line = best = PathFit(float(one.coef[0]), rate(one.coef[1]), None, None, None, one.rel_residuals)
+    if line.p90_ape <= floor:
+        return line
+    for k in range(min_points, len(b) - min_points + 1):
+        lo, hi = _line(b[:k], t[:k]), _line(b[k:], t[k:])
+        cand = PathFit(float(hi.coef[0]), rate(hi.coef[1]), float(lo.coef[0]), rate(lo.coef[1]),
+                       float(np.sqrt(b[k - 1] * b[k])), np.concatenate([lo.rel_residuals, hi.rel_residuals]))  # fmt: skip
+        if cand.p90_ape < best.p90_ape:
+            best = cand
+    return best if best.p90_ape <= (1 - gain) * line.p90_ape else line

@@ -4,7 +4,8 @@ Protocol (message kinds; see transport.py for framing):
     ROUTE  meta [layer]; tensors q [n, H, D], groups [G, 3] (row, offset, count), blocks [sum count]
            -> ROUTED meta [compute_ns]; tensors o [n, H, latent], lse [n, H] float32
     FETCH  tensors blocks [n] -> FETCHED meta [gather_ns]; tensors kv [L, n * block_size, D]
-    PING   any payload -> PONG with the same payload (calibration)
+    PING   any payload -> PONG with the same payload (calibration: ping-pong)
+    STREAM meta [remaining]; any payload -> ACK when remaining == 0 (calibration: streaming rate)
     STOP   the sender needs nothing more; the holder returns once every requester stopped
 Route shifts each group's query rope part by `-offset` here, where the keys live, so a
 requester whose rows attend chunks reused at different offsets sends its rows once.
@@ -12,6 +13,7 @@ requester whose rows attend chunks reused at different offsets sends its rows on
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -27,7 +29,7 @@ from qroute.runtime import transport
 from qroute.runtime.store import BlockStore, Directory
 from qroute.workload.corpus import Corpus
 
-ROUTE, ROUTED, FETCH, FETCHED, PING, PONG, STOP = 1, 2, 3, 4, 5, 6, 7
+ROUTE, ROUTED, FETCH, FETCHED, PING, PONG, STOP, STREAM, ACK = 1, 2, 3, 4, 5, 6, 7, 8, 9
 
 
 @dataclass(frozen=True)
@@ -88,26 +90,43 @@ class ServeStats:
     requesters: set = field(default_factory=set)
 
 
-def serve(store: BlockStore, spec: AttentionSpec, requesters: Sequence[int]) -> ServeStats:
-    """Answer messages until every requester in `requesters` has sent STOP."""
-    stats, stopped = ServeStats(), set()
+def serve(store: BlockStore, spec: AttentionSpec, requesters: Sequence[int], groups: Sequence = ()) -> ServeStats:
+    """Answer messages until every requester in `requesters` has sent STOP, on the world and on every path group.
+
+    Each path group (one per fabric between the instances) is served by its own thread and
+    answered on the group it came from.
+    """
+    stats = ServeStats()
+    threads = [threading.Thread(target=_serve_group, args=(store, spec, requesters, g, stats), daemon=True) for g in groups]
+    for t in threads:
+        t.start()
+    _serve_group(store, spec, requesters, None, stats)
+    for t in threads:
+        t.join()
+    return stats
+
+
+def _serve_group(store: BlockStore, spec: AttentionSpec, requesters: Sequence[int], group, stats: ServeStats) -> None:
+    stopped: set[int] = set()
     while stopped != set(requesters):
-        msg = transport.recv(None)
+        msg = transport.recv(None, group)
         stats.requesters.add(msg.src)
         if msg.kind == STOP:
             stopped.add(msg.src)
         elif msg.kind == ROUTE:
-            _serve_route(store, spec, msg, stats)
+            _serve_route(store, spec, msg, stats, group)
         elif msg.kind == FETCH:
-            _serve_fetch(store, msg, stats)
+            _serve_fetch(store, msg, stats, group)
         elif msg.kind == PING:
-            transport.send(msg.src, PONG, msg.meta, msg.tensors)
+            transport.send(msg.src, PONG, msg.meta, msg.tensors, group)
+        elif msg.kind == STREAM:
+            if msg.meta[0] == 0:
+                transport.send(msg.src, ACK, [], [], group)
         else:
-            raise QrouteError(f"holder got message kind {msg.kind} from {msg.src}: expected ROUTE, FETCH, PING or STOP")
-    return stats
+            raise QrouteError(f"holder got message kind {msg.kind} from {msg.src}: expected ROUTE, FETCH, PING, STREAM or STOP")
 
 
-def _serve_route(store: BlockStore, spec: AttentionSpec, msg: transport.Message, stats: ServeStats) -> None:
+def _serve_route(store: BlockStore, spec: AttentionSpec, msg: transport.Message, stats: ServeStats, group=None) -> None:
     (layer,) = msg.meta
     q, groups, blocks = msg.tensors
     t0 = time.perf_counter()
@@ -116,13 +135,13 @@ def _serve_route(store: BlockStore, spec: AttentionSpec, msg: transport.Message,
     stats.routed_rows += q.shape[0] * q.shape[1]
     stats.route_messages += 1
     stats.compute_s += elapsed
-    transport.send(msg.src, ROUTED, [int(elapsed * 1e9)], [state.o, state.lse])
+    transport.send(msg.src, ROUTED, [int(elapsed * 1e9)], [state.o, state.lse], group)
 
 
-def _serve_fetch(store: BlockStore, msg: transport.Message, stats: ServeStats) -> None:
+def _serve_fetch(store: BlockStore, msg: transport.Message, stats: ServeStats, group=None) -> None:
     (blocks,) = msg.tensors
     t0 = time.perf_counter()
     kv = store.gather(blocks)
     elapsed = time.perf_counter() - t0
     stats.fetched_blocks += blocks.numel()
-    transport.send(msg.src, FETCHED, [int(elapsed * 1e9)], [kv])
+    transport.send(msg.src, FETCHED, [int(elapsed * 1e9)], [kv], group)

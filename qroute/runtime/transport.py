@@ -117,18 +117,18 @@ def _frames(kind: int, meta: Sequence[int], tensors: Sequence[Tensor]) -> tuple[
     return [(header.view(torch.uint8), HEADER), (pack(tensors, nbytes), PAYLOAD)], nbytes
 
 
-def send(dst: int, kind: int, meta: Sequence[int] = (), tensors: Sequence[Tensor] = ()) -> int:
-    """Send one message to `dst` (blocking); returns the payload bytes."""
+def send(dst: int, kind: int, meta: Sequence[int] = (), tensors: Sequence[Tensor] = (), group=None) -> int:
+    """Send one message to `dst` (blocking) over `group` (a path's process group; default: the world); returns the payload bytes."""
     frames, nbytes = _frames(kind, meta, tensors)
     for buf, tag in frames:
-        dist.send(buf, dst, tag=tag)
+        dist.send(buf, dst, group=group, tag=tag)
     return nbytes
 
 
-def isend(dst: int, kind: int, meta: Sequence[int] = (), tensors: Sequence[Tensor] = ()) -> list:
+def isend(dst: int, kind: int, meta: Sequence[int] = (), tensors: Sequence[Tensor] = (), group=None) -> list:
     """Post one message to `dst` without waiting; returns the work handles to wait on."""
     frames, _ = _frames(kind, meta, tensors)
-    works = [dist.isend(buf, dst, tag=tag) for buf, tag in frames]
+    works = [dist.isend(buf, dst, group=group, tag=tag) for buf, tag in frames]
     works.append(_Keep(*[buf for buf, _ in frames]))  # keep the buffers alive until waited on
     return works
 
@@ -141,10 +141,10 @@ class _Keep:
         return None
 
 
-def recv(src: int | None = None) -> Message:
-    """Receive one message from `src`, or from any instance when `src` is None."""
+def recv(src: int | None = None, group=None) -> Message:
+    """Receive one message from `src`, or from any instance when `src` is None, over `group`."""
     first = torch.empty(EAGER, dtype=torch.uint8)
-    sender = dist.recv(first, src, tag=HEADER)
+    sender = dist.recv(first, src, group=group, tag=HEADER)
     header = first[:HEADER_BYTES].view(torch.int64)
     kind, meta, specs, nbytes = decode_header(header)
     if not nbytes:
@@ -153,7 +153,7 @@ def recv(src: int | None = None) -> Message:
         buf = first[HEADER_BYTES : HEADER_BYTES + nbytes]
     else:
         buf = torch.empty(nbytes, dtype=torch.uint8)
-        dist.recv(buf, sender, tag=PAYLOAD)
+        dist.recv(buf, sender, group=group, tag=PAYLOAD)
     return Message(kind, sender, meta, unpack(buf, specs), nbytes)
 
 

@@ -40,3 +40,20 @@ def test_robust_median_ignores_stalls_and_rejects_empty():
         robust_median([])
     with pytest.raises(QrouteError, match="at least as many samples"):
         nonneg_lstsq(np.ones((1, 2)), np.ones(1))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_small_message_regime_found_when_present_and_not_invented(seed):
+    from qroute.calibration.fit import fit_path
+
+    rng = np.random.default_rng(seed)
+    sizes = np.geomspace(16, 16e6, 12)
+    true = np.where(sizes < 2e5, 30e-6 + sizes / 1e9, 120e-6 + sizes / 4e9)
+    noisy = true * (1 + rng.normal(0, 0.01, sizes.size))
+    fit = fit_path(sizes, noisy)
+    assert fit.knee_bytes is not None and 1e5 < fit.knee_bytes < 4e5
+    assert fit.small_alpha_s == pytest.approx(30e-6, rel=0.1) and fit.alpha_s == pytest.approx(120e-6, rel=0.1)
+    assert fit.beta_Bps == pytest.approx(4e9, rel=0.1)
+    assert fit.p90_ape < 0.03
+    line = fit_path(sizes, (50e-6 + sizes / 2e9) * (1 + rng.normal(0, 0.01, sizes.size)))
+    assert line.knee_bytes is None and line.beta_Bps == pytest.approx(2e9, rel=0.05)

@@ -1,12 +1,13 @@
-"""A quick calibration on the live cluster: a measured profile in a few seconds.
+"""Microbenchmarks of what the runtime runs, fitted into a profile's constants.
 
 Run on a requester while the holders serve. It times what the runtime runs, in the state
-it runs it: the route and fetch exchanges with a holder (alpha and beta of the path), the
-holder's per-request route compute, the requester's merge, splice, block gather and
-re-prefill; each fitted by non-negative least squares on robust medians. Between samples
-the model runs a small forward, as a decode step does between its layers' round trips:
-measured here, back-to-back exchanges run twice as fast as interleaved ones (warm caches
-and threads), which is not what the runtime sees. `qroute calibrate` extends this.
+it runs it: the holder's per-request route compute, the requester's attention over moved
+KV, merge, splice, block gather and re-prefill, and (for the quick profile of `qroute
+demo`) the route and fetch exchanges with a holder; each fitted by non-negative least
+squares on robust medians over a grid (`Grids`: small for `--quick`, larger for `qroute
+calibrate`). Between samples the model runs a small forward, as a decode step does
+between its layers' round trips: measured here, back-to-back exchanges run twice as fast
+as interleaved ones (warm caches and threads), which is not what the runtime sees.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import datetime as dt
 import platform
 import socket
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -60,11 +62,40 @@ def _report(grid, times, fit) -> dict:
             "median_ape": fit.median_ape, "max_ape": fit.max_ape}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Grids:
+    """Where each compute coefficient is sampled (multipliers of the head count for rows)."""
+
+    reps: int = 9
+    row_heads: tuple[int, ...] = (1, 4)
+    route_blocks: tuple[int, ...] = (4, 16, 64)
+    local_tokens: tuple[int, ...] = (64, 256, 1024)
+    merge_row_heads: tuple[int, ...] = (1, 8)
+    merge_partials: tuple[int, ...] = (2, 3, 5)
+    splice_tokens: tuple[int, ...] = (64, 256, 1024)
+    splice_layers: tuple[int, ...] = (0,)  # 0: the model's layer count
+    gather_blocks: tuple[int, ...] = (4, 16, 64)
+    gather_holders: tuple[int, ...] = (1,)
+    reprefill_tokens: tuple[int, ...] = (16, 64, 128, 256)
+    reprefill_reps: int = 5
+
+
+FULL = Grids(
+    reps=15, row_heads=(1, 2, 4, 8), route_blocks=(4, 16, 64, 128), local_tokens=(64, 256, 1024, 2048),
+    merge_row_heads=(1, 4, 16), merge_partials=(2, 3, 5, 9), splice_tokens=(64, 256, 1024, 4096),
+    splice_layers=(1, 2, 4, 8), gather_blocks=(4, 16, 64, 128), gather_holders=(1, 2, 4),
+    reprefill_tokens=(16, 64, 128, 256, 512), reprefill_reps=7,
+)  # fmt: skip
+
+
 class QuickCalibration:
     """Fits every constant of a profile for `model` on this instance (and its path to one holder)."""
 
-    def __init__(self, model: MLATransformer, geometry: Geometry, block_size: int, kv_dtype: str, reps: int = 9) -> None:
-        self.model, self.g, self.block_size, self.reps = model, geometry, block_size, reps
+    def __init__(self, model: MLATransformer, geometry: Geometry, block_size: int, kv_dtype: str,
+                 grids: Grids = Grids(), on_step: Callable[[str], None] | None = None) -> None:  # fmt: skip
+        self.model, self.g, self.block_size, self.grids = model, geometry, block_size, grids
+        self.reps = grids.reps
+        self.on_step = on_step or (lambda name: None)
         row_dtype = "fp32" if model.dtype == torch.float32 else "bf16"
         self.coef = geometry.coefficients(kv_dtype, row_dtype)
         self.filler = torch.randint(0, model.config.vocab_size, (4,))
@@ -90,6 +121,7 @@ class QuickCalibration:
     def _fit(self, name: str, grid, rows, times):
         fit = nonneg_lstsq(np.array(rows), np.array(times))
         self.fits[name] = _report(grid, times, fit)
+        self.on_step(name)
         return fit.coef
 
     def path(self, holder: int, held: list[int], reps: int = 15) -> PathSpec:
@@ -120,13 +152,14 @@ class QuickCalibration:
     def attention(self) -> AttentionCoeffs:
         """What a holder runs per routed request: shift the rows, read the blocks, attend (`route_states`)."""
         c, bs = self.model.config, self.block_size
-        store = BlockStore(range(128), c.num_layers, bs, c.latent_width, self.model.dtype)
+        most = max(self.grids.route_blocks)
+        store = BlockStore(range(most), c.num_layers, bs, c.latent_width, self.model.dtype)
         store.kv.copy_(self._rand(*store.kv.shape))
         spec = AttentionSpec.of(self.model)
-        grid = [(r, t) for r in (self.g.heads, 4 * self.g.heads) for t in (4 * bs, 16 * bs, 64 * bs)]
+        grid = [(k * self.g.heads, n * bs) for k in self.grids.row_heads for n in self.grids.route_blocks]
         rows, times = [], []
         for r, t in grid:
-            q, blocks = self._rand(1, r, c.latent_width), torch.randperm(128)[: t // bs]
+            q, blocks = self._rand(1, r, c.latent_width), torch.randperm(most)[: t // bs]
             groups = torch.tensor([(0, 1000, blocks.numel())])
             times.append(robust_median(self.sample(lambda q=q, b=blocks, g_=groups: route_states(store, spec, 0, q, g_, b))))
             rows.append([1.0, t * self.coef.kv_token_layer_bytes, r * t * self.g.attn_flops_per_row_token])
@@ -136,7 +169,7 @@ class QuickCalibration:
     def local_attention(self) -> AttentionCoeffs:
         """The requester's attention over moved KV (rows of one request against contiguous keys)."""
         c = self.model.config
-        grid = [(r, t) for r in (self.g.heads, 4 * self.g.heads) for t in (64, 256, 1024)]
+        grid = [(k * self.g.heads, t) for k in self.grids.row_heads for t in self.grids.local_tokens]
         rows, times = [], []
         latent = c.kv_lora_rank
         for r, t in grid:
@@ -148,7 +181,7 @@ class QuickCalibration:
 
     def merge(self) -> MergeCoeffs:
         """The requester's per-request merge as the executor runs it (merge_states, then stacking)."""
-        grid = [(r, p) for r in (self.g.heads, 8 * self.g.heads) for p in (2, 3, 5)]
+        grid = [(k * self.g.heads, p) for k in self.grids.merge_row_heads for p in self.grids.merge_partials]
         rows, times = [], []
         for r, p in grid:
             states = [AttentionState(self._rand(r, self.g.v_dim), torch.randn(r)) for _ in range(p)]
@@ -163,43 +196,62 @@ class QuickCalibration:
         return MergeCoeffs(float(fixed), rate(inv), "measured: merge_states")
 
     def splice(self) -> SpliceCoeffs:
+        """One splice call over all layers of the moved tokens: `fixed + L per_layer + T L per_token_layer`."""
         c = self.model.config
-        grid = [(t, c.num_layers) for t in (64, 256, 1024)]
+        layer_counts = [n or c.num_layers for n in self.grids.splice_layers]
+        grid = [(t, n) for t in self.grids.splice_tokens for n in layer_counts]
         rows, times = [], []
         for t, layers in grid:
             kv = self._rand(layers, t, c.qk_rope_head_dim)
             times.append(robust_median(self.sample(lambda kv=kv: splice(kv, 1000, c.rope))))
-            rows.append([1.0, t * layers])
-        fixed, per = self._fit("splice", grid, rows, times)
-        return SpliceCoeffs(float(fixed), 0.0, float(per), "measured: one fused splice over all layers")
+            rows.append([1.0, layers, t * layers])
+        if len(set(layer_counts)) == 1:  # one layer count: the per-layer term is not identifiable
+            rows = [[r[0], r[2]] for r in rows]
+            fixed, per = self._fit("splice", grid, rows, times)
+            return SpliceCoeffs(float(fixed), 0.0, float(per), "measured: one fused splice over all layers")
+        fixed, per_layer, per = self._fit("splice", grid, rows, times)
+        return SpliceCoeffs(float(fixed), float(per_layer), float(per), "measured: one fused splice over all layers")
 
     def gather(self) -> GatherCoeffs:
+        """Scattered blocks from H holders, one gather call per holder (as each holder answers its FETCH)."""
         c = self.model.config
         store = self._rand(c.num_layers, 256, self.block_size, c.latent_width)
-        grid = [4, 16, 64]
+        grid = [(n, h) for n in self.grids.gather_blocks for h in self.grids.gather_holders]
         rows, times = [], []
-        for n in grid:
-            ids = torch.randperm(256)[:n]
-            times.append(robust_median(self.sample(lambda ids=ids: store.index_select(1, ids).reshape(c.num_layers, -1, c.latent_width))))
-            rows.append([1.0, n * self.block_size * c.num_layers])
-        fixed, per = self._fit("gather", grid, rows, times)
-        return GatherCoeffs(float(fixed), 0.0, float(per), "measured: index_select of scattered blocks")
+        for n, h in grid:
+            ids = [torch.randperm(256)[: max(1, n // h)] for _ in range(h)]
+
+            def run(ids=ids):
+                return [store.index_select(1, i).reshape(c.num_layers, -1, c.latent_width) for i in ids]
+
+            times.append(robust_median(self.sample(run)))
+            rows.append([1.0, h * c.num_layers, sum(i.numel() for i in ids) * self.block_size * c.num_layers])
+        if len(self.grids.gather_holders) == 1:
+            rows = [[r[0], r[2]] for r in rows]
+            fixed, per = self._fit("gather", grid, rows, times)
+            return GatherCoeffs(float(fixed), 0.0, float(per), "measured: index_select of scattered blocks")
+        fixed, per_holder_layer, per = self._fit("gather", grid, rows, times)
+        return GatherCoeffs(float(fixed), float(per_holder_layer), float(per), "measured: index_select per holder")
 
     def reprefill(self) -> ReprefillCoeffs:
         g, vocab = self.g, self.model.config.vocab_size
-        grid = [16, 64, 128, 256]
+        grid = list(self.grids.reprefill_tokens)
         rows, times = [], []
         for t in grid:
             tokens = torch.randint(0, vocab, (t,))
-            times.append(robust_median(self.sample(lambda tok=tokens: self.model.reprefill(tok, torch.arange(tok.numel())), 5)))
+            run = lambda tok=tokens: self.model.reprefill(tok, torch.arange(tok.numel()))  # noqa: E731
+            times.append(robust_median(self.sample(run, self.grids.reprefill_reps)))
             rows.append([1.0, g.layers * t * g.dense_flops_per_token_layer, g.layers * t * (t + 1) / 2 * g.attn_flops_per_token_pair])
         fixed, inv_dense, inv_attn = self._fit("reprefill", grid, rows, times)
         return ReprefillCoeffs(float(fixed), rate(inv_dense), rate(inv_attn), "measured: model.reprefill")
 
+    def compute(self) -> Compute:
+        return Compute(self.attention(), self.local_attention(), self.merge(), self.splice(), self.gather(), self.reprefill())
+
     def profile(self, holder: int | None, held: list[int]) -> Profile:
         """Every constant, as a measured profile (a single instance has a free, infinitely fast path)."""
         path = self.path(holder, held) if holder is not None else PathSpec(0.0, 1e18, "single instance: no fabric")
-        compute = Compute(self.attention(), self.local_attention(), self.merge(), self.splice(), self.gather(), self.reprefill())
+        compute = self.compute()
         return Profile(
             name=f"auto-{socket.gethostname()}", provenance="measured",
             description="quick calibration on the live embedded cluster (qroute demo --profile auto)",

@@ -1,0 +1,74 @@
+"""Tables and files of `qroute calibrate` (OSU-style sweep tables, fit summary)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+from pathlib import Path
+
+from rich.table import Table
+
+from qroute.report.console import fmt_bytes, fmt_s
+
+
+def latency_table(sweep: list[dict], path: str) -> Table:
+    t = Table(title=f"# qroute ping-pong latency ({path}), OSU style: one-way = round trip / 2")
+    for col in ("size", "one-way (us)", "round trip median", "p10", "p90", "n"):
+        t.add_column(col, justify="right")
+    for r in sweep:
+        t.add_row(fmt_bytes(r["size"]), f"{r['median_s'] / 2 * 1e6:.2f}", fmt_s(r["median_s"]), fmt_s(r["p10_s"]),
+                  fmt_s(r["p90_s"]), str(r["n"]))  # fmt: skip
+    return t
+
+
+def bandwidth_table(rows: list[dict], path: str) -> Table:
+    t = Table(title=f"# qroute streaming bandwidth ({path}), OSU style: window of 16 messages")
+    for col in ("size", "MB/s (median)", "p10", "p90"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(fmt_bytes(r["size"]), f"{r['MBps']:.1f}", f"{r['MBps_p10']:.1f}", f"{r['MBps_p90']:.1f}")
+    return t
+
+
+def fit_table(results: dict) -> Table:
+    profile = results["profile"]
+    t = Table(title=f"Profile {profile['name']}: fitted constants (median / p90 relative residual of the fit)")
+    for col in ("constant", "value", "fit median APE", "fit p90 / max APE"):
+        t.add_column(col, justify="left" if col == "constant" else "right")
+    for name, path in profile["paths"].items():
+        fit = profile["fits"]["path"][name][-1]
+        t.add_row(f"{name} alpha", fmt_s(path["alpha_s"]), f"{fit['median_ape']:.1%}", f"{fit['p90_ape']:.1%}")
+        t.add_row(f"{name} beta", f"{path['beta_Bps'] / 1e9:.3g} GB/s", "", "")
+        if path.get("small"):
+            s = path["small"]
+            t.add_row(f"{name} small (< {fmt_bytes(s['below_bytes'])})", f"{fmt_s(s['alpha_s'])}, {s['beta_Bps'] / 1e9:.3g} GB/s", "", "")
+    sp = results["spread"]
+    if sp["repeats"] > 1:
+        t.add_row(f"repeat spread ({sp['repeats']} sweeps)", f"alpha {sp['alpha_rel_spread']:.1%}, beta {sp['beta_rel_spread']:.1%}", "", "")
+    for name, fit in profile["fits"].items():
+        if name != "path":
+            t.add_row(name, _compute_value(profile["compute"][name]), f"{fit['median_ape']:.1%}", f"{fit['max_ape']:.1%}")
+    return t
+
+
+def _compute_value(c: dict) -> str:
+    parts = []
+    for key, value in c.items():
+        if key == "source":
+            continue
+        is_time = key.endswith("_s") and not key.endswith("per_s")
+        parts.append(f"{key}={fmt_s(value)}" if is_time else f"{key}={value:.3g}")
+    return ", ".join(parts)
+
+
+def write_calibration(results: dict, out_dir: str | Path, tag: str | None = None) -> list[Path]:
+    """`profile-<tag>-<date>.json` (the profile alone, loadable with --profile) and `calibration-<tag>-<date>.json`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{tag or socket.gethostname()}-{dt.date.today():%Y-%m-%d}"
+    profile = out / f"profile-{stem}.json"
+    profile.write_text(json.dumps(results["profile"], indent=2) + "\n")
+    full = out / f"calibration-{stem}.json"
+    full.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return [profile, full]
