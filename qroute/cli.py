@@ -113,6 +113,7 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=_int_list, default=(1, 8), help="decode steps per request, drawn per request from these comma-separated values (default: 1,8)")
     g.add_argument("--batch", type=_int_at_least(1), default=2, help="requests decoded together (default: %(default)s)")
     g.add_argument("--task-tokens", type=_int_at_least(1), default=24, help="tokens of each agent's own context (default: %(default)s)")
+    g.add_argument("--step-tokens", type=_int_at_least(1), default=1, help="tokens decoded per step: the greedy one, then drafts (default: %(default)s)")
     g.add_argument("--topk-blocks", type=_int_at_least(1), default=4, help="blocks selected per request with --sparse (default: %(default)s)")
     g.add_argument("--sparse", action="store_true", help="select the top-k blocks of a chunk instead of the whole chunk")
     g.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of weights and workload (default: %(default)s)")
@@ -199,7 +200,8 @@ def demo_config(args):
         cluster=ClusterSpec(args.instances, args.requesters, timeout_s=float(args.timeout)),
         world=WorldSpec(args.model, args.layers, args.hidden, dtype=args.dtype, seed=args.seed, corpus=corpus,
                         placement=Placement(args.placement, args.replicas)),
-        workload=WorkloadSpec(args.requests, args.task_tokens, args.steps, args.topk_blocks, args.sparse, seed=args.seed),
+        workload=WorkloadSpec(args.requests, args.task_tokens, args.steps, args.topk_blocks, args.sparse, seed=args.seed,
+                              step_tokens=args.step_tokens),
         batch=args.batch, profile=args.profile, modes=tuple(args.modes), progress=not (args.quiet or args.json),
     )  # fmt: skip
 

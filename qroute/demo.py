@@ -183,7 +183,7 @@ def run_batch(executor: Executor, world, mode: str, index: int, batch, tol: floa
         measured.add(s.measured)
     planned = [(s.plan.request, s.plan.holders) for s in sessions if s.plan is not None]
     predicted = predicted_groups(combine_batch(executor.cost, planned)) if planned else predicted_groups_zero()
-    errors = [relative_error(torch.stack(s.logits), reference_logits(world.model, world.corpus, s.request, s.inputs))
+    errors = [relative_error(torch.cat(s.logits), reference_logits(world.model, world.corpus, s.request, s.inputs))
               for s in sessions]  # fmt: skip
     choices: dict[str, int] = {}
     for s in sessions:

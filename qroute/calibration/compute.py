@@ -40,8 +40,8 @@ PATH = "gloo-loopback"
 def route_exchange(holder: int, q: torch.Tensor, blocks: list[int]) -> float:
     """One ROUTE round trip as the executor does it; returns its network time (RTT - holder compute)."""
     t0 = time.perf_counter()
-    groups = torch.tensor([(i, 1000, len(blocks)) for i in range(q.shape[0])], dtype=torch.long)
-    ids = torch.tensor(blocks * q.shape[0], dtype=torch.long)
+    groups = torch.tensor([(0, q.shape[0], 1000, len(blocks))], dtype=torch.long)
+    ids = torch.tensor(blocks, dtype=torch.long)
     works = transport.isend(holder, ROUTE, [0], [q.contiguous(), groups, ids])
     msg = transport.recv(holder)
     transport.wait_all(works)
@@ -160,7 +160,7 @@ class QuickCalibration:
         rows, times = [], []
         for r, t in grid:
             q, blocks = self._rand(1, r, c.latent_width), torch.randperm(most)[: t // bs]
-            groups = torch.tensor([(0, 1000, blocks.numel())])
+            groups = torch.tensor([(0, 1, 1000, blocks.numel())])
             times.append(robust_median(self.sample(lambda q=q, b=blocks, g_=groups: route_states(store, spec, 0, q, g_, b))))
             rows.append([1.0, t * self.coef.kv_token_layer_bytes, r * t * self.g.attn_flops_per_row_token])
         fixed, inv_read, inv_flops = self._fit("attention", grid, rows, times)

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import qroute
 from qroute.errors import QrouteError
 from qroute.fabric import host, records
 from qroute.fabric.host import FabricError, ip
@@ -81,28 +80,34 @@ class Fabric:
 
     def __init__(self, spec: FabricSpec | Sequence[LinkSpec]) -> None:
         self.spec = spec if isinstance(spec, FabricSpec) else FabricSpec(tuple(spec))
-        self._record: records.Record | None = None
+        self._record: records.Record | None = None  # set while built
+        self._tag: str | None = None  # kept after exit, for leftovers(fabric.tag)
         self._forwarders: list[tuple[subprocess.Popen, int]] = []  # (process, ready pipe read end)
         self.links: tuple[Link, ...] = ()
 
     # -- queries ---------------------------------------------------------------------------
     @property
     def tag(self) -> str:
-        if self._record is None:
-            raise FabricError("fabric not built: expected use inside `with Fabric(spec) as fabric:`")
-        return self._record.tag
+        if self._tag is None:
+            raise FabricError("fabric not built yet: expected use inside `with Fabric(spec) as fabric:`")
+        return self._tag
+
+    @property
+    def built(self) -> bool:
+        return self._record is not None
 
     def namespace(self, end: int) -> str:
-        return names.namespace_name(self.tag, check_end(end))
+        return names.namespace_name(self._built_record().tag, check_end(end))
 
     def link(self, name: str) -> Link:
+        self._built_record()
         for link in self.links:
             if link.name == name:
                 return link
-        raise QrouteError(f"link {name!r}: expected one of {', '.join(x.name for x in self.links) or 'none (not built)'}")
+        raise QrouteError(f"link {name!r}: expected one of {', '.join(x.name for x in self.links)}")
 
     def control(self, end: int) -> Control:
-        root, inside = names.control_addresses(self._record_slot(), check_end(end))
+        root, inside = names.control_addresses(self._built_record().slot, check_end(end))
         return Control(self.namespace(end), CONTROL_IF, inside, names.control_root_if(self.tag, end), root)
 
     def control_address(self, end: int) -> str:
@@ -123,15 +128,18 @@ class Fabric:
         return {"namespace": c.namespace, "control": {"interface": c.interface, "address": c.address,
                 "root_address": c.root_address}, "links": links}  # fmt: skip
 
-    def _record_slot(self) -> int:
-        self.tag  # raises when not built
-        return self._record.slot
+    def _built_record(self) -> records.Record:
+        if self._record is None:
+            state = "removed" if self._tag else "not built yet"
+            raise FabricError(f"fabric {state}: expected use inside `with Fabric(spec) as fabric:`")
+        return self._record
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> Fabric:
         delay = any(x.kind == "delay" for x in self.spec.links)
         host.preflight(tun=delay, tc=any(x.rate_mbit is not None for x in self.spec.links))
         self._record = records.claim(self.spec.tag)
+        self._tag = self._record.tag
         try:
             self._build()
         except BaseException:
@@ -151,7 +159,7 @@ class Fabric:
     def _build(self) -> None:
         for end in ENDS:
             ip("netns", "add", self.namespace(end))
-            ip("-n", self.namespace(end), "link", "set", "lo", "up")
+            ip("-n", self.namespace(end), "link", "set", "dev", "lo", "up")
             self._build_control(end)
         built = []
         for index, spec in enumerate(self.spec.links):
@@ -162,15 +170,15 @@ class Fabric:
 
     def _build_control(self, end: int) -> None:
         c = self.control(end)
-        ip("link", "add", c.root_interface, "type", "veth", "peer", "name", c.interface, "netns", c.namespace)
+        ip("link", "add", "name", c.root_interface, "type", "veth", "peer", "name", c.interface, "netns", c.namespace)
         ip("addr", "add", f"{c.root_address}/30", "dev", c.root_interface)
-        ip("link", "set", c.root_interface, "up")
+        ip("link", "set", "dev", c.root_interface, "up")
         ip("-n", c.namespace, "addr", "add", f"{c.address}/30", "dev", c.interface)
-        ip("-n", c.namespace, "link", "set", c.interface, "up")
+        ip("-n", c.namespace, "link", "set", "dev", c.interface, "up")
 
     def _build_veth(self, index: int, spec: LinkSpec) -> Link:
         ns = [self.namespace(e) for e in ENDS]
-        ip("link", "add", spec.name, "netns", ns[0], "type", "veth", "peer", "name", spec.name, "netns", ns[1])
+        ip("link", "add", "name", spec.name, "netns", ns[0], "type", "veth", "peer", "name", spec.name, "netns", ns[1])
         for end in ENDS:
             ip("-n", ns[end], "addr", "add", f"{names.link_address(index, end)}/30", "dev", spec.name)
             self._finish_interface(ns[end], spec)
@@ -187,14 +195,14 @@ class Fabric:
                 os.close(fd)  # the forwarder holds them now; the TUNs live as long as it does
         for end in ENDS:
             ns, peer = self.namespace(end), names.link_address(index, 1 - end)
-            ip("link", "set", temp[end], "netns", ns)
-            ip("-n", ns, "link", "set", temp[end], "name", spec.name, "mtu", str(TUN_MTU))
+            ip("link", "set", "dev", temp[end], "netns", ns)
+            ip("-n", ns, "link", "set", "dev", temp[end], "name", spec.name, "mtu", str(TUN_MTU))
             ip("-n", ns, "addr", "add", names.link_address(index, end), "peer", peer, "dev", spec.name)
             self._finish_interface(ns, spec)
         return self._link(index, spec)
 
     def _finish_interface(self, ns: str, spec: LinkSpec) -> None:
-        ip("-n", ns, "link", "set", spec.name, "up")
+        ip("-n", ns, "link", "set", "dev", spec.name, "up")
         if spec.rate_mbit is not None:
             burst, latency_ms = names.tbf_params(spec.rate_mbit)
             host.run("tc", "-n", ns, "qdisc", "replace", "dev", spec.name, "root", "tbf", "rate",
@@ -266,7 +274,7 @@ class Fabric:
             present = set(host.root_interfaces())
         except FabricError as e:
             return [str(e)]
-        return [p for name in ours if name in present and (p := problem_of(ip, "link", "del", name))]
+        return [p for name in ours if name in present and (p := problem_of(ip, "link", "del", "dev", name))]
 
     def _delete_namespaces(self) -> list[str]:
         present = set(host.namespaces())
@@ -286,6 +294,6 @@ def problem_of(fn, *args) -> str | None:
 def child_env() -> dict:
     """This environment, with qroute importable in children even when it is not installed."""
     env = dict(os.environ)
-    root = str(Path(qroute.__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])  # the directory holding the qroute package
     env["PYTHONPATH"] = os.pathsep.join(x for x in (root, env.get("PYTHONPATH")) if x)
     return env

@@ -147,7 +147,7 @@ def remove_object(kind: str, name: str) -> None:
             except ProcessLookupError:
                 pass
     elif kind == "link" and name in host.root_interfaces():
-        host.ip("link", "del", name)
+        host.ip("link", "del", "dev", name)
     elif kind == "netns" and name in host.namespaces():
         host.ip("netns", "del", name)
     elif kind == "record":

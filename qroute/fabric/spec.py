@@ -156,10 +156,11 @@ def control_addresses(slot: int, end: int) -> tuple[str, str]:
 def tbf_params(rate_mbit: float) -> tuple[int, float]:
     """(burst bytes, queue latency ms) for a tbf at `rate_mbit`.
 
-    burst: 1 ms of traffic at the rate, at least 64 KiB so that one GSO super-packet
-    (veth passes up to 64 KiB segments) fits the bucket and tbf need not split it.
-    latency: how long a packet may wait in the queue; 20 ms at the rate is enough for a
-    TCP stream to keep the bucket busy, and queueing is only seen under bulk load.
+    burst: 1 ms of traffic at the rate, at least two full 1514-byte frames. Small enough
+    that a message of a few KiB already sees the rate (what an alpha-beta fit assumes);
+    tbf splits the veth's 64 KiB GSO packets when they exceed it. At 200 Mbit/s: 25 kB.
+    latency: how long a packet may wait in the queue (limit = rate x latency + burst);
+    20 ms keeps a TCP stream from dropping at the bucket, and only bulk load queues.
     """
     bytes_per_ms = rate_mbit * 1e6 / 8 / 1e3
-    return max(int(bytes_per_ms), 65536), 20.0
+    return max(int(bytes_per_ms), 2 * 1514), 20.0

@@ -3,15 +3,9 @@
 A session is one sub-agent request in flight. Opening it prefills the agent's own context,
 plans (or forces) a primitive per holder, and does what is paid once: fetch (holder
 gathers, requester splices by `+offset`) or local (re-prefill the chunk at its reuse
-positions). Each decode step then runs the model over a batch of sessions with a
-`BatchContext`, which at every layer:
-    1. attends each session's own context plus its new token (common to all primitives),
-    2. routes: the rows of every session routed to a holder travel in one message; the
-       holder shifts them by `-offset`, attends its blocks, returns (o, lse),
-    3. attends each session's moved KV (fetched or re-prefilled),
-    4. merges the partial states per session.
-Phases run one after another (no overlap), so what is measured is what the cost model
-prices: network (probe + transfer + return), compute (holder's or requester's), merge.
+positions). Each decode step then runs the model over a batch of sessions, each with
+`step_tokens` new tokens (the greedy next token, then draft tokens: rows = tokens x heads),
+through a `BatchContext` (batch.py) that routes, attends moved KV and merges per layer.
 """
 
 from __future__ import annotations
@@ -29,7 +23,7 @@ from qroute.errors import QrouteError
 from qroute.model import MLATransformer
 from qroute.planner import HolderDemand, Plan, Request, forced_plan, plan
 from qroute.runtime import transport
-from qroute.runtime.holder import FETCH, FETCHED, ROUTE, ROUTED, STOP, AttentionSpec, route_states
+from qroute.runtime.holder import FETCH, STOP, AttentionSpec
 from qroute.runtime.store import BlockStore, Directory
 from qroute.workload.agents import AgentRequest
 from qroute.workload.corpus import Corpus
@@ -76,10 +70,10 @@ class Session:
     moved: Tensor | None  # [L, M, D] fetched or re-prefilled rows, at reuse positions
     routed: dict[int, list[int]]  # holder -> selected blocks attended there
     inplace: list[int]  # selected blocks held by this instance itself
-    next_token: int
+    next_inputs: list[int]  # this step's input tokens: the greedy token, then drafts
     position: int
-    logits: list[Tensor] = field(default_factory=list)
-    inputs: list[int] = field(default_factory=list)
+    logits: list[Tensor] = field(default_factory=list)  # per step [step_tokens, V]
+    inputs: list[list[int]] = field(default_factory=list)  # per step
     measured: Measured = field(default_factory=Measured)
 
     @property
@@ -113,7 +107,7 @@ class Executor:
             demands.append(HolderDemand(holder, len(blocks) * bs, prefill_tokens=(max(idx) + 1) * bs))
         if not demands:
             return None
-        rows = self.model.config.num_heads  # one decode token per step
+        rows = r.step_tokens * self.model.config.num_heads  # rows = tokens x heads per step
         return Request(rows, self.model.config.num_layers, tuple(demands), r.steps, self._scattered(r), r.offset)
 
     def _scattered(self, r: AgentRequest) -> bool:
@@ -141,7 +135,7 @@ class Executor:
         p = self.plan_for(r, mode)
         primitives = {h.holder: h.primitive for h in p.holders} if p else {}
         by_holder = self.directory.by_holder(r.blocks)
-        s = Session(r, p, own, None, {}, by_holder.pop(self.rank, []), r.first_token, r.first_position)
+        s = Session(r, p, own, None, {}, by_holder.pop(self.rank, []), r.step_inputs(0, r.first_token), r.first_position)
         s.measured.base += time.perf_counter() - t0
         s.routed = {h: b for h, b in by_holder.items() if primitives[h] == "route"}
         moved = self._fetch(s, {h: b for h, b in by_holder.items() if primitives[h] == "fetch"})
@@ -188,19 +182,25 @@ class Executor:
         return kv
 
     def step(self, sessions: Sequence[Session]) -> None:
-        """One greedy decode step for a batch of sessions (rows bound for a holder share a message)."""
-        tokens = torch.tensor([s.next_token for s in sessions])
-        positions = torch.tensor([s.position for s in sessions])
+        """One decode step for a batch of sessions (rows bound for a holder share a message)."""
+        from qroute.runtime.batch import BatchContext
+
+        spans, start = [], 0
+        for s in sessions:
+            spans.append((start, start + len(s.next_inputs)))
+            start += len(s.next_inputs)
+        tokens = torch.tensor([t for s in sessions for t in s.next_inputs])
+        positions = torch.cat([torch.arange(s.position, s.position + len(s.next_inputs)) for s in sessions])
         t0 = time.perf_counter()
-        context = BatchContext(self, sessions)
+        context = BatchContext(self, sessions, spans)
         out = self.model.forward(tokens, positions, context)
         wall = time.perf_counter() - t0
-        for b, s in enumerate(sessions):
-            s.logits.append(out.logits[b])
-            s.inputs.append(s.next_token)
-            s.own_kv = torch.cat((s.own_kv, out.kv[:, b : b + 1]), dim=1)
-            s.next_token = int(out.logits[b].argmax())
-            s.position += 1
+        for s, (a, b) in zip(sessions, spans):
+            s.logits.append(out.logits[a:b])
+            s.inputs.append(s.next_inputs)
+            s.own_kv = torch.cat((s.own_kv, out.kv[:, a:b]), dim=1)
+            s.position += b - a
+            s.next_inputs = s.request.step_inputs(len(s.inputs), int(out.logits[b - 1].argmax()))
         self.steps += 1
         share = (wall - context.measured.total) / len(sessions)
         for s in sessions:
@@ -214,89 +214,3 @@ def stop_holders(rank: int, holders: Sequence[int]) -> None:
     for h in holders:
         if h != rank:
             transport.send(h, STOP)
-
-
-class BatchContext:
-    """The `Context` a batch decode step attends through (see the module doc for the four steps)."""
-
-    def __init__(self, executor: Executor, sessions: Sequence[Session]) -> None:
-        self.ex, self.sessions = executor, list(sessions)
-        self.measured = Measured()
-
-    def attend(self, layer: int, q: Tensor, kv_new: Tensor, positions: Tensor, scale: float) -> AttentionState:
-        """q [B, H, D] (one new token per session), kv_new [B, D] -> o [B, H, latent], lse [B, H]."""
-        latent = self.ex.spec.latent
-        parts: list[list[AttentionState]] = []
-        for b, s in enumerate(self.sessions):  # 1. own context + the new token
-            keys = torch.cat((s.own_kv[layer], kv_new[b : b + 1]), dim=0)
-            parts.append([attend(q[b], keys, keys[:, :latent], scale, check=False)])
-        for b, state in self._route(layer, q).items():  # 2. route
-            parts[b] += state
-        t0 = time.perf_counter()
-        for b, s in enumerate(self.sessions):  # 3. moved KV
-            if s.moved is not None:
-                parts[b].append(attend(q[b], s.moved[layer], s.moved[layer][:, :latent], scale, check=False))
-        t1 = time.perf_counter()
-        merged = [merge_states(p, check=False) for p in parts]  # 4. merge
-        t2 = time.perf_counter()
-        self.measured.compute += t1 - t0
-        self.measured.merge += t2 - t1
-        return AttentionState(torch.stack([m.o for m in merged]), torch.stack([m.lse for m in merged]))
-
-    def _route(self, layer: int, q: Tensor) -> dict[int, list[AttentionState]]:
-        """Send each routed holder one message with all its rows; collect the states per session."""
-        out: dict[int, list[AttentionState]] = {}
-        by_holder: dict[int, list[int]] = {}
-        for b, s in enumerate(self.sessions):
-            for h in s.routed:
-                by_holder.setdefault(h, []).append(b)
-        t_post = time.perf_counter()
-        messages = {h: self._message(h, rows, q) for h, rows in by_holder.items()}
-        posted = {h: transport.isend(h, ROUTE, [layer], m) for h, m in messages.items()}
-        holder_compute = 0.0
-        for h, rows in by_holder.items():
-            msg = transport.recv(h)
-            holder_compute = max(holder_compute, msg.meta[0] / 1e9)
-            sent = sum(t.numel() * t.element_size() for t in messages[h])
-            self.measured.messages += 2
-            self.measured.bytes += msg.nbytes + sent
-            self.ex.trace.append({"step": self.ex.steps, "layer": layer, "holder": h, "primitive": "route",
-                                  "rows": len(rows) * q.shape[1], "rtt_s": time.perf_counter() - t_post,
-                                  "holder_compute_s": msg.meta[0] / 1e9, "bytes_out": sent, "bytes_back": msg.nbytes})  # fmt: skip
-            o, lse = msg.tensors
-            for i, b in enumerate(rows):
-                out.setdefault(b, []).append(AttentionState(o[i], lse[i]))
-        for works in posted.values():
-            transport.wait_all(works)
-        wall = time.perf_counter() - t_post if by_holder else 0.0
-        self.measured.network += wall - holder_compute
-        self.measured.compute += holder_compute
-        self._inplace(layer, q, out)
-        return out
-
-    def _message(self, holder: int, rows: list[int], q: Tensor) -> list[Tensor]:
-        groups, blocks = [], []
-        for i, b in enumerate(rows):
-            s = self.sessions[b]
-            groups.append((i, s.request.offset, len(s.routed[holder])))
-            blocks += s.routed[holder]
-        return [q[rows].contiguous(), torch.tensor(groups, dtype=torch.long), torch.tensor(blocks, dtype=torch.long)]
-
-    def _inplace(self, layer: int, q: Tensor, out: dict[int, list[AttentionState]]) -> None:
-        """Blocks held by this instance itself (world size 1): route to ourselves, no message."""
-        t0 = time.perf_counter()
-        for b, s in enumerate(self.sessions):
-            if s.inplace:
-                groups = torch.tensor([(0, s.request.offset, len(s.inplace))])
-                state = route_states(self.ex.store, self.ex.spec, layer, q[b : b + 1], groups, torch.tensor(s.inplace))
-                out.setdefault(b, []).append(AttentionState(state.o[0], state.lse[0]))
-        self.measured.compute += time.perf_counter() - t0
-
-    def charge(self, sessions: Sequence[Session]) -> None:
-        """Split this step's measured phases over the sessions (they shared the messages)."""
-        n = len(sessions)
-        for s in sessions:
-            share = Measured(self.measured.network / n, self.measured.compute / n, self.measured.merge / n)
-            s.measured.add(share)
-        sessions[0].measured.messages += self.measured.messages
-        sessions[0].measured.bytes += self.measured.bytes

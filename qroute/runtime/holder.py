@@ -1,8 +1,8 @@
 """The holder: prefill the blocks placed here, then serve route, fetch and ping requests.
 
 Protocol (message kinds; see transport.py for framing):
-    ROUTE  meta [layer]; tensors q [n, H, D], groups [G, 3] (row, offset, count), blocks [sum count]
-           -> ROUTED meta [compute_ns]; tensors o [n, H, latent], lse [n, H] float32
+    ROUTE  meta [layer]; tensors q [n, H, D] (n tokens), groups [G, 4] (first, tokens, offset, count),
+           blocks [sum count] -> ROUTED meta [compute_ns]; tensors o [n, H, latent], lse [n, H] float32
     FETCH  tensors blocks [n] -> FETCHED meta [gather_ns]; tensors kv [L, n * block_size, D]
     PING   any payload -> PONG with the same payload (calibration: ping-pong)
     STREAM meta [remaining]; any payload -> ACK when remaining == 0 (calibration: streaming rate)
@@ -63,19 +63,25 @@ def route_states(
 ) -> AttentionState:
     """Partial states of `q [n, H, D]` over their groups of blocks at `layer`: `o [n, H, latent]`, `lse [n, H]`.
 
-    Group g = (row, offset, count): row `row` attends the next `count` block ids, stored at
-    canonical positions and reused at `offset`, so the row's rope part is rotated by `-offset`.
+    Group g = (first, tokens, offset, count): tokens `first .. first + tokens` attend the next
+    `count` block ids, stored at canonical positions and reused at `offset`, so their rope
+    parts are rotated by `-offset`; one attention call per group (tokens x heads rows).
+    A token in several groups (chunks reused at different offsets) gets their merge.
     """
-    per_row: list[list[AttentionState]] = [[] for _ in range(q.shape[0])]
+    n, heads, width = q.shape
+    per_token: list[list[AttentionState]] = [[] for _ in range(n)]
     start = 0
-    for row, offset, count in groups.tolist():
+    for first, tokens, offset, count in groups.tolist():
         ids = blocks[start : start + count]
         start += count
-        rows = q[row]
+        rows = q[first : first + tokens].reshape(tokens * heads, width)
         shifted = torch.cat((rows[:, : spec.latent], shift_query(rows[:, spec.latent :], offset, spec.rope)), dim=-1)
         keys = store.layer_rows(layer, ids)
-        per_row[row].append(attend(shifted, keys, keys[:, : spec.latent], spec.scale, check=False))
-    states = [merge_states(s, check=False) if s else empty_state(q[0], spec.latent) for s in per_row]
+        state = attend(shifted, keys, keys[:, : spec.latent], spec.scale, check=False)
+        o, lse = state.o.view(tokens, heads, -1), state.lse.view(tokens, heads)
+        for i in range(tokens):
+            per_token[first + i].append(AttentionState(o[i], lse[i]))
+    states = [merge_states(s, check=False) if s else empty_state(q[0], spec.latent) for s in per_token]
     return AttentionState(torch.stack([s.o for s in states]), torch.stack([s.lse for s in states]))
 
 

@@ -10,8 +10,8 @@ from qroute.workload.agents import AgentRequest
 from qroute.workload.corpus import Corpus
 
 
-def reference_logits(model: MLATransformer, corpus: Corpus, r: AgentRequest, inputs: list[int]) -> Tensor:
-    """Logits `[steps, V]` of request `r` decoding `inputs` (teacher-forced), plain local attention.
+def reference_logits(model: MLATransformer, corpus: Corpus, r: AgentRequest, inputs: list[list[int]]) -> Tensor:
+    """Logits `[steps * step_tokens, V]` of request `r` decoding `inputs` (per step; teacher-forced), plain local attention.
 
     The selected chunk is prefilled at its reuse positions (offset + canonical), up to its
     last selected block; the decode tokens attend the task, the selected blocks and
@@ -24,12 +24,13 @@ def reference_logits(model: MLATransformer, corpus: Corpus, r: AgentRequest, inp
     chunk_kv = model.reprefill(chunk.tokens[:length], r.offset + torch.arange(length))
     rows = (idx[:, None] * bs + torch.arange(bs)).reshape(-1)
     prefix = torch.cat((model.prefill(r.task).kv, chunk_kv.index_select(1, rows)), dim=1)
-    out = []
-    for t, token in enumerate(inputs):
-        step = model.decode(torch.tensor([token]), torch.tensor([r.first_position + t]), prefix)
-        out.append(step.logits[0])
+    out, position = [], r.first_position
+    for tokens in inputs:
+        step = model.decode(torch.tensor(tokens), torch.arange(position, position + len(tokens)), prefix)
+        out.append(step.logits)
         prefix = torch.cat((prefix, step.kv), dim=1)
-    return torch.stack(out)
+        position += len(tokens)
+    return torch.cat(out)
 
 
 def relative_error(got: Tensor, want: Tensor) -> float:

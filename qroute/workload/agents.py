@@ -36,6 +36,14 @@ class AgentRequest:
     chunk_tokens: int  # C: the chunk's length (its logical span)
     steps: int
     sparse: bool
+    step_tokens: int = 1  # tokens decoded per step: the greedy token, then step_tokens - 1 drafts
+
+    def step_inputs(self, step: int, greedy: int) -> list[int]:
+        """Inputs of decode step `step`: the greedy token, then draft tokens (taken from the task text,
+        as a speculative drafter would propose them; outputs are compared teacher-forced, so any draft works)."""
+        n = self.task.numel()
+        drafts = [int(self.task[(step * self.step_tokens + j) % n]) for j in range(1, self.step_tokens)]
+        return [greedy, *drafts]
 
     @property
     def offset(self) -> int:
@@ -59,9 +67,10 @@ class WorkloadSpec:
     sparse: bool = False
     zipf: float = 1.1
     seed: int = 0
+    step_tokens: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("requests", "task_tokens", "topk_blocks"):
+        for name in ("requests", "task_tokens", "topk_blocks", "step_tokens"):
             positive_int(name.replace("_", " "), getattr(self, name))
         if isinstance(self.steps, int):
             object.__setattr__(self, "steps", (self.steps,))
@@ -86,7 +95,8 @@ def make_requests(corpus: Corpus, indexer: BlockIndexer, spec: WorkloadSpec) -> 
         n = corpus.chunks[chunk].n_blocks(corpus.block_size)
         blocks = indexer.select_in_chunk(task, chunk, spec.topk_blocks) if spec.sparse else list(corpus.chunks[chunk].blocks(corpus.block_size))
         steps = int(spec.steps[rng.integers(len(spec.steps))])
-        out.append(AgentRequest(i, task, first, chunk, tuple(blocks), n * corpus.block_size, steps, spec.sparse))
+        out.append(AgentRequest(i, task, first, chunk, tuple(blocks), n * corpus.block_size, steps, spec.sparse,
+                                spec.step_tokens))  # fmt: skip
     return out
 
 

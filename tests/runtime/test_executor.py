@@ -62,3 +62,13 @@ def test_calibrated_profile_and_bfloat16(tiny):
     assert results["profile"]["paths"]["gloo-loopback"]["alpha_s"] > 0
     for run in results["runs"]:
         assert run["exact"], run["max_rel_err"]
+
+
+def test_several_tokens_per_step_route_as_one_group(tiny):
+    """rows = tokens x heads: 3 new tokens per step (the greedy one and 2 drafts), causal among themselves."""
+    results = run_demo(tiny(step_tokens=3, placement="hashed", modes=("route", "fetch", "local", "predicate")))
+    assert_exact(results)
+    route = [t for r in results["runs"] if r["mode"] == "route" for t in r["trace"]]
+    assert route and all(t["rows"] % (3 * 4) == 0 for t in route)  # 3 tokens x 4 heads per session, sessions batched
+    plans = [p for r in results["runs"] if r["mode"] == "predicate" for p in r["plans"] if p]
+    assert all(p["holders"] for p in plans)

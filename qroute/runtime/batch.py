@@ -1,0 +1,141 @@
+"""`BatchContext`: what one decode layer does across instances, for a batch of sessions.
+
+At every layer, for the new tokens of every session (each session's tokens are a span of
+the batch; rows = tokens x heads):
+    1. attend the session's own context plus its new tokens, causally (common to all
+       primitives, not priced),
+    2. route: the rows of every session routed to a holder travel in one message (one group
+       per session: its token span, its chunk's offset, its blocks there); the holder shifts
+       them by `-offset`, attends its blocks, returns (o, lse) per token,
+    3. attend each session's moved KV (fetched or re-prefilled),
+    4. merge the partial states per session.
+Phases run one after another (no overlap), so what is measured is what the cost model
+prices: network (probe + transfer + return), compute (holder's or requester's), merge.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+from torch import Tensor
+
+from qroute.attention import AttentionState, attend, merge_states
+from qroute.model.context import causal_mask
+from qroute.runtime import transport
+from qroute.runtime.holder import ROUTE, route_states
+
+if TYPE_CHECKING:
+    from qroute.runtime.executor import Executor, Session
+
+
+def _rows(state: AttentionState, tokens: int) -> AttentionState:
+    """`[tokens, H, ...]` -> `[tokens * H, ...]` (flat rows)."""
+    return AttentionState(state.o.reshape(-1, state.o.shape[-1]), state.lse.reshape(-1))
+
+
+class BatchContext:
+    """The `Context` a batch decode step attends through (see the module doc)."""
+
+    def __init__(self, executor: "Executor", sessions: Sequence["Session"], spans: Sequence[tuple[int, int]]) -> None:
+        from qroute.runtime.executor import Measured
+
+        self.ex, self.sessions, self.spans = executor, list(sessions), list(spans)
+        self.measured = Measured()
+
+    def attend(self, layer: int, q: Tensor, kv_new: Tensor, positions: Tensor, scale: float) -> AttentionState:
+        """q [T, H, D] (the sessions' spans), kv_new [T, D] -> o [T, H, latent], lse [T, H]."""
+        heads, latent = q.shape[1], self.ex.spec.latent
+        parts = [[self._own(layer, q, kv_new, s, span, scale)] for s, span in zip(self.sessions, self.spans)]
+        for b, states in self._route(layer, q).items():  # 2. route
+            parts[b] += states
+        t0 = time.perf_counter()
+        for b, (s, (a, e)) in enumerate(zip(self.sessions, self.spans)):  # 3. moved KV
+            if s.moved is not None:
+                keys = s.moved[layer]
+                parts[b].append(attend(q[a:e].reshape(-1, q.shape[-1]), keys, keys[:, :latent], scale, check=False))
+        t1 = time.perf_counter()
+        merged = [merge_states(p, check=False) for p in parts]  # 4. merge
+        o = torch.cat([m.o.view(-1, heads, latent) for m in merged])
+        lse = torch.cat([m.lse.view(-1, heads) for m in merged])
+        self.measured.compute += t1 - t0
+        self.measured.merge += time.perf_counter() - t1
+        return AttentionState(o, lse)
+
+    def _own(self, layer: int, q: Tensor, kv_new: Tensor, s: "Session", span, scale: float) -> AttentionState:
+        """1. the session's own context and its new tokens, causal among them: flat rows `[k * H]`."""
+        a, e = span
+        k, heads = e - a, q.shape[1]
+        keys = torch.cat((s.own_kv[layer], kv_new[a:e]), dim=0)
+        mask = causal_mask(s.own_kv.shape[1], k, q.device).repeat_interleave(heads, dim=0)
+        return attend(q[a:e].reshape(k * heads, -1), keys, keys[:, : self.ex.spec.latent], scale, mask=mask, check=False)
+
+    def _route(self, layer: int, q: Tensor) -> dict[int, list[AttentionState]]:
+        """Send each routed holder one message with all its rows; collect the states per session (flat rows)."""
+        out: dict[int, list[AttentionState]] = {}
+        by_holder: dict[int, list[int]] = {}
+        for b, s in enumerate(self.sessions):
+            for h in s.routed:
+                by_holder.setdefault(h, []).append(b)
+        t_post = time.perf_counter()
+        messages = {h: self._message(h, members, q) for h, members in by_holder.items()}
+        posted = {h: transport.isend(h, ROUTE, [layer], m) for h, m in messages.items()}
+        holder_compute = 0.0
+        for h, members in by_holder.items():
+            msg = transport.recv(h)
+            holder_compute = max(holder_compute, msg.meta[0] / 1e9)
+            self._record(layer, h, messages[h], msg, t_post)
+            o, lse = msg.tensors
+            row = 0
+            for b in members:
+                k = self.spans[b][1] - self.spans[b][0]
+                out.setdefault(b, []).append(_rows(AttentionState(o[row : row + k], lse[row : row + k]), k))
+                row += k
+        for works in posted.values():
+            transport.wait_all(works)
+        wall = time.perf_counter() - t_post if by_holder else 0.0
+        self.measured.network += wall - holder_compute
+        self.measured.compute += holder_compute
+        self._inplace(layer, q, out)
+        return out
+
+    def _message(self, holder: int, members: list[int], q: Tensor) -> list[Tensor]:
+        """q rows of the member sessions' tokens, one group per session (first row, rows, offset, count), block ids."""
+        groups, blocks, row = [], [], 0
+        for b in members:
+            s, (a, e) = self.sessions[b], self.spans[b]
+            groups.append((row, e - a, s.request.offset, len(s.routed[holder])))
+            blocks += s.routed[holder]
+            row += e - a
+        rows = torch.cat([q[self.spans[b][0] : self.spans[b][1]] for b in members])
+        return [rows.contiguous(), torch.tensor(groups, dtype=torch.long), torch.tensor(blocks, dtype=torch.long)]
+
+    def _record(self, layer: int, holder: int, message: list[Tensor], reply: transport.Message, t_post: float) -> None:
+        sent = sum(t.numel() * t.element_size() for t in message)
+        self.measured.messages += 2
+        self.measured.bytes += reply.nbytes + sent
+        self.ex.trace.append({"step": self.ex.steps, "layer": layer, "holder": holder, "primitive": "route",
+                              "rows": message[0].shape[0] * message[0].shape[1], "rtt_s": time.perf_counter() - t_post,
+                              "holder_compute_s": reply.meta[0] / 1e9, "bytes_out": sent, "bytes_back": reply.nbytes})  # fmt: skip
+
+    def _inplace(self, layer: int, q: Tensor, out: dict[int, list[AttentionState]]) -> None:
+        """Blocks held by this instance itself (world size 1): route to ourselves, no message."""
+        t0 = time.perf_counter()
+        for b, s in enumerate(self.sessions):
+            if s.inplace:
+                a, e = self.spans[b]
+                groups = torch.tensor([(0, e - a, s.request.offset, len(s.inplace))])
+                state = route_states(self.ex.store, self.ex.spec, layer, q[a:e], groups, torch.tensor(s.inplace))
+                out.setdefault(b, []).append(_rows(state, e - a))
+        self.measured.compute += time.perf_counter() - t0
+
+    def charge(self, sessions: Sequence["Session"]) -> None:
+        """Split this step's measured phases over the sessions (they shared the messages)."""
+        from qroute.runtime.executor import Measured
+
+        n = len(sessions)
+        for s in sessions:
+            s.measured.add(Measured(self.measured.network / n, self.measured.compute / n, self.measured.merge / n))
+        sessions[0].measured.messages += self.measured.messages
+        sessions[0].measured.bytes += self.measured.bytes
