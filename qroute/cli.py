@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description=__import__("qroute.calibration.calibrate", fromlist=["x"]).__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_calibrate_args(c)
+    v = sub.add_parser("validate", help="held-out sweep on the live cluster: prediction error, predicate hit rate, regret",
+                       description=__import__("qroute.calibration.validate", fromlist=["x"]).__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_validate_args(v)
     return parser
 
 
@@ -270,7 +274,62 @@ def cmd_calibrate(args) -> None:
     print(f"wall {results['wall_s']:.1f} s; wrote " + ", ".join(str(f) for f in files))
 
 
-COMMANDS = {"models": cmd_models, "plan": cmd_plan, "explain": cmd_explain, "demo": cmd_demo, "calibrate": cmd_calibrate}
+def _newest_profile(out: str) -> str:
+    from pathlib import Path
+
+    found = sorted(Path(out).glob("profile-*.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise QrouteError(f"no profile-*.json in {out!r}: run `qroute calibrate` first or pass --profile")
+    return str(found[-1])
+
+
+def _add_validate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default=None, help="profile to validate (default: the newest profile-*.json in --out)")
+    p.add_argument("--step-tokens", type=_int_list, default=(1, 4, 16), help="tokens per step to sweep; rows = tokens x heads (default: 1,4,16)")
+    p.add_argument("--chunk-blocks", type=_int_list, default=(4, 16, 32), help="chunk sizes in blocks to sweep (default: 4,16,32)")
+    p.add_argument("--steps", type=_int_list, default=(1, 4), help="decode steps to sweep (default: 1,4)")
+    p.add_argument("--reps", type=_int_at_least(1), default=3, help="runs per shape; the median is compared (default: %(default)s)")
+    p.add_argument("--model", default="deepseek-v2-lite", help="MLA preset or checkpoint dir (default: %(default)s)")
+    p.add_argument("--layers", type=_int_at_least(1), default=2, help="layers of a preset model (default: %(default)s)")
+    p.add_argument("--hidden", type=_int_at_least(1), default=256, help="hidden size of a preset model (default: %(default)s)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model dtype (default: %(default)s)")
+    p.add_argument("--block-size", type=_int_at_least(1), default=16, help="tokens per block (default: %(default)s)")
+    p.add_argument("--tag", default=None, help="machine tag in the file names (default: the host name)")
+    p.add_argument("--out", default="qroute-results", help="directory for the CSV, JSON and plots (default: %(default)s)")
+    p.add_argument("--timeout", type=_int_at_least(1), default=300, help="process-group timeout in seconds (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object instead of tables")
+    p.add_argument("--quiet", action="store_true", help="no progress display")  # fmt: skip
+
+
+def cmd_validate(args) -> None:
+    from qroute.calibration.validate import ValidationConfig, run_validation
+    from qroute.report import validation as report
+    from qroute.runtime.launcher import ClusterSpec
+    from qroute.runtime.world import WorldSpec
+    from qroute.workload.corpus import CorpusSpec
+
+    profile = args.profile or _newest_profile(args.out)
+    corpus = CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=max(args.chunk_blocks))
+    config = ValidationConfig(
+        profile, ClusterSpec(3, 1, timeout_s=float(args.timeout)),
+        WorldSpec(args.model, args.layers, args.hidden, dtype=args.dtype, corpus=corpus),
+        args.step_tokens, args.chunk_blocks, args.steps, args.reps, progress=not (args.quiet or args.json),
+    )  # fmt: skip
+    results = run_validation(config)
+    if results.get("rank") != 0:
+        return
+    files = report.write_validation(results, args.out, args.tag)
+    m = results["metrics"]
+    if args.json:
+        keys = ("median_ape", "p90_ape", "n", "per_path", "per_primitive", "per_phase", "hit_rate", "regret", "decisive_configs", "configs")
+        print(json.dumps({**{k: m[k] for k in keys}, "profile": profile, "files": [str(f) for f in files]}, indent=2))
+        return
+    console.print_tables(report.metrics_table(results))
+    print(f"wall {results['wall_s']:.1f} s; wrote " + ", ".join(str(f) for f in files))
+
+
+COMMANDS = {"models": cmd_models, "plan": cmd_plan, "explain": cmd_explain, "demo": cmd_demo, "calibrate": cmd_calibrate,
+            "validate": cmd_validate}
 
 
 def main(argv: list[str] | None = None) -> int:

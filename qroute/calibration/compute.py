@@ -180,20 +180,21 @@ class QuickCalibration:
         return AttentionCoeffs(float(fixed), rate(inv_read), rate(inv_flops), "measured: attend over contiguous keys")
 
     def merge(self) -> MergeCoeffs:
-        """The requester's per-request merge as the executor runs it (merge_states, then stacking)."""
-        grid = [(k * self.g.heads, p) for k in self.grids.merge_row_heads for p in self.grids.merge_partials]
+        """A request's per-layer merge as `BatchContext` runs it: P partial states of k x H rows, merged, reshaped."""
+        heads, latent = self.g.heads, self.g.v_dim
+        grid = [(k * heads, p) for k in self.grids.merge_row_heads for p in self.grids.merge_partials]
         rows, times = [], []
         for r, p in grid:
-            states = [AttentionState(self._rand(r, self.g.v_dim), torch.randn(r)) for _ in range(p)]
+            states = [AttentionState(self._rand(r, latent), torch.randn(r)) for _ in range(p)]
 
             def run(states=states):
                 merged = [merge_states(states, check=False)]
-                return torch.stack([m.o for m in merged]), torch.stack([m.lse for m in merged])
+                return torch.cat([m.o.view(-1, heads, latent) for m in merged]), torch.cat([m.lse.view(-1, heads) for m in merged])
 
-            times.append(robust_median(self.sample(run, back_to_back=True)))
+            times.append(robust_median(self.sample(run)))
             rows.append([1.0, r * p * self.coef.o_row_bytes])
         fixed, inv = self._fit("merge", grid, rows, times)
-        return MergeCoeffs(float(fixed), rate(inv), "measured: merge_states")
+        return MergeCoeffs(float(fixed), rate(inv), "measured: merge_states as the executor runs it")
 
     def splice(self) -> SpliceCoeffs:
         """One splice call over all layers of the moved tokens: `fixed + L per_layer + T L per_token_layer`."""

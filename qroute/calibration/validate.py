@@ -1,0 +1,195 @@
+"""`qroute validate`: does a profile predict what the runtime measures, and does the predicate pick the fastest?
+
+A held-out sweep, executed for real by the runtime: for every primitive, over rows (tokens
+per step x heads), chunk tokens, decode steps and holders (1 holder with contiguous
+placement, 2 with hashed placement), one request is served end to end (fetch or re-prefill
+once, then every layer's round trips, attention and merges), a few times; the median
+measured phases are set beside the profile's prediction (`planner.combine_batch` of the
+request's plan). None of these shapes is a calibration point.
+
+Metrics (pure functions of the rows, `metrics`):
+    APE        |predicted - measured| / measured of each run's total (and per phase group)
+    hit rate   the predicted-cheapest primitive is the measured-fastest, over configurations
+               whose two fastest differ by more than `margin` (10%)
+    regret     sum of measured time of the predicted choices / sum of the measured best - 1
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from statistics import median
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from qroute.cost import CostModel, load_profile
+from qroute.cost.model import PRIMITIVES
+from qroute.errors import QrouteError, positive_int
+from qroute.planner import combine_batch
+from qroute.runtime.executor import Executor, predicted_groups, stop_holders
+from qroute.runtime.holder import AttentionSpec, build_store, serve
+from qroute.runtime.launcher import ClusterSpec, Instance, launch
+from qroute.runtime.reference import reference_logits, relative_error
+from qroute.runtime.store import Placement
+from qroute.runtime.world import WorldSpec, build_world, check_spec
+from qroute.workload.agents import AgentRequest
+from qroute.workload.corpus import CorpusSpec
+
+GROUPS = ("network_s", "compute_s", "merge_s", "total_s")
+SETUPS = (("contiguous", 1), ("hashed", 2))
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    profile: str
+    cluster: ClusterSpec = field(default_factory=lambda: ClusterSpec(world_size=3))
+    world: WorldSpec = field(default_factory=lambda: WorldSpec(corpus=CorpusSpec(max_tokens=8192, chunk_blocks=32)))
+    step_tokens: tuple[int, ...] = (1, 4, 16)
+    chunk_blocks: tuple[int, ...] = (4, 16, 32)
+    steps: tuple[int, ...] = (1, 4)
+    reps: int = 3
+    margin: float = 0.10
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        positive_int("reps", self.reps)
+        if self.cluster.world_size < 3:
+            raise QrouteError(f"instances={self.cluster.world_size}: validation needs 3 (1 requester + 2 holders)")
+        if max(self.chunk_blocks) > self.world.corpus.chunk_blocks:
+            raise QrouteError(f"chunk blocks {max(self.chunk_blocks)}: expected <= the corpus's {self.world.corpus.chunk_blocks}")
+
+
+def run_validation(config: ValidationConfig) -> dict:
+    """Both setups (1 holder, 2 holders) on the live cluster; rows, metrics and wall time."""
+    check_spec(config.world)
+    load_profile(config.profile)  # fail fast
+    t0 = time.perf_counter()
+    rows: list[dict] = []
+    for placement, holders in SETUPS:
+        world = replace(config.world, placement=Placement(placement))
+        out = launch(config.cluster, validate_instance, replace(config, world=world), holders)[0]
+        if out.get("rank") != 0:
+            return out
+        rows += out["rows"]
+    return {"rank": 0, "profile": load_profile(config.profile).to_dict(), "rows": rows,
+            "metrics": metrics(rows, config.margin), "wall_s": time.perf_counter() - t0}  # fmt: skip
+
+
+def validate_instance(instance: Instance, config: ValidationConfig, holders: int) -> dict:
+    world = build_world(config.world, instance.holders)
+    if not instance.is_requester:
+        store = build_store(instance.rank, world.corpus, world.directory, world.model)
+        dist.barrier()
+        serve(store, AttentionSpec.of(world.model), instance.requester_ranks)
+        return {"rank": instance.rank}
+    dist.barrier()
+    try:
+        if instance.rank != 0:
+            return {"rank": instance.rank}
+        return {"rank": 0, "rows": _sweep(config, world, holders)}
+    finally:
+        stop_holders(instance.rank, instance.holders)
+
+
+def _sweep(config: ValidationConfig, world, holders: int) -> list[dict]:
+    from rich.progress import Progress
+
+    dtype = "fp32" if world.model.dtype == torch.float32 else "bf16"
+    cost = CostModel(world.geometry, load_profile(config.profile), dtype, dtype)
+    executor = Executor(0, world.model, world.corpus, world.directory, cost)
+    shapes = [(k, n, s) for k in config.step_tokens for n in config.chunk_blocks for s in config.steps]
+    rows = []
+    with Progress(disable=not config.progress, transient=True) as bar:
+        task = bar.add_task(f"validating ({holders} holder{'s' * (holders > 1)})", total=len(shapes) * len(PRIMITIVES))
+        for i, (k, n, s) in enumerate(shapes):
+            request = _request(world, holders, k, n, s, seed=i)
+            for primitive in PRIMITIVES:
+                rows.append(_measure(executor, world, request, primitive, config.reps, holders))
+                bar.advance(task)
+    return rows
+
+
+def _request(world, holders: int, step_tokens: int, blocks: int, steps: int, seed: int) -> AgentRequest:
+    """A request over the first `blocks` blocks of a chunk spread over exactly `holders` holders."""
+    bs = world.corpus.block_size
+    for chunk in world.corpus.chunks:
+        ids = list(chunk.blocks(bs))[:blocks]
+        if len(ids) == blocks and len(world.directory.by_holder(ids)) == holders:
+            g = torch.Generator().manual_seed(seed)
+            task = torch.randint(0, world.model.config.vocab_size, (16,), generator=g)
+            return AgentRequest(seed, task, int(task[0]), chunk.id, tuple(ids), chunk.tokens.numel(), steps, False, step_tokens)
+    raise QrouteError(f"no chunk with {blocks} blocks on {holders} holders: expected a larger corpus")
+
+
+def _measure(executor: Executor, world, request: AgentRequest, primitive: str, reps: int, holders: int) -> dict:
+    runs, error = [], None
+    for rep in range(reps):
+        session = executor.open(request, primitive)
+        for _ in range(request.steps):
+            executor.step([session])
+        runs.append(session.measured.as_dict())
+        if rep == 0:
+            ref = reference_logits(world.model, world.corpus, request, session.inputs)
+            error = relative_error(torch.cat(session.logits), ref)
+    predicted = predicted_groups(combine_batch(executor.cost, [(session.plan.request, session.plan.holders)]))
+    measured = {g: median(r[g] for r in runs) for g in GROUPS}
+    return {
+        "holders": holders, "placement": "contiguous" if holders == 1 else "hashed",
+        "path": session.plan.holders[0].path, "primitive": primitive, "step_tokens": request.step_tokens,
+        "rows": session.plan.request.rows, "chunk_tokens": len(request.blocks) * world.corpus.block_size,
+        "steps": request.steps, "predicted": predicted, "measured": measured,
+        "measured_runs": [r["total_s"] for r in runs], "max_rel_err": error,
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- metrics (pure)
+
+
+def _ape(row: dict, group: str = "total_s") -> float | None:
+    m = row["measured"][group]
+    return None if m <= 0 else abs(row["predicted"][group] - m) / m
+
+
+def _summary(values: list[float]) -> dict:
+    if not values:
+        return {"median_ape": None, "p90_ape": None, "n": 0}
+    return {"median_ape": float(np.median(values)), "p90_ape": float(np.percentile(values, 90)), "n": len(values)}
+
+
+def metrics(rows: list[dict], margin: float = 0.10) -> dict:
+    """Prediction error overall / per path / per primitive / per phase; the predicate's hit rate and regret."""
+    apes = [a for r in rows if (a := _ape(r)) is not None]
+    out = {**_summary(apes)}
+    for key in ("path", "primitive"):
+        out[f"per_{key}"] = {v: _summary([a for r in rows if r[key] == v and (a := _ape(r)) is not None])
+                             for v in sorted({r[key] for r in rows if r[key]})}  # fmt: skip
+    out["per_phase"] = {g: _summary([a for r in rows if (a := _ape(r, g)) is not None]) for g in GROUPS[:-1]}
+    out.update(decisions(rows, margin))
+    return out
+
+
+def decisions(rows: list[dict], margin: float = 0.10) -> dict:
+    """Per configuration: the predicted-cheapest and the measured-fastest primitive."""
+    configs: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        key = (r["holders"], r["rows"], r["chunk_tokens"], r["steps"])
+        configs.setdefault(key, {})[r["primitive"]] = r
+    hits = decisive = 0
+    chosen = best = 0.0
+    table = []
+    for key, by_prim in configs.items():
+        measured = {p: r["measured"]["total_s"] for p, r in by_prim.items()}
+        predicted = {p: r["predicted"]["total_s"] for p, r in by_prim.items()}
+        fastest, pick = min(measured, key=measured.get), min(predicted, key=predicted.get)
+        ranked = sorted(measured.values())
+        is_decisive = len(ranked) > 1 and ranked[1] > (1 + margin) * ranked[0]
+        decisive += is_decisive
+        hits += is_decisive and pick == fastest
+        chosen += measured[pick]
+        best += measured[fastest]
+        table.append({"holders": key[0], "rows": key[1], "chunk_tokens": key[2], "steps": key[3], "predicted": pick,
+                      "measured_fastest": fastest, "decisive": bool(is_decisive)})  # fmt: skip
+    return {"hit_rate": hits / decisive if decisive else None, "decisive_configs": decisive, "configs": len(configs),
+            "regret": chosen / best - 1 if best else None, "decisions": table}  # fmt: skip

@@ -1,0 +1,104 @@
+"""Tables, CSV and plots of `qroute validate`."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import socket
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from qroute.report.plots import COLORS  # noqa: E402
+
+LETTER = {"route": "R", "fetch": "F", "local": "L"}
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def metrics_table(results: dict) -> Table:
+    m = results["metrics"]
+    t = Table(title=f"Validation of profile {results['profile']['name']}: predicted vs measured, held-out shapes")
+    for col in ("scope", "median APE", "p90 APE", "runs"):
+        t.add_column(col, justify="left" if col == "scope" else "right")
+    t.add_row("all", _pct(m["median_ape"]), _pct(m["p90_ape"]), str(m["n"]))
+    for key in ("per_path", "per_primitive", "per_phase"):
+        for name, s in m[key].items():
+            t.add_row(f"{key[4:]} {name}", _pct(s["median_ape"]), _pct(s["p90_ape"]), str(s["n"]))
+    t.add_row("predicate hit rate", _pct(m["hit_rate"]), "", f"{m['decisive_configs']} decisive of {m['configs']}")
+    t.add_row("regret", _pct(m["regret"]), "", "")
+    return t
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    fields = ["holders", "placement", "path", "primitive", "step_tokens", "rows", "chunk_tokens", "steps"]
+    groups = ["network_s", "compute_s", "merge_s", "total_s"]
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields + [f"predicted_{g}" for g in groups] + [f"measured_{g}" for g in groups] + ["max_rel_err"])
+        for r in rows:
+            w.writerow([r[k] for k in fields] + [r["predicted"][g] for g in groups] + [r["measured"][g] for g in groups]
+                       + [r["max_rel_err"]])  # fmt: skip
+    return path
+
+
+def scatter(rows: list[dict], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    values = []
+    for prim in ("route", "fetch", "local"):
+        pts = [(r["measured"]["total_s"] * 1e3, r["predicted"]["total_s"] * 1e3) for r in rows if r["primitive"] == prim]
+        if pts:
+            ax.scatter(*zip(*pts), label=prim, color=COLORS[prim], alpha=0.8, s=18)
+            values += [v for p in pts for v in p]
+    lo, hi = min(values), max(values)
+    ax.plot([lo * 0.8, hi * 1.25], [lo * 0.8, hi * 1.25], "--", color="gray", linewidth=1, label="y = x")
+    for k in (0.9, 1.1):
+        ax.plot([lo * 0.8, hi * 1.25], [lo * 0.8 * k, hi * 1.25 * k], ":", color="gray", linewidth=0.8)
+    ax.set(xscale="log", yscale="log", xlabel="measured (ms)", ylabel="predicted (ms)",
+           title="Validation: predicted vs measured (dotted: +-10%)")  # fmt: skip
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def crossover_map(decisions: list[dict], path: Path) -> Path:
+    """Predicted choice (colour) and measured fastest (letter) over rows x chunk tokens, per holders and steps."""
+    panels = sorted({(d["holders"], d["steps"]) for d in decisions})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
+    for ax, (holders, steps) in zip(axes[0], panels):
+        cells = [d for d in decisions if (d["holders"], d["steps"]) == (holders, steps)]
+        xs, ys = sorted({d["rows"] for d in cells}), sorted({d["chunk_tokens"] for d in cells})
+        for d in cells:
+            x, y = xs.index(d["rows"]), ys.index(d["chunk_tokens"])
+            ax.add_patch(plt.Rectangle((x - 0.5, y - 0.5), 1, 1, color=COLORS[d["predicted"]], alpha=0.55))
+            mark = LETTER[d["measured_fastest"]] + ("" if d["predicted"] == d["measured_fastest"] or not d["decisive"] else "!")
+            ax.text(x, y, mark, ha="center", va="center", fontsize=11, weight="bold")
+        ax.set(xlim=(-0.5, len(xs) - 0.5), ylim=(-0.5, len(ys) - 0.5), xticks=range(len(xs)), yticks=range(len(ys)),
+               xlabel="rows per layer", ylabel="chunk tokens", title=f"{holders} holder(s), {steps} step(s)")  # fmt: skip
+        ax.set_xticklabels(xs)
+        ax.set_yticklabels(ys)
+    fig.suptitle("Colour: predicted choice (route blue, fetch orange, local green); letter: measured fastest (! = miss)",
+                 fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_validation(results: dict, out_dir: str | Path, tag: str | None = None) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"validation-{tag or socket.gethostname()}-{dt.date.today():%Y-%m-%d}"
+    data = out / f"{stem}.json"
+    data.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return [data, write_csv(results["rows"], out / f"{stem}.csv"), scatter(results["rows"], out / f"{stem}-scatter.png"),
+            crossover_map(results["metrics"]["decisions"], out / f"{stem}-crossover.png")]  # fmt: skip
