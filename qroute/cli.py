@@ -258,7 +258,7 @@ def cmd_calibrate(args) -> None:
     from qroute.workload.corpus import CorpusSpec
 
     world = WorldSpec(args.model, args.layers, args.hidden, dtype=args.dtype,
-                      corpus=CorpusSpec(max_tokens=512, block_size=args.block_size))  # fmt: skip
+                      corpus=CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=32))  # fmt: skip
     config = CalibrationConfig(ClusterSpec(args.instances, 1, timeout_s=float(args.timeout)), world, args.quick,
                                args.repeats, args.name, progress=not (args.quiet or args.json))  # fmt: skip
     results = run_calibration(config)

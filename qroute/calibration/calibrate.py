@@ -1,12 +1,15 @@
 """`qroute calibrate`: measure this cluster's constants through the same launcher the runtime uses.
 
-Rank 0 measures; the other instances serve (the runtime's holder loop). Per path: a
-ping-pong latency sweep over message sizes (repeated, to report how much the fitted alpha
-and beta move between repetitions), a streaming bandwidth sweep, and the fit of alpha and
-beta with a small-message regime where one line misses. Then the compute coefficients on
-rank 0 (`compute.QuickCalibration` with the full or the quick grids). The result is a
-profile (schema `qroute.profile/1`) with machine and fabric metadata and each fit's
-residuals, plus the sweep tables.
+Rank 0 measures; the other instances hold blocks and serve (the runtime's holder loop).
+1. The fabric, OSU style: a ping-pong latency sweep and a streaming bandwidth sweep over
+   message sizes (tables for people; the ping-pong fit is kept for comparison).
+2. In situ (`insitu.py`): rank 0 serves a training grid of requests with each primitive
+   forced (rows x chunk sizes; none of them a validation shape), `--repeats` times, and
+   fits every constant to the executor's trace: alpha and beta of the path (with a
+   small-message regime where one line misses) from the route and fetch exchanges, the
+   holder's attention, the requester's attention, merge, splice, gather and re-prefill.
+The profile (schema `qroute.profile/1`) carries machine and fabric metadata, each fit's
+residuals and how far alpha and beta moved between repeats.
 """
 
 from __future__ import annotations
@@ -21,15 +24,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from qroute.calibration.compute import FULL, Grids, QuickCalibration
 from qroute.calibration.fit import fit_path
+from qroute.calibration.insitu import fit_compute_from_trace, fit_path_from_trace
+from qroute.calibration.shapes import serve, shaped_request
 from qroute.calibration.sweeps import BANDWIDTH_SIZES, LATENCY_SIZES, bandwidth_sweep, latency_sweep
-from qroute.cost.profile import PathSpec, Profile, SmallRegime
+from qroute.cost import CostModel, load_profile
+from qroute.cost.model import PRIMITIVES
+from qroute.cost.profile import Profile
 from qroute.errors import QrouteError, positive_int
-from qroute.runtime.executor import stop_holders
-from qroute.runtime.holder import AttentionSpec, serve
+from qroute.runtime import holder
+from qroute.runtime.executor import Executor, stop_holders
+from qroute.runtime.holder import AttentionSpec, build_store
 from qroute.runtime.launcher import ClusterSpec, Instance, launch
-from qroute.runtime.store import BlockStore
 from qroute.runtime.world import WorldSpec, build_world, check_spec
 from qroute.workload.corpus import CorpusSpec
 
@@ -40,7 +46,7 @@ QUICK_SIZES = tuple(8 * 4**i for i in range(0, 11, 2))  # 8 B .. 8 MiB, every ot
 @dataclass(frozen=True)
 class CalibrationConfig:
     cluster: ClusterSpec = field(default_factory=lambda: ClusterSpec(world_size=2))
-    world: WorldSpec = field(default_factory=lambda: WorldSpec(corpus=CorpusSpec(max_tokens=512)))
+    world: WorldSpec = field(default_factory=lambda: WorldSpec(corpus=CorpusSpec(max_tokens=8192, chunk_blocks=32)))
     quick: bool = False
     repeats: int = 3
     name: str | None = None
@@ -65,10 +71,9 @@ def run_calibration(config: CalibrationConfig) -> dict:
 def calibrate_instance(instance: Instance, config: CalibrationConfig) -> dict:
     world = build_world(config.world, instance.holders)
     if not instance.is_requester:
-        c = world.model.config
-        store = BlockStore([], c.num_layers, world.corpus.block_size, c.latent_width, world.model.dtype)
+        store = build_store(instance.rank, world.corpus, world.directory, world.model)
         dist.barrier()
-        serve(store, AttentionSpec.of(world.model), instance.requester_ranks)
+        holder.serve(store, AttentionSpec.of(world.model), instance.requester_ranks)
         return {"role": "holder", "rank": instance.rank}
     dist.barrier()
     try:
@@ -79,42 +84,56 @@ def calibrate_instance(instance: Instance, config: CalibrationConfig) -> dict:
         stop_holders(instance.rank, instance.holders)
 
 
+TRAIN_STEP_TOKENS = (2, 8)  # validation uses 1, 4, 16
+TRAIN_CHUNK_BLOCKS = (6, 12, 20, 28)  # validation uses 4, 16, 32
+TRAIN_STEPS = 2  # validation uses 1 and 4
+
+
 def _measure(instance: Instance, config: CalibrationConfig, world) -> dict:
     from rich.progress import Progress
 
-    grids = Grids() if config.quick else FULL
     sizes = QUICK_SIZES if config.quick else LATENCY_SIZES
-    reps = 10 if config.quick else 30
     repeats = 1 if config.quick else config.repeats
     peer = instance.holders[0]
     filler = torch.randint(0, world.model.config.vocab_size, (4,))
     between = lambda: world.model.prefill(filler)  # noqa: E731 - the model's compute between exchanges
+    shapes = [(k, n) for k in TRAIN_STEP_TOKENS for n in (TRAIN_CHUNK_BLOCKS[::2] if config.quick else TRAIN_CHUNK_BLOCKS)]
     with Progress(disable=not config.progress, transient=True) as bar:
-        task = bar.add_task("calibrating", total=repeats * len(sizes) + len(BANDWIDTH_SIZES) + 6)
+        task = bar.add_task("calibrating", total=len(sizes) + len(BANDWIDTH_SIZES) + repeats * len(shapes) * 3)
         advance = lambda *_: bar.advance(task)  # noqa: E731
-        sweeps = [latency_sweep(peer, sizes, reps, between=between, on_size=advance) for _ in range(repeats)]
+        latency = latency_sweep(peer, sizes, 10 if config.quick else 30, between=between, on_size=advance)
         bandwidth = bandwidth_sweep(peer, BANDWIDTH_SIZES, reps=3 if config.quick else 5, on_size=advance)
-        compute = QuickCalibration(world.model, world.geometry, world.corpus.block_size, _kv_dtype(world.model),
-                                   grids, on_step=advance)  # fmt: skip
-        coeffs = compute.compute()
-    fits = [fit_path([2 * r.size for r in s], [r.median_s for r in s]) for s in sweeps]
-    path = _path_spec(fits[-1], peer)
-    profile = _profile(config, world, path, coeffs, compute.fits, fits, sweeps, bandwidth)
-    return {"role": "requester", "rank": 0, "profile": profile.to_dict(), "latency": [[r.as_dict() for r in s] for s in sweeps],
-            "bandwidth": bandwidth, "spread": spread(fits)}  # fmt: skip
+        traces = [_train(world, shapes, advance, seed=r) for r in range(repeats)]
+    dtype = _kv_dtype(world.model)
+    fits: dict = {"pingpong": fit_path([2 * r.size for r in latency], [r.median_s for r in latency]).report()}
+    path_fits = [fit_path_from_trace(t, "")[1] for t in traces]
+    pooled = [r for t in traces for r in t]
+    path, fit = fit_path_from_trace(pooled, f"measured in situ: route and fetch exchanges with rank {peer}")
+    fits["path"] = {LOOPBACK: [fit.report()]}
+    compute = fit_compute_from_trace(pooled, world.geometry, world.geometry.coefficients(dtype, dtype), fits)
+    profile = _profile(config, world, path, compute, fits)
+    return {"role": "requester", "rank": 0, "profile": profile.to_dict(), "latency": [[r.as_dict() for r in latency]],
+            "bandwidth": bandwidth, "spread": spread(path_fits), "trace_records": len(pooled)}  # fmt: skip
+
+
+def _train(world, shapes, advance, seed: int) -> list[dict]:
+    """Serve the training grid with every primitive forced; the executor's trace."""
+    cost = CostModel(world.geometry, load_profile("published-h100"))  # plans are forced: their predictions are unused
+    executor = Executor(0, world.model, world.corpus, world.directory, cost)
+    for i, (k, n) in enumerate(shapes):
+        request = shaped_request(world, 1, k, n, TRAIN_STEPS, seed=1000 * (seed + 1) + i)
+        for primitive in PRIMITIVES:
+            serve(executor, request, primitive)
+            advance()
+    return executor.trace
 
 
 def _kv_dtype(model) -> str:
     return "fp32" if model.dtype == torch.float32 else "bf16"
 
 
-def _path_spec(fit, peer: int) -> PathSpec:
-    small = SmallRegime(fit.knee_bytes, fit.small_alpha_s, fit.small_beta_Bps) if fit.knee_bytes else None
-    return PathSpec(fit.alpha_s, fit.beta_Bps, f"measured: gloo ping-pong sweep with rank {peer}", small)
-
-
 def spread(fits) -> dict:
-    """How far alpha and beta move between repeated sweeps: (max - min) / median."""
+    """How far alpha and beta move between repeated calibrations: (max - min) / median."""
     alphas = np.array([f.alpha_s for f in fits])
     betas = np.array([f.beta_Bps for f in fits])
     rel = lambda x: float((x.max() - x.min()) / np.median(x)) if len(x) > 1 else 0.0  # noqa: E731
@@ -122,18 +141,18 @@ def spread(fits) -> dict:
             "alpha_rel_spread": rel(alphas), "beta_rel_spread": rel(betas)}  # fmt: skip
 
 
-def _profile(config, world, path, coeffs, compute_fits, fits, sweeps, bandwidth) -> Profile:
+def _profile(config, world, path, compute, fits) -> Profile:
     host = socket.gethostname()
     machine = {
-        "host": host, "platform": platform.platform(), "cpu_count": torch.get_num_threads(),
+        "host": host, "platform": platform.platform(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "instances": config.cluster.world_size, "backend": config.cluster.backend,
-        "model": config.world.model, "model_dtype": config.world.dtype,
+        "fabric": "gloo (TCP) over loopback", "model": config.world.model, "model_dtype": config.world.dtype,
+        "layers": world.model.config.num_layers, "hidden": world.model.config.hidden_size,
     }  # fmt: skip
     return Profile(
         name=config.name or f"measured-{host}", provenance="measured",
-        description=f"qroute calibrate{' --quick' if config.quick else ''} on {host}: gloo over loopback between "
-        f"{config.cluster.world_size} instances; compute on rank 0",
-        paths={LOOPBACK: path}, default_paths=(LOOPBACK,), compute=coeffs, machine=machine,
-        created=dt.datetime.now(dt.timezone.utc).isoformat(),
-        fits={"path": {LOOPBACK: [f.report() for f in fits]}, **compute_fits},
+        description=f"qroute calibrate{' --quick' if config.quick else ''} on {host}: constants fitted to the runtime's "
+        f"own trace (in situ), gloo over loopback between {config.cluster.world_size} instances",
+        paths={LOOPBACK: path}, default_paths=(LOOPBACK,), compute=compute, machine=machine,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(), fits=fits,
     )  # fmt: skip

@@ -26,15 +26,16 @@ import torch.distributed as dist
 
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import PRIMITIVES
+from qroute.calibration.shapes import serve, shaped_request
 from qroute.errors import QrouteError, positive_int
 from qroute.planner import combine_batch
 from qroute.runtime.executor import Executor, predicted_groups, stop_holders
-from qroute.runtime.holder import AttentionSpec, build_store, serve
+from qroute.runtime import holder
+from qroute.runtime.holder import AttentionSpec, build_store
 from qroute.runtime.launcher import ClusterSpec, Instance, launch
 from qroute.runtime.reference import reference_logits, relative_error
 from qroute.runtime.store import Placement
 from qroute.runtime.world import WorldSpec, build_world, check_spec
-from qroute.workload.agents import AgentRequest
 from qroute.workload.corpus import CorpusSpec
 
 GROUPS = ("network_s", "compute_s", "merge_s", "total_s")
@@ -82,7 +83,7 @@ def validate_instance(instance: Instance, config: ValidationConfig, holders: int
     if not instance.is_requester:
         store = build_store(instance.rank, world.corpus, world.directory, world.model)
         dist.barrier()
-        serve(store, AttentionSpec.of(world.model), instance.requester_ranks)
+        holder.serve(store, AttentionSpec.of(world.model), instance.requester_ranks)
         return {"rank": instance.rank}
     dist.barrier()
     try:
@@ -104,31 +105,17 @@ def _sweep(config: ValidationConfig, world, holders: int) -> list[dict]:
     with Progress(disable=not config.progress, transient=True) as bar:
         task = bar.add_task(f"validating ({holders} holder{'s' * (holders > 1)})", total=len(shapes) * len(PRIMITIVES))
         for i, (k, n, s) in enumerate(shapes):
-            request = _request(world, holders, k, n, s, seed=i)
+            request = shaped_request(world, holders, k, n, s, seed=i)
             for primitive in PRIMITIVES:
                 rows.append(_measure(executor, world, request, primitive, config.reps, holders))
                 bar.advance(task)
     return rows
 
 
-def _request(world, holders: int, step_tokens: int, blocks: int, steps: int, seed: int) -> AgentRequest:
-    """A request over the first `blocks` blocks of a chunk spread over exactly `holders` holders."""
-    bs = world.corpus.block_size
-    for chunk in world.corpus.chunks:
-        ids = list(chunk.blocks(bs))[:blocks]
-        if len(ids) == blocks and len(world.directory.by_holder(ids)) == holders:
-            g = torch.Generator().manual_seed(seed)
-            task = torch.randint(0, world.model.config.vocab_size, (16,), generator=g)
-            return AgentRequest(seed, task, int(task[0]), chunk.id, tuple(ids), chunk.tokens.numel(), steps, False, step_tokens)
-    raise QrouteError(f"no chunk with {blocks} blocks on {holders} holders: expected a larger corpus")
-
-
 def _measure(executor: Executor, world, request: AgentRequest, primitive: str, reps: int, holders: int) -> dict:
     runs, error = [], None
     for rep in range(reps):
-        session = executor.open(request, primitive)
-        for _ in range(request.steps):
-            executor.step([session])
+        session = serve(executor, request, primitive)
         runs.append(session.measured.as_dict())
         if rep == 0:
             ref = reference_logits(world.model, world.corpus, request, session.inputs)

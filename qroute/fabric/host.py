@@ -57,13 +57,19 @@ def preflight(*, tun: bool, tc: bool) -> None:
 
 
 def netns_available() -> str | None:
-    """None when this process can build fabrics, else why not (for skipping tests)."""
+    """None when this process can build fabrics, else why not (for skipping tests).
+
+    Beyond `preflight`, it adds and deletes a scratch namespace: root in a container
+    without CAP_SYS_ADMIN passes the uid check but cannot make namespaces.
+    """
+    scratch = f"qroute-check{os.getpid()}"  # not a fabric's name: leftovers() never lists it
     try:
         preflight(tun=True, tc=True)
-        done = ip("netns", "list", check=False)
+        ip("netns", "add", scratch)
+        ip("netns", "del", scratch)
     except FabricError as e:
         return str(e)
-    return None if done.returncode == 0 else f"`ip netns list` failed: {one_line(done.stderr)}"
+    return None
 
 
 def open_tun(name: str) -> int:
@@ -116,6 +122,13 @@ def root_networks() -> list[str]:
     """Destinations of every IPv4 route in this process's namespace, as CIDR strings (`default` dropped)."""
     out = ip("-j", "-4", "route", "show", "table", "all").stdout
     return [x["dst"] for x in json.loads(out or "[]") if x.get("dst", "default") != "default"]
+
+
+def interfaces_down(namespace: str, names: list[str]) -> list[str]:
+    """Which of `names` in `namespace` are missing, down, or without carrier (flags UP and LOWER_UP)."""
+    links = json.loads(ip("-j", "-n", namespace, "link", "show").stdout or "[]")
+    flags = {x["ifname"]: set(x.get("flags", ())) for x in links}
+    return [name for name in names if not {"UP", "LOWER_UP"} <= flags.get(name, set())]
 
 
 def process_start(pid: int) -> int | None:

@@ -50,9 +50,10 @@ class LinkSpec:
     """One path between the two ends.
 
     `kind`: "veth" (kernel veth pair) or "delay" (two TUN devices joined by a userspace
-    forwarder that holds every packet `delay_us` before passing it on; 0 means "forwarder
-    only", otherwise at least 100 us). `rate_mbit`: shape each direction with a token
-    bucket (tc tbf) at this many Mbit/s; None leaves the link unshaped.
+    forwarder that holds every packet `delay_us` before passing it on, in each direction,
+    so a round trip gains 2 x delay_us; 0 means "forwarder only", otherwise at least
+    100 us). `rate_mbit`: shape each direction with a token bucket (tc tbf) at this many
+    Mbit/s, on either kind; None leaves the link unshaped.
     """
 
     name: str

@@ -46,8 +46,12 @@ def fit_table(results: dict) -> Table:
     sp = results["spread"]
     if sp["repeats"] > 1:
         t.add_row(f"repeat spread ({sp['repeats']} sweeps)", f"alpha {sp['alpha_rel_spread']:.1%}, beta {sp['beta_rel_spread']:.1%}", "", "")
+    ping = profile["fits"].get("pingpong")
+    if ping:
+        t.add_row("ping-pong line (fabric alone)", f"{fmt_s(ping['alpha_s'])}, {ping['beta_Bps'] / 1e9:.3g} GB/s",
+                  f"{ping['median_ape']:.1%}", f"{ping['p90_ape']:.1%}")  # fmt: skip
     for name, fit in profile["fits"].items():
-        if name != "path":
+        if name not in ("path", "pingpong"):
             t.add_row(name, _compute_value(profile["compute"][name]), f"{fit['median_ape']:.1%}", f"{fit['max_ape']:.1%}")
     return t
 

@@ -50,18 +50,28 @@ class BatchContext:
         parts = [[self._own(layer, q, kv_new, s, span, scale)] for s, span in zip(self.sessions, self.spans)]
         for b, states in self._route(layer, q).items():  # 2. route
             parts[b] += states
-        t0 = time.perf_counter()
         for b, (s, (a, e)) in enumerate(zip(self.sessions, self.spans)):  # 3. moved KV
             if s.moved is not None:
+                t0 = time.perf_counter()
                 keys = s.moved[layer]
                 parts[b].append(attend(q[a:e].reshape(-1, q.shape[-1]), keys, keys[:, :latent], scale, check=False))
-        t1 = time.perf_counter()
-        merged = [merge_states(p, check=False) for p in parts]  # 4. merge
-        o = torch.cat([m.o.view(-1, heads, latent) for m in merged])
-        lse = torch.cat([m.lse.view(-1, heads) for m in merged])
-        self.measured.compute += t1 - t0
-        self.measured.merge += time.perf_counter() - t1
-        return AttentionState(o, lse)
+                self._timed("moved", layer, t0, rows=(e - a) * heads, tokens=keys.shape[0])
+        merged = []
+        for b, part in enumerate(parts):  # 4. merge
+            t0 = time.perf_counter()
+            m = merge_states(part, check=False)
+            merged.append((m.o.view(-1, heads, latent), m.lse.view(-1, heads)))
+            self._timed("merge", layer, t0, rows=m.lse.numel(), partials=len(part))
+        return AttentionState(torch.cat([o for o, _ in merged]), torch.cat([lse for _, lse in merged]))
+
+    def _timed(self, kind: str, layer: int, t0: float, **shape) -> None:
+        """Charge a requester-side call to its phase and keep it in the trace (what calibration fits)."""
+        seconds = time.perf_counter() - t0
+        if kind == "merge":
+            self.measured.merge += seconds
+        else:
+            self.measured.compute += seconds
+        self.ex.trace.append({"kind": kind, "step": self.ex.steps, "layer": layer, "seconds": seconds, **shape})
 
     def _own(self, layer: int, q: Tensor, kv_new: Tensor, s: "Session", span, scale: float) -> AttentionState:
         """1. the session's own context and its new tokens, causal among them: flat rows `[k * H]`."""
@@ -85,7 +95,7 @@ class BatchContext:
         for h, members in by_holder.items():
             msg = transport.recv(h)
             holder_compute = max(holder_compute, msg.meta[0] / 1e9)
-            self._record(layer, h, messages[h], msg, t_post)
+            self._record(layer, h, messages[h], msg, t_post, len(by_holder))
             o, lse = msg.tensors
             row = 0
             for b in members:
@@ -111,13 +121,19 @@ class BatchContext:
         rows = torch.cat([q[self.spans[b][0] : self.spans[b][1]] for b in members])
         return [rows.contiguous(), torch.tensor(groups, dtype=torch.long), torch.tensor(blocks, dtype=torch.long)]
 
-    def _record(self, layer: int, holder: int, message: list[Tensor], reply: transport.Message, t_post: float) -> None:
+    def _record(self, layer: int, holder: int, message: list[Tensor], reply: transport.Message, t_post: float,
+                parallel: int) -> None:  # fmt: skip
+        q, groups = message[0], message[1]
         sent = sum(t.numel() * t.element_size() for t in message)
         self.measured.messages += 2
         self.measured.bytes += reply.nbytes + sent
-        self.ex.trace.append({"step": self.ex.steps, "layer": layer, "holder": holder, "primitive": "route",
-                              "rows": message[0].shape[0] * message[0].shape[1], "rtt_s": time.perf_counter() - t_post,
-                              "holder_compute_s": reply.meta[0] / 1e9, "bytes_out": sent, "bytes_back": reply.nbytes})  # fmt: skip
+        bs = self.ex.corpus.block_size
+        self.ex.trace.append({
+            "kind": "route", "primitive": "route", "step": self.ex.steps, "layer": layer, "holder": holder,
+            "rows": q.shape[0] * q.shape[1], "groups": [[t * q.shape[1], c * bs] for _, t, _, c in groups.tolist()],
+            "rtt_s": time.perf_counter() - t_post, "holder_compute_s": reply.meta[0] / 1e9,
+            "payload_out": q.numel() * q.element_size(), "payload_back": reply.nbytes, "parallel": parallel,
+        })  # fmt: skip
 
     def _inplace(self, layer: int, q: Tensor, out: dict[int, list[AttentionState]]) -> None:
         """Blocks held by this instance itself (world size 1): route to ourselves, no message."""

@@ -159,8 +159,11 @@ class Executor:
             splice_s = time.perf_counter() - t0
             s.measured.network += rtt - gather_s
             s.measured.compute += gather_s + splice_s
-            self.trace.append({"request": s.request.id, "holder": h, "primitive": "fetch", "rtt_s": rtt,
-                               "holder_compute_s": gather_s, "splice_s": splice_s, "bytes": msg.nbytes})  # fmt: skip
+            tokens, layers = kv.shape[1], kv.shape[0]
+            self.trace.append({"kind": "fetch", "primitive": "fetch", "request": s.request.id, "holder": h, "rtt_s": rtt,
+                               "holder_compute_s": gather_s, "bytes": msg.nbytes, "tokens": tokens, "layers": layers,
+                               "parallel": len(posted)})  # fmt: skip
+            self.trace.append({"kind": "splice", "seconds": splice_s, "tokens": tokens, "layers": layers})
             s.measured.messages += 1
             s.measured.bytes += msg.nbytes
             out.append(kv)
@@ -178,7 +181,7 @@ class Executor:
         kv = kv.index_select(1, rows)
         elapsed = time.perf_counter() - t0
         s.measured.compute += elapsed
-        self.trace.append({"request": r.id, "primitive": "local", "reprefill_s": elapsed, "tokens": length})
+        self.trace.append({"kind": "local", "primitive": "local", "request": r.id, "seconds": elapsed, "tokens": length})
         return kv
 
     def step(self, sessions: Sequence[Session]) -> None:

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from qroute.fabric.netns import child_env
-from qroute.fabric.probe import measure_rate, measure_rtt, read_port, start_server, stop_server
+from qroute.fabric.probe import HEADER, measure_rate, measure_rtt, read_port, recv_exact, start_server, stop_server
 from tests.fabric.conftest import DELAY_US, SHAPED_MBIT, requires_netns
 
 pytestmark = [requires_netns, pytest.mark.netns]
@@ -17,15 +17,16 @@ pytestmark = [requires_netns, pytest.mark.netns]
 MBIT = 1e6 / 8  # B/s
 
 REACH = """
-import json, socket, struct, sys
+import json, socket, sys
 from qroute.fabric import enter_namespace
+from qroute.fabric.probe import HEADER
 ns, targets = sys.argv[1], json.loads(sys.argv[2])
 enter_namespace(ns)
 result = {}
 for name, (address, port) in targets.items():
     try:
         with socket.create_connection((address, port), timeout=5) as s:
-            s.sendall(struct.pack("!cQ", b"p", 1) + b"x")
+            s.sendall(HEADER.pack(b"p", 1, 1) + b"x")
             result[name] = s.recv(1) == b"x"
     except OSError as e:
         result[name] = e.__class__.__name__
@@ -55,8 +56,8 @@ def test_delay_line_carries_bulk_intact(fabric):
 def echo_once(listener: socket.socket) -> None:
     conn, _ = listener.accept()
     with conn:
-        conn.recv(9)
-        conn.sendall(conn.recv(1))
+        recv_exact(conn, HEADER.size)
+        conn.sendall(recv_exact(conn, 1))
 
 
 def reach(namespace: str, targets: dict) -> dict:

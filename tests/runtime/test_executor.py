@@ -27,7 +27,7 @@ def test_every_primitive_is_exact_and_really_moves_data(tiny):
     route = [r for r in results["runs"] if r["mode"] == "route"]
     assert all(r["measured"]["messages"] > 0 and r["measured"]["bytes"] > 0 for r in route)
     # per holder and layer, measured beside predicted
-    trace = [t for r in route for t in r["trace"]]
+    trace = [t for r in route for t in r["trace"] if t["kind"] == "route"]
     assert {t["layer"] for t in trace} == {0, 1} and all(t["rtt_s"] > t["holder_compute_s"] > 0 for t in trace)
     assert all(r["predicted"]["total_s"] > 0 and r["plans"][0]["holders"] for r in route)
     local = [r for r in results["runs"] if r["mode"] == "local"]
@@ -68,7 +68,7 @@ def test_several_tokens_per_step_route_as_one_group(tiny):
     """rows = tokens x heads: 3 new tokens per step (the greedy one and 2 drafts), causal among themselves."""
     results = run_demo(tiny(step_tokens=3, placement="hashed", modes=("route", "fetch", "local", "predicate")))
     assert_exact(results)
-    route = [t for r in results["runs"] if r["mode"] == "route" for t in r["trace"]]
+    route = [t for r in results["runs"] if r["mode"] == "route" for t in r["trace"] if t["kind"] == "route"]
     assert route and all(t["rows"] % (3 * 4) == 0 for t in route)  # 3 tokens x 4 heads per session, sessions batched
     plans = [p for r in results["runs"] if r["mode"] == "predicate" for p in r["plans"] if p]
     assert all(p["holders"] for p in plans)
