@@ -247,7 +247,33 @@ def _add_calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="qroute-results", help="directory for the profile and the sweep tables (default: %(default)s)")
     p.add_argument("--timeout", type=_int_at_least(1), default=300, help="process-group timeout in seconds (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object instead of tables")
-    p.add_argument("--quiet", action="store_true", help="no progress display")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--fabric", type=_fabric_links, default=(),
+                   help="calibrate an emulated fabric instead of loopback (needs root): comma-separated links, each "
+                        "NAME (plain veth), NAME:RATEmbit (veth shaped by tc tbf) or NAME:DELAYus (userspace delay line), "
+                        "e.g. veth,shaped:200mbit,far:500us")  # fmt: skip
+
+
+def _fabric_links(text: str) -> tuple:
+    from qroute.fabric import LinkSpec
+
+    links = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, setting = part.partition(":")
+        try:
+            if not setting:
+                links.append(LinkSpec(name))
+            elif setting.endswith("mbit"):
+                links.append(LinkSpec(name, "veth", rate_mbit=float(setting[:-4])))
+            elif setting.endswith("us"):
+                links.append(LinkSpec(name, "delay", delay_us=float(setting[:-2])))
+            else:
+                raise argparse.ArgumentTypeError(f"link {part!r}: expected NAME, NAME:RATEmbit or NAME:DELAYus")
+        except (QrouteError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(f"link {part!r}: {exc}") from None
+    if not links:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected at least one link")
+    return tuple(links)
 
 
 def cmd_calibrate(args) -> None:
@@ -259,8 +285,13 @@ def cmd_calibrate(args) -> None:
 
     world = WorldSpec(args.model, args.layers, args.hidden, dtype=args.dtype,
                       corpus=CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=32))  # fmt: skip
-    config = CalibrationConfig(ClusterSpec(args.instances, 1, timeout_s=float(args.timeout)), world, args.quick,
-                               args.repeats, args.name, progress=not (args.quiet or args.json))  # fmt: skip
+    import datetime as dt
+    import socket
+
+    instances = 2 if args.fabric else args.instances
+    partial = f"{args.out}/calibration-{args.tag or socket.gethostname()}-{dt.date.today():%Y-%m-%d}.partial.json"
+    config = CalibrationConfig(ClusterSpec(instances, 1, timeout_s=float(args.timeout), links=args.fabric), world, args.quick,
+                               args.repeats, args.name, progress=not (args.quiet or args.json), partial=partial)  # fmt: skip
     results = run_calibration(config)
     if results.get("rank") != 0:
         return
@@ -268,9 +299,13 @@ def cmd_calibrate(args) -> None:
     if args.json:
         print(json.dumps({"profile": results["profile"], "spread": results["spread"], "files": [str(f) for f in files]}, indent=2))
         return
-    path = next(iter(results["profile"]["paths"]))
-    console.print_tables(report.latency_table(results["latency"][-1], path), report.bandwidth_table(results["bandwidth"], path),
-                         report.fit_table(results))  # fmt: skip
+    tables = []
+    for path, rows in results["latency"].items():
+        tables += [report.latency_table(rows, path), report.bandwidth_table(results["bandwidth"][path], path)]
+    tables.append(report.fit_table(results))
+    if results["flips"]:
+        tables.append(report.flips_table(results))
+    console.print_tables(*tables)
     print(f"wall {results['wall_s']:.1f} s; wrote " + ", ".join(str(f) for f in files))
 
 

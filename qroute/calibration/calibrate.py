@@ -15,10 +15,13 @@ residuals and how far alpha and beta moved between repeats.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 import platform
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,10 +32,10 @@ from qroute.calibration.insitu import fit_compute_from_trace, fit_path_from_trac
 from qroute.calibration.shapes import serve, shaped_request
 from qroute.calibration.sweeps import BANDWIDTH_SIZES, LATENCY_SIZES, bandwidth_sweep, latency_sweep
 from qroute.cost import CostModel, load_profile
-from qroute.cost.model import PRIMITIVES
+from qroute.cost.model import PRIMITIVES, path_flips
 from qroute.cost.profile import Profile
 from qroute.errors import QrouteError, positive_int
-from qroute.runtime import holder
+from qroute.runtime import holder, paths
 from qroute.runtime.executor import Executor, stop_holders
 from qroute.runtime.holder import AttentionSpec, build_store
 from qroute.runtime.launcher import ClusterSpec, Instance, launch
@@ -51,6 +54,8 @@ class CalibrationConfig:
     repeats: int = 3
     name: str | None = None
     progress: bool = True
+    partial: str | None = None  # where measurements taken so far are written if a sweep fails
+    holder_stops_after: int | None = None  # fault injection for tests: the holder exits after this many messages
 
     def __post_init__(self) -> None:
         positive_int("repeats", self.repeats)
@@ -73,19 +78,22 @@ def calibrate_instance(instance: Instance, config: CalibrationConfig) -> dict:
     if not instance.is_requester:
         store = build_store(instance.rank, world.corpus, world.directory, world.model)
         dist.barrier()
-        holder.serve(store, AttentionSpec.of(world.model), instance.requester_ranks)
+        holder.serve(store, AttentionSpec.of(world.model), instance.requester_ranks, limit=config.holder_stops_after)
+        if config.holder_stops_after is not None:
+            os._exit(0)  # a holder gone mid-sweep: its sockets close under the requester
         return {"role": "holder", "rank": instance.rank}
     dist.barrier()
-    try:
-        if instance.rank != 0:
-            return {"role": "requester", "rank": instance.rank}
-        return _measure(instance, config, world)
-    finally:
+    if instance.rank != 0:
         stop_holders(instance.rank, instance.holders)
+        return {"role": "requester", "rank": instance.rank}
+    result = _measure(instance, config, world)
+    stop_holders(instance.rank, instance.holders)
+    return result
 
 
 TRAIN_STEP_TOKENS = (2, 8)  # validation uses 1, 4, 16
 TRAIN_CHUNK_BLOCKS = (6, 12, 20, 28)  # validation uses 4, 16, 32
+QUICK_CHUNK_BLOCKS = (6, 14, 28)
 TRAIN_STEPS = 2  # validation uses 1 and 4
 
 
@@ -94,38 +102,95 @@ def _measure(instance: Instance, config: CalibrationConfig, world) -> dict:
 
     sizes = QUICK_SIZES if config.quick else LATENCY_SIZES
     repeats = 1 if config.quick else config.repeats
+    names = paths.names() or [LOOPBACK]
     peer = instance.holders[0]
     filler = torch.randint(0, world.model.config.vocab_size, (4,))
     between = lambda: world.model.prefill(filler)  # noqa: E731 - the model's compute between exchanges
-    shapes = [(k, n) for k in TRAIN_STEP_TOKENS for n in (TRAIN_CHUNK_BLOCKS[::2] if config.quick else TRAIN_CHUNK_BLOCKS)]
+    shapes = [(k, n) for k in TRAIN_STEP_TOKENS for n in (QUICK_CHUNK_BLOCKS if config.quick else TRAIN_CHUNK_BLOCKS)]
+    latency, bandwidth, traces = {}, {}, {}
     with Progress(disable=not config.progress, transient=True) as bar:
-        task = bar.add_task("calibrating", total=len(sizes) + len(BANDWIDTH_SIZES) + repeats * len(shapes) * 3)
+        steps = len(names) * (len(sizes) + len(BANDWIDTH_SIZES) + repeats * len(shapes) * 3)
+        task = bar.add_task("calibrating", total=steps)
         advance = lambda *_: bar.advance(task)  # noqa: E731
-        latency = latency_sweep(peer, sizes, 10 if config.quick else 30, between=between, on_size=advance)
-        bandwidth = bandwidth_sweep(peer, BANDWIDTH_SIZES, reps=3 if config.quick else 5, on_size=advance)
-        traces = [_train(world, shapes, advance, seed=r) for r in range(repeats)]
+        for name in names:
+            group = paths.group(name)
+            try:
+                latency[name] = latency_sweep(peer, sizes, 10 if config.quick else 30, between=between, group=group,
+                                              on_size=advance, rows=latency.setdefault(name, []))  # fmt: skip
+                bandwidth[name] = bandwidth_sweep(peer, BANDWIDTH_SIZES, reps=3 if config.quick else 5, group=group,
+                                                  on_size=advance, rows=bandwidth.setdefault(name, []))  # fmt: skip
+                traces[name] = [_train(world, shapes, advance, seed=r, path=name) for r in range(repeats)]
+            except (RuntimeError, ConnectionError, OSError) as exc:
+                kept = _keep_partial(config, latency, bandwidth)
+                raise QrouteError(f"path {name!r} failed mid-sweep ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+                                  f"measurements taken so far kept in {kept}") from None  # fmt: skip
+    return _results(config, world, peer, latency, bandwidth, traces)
+
+
+def _keep_partial(config: CalibrationConfig, latency: dict, bandwidth: dict) -> str:
+    """Write the sweep rows measured so far (a failed run keeps what it took)."""
+    path = Path(config.partial or f"calibration-partial-{socket.gethostname()}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"partial": True, "latency": {n: [r.as_dict() for r in rows] for n, rows in latency.items()},
+            "bandwidth": bandwidth, "created": dt.datetime.now(dt.timezone.utc).isoformat()}  # fmt: skip
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return str(path)
+
+
+def _results(config, world, peer, latency, bandwidth, traces) -> dict:
     dtype = _kv_dtype(world.model)
-    fits: dict = {"pingpong": fit_path([2 * r.size for r in latency], [r.median_s for r in latency]).report()}
-    path_fits = [fit_path_from_trace(t, "")[1] for t in traces]
-    pooled = [r for t in traces for r in t]
-    path, fit = fit_path_from_trace(pooled, f"measured in situ: route and fetch exchanges with rank {peer}")
-    fits["path"] = {LOOPBACK: [fit.report()]}
-    compute = fit_compute_from_trace(pooled, world.geometry, world.geometry.coefficients(dtype, dtype), fits)
-    profile = _profile(config, world, path, compute, fits)
-    return {"role": "requester", "rank": 0, "profile": profile.to_dict(), "latency": [[r.as_dict() for r in latency]],
-            "bandwidth": bandwidth, "spread": spread(path_fits), "trace_records": len(pooled)}  # fmt: skip
+    fits: dict = {"pingpong": {n: fit_path([2 * r.size for r in rows], [r.median_s for r in rows]).report()
+                               for n, rows in latency.items()}, "path": {}}  # fmt: skip
+    specs, spreads = {}, {}
+    for name, runs in traces.items():
+        pooled = [r for t in runs for r in t]
+        sweep = {2 * r.size: r.median_s for r in latency[name]}
+        source = f"measured: route and fetch exchanges in situ and a ping-pong sweep, with rank {peer}"
+        specs[name], fit = fit_path_from_trace(pooled, source, sweep)
+        fits["path"][name] = [fit.report()]
+        spreads[name] = spread([fit_path_from_trace(t, "", sweep)[1] for t in runs])
+    everything = [r for runs in traces.values() for t in runs for r in t]
+    compute = fit_compute_from_trace(everything, world.geometry, world.geometry.coefficients(dtype, dtype), fits)
+    profile = _profile(config, world, specs, compute, fits)
+    return {"role": "requester", "rank": 0, "profile": profile.to_dict(),
+            "latency": {n: [r.as_dict() for r in rows] for n, rows in latency.items()}, "bandwidth": bandwidth,
+            "spread": spreads, "flips": flips(latency, profile), "trace_records": len(everything)}  # fmt: skip
 
 
-def _train(world, shapes, advance, seed: int) -> list[dict]:
-    """Serve the training grid with every primitive forced; the executor's trace."""
+def flips(latency: dict, profile: Profile) -> list[dict]:
+    """For each pair of paths: where the profile says the cheaper path changes, and where the measured sweeps say so."""
+    out = []
+    names = list(latency)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            rows_a, rows_b = latency[a], latency[b]
+            sizes = [2 * r.size for r in rows_a]
+            faster = [ra.median_s < rb.median_s for ra, rb in zip(rows_a, rows_b)]
+            measured = [[sizes[k], sizes[k + 1]] for k in range(len(sizes) - 1) if faster[k] != faster[k + 1]]
+            out.append({"a": a, "b": b, "predicted_bytes": path_flips(profile.path(a), profile.path(b)),
+                        "measured_between_bytes": measured,
+                        "measured_winners": [a if f else b for f in faster], "sizes": sizes})  # fmt: skip
+    return out
+
+
+def _train(world, shapes, advance, seed: int, path: str) -> list[dict]:
+    """Serve the training grid with every primitive forced, on `path`; the executor's trace."""
     cost = CostModel(world.geometry, load_profile("published-h100"))  # plans are forced: their predictions are unused
     executor = Executor(0, world.model, world.corpus, world.directory, cost)
+    executor.force_path = path
     for i, (k, n) in enumerate(shapes):
         request = shaped_request(world, 1, k, n, TRAIN_STEPS, seed=1000 * (seed + 1) + i)
         for primitive in PRIMITIVES:
             serve(executor, request, primitive)
             advance()
-    return executor.trace
+    return [r for r in executor.trace if r.get("kind") not in ("route", "fetch") or r.get("path") == path]
+
+
+def _fabric(config) -> str:
+    if not config.cluster.links:
+        return "gloo (TCP) over loopback"
+    return "; ".join(f"{link.name}: {link.kind}" + (f", tbf {link.rate_mbit} Mbit/s" if link.rate_mbit else "")
+                     + (f", +{link.delay_us} us each way" if link.delay_us else "") for link in config.cluster.links)  # fmt: skip
 
 
 def _kv_dtype(model) -> str:
@@ -141,18 +206,18 @@ def spread(fits) -> dict:
             "alpha_rel_spread": rel(alphas), "beta_rel_spread": rel(betas)}  # fmt: skip
 
 
-def _profile(config, world, path, compute, fits) -> Profile:
+def _profile(config, world, specs: dict, compute, fits) -> Profile:
     host = socket.gethostname()
     machine = {
         "host": host, "platform": platform.platform(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "instances": config.cluster.world_size, "backend": config.cluster.backend,
-        "fabric": "gloo (TCP) over loopback", "model": config.world.model, "model_dtype": config.world.dtype,
+        "fabric": _fabric(config), "model": config.world.model, "model_dtype": config.world.dtype,
         "layers": world.model.config.num_layers, "hidden": world.model.config.hidden_size,
     }  # fmt: skip
     return Profile(
         name=config.name or f"measured-{host}", provenance="measured",
         description=f"qroute calibrate{' --quick' if config.quick else ''} on {host}: constants fitted to the runtime's "
-        f"own trace (in situ), gloo over loopback between {config.cluster.world_size} instances",
-        paths={LOOPBACK: path}, default_paths=(LOOPBACK,), compute=compute, machine=machine,
+        f"own trace (in situ), {_fabric(config)} between {config.cluster.world_size} instances",
+        paths=specs, default_paths=tuple(specs), compute=compute, machine=machine,
         created=dt.datetime.now(dt.timezone.utc).isoformat(), fits=fits,
     )  # fmt: skip

@@ -49,12 +49,15 @@ def _of(trace: list[dict], kind: str) -> list[dict]:
     return [r for r in trace if r.get("kind") == kind]
 
 
-def fit_path_from_trace(trace: list[dict], source: str) -> tuple[PathSpec, PathFit]:
-    """alpha + bytes/beta (with a small-message regime if one line misses) over single-holder route and fetch exchanges."""
+def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] | None = None) -> tuple[PathSpec, PathFit]:
+    """alpha + bytes/beta (with a small-message regime if one line misses) over single-holder route and fetch
+    exchanges, plus `sweep` points (exchange bytes -> median seconds of a ping-pong sweep), which reach the small
+    messages the runtime's exchanges may not (without them a slow link's alpha is not identifiable)."""
     route = [r for r in _of(trace, "route") if r["parallel"] == 1]
     fetch = [r for r in _of(trace, "fetch") if r["parallel"] == 1]
     points = _grouped(route, lambda r: (r["payload_out"] + r["payload_back"],), lambda r: r["rtt_s"] - r["holder_compute_s"])
     points.update(_grouped(fetch, lambda r: (r["bytes"],), lambda r: r["rtt_s"] - r["holder_compute_s"]))
+    points.update({(b,): t for b, t in (sweep or {}).items() if (b,) not in points})
     if len(points) < 3:
         raise QrouteError(f"calibration trace has {len(points)} exchange sizes: expected 3 or more")
     sizes = sorted(points)

@@ -58,9 +58,11 @@ def ping_pong(peer: int, payload: list[torch.Tensor], group=None) -> float:
 def latency_sweep(
     peer: int, sizes: Sequence[int] = LATENCY_SIZES, reps: int = 30, warmup: int = 3,
     between: Callable[[], object] | None = None, group=None, on_size: Callable[[int], None] | None = None,
+    rows: list | None = None,
 ) -> list[SweepRow]:  # fmt: skip
-    """Ping-pong round trips per message size (`size` bytes each way)."""
-    rows = []
+    """Ping-pong round trips per message size (`size` bytes each way), appended to `rows` as they are measured
+    (so a caller keeps what was measured when a later size fails)."""
+    rows = [] if rows is None else rows
     for size in sizes:
         payload = [torch.zeros(size, dtype=torch.uint8)] if size else []
         samples = []
@@ -91,10 +93,10 @@ def stream(peer: int, payload: torch.Tensor, window: int, group=None) -> float:
 
 def bandwidth_sweep(
     peer: int, sizes: Sequence[int] = BANDWIDTH_SIZES, window: int = 16, reps: int = 5, group=None,
-    on_size: Callable[[int], None] | None = None,
+    on_size: Callable[[int], None] | None = None, rows: list | None = None,
 ) -> list[dict]:  # fmt: skip
-    """Streaming rate per message size: `{size, MBps (median), MBps_p10, MBps_p90, n}`."""
-    out = []
+    """Streaming rate per message size: `{size, MBps (median), MBps_p10, MBps_p90, n}`, appended to `rows`."""
+    out = [] if rows is None else rows
     for size in sizes:
         payload = torch.zeros(size, dtype=torch.uint8)
         stream(peer, payload, window, group)  # warm-up

@@ -43,16 +43,30 @@ def fit_table(results: dict) -> Table:
         if path.get("small"):
             s = path["small"]
             t.add_row(f"{name} small (< {fmt_bytes(s['below_bytes'])})", f"{fmt_s(s['alpha_s'])}, {s['beta_Bps'] / 1e9:.3g} GB/s", "", "")
-    sp = results["spread"]
-    if sp["repeats"] > 1:
-        t.add_row(f"repeat spread ({sp['repeats']} sweeps)", f"alpha {sp['alpha_rel_spread']:.1%}, beta {sp['beta_rel_spread']:.1%}", "", "")
-    ping = profile["fits"].get("pingpong")
-    if ping:
-        t.add_row("ping-pong line (fabric alone)", f"{fmt_s(ping['alpha_s'])}, {ping['beta_Bps'] / 1e9:.3g} GB/s",
+        sp = results["spread"][name]
+        if sp["repeats"] > 1:
+            t.add_row(f"{name} repeat spread ({sp['repeats']} runs)", f"alpha {sp['alpha_rel_spread']:.1%}, beta {sp['beta_rel_spread']:.1%}", "", "")
+        ping = profile["fits"]["pingpong"][name]
+        t.add_row(f"{name} ping-pong line (fabric alone)", f"{fmt_s(ping['alpha_s'])}, {ping['beta_Bps'] / 1e9:.3g} GB/s",
                   f"{ping['median_ape']:.1%}", f"{ping['p90_ape']:.1%}")  # fmt: skip
     for name, fit in profile["fits"].items():
         if name not in ("path", "pingpong"):
             t.add_row(name, _compute_value(profile["compute"][name]), f"{fit['median_ape']:.1%}", f"{fit['max_ape']:.1%}")
+    return t
+
+
+def flips_table(results: dict) -> Table:
+    t = Table(title="Which path is cheaper, by exchange size (bytes out + back): the profile vs the measured sweep")
+    for col in ("paths", "profile flips at", "measured flips between", "measured winners (small to large)"):
+        t.add_column(col)
+    for f in results["flips"]:
+        predicted = ", ".join(fmt_bytes(x) for x in f["predicted_bytes"]) or "never"
+        measured = ", ".join(f"{fmt_bytes(a)} and {fmt_bytes(b)}" for a, b in f["measured_between_bytes"]) or "never"
+        winners = []
+        for w in f["measured_winners"]:
+            if not winners or winners[-1] != w:
+                winners.append(w)
+        t.add_row(f"{f['a']} vs {f['b']}", predicted, measured, " -> ".join(winners))
     return t
 
 

@@ -82,20 +82,22 @@ class BatchContext:
         return attend(q[a:e].reshape(k * heads, -1), keys, keys[:, : self.ex.spec.latent], scale, mask=mask, check=False)
 
     def _route(self, layer: int, q: Tensor) -> dict[int, list[AttentionState]]:
-        """Send each routed holder one message with all its rows; collect the states per session (flat rows)."""
+        """Send each (holder, path) one message with all its rows; collect the states per session (flat rows)."""
+        from qroute.runtime import paths
+
         out: dict[int, list[AttentionState]] = {}
-        by_holder: dict[int, list[int]] = {}
+        by_holder: dict[tuple[int, str | None], list[int]] = {}
         for b, s in enumerate(self.sessions):
             for h in s.routed:
-                by_holder.setdefault(h, []).append(b)
+                by_holder.setdefault((h, s.paths.get(h)), []).append(b)
         t_post = time.perf_counter()
-        messages = {h: self._message(h, members, q) for h, members in by_holder.items()}
-        posted = {h: transport.isend(h, ROUTE, [layer], m) for h, m in messages.items()}
+        messages = {key: self._message(key[0], members, q) for key, members in by_holder.items()}
+        posted = {key: transport.isend(key[0], ROUTE, [layer], m, paths.group(key[1])) for key, m in messages.items()}
         holder_compute = 0.0
-        for h, members in by_holder.items():
-            msg = transport.recv(h)
+        for key, members in by_holder.items():
+            msg = transport.recv(key[0], paths.group(key[1]))
             holder_compute = max(holder_compute, msg.meta[0] / 1e9)
-            self._record(layer, h, messages[h], msg, t_post, len(by_holder))
+            self._record(layer, key, messages[key], msg, t_post, len(by_holder))
             o, lse = msg.tensors
             row = 0
             for b in members:
@@ -121,15 +123,16 @@ class BatchContext:
         rows = torch.cat([q[self.spans[b][0] : self.spans[b][1]] for b in members])
         return [rows.contiguous(), torch.tensor(groups, dtype=torch.long), torch.tensor(blocks, dtype=torch.long)]
 
-    def _record(self, layer: int, holder: int, message: list[Tensor], reply: transport.Message, t_post: float,
-                parallel: int) -> None:  # fmt: skip
+    def _record(self, layer: int, key: tuple[int, str | None], message: list[Tensor], reply: transport.Message,
+                t_post: float, parallel: int) -> None:  # fmt: skip
+        holder, path = key
         q, groups = message[0], message[1]
         sent = sum(t.numel() * t.element_size() for t in message)
         self.measured.messages += 2
         self.measured.bytes += reply.nbytes + sent
         bs = self.ex.corpus.block_size
         self.ex.trace.append({
-            "kind": "route", "primitive": "route", "step": self.ex.steps, "layer": layer, "holder": holder,
+            "kind": "route", "primitive": "route", "step": self.ex.steps, "layer": layer, "holder": holder, "path": path,
             "rows": q.shape[0] * q.shape[1], "groups": [[t * q.shape[1], c * bs] for _, t, _, c in groups.tolist()],
             "rtt_s": time.perf_counter() - t_post, "holder_compute_s": reply.meta[0] / 1e9,
             "payload_out": q.numel() * q.element_size(), "payload_back": reply.nbytes, "parallel": parallel,

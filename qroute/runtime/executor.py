@@ -72,6 +72,7 @@ class Session:
     inplace: list[int]  # selected blocks held by this instance itself
     next_inputs: list[int]  # this step's input tokens: the greedy token, then drafts
     position: int
+    paths: dict[int, str | None] = field(default_factory=dict)  # holder -> path of its messages
     logits: list[Tensor] = field(default_factory=list)  # per step [step_tokens, V]
     inputs: list[list[int]] = field(default_factory=list)  # per step
     measured: Measured = field(default_factory=Measured)
@@ -93,6 +94,7 @@ class Executor:
         self.store = store  # blocks held by this instance itself (world size 1)
         self.trace: list[dict] = []  # measured exchanges, per holder and layer (and setup per holder)
         self.steps = 0
+        self.force_path: str | None = None  # calibration: every message on this path, whatever the plan says
 
     # ------------------------------------------------------------------ planning
 
@@ -138,17 +140,21 @@ class Executor:
         s = Session(r, p, own, None, {}, by_holder.pop(self.rank, []), r.step_inputs(0, r.first_token), r.first_position)
         s.measured.base += time.perf_counter() - t0
         s.routed = {h: b for h, b in by_holder.items() if primitives[h] == "route"}
+        s.paths = {h.holder: self.force_path or h.path for h in p.holders} if p else {}
         moved = self._fetch(s, {h: b for h, b in by_holder.items() if primitives[h] == "fetch"})
         moved += [self._rebuild(s, b) for h, b in by_holder.items() if primitives[h] == "local"]
         s.moved = torch.cat(moved, dim=1) if moved else None
         return s
 
     def _fetch(self, s: Session, wanted: dict[int, list[int]]) -> list[Tensor]:
-        """FETCH from every holder at once; splice each reply's rope part by the chunk's offset."""
-        posted = {h: (time.perf_counter(), transport.isend(h, FETCH, [], [torch.tensor(b)])) for h, b in wanted.items()}
+        """FETCH from every holder at once, each on its planned path; splice each reply's rope part by the chunk's offset."""
+        from qroute.runtime import paths
+
+        group = {h: paths.group(s.paths.get(h)) for h in wanted}
+        posted = {h: (time.perf_counter(), transport.isend(h, FETCH, [], [torch.tensor(b)], group[h])) for h, b in wanted.items()}
         out = []
         for h, (t_post, works) in posted.items():
-            msg = transport.recv(h)
+            msg = transport.recv(h, group[h])
             rtt = time.perf_counter() - t_post
             transport.wait_all(works)
             gather_s = msg.meta[0] / 1e9
@@ -161,6 +167,7 @@ class Executor:
             s.measured.compute += gather_s + splice_s
             tokens, layers = kv.shape[1], kv.shape[0]
             self.trace.append({"kind": "fetch", "primitive": "fetch", "request": s.request.id, "holder": h, "rtt_s": rtt,
+                               "path": s.paths.get(h),
                                "holder_compute_s": gather_s, "bytes": msg.nbytes, "tokens": tokens, "layers": layers,
                                "parallel": len(posted)})  # fmt: skip
             self.trace.append({"kind": "splice", "seconds": splice_s, "tokens": tokens, "layers": layers})
@@ -213,7 +220,10 @@ class Executor:
 
 
 def stop_holders(rank: int, holders: Sequence[int]) -> None:
-    """Tell every holder this requester needs nothing more."""
-    for h in holders:
-        if h != rank:
-            transport.send(h, STOP)
+    """Tell every holder this requester needs nothing more, on the world and on every path group."""
+    from qroute.runtime import paths
+
+    for group in (None, *paths.groups()):
+        for h in holders:
+            if h != rank:
+                transport.send(h, STOP, group=group)

@@ -96,25 +96,34 @@ class ServeStats:
     requesters: set = field(default_factory=set)
 
 
-def serve(store: BlockStore, spec: AttentionSpec, requesters: Sequence[int], groups: Sequence = ()) -> ServeStats:
+def serve(store: BlockStore, spec: AttentionSpec, requesters: Sequence[int], groups: Sequence | None = None,
+          limit: int | None = None) -> ServeStats:  # fmt: skip
     """Answer messages until every requester in `requesters` has sent STOP, on the world and on every path group.
 
-    Each path group (one per fabric between the instances) is served by its own thread and
-    answered on the group it came from.
+    Each path group (one per fabric link between the instances; default: those the launcher
+    opened, `runtime.paths`) is served by its own thread and answered on the group it came from.
     """
+    from qroute.runtime import paths
+
+    groups = paths.groups() if groups is None else groups
     stats = ServeStats()
     threads = [threading.Thread(target=_serve_group, args=(store, spec, requesters, g, stats), daemon=True) for g in groups]
     for t in threads:
         t.start()
-    _serve_group(store, spec, requesters, None, stats)
+    _serve_group(store, spec, requesters, None, stats, limit)
+    if limit is not None:
+        return stats  # fault injection: leave now, without waiting for the path groups
     for t in threads:
         t.join()
     return stats
 
 
-def _serve_group(store: BlockStore, spec: AttentionSpec, requesters: Sequence[int], group, stats: ServeStats) -> None:
+def _serve_group(store: BlockStore, spec: AttentionSpec, requesters: Sequence[int], group, stats: ServeStats,
+                 limit: int | None = None) -> None:  # fmt: skip
     stopped: set[int] = set()
-    while stopped != set(requesters):
+    served = 0
+    while stopped != set(requesters) and (limit is None or served < limit):
+        served += 1
         msg = transport.recv(None, group)
         stats.requesters.add(msg.src)
         if msg.kind == STOP:

@@ -11,6 +11,12 @@ and watches the launcher's pid; the launcher also kills them on any error or tim
 Under `torchrun` (RANK / WORLD_SIZE in the environment) the same entry point joins the
 job's process group instead and runs `fn` for its own rank only.
 
+With `links` (an emulated fabric, `qroute.fabric`), the launcher builds two network
+namespaces joined by those links and runs one instance in each: each enters its namespace
+first thing, reaches the store over its control link, and opens one gloo group per link
+(`runtime.paths`); the world group runs over the first link. The fabric is removed after
+the instances are gone.
+
 Ranks `[0, requesters)` are requesters; the rest are holders. World size 1 is one
 instance that holds every block and attends everything locally.
 """
@@ -47,8 +53,11 @@ class ClusterSpec:
     timeout_s: float = 120.0
     host: str = "127.0.0.1"
     threads: int = 1  # torch intra-op threads per instance
+    links: tuple = ()  # qroute.fabric.LinkSpec: an emulated fabric between two instances
 
     def __post_init__(self) -> None:
+        if self.links and (self.world_size, self.requesters) != (2, 1):
+            raise QrouteError(f"an emulated fabric joins 2 instances (1 requester, 1 holder): got instances={self.world_size}")
         positive_int("instances", self.world_size)
         positive_int("requesters", self.requesters)
         if self.requesters > self.world_size:
@@ -102,7 +111,13 @@ def _run_under_torchrun(spec: ClusterSpec, fn: Callable[..., Any], args: tuple) 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if spec.backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(spec.backend, timeout=_timeout(spec))
+    try:
+        dist.init_process_group(spec.backend, timeout=_timeout(spec))
+    except (RuntimeError, TimeoutError) as exc:
+        where = f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '?')}"
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise QrouteError(f"rank {rank} could not reach the other {world - 1} instance(s) at {where} "
+                          f"within {spec.timeout_s:.0f} s: {first}") from None  # fmt: skip
     try:
         return fn(Instance(rank, world, spec.requesters), *args)
     finally:
@@ -110,12 +125,23 @@ def _run_under_torchrun(spec: ClusterSpec, fn: Callable[..., Any], args: tuple) 
 
 
 def _run_embedded(spec: ClusterSpec, fn: Callable[..., Any], args: tuple) -> list[Any]:
-    store = dist.TCPStore(spec.host, 0, spec.world_size + 1, True, timeout=_timeout(spec), wait_for_workers=False)
+    if not spec.links:
+        return _spawn(spec, fn, args, [None] * spec.world_size)
+    from qroute.fabric import Fabric, FabricSpec
+
+    with Fabric(FabricSpec(tuple(spec.links))) as fabric:
+        return _spawn(spec, fn, args, [fabric.endpoint(end) for end in (0, 1)])
+
+
+def _spawn(spec: ClusterSpec, fn: Callable[..., Any], args: tuple, endpoints: list) -> list[Any]:
+    host = "0.0.0.0" if spec.links else spec.host  # with a fabric, instances reach the store over control links
+    store = dist.TCPStore(host, 0, spec.world_size + 1, True, timeout=_timeout(spec), wait_for_workers=False)
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "torch.distributed", "qroute.runtime.launcher"])
     results: Any = ctx.Queue()
     procs = [
-        ctx.Process(target=_child, args=(rank, spec, store.port, fn, args, results, os.getpid()), daemon=True, name=f"qroute-{rank}")
+        ctx.Process(target=_child, args=(rank, spec, store.port, fn, args, results, os.getpid(), endpoints[rank]),
+                    daemon=True, name=f"qroute-{rank}")  # fmt: skip
         for rank in range(spec.world_size)
     ]
     try:
@@ -184,14 +210,26 @@ def _watch(launcher: int) -> None:
         time.sleep(0.5)
 
 
-def _child(rank: int, spec: ClusterSpec, port: int, fn: Callable[..., Any], args: tuple, results: Any, launcher: int) -> None:
+def _child(rank: int, spec: ClusterSpec, port: int, fn: Callable[..., Any], args: tuple, results: Any, launcher: int,
+           endpoint: dict | None) -> None:  # fmt: skip
     _die_with_launcher(launcher)
     torch.set_num_threads(spec.threads)
     try:
-        store = dist.TCPStore(spec.host, port, spec.world_size + 1, False, timeout=_timeout(spec))
+        host = spec.host
+        if endpoint is not None:  # first thing: this instance lives in its end of the fabric
+            from qroute.fabric import enter_namespace
+
+            enter_namespace(endpoint["namespace"])
+            host = endpoint["control"]["root_address"]
+            os.environ["GLOO_SOCKET_IFNAME"] = next(iter(endpoint["links"].values()))["interface"]
+        store = dist.TCPStore(host, port, spec.world_size + 1, False, timeout=_timeout(spec))
         dist.init_process_group(
             spec.backend, store=store, rank=rank, world_size=spec.world_size, timeout=_timeout(spec)
         )
+        if endpoint is not None:
+            from qroute.runtime import paths
+
+            paths.open_paths({n: link["interface"] for n, link in endpoint["links"].items()}, list(range(spec.world_size)))
         value = fn(Instance(rank, spec.world_size, spec.requesters), *args)
         results.put((rank, "ok", value))
     except BaseException as exc:  # report, then exit non-zero so the launcher stops the rest

@@ -1,0 +1,76 @@
+"""`qroute calibrate` and `qroute validate` end to end on small grids, and their failures."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qroute.calibration.calibrate import CalibrationConfig, run_calibration
+from qroute.cost import profile as prof
+from qroute.errors import QrouteError
+from qroute.runtime.launcher import ClusterSpec
+from qroute.runtime.world import WorldSpec
+from qroute.workload.corpus import CorpusSpec
+
+pytestmark = pytest.mark.timeout(300)
+SMALL = WorldSpec(layers=1, hidden=64, heads=4, corpus=CorpusSpec(max_tokens=4096, block_size=8, chunk_blocks=32))
+
+
+def run(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "qroute", *args], capture_output=True, text=True, timeout=280,
+                          cwd=cwd, env=env)  # fmt: skip
+
+
+def test_quick_calibration_writes_a_valid_measured_profile(tmp_path):
+    results = run_calibration(CalibrationConfig(ClusterSpec(2, timeout_s=60.0), SMALL, quick=True, progress=False))
+    p = prof.from_dict(results["profile"], "calibration")
+    assert p.provenance == "measured" and p.machine["fabric"].startswith("gloo")
+    path = p.path("gloo-loopback")
+    assert 1e-6 < path.alpha_s < 0.1 and path.beta_Bps > 1e6
+    for name in ("attention", "local_attention", "merge", "splice", "gather", "reprefill"):
+        assert results["profile"]["fits"][name]["median_ape"] < 0.5
+    assert len(results["latency"]["gloo-loopback"]) >= 5 and results["bandwidth"]["gloo-loopback"]
+
+
+def test_a_holder_gone_mid_sweep_is_a_clear_error_and_keeps_the_partial_sweep(tmp_path):
+    partial = tmp_path / "partial.json"
+    config = CalibrationConfig(ClusterSpec(2, timeout_s=30.0), SMALL, quick=True, progress=False, partial=str(partial),
+                               holder_stops_after=25)  # fmt: skip
+    with pytest.raises(QrouteError, match="path 'gloo-loopback' failed mid-sweep .* kept in"):
+        run_calibration(config)
+    kept = json.loads(partial.read_text())
+    assert kept["partial"] and 1 <= len(kept["latency"]["gloo-loopback"]) < 6
+
+
+def test_unreachable_peer_under_torchrun_is_one_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    r = run("calibrate", "--quick", "--timeout", "3", "--out", str(tmp_path), env=env)
+    assert r.returncode == 2, r.stderr
+    assert "could not reach the other 1 instance(s) at 127.0.0.1" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_validate_cli_small_grid_and_bad_profiles(tmp_path):
+    small = ["--layers", "1", "--hidden", "64", "--block-size", "8"]
+    r = run("calibrate", "--quick", "--quiet", *small, "--out", str(tmp_path), "--tag", "t")
+    assert r.returncode == 0, r.stderr
+    r = run("validate", "--quiet", "--json", *small, "--step-tokens", "1,4", "--chunk-blocks", "4,16", "--steps", "1",
+            "--reps", "1", "--out", str(tmp_path), "--tag", "t")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert {"median_ape", "p90_ape", "hit_rate", "regret", "per_path", "per_primitive", "per_phase"} <= set(out)
+    assert out["per_path"]["gloo-loopback"]["n"] > 0 and 0 <= out["regret"] < 10
+    assert any(Path(f).suffix == ".csv" for f in out["files"]) and sum(Path(f).suffix == ".png" for f in out["files"]) == 2
+    profile = json.loads(next(tmp_path.glob("profile-t-*.json")).read_text())
+    corrupt, foreign = tmp_path / "corrupt.json", tmp_path / "foreign.json"
+    corrupt.write_text(json.dumps(profile)[:-40])
+    foreign.write_text(json.dumps({**profile, "schema": "qroute.profile/9"}))
+    for bad, needle in ((corrupt, "not valid JSON"), (foreign, "expected 'qroute.profile/1'")):
+        r = run("validate", "--profile", str(bad), "--out", str(tmp_path))
+        assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
