@@ -333,7 +333,9 @@ def _add_validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="qroute-results", help="directory for the CSV, JSON and plots (default: %(default)s)")
     p.add_argument("--timeout", type=_int_at_least(1), default=300, help="process-group timeout in seconds (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object instead of tables")
-    p.add_argument("--quiet", action="store_true", help="no progress display")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--fabric", type=_fabric_links, default=(),
+                   help="validate over an emulated fabric (needs root; same syntax as calibrate --fabric): one holder, every path")  # fmt: skip
 
 
 def cmd_validate(args) -> None:
@@ -346,7 +348,7 @@ def cmd_validate(args) -> None:
     profile = args.profile or _newest_profile(args.out)
     corpus = CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=max(args.chunk_blocks))
     config = ValidationConfig(
-        profile, ClusterSpec(3, 1, timeout_s=float(args.timeout)),
+        profile, ClusterSpec(2 if args.fabric else 3, 1, timeout_s=float(args.timeout), links=args.fabric),
         WorldSpec(args.model, args.layers, args.hidden, dtype=args.dtype, corpus=corpus),
         args.step_tokens, args.chunk_blocks, args.steps, args.reps, progress=not (args.quiet or args.json),
     )  # fmt: skip

@@ -30,7 +30,7 @@ from qroute.calibration.shapes import serve, shaped_request
 from qroute.errors import QrouteError, positive_int
 from qroute.planner import combine_batch
 from qroute.runtime.executor import Executor, predicted_groups, stop_holders
-from qroute.runtime import holder
+from qroute.runtime import holder, paths
 from qroute.runtime.holder import AttentionSpec, build_store
 from qroute.runtime.launcher import ClusterSpec, Instance, launch
 from qroute.runtime.reference import reference_logits, relative_error
@@ -56,7 +56,7 @@ class ValidationConfig:
 
     def __post_init__(self) -> None:
         positive_int("reps", self.reps)
-        if self.cluster.world_size < 3:
+        if self.cluster.world_size < (2 if self.cluster.links else 3):
             raise QrouteError(f"instances={self.cluster.world_size}: validation needs 3 (1 requester + 2 holders)")
         if max(self.chunk_blocks) > self.world.corpus.chunk_blocks:
             raise QrouteError(f"chunk blocks {max(self.chunk_blocks)}: expected <= the corpus's {self.world.corpus.chunk_blocks}")
@@ -68,7 +68,8 @@ def run_validation(config: ValidationConfig) -> dict:
     load_profile(config.profile)  # fail fast
     t0 = time.perf_counter()
     rows: list[dict] = []
-    for placement, holders in SETUPS:
+    setups = SETUPS[:1] if config.cluster.links else SETUPS  # a fabric joins one requester and one holder
+    for placement, holders in setups:
         world = replace(config.world, placement=Placement(placement))
         out = launch(config.cluster, validate_instance, replace(config, world=world), holders)[0]
         if out.get("rank") != 0:
@@ -95,20 +96,26 @@ def validate_instance(instance: Instance, config: ValidationConfig, holders: int
 
 
 def _sweep(config: ValidationConfig, world, holders: int) -> list[dict]:
+    """Every shape x primitive, on each path of the profile in turn (predicted and executed on that path)."""
     from rich.progress import Progress
 
     dtype = "fp32" if world.model.dtype == torch.float32 else "bf16"
-    cost = CostModel(world.geometry, load_profile(config.profile), dtype, dtype)
-    executor = Executor(0, world.model, world.corpus, world.directory, cost)
+    profile = load_profile(config.profile)
     shapes = [(k, n, s) for k in config.step_tokens for n in config.chunk_blocks for s in config.steps]
+    names = [n for n in profile.default_paths if not paths.names() or n in paths.names()]
     rows = []
     with Progress(disable=not config.progress, transient=True) as bar:
-        task = bar.add_task(f"validating ({holders} holder{'s' * (holders > 1)})", total=len(shapes) * len(PRIMITIVES))
-        for i, (k, n, s) in enumerate(shapes):
-            request = shaped_request(world, holders, k, n, s, seed=i)
-            for primitive in PRIMITIVES:
-                rows.append(_measure(executor, world, request, primitive, config.reps, holders))
-                bar.advance(task)
+        label = f"validating ({holders} holder{'s' * (holders > 1)}, {len(names)} path{'s' * (len(names) > 1)})"
+        task = bar.add_task(label, total=len(names) * len(shapes) * len(PRIMITIVES))
+        for name in names:
+            cost = CostModel(world.geometry, replace(profile, default_paths=(name,)), dtype, dtype)
+            executor = Executor(0, world.model, world.corpus, world.directory, cost)
+            executor.force_path = name if paths.names() else None
+            for i, (k, n, s) in enumerate(shapes):
+                request = shaped_request(world, holders, k, n, s, seed=i)
+                for primitive in PRIMITIVES:
+                    rows.append({**_measure(executor, world, request, primitive, config.reps, holders), "pass": name})
+                    bar.advance(task)
     return rows
 
 
@@ -161,7 +168,7 @@ def decisions(rows: list[dict], margin: float = 0.10) -> dict:
     """Per configuration: the predicted-cheapest and the measured-fastest primitive."""
     configs: dict[tuple, dict[str, dict]] = {}
     for r in rows:
-        key = (r["holders"], r["rows"], r["chunk_tokens"], r["steps"])
+        key = (r["holders"], r.get("pass"), r["rows"], r["chunk_tokens"], r["steps"])
         configs.setdefault(key, {})[r["primitive"]] = r
     hits = decisive = 0
     chosen = best = 0.0
@@ -176,7 +183,7 @@ def decisions(rows: list[dict], margin: float = 0.10) -> dict:
         hits += is_decisive and pick == fastest
         chosen += measured[pick]
         best += measured[fastest]
-        table.append({"holders": key[0], "rows": key[1], "chunk_tokens": key[2], "steps": key[3], "predicted": pick,
-                      "measured_fastest": fastest, "decisive": bool(is_decisive)})  # fmt: skip
+        table.append({"holders": key[0], "path": key[1], "rows": key[2], "chunk_tokens": key[3], "steps": key[4],
+                      "predicted": pick, "measured_fastest": fastest, "decisive": bool(is_decisive)})  # fmt: skip
     return {"hit_rate": hits / decisive if decisive else None, "decisive_configs": decisive, "configs": len(configs),
             "regret": chosen / best - 1 if best else None, "decisions": table}  # fmt: skip

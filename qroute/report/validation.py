@@ -72,10 +72,10 @@ def scatter(rows: list[dict], path: Path) -> Path:
 
 def crossover_map(decisions: list[dict], path: Path) -> Path:
     """Predicted choice (colour) and measured fastest (letter) over rows x chunk tokens, per holders and steps."""
-    panels = sorted({(d["holders"], d["steps"]) for d in decisions})
+    panels = sorted({(d["holders"], d["steps"], d["path"] or "") for d in decisions})
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
-    for ax, (holders, steps) in zip(axes[0], panels):
-        cells = [d for d in decisions if (d["holders"], d["steps"]) == (holders, steps)]
+    for ax, (holders, steps, fabric_path) in zip(axes[0], panels):
+        cells = [d for d in decisions if (d["holders"], d["steps"], d["path"] or "") == (holders, steps, fabric_path)]
         xs, ys = sorted({d["rows"] for d in cells}), sorted({d["chunk_tokens"] for d in cells})
         for d in cells:
             x, y = xs.index(d["rows"]), ys.index(d["chunk_tokens"])
@@ -83,7 +83,7 @@ def crossover_map(decisions: list[dict], path: Path) -> Path:
             mark = LETTER[d["measured_fastest"]] + ("" if d["predicted"] == d["measured_fastest"] or not d["decisive"] else "!")
             ax.text(x, y, mark, ha="center", va="center", fontsize=11, weight="bold")
         ax.set(xlim=(-0.5, len(xs) - 0.5), ylim=(-0.5, len(ys) - 0.5), xticks=range(len(xs)), yticks=range(len(ys)),
-               xlabel="rows per layer", ylabel="chunk tokens", title=f"{holders} holder(s), {steps} step(s)")  # fmt: skip
+               xlabel="rows per layer", ylabel="chunk tokens", title=f"{fabric_path}: {holders} holder(s), {steps} step(s)")  # fmt: skip
         ax.set_xticklabels(xs)
         ax.set_yticklabels(ys)
     fig.suptitle("Colour: predicted choice (route blue, fetch orange, local green); letter: measured fastest (! = miss)",
