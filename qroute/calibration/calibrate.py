@@ -201,7 +201,7 @@ def spread(fits) -> dict:
     """How far alpha and beta move between repeated calibrations: (max - min) / median."""
     alphas = np.array([f.alpha_s for f in fits])
     betas = np.array([f.beta_Bps for f in fits])
-    rel = lambda x: float((x.max() - x.min()) / np.median(x)) if len(x) > 1 else 0.0  # noqa: E731
+    rel = lambda x: float((x.max() - x.min()) / np.median(x)) if len(x) > 1 and np.median(x) > 0 else 0.0  # noqa: E731
     return {"repeats": len(fits), "alpha_s": alphas.tolist(), "beta_Bps": betas.tolist(),
             "alpha_rel_spread": rel(alphas), "beta_rel_spread": rel(betas)}  # fmt: skip
 

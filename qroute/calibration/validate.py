@@ -156,9 +156,9 @@ def metrics(rows: list[dict], margin: float = 0.10) -> dict:
     """Prediction error overall / per path / per primitive / per phase; the predicate's hit rate and regret."""
     apes = [a for r in rows if (a := _ape(r)) is not None]
     out = {**_summary(apes)}
-    for key in ("path", "primitive"):
+    for key in ("path", "primitive", "holders"):
         out[f"per_{key}"] = {v: _summary([a for r in rows if r[key] == v and (a := _ape(r)) is not None])
-                             for v in sorted({r[key] for r in rows if r[key]})}  # fmt: skip
+                             for v in sorted({r[key] for r in rows if r[key]}, key=str)}  # fmt: skip
     out["per_phase"] = {g: _summary([a for r in rows if (a := _ape(r, g)) is not None]) for g in GROUPS[:-1]}
     out.update(decisions(rows, margin))
     return out

@@ -29,7 +29,7 @@ def metrics_table(results: dict) -> Table:
     for col in ("scope", "median APE", "p90 APE", "runs"):
         t.add_column(col, justify="left" if col == "scope" else "right")
     t.add_row("all", _pct(m["median_ape"]), _pct(m["p90_ape"]), str(m["n"]))
-    for key in ("per_path", "per_primitive", "per_phase"):
+    for key in ("per_path", "per_primitive", "per_holders", "per_phase"):
         for name, s in m[key].items():
             t.add_row(f"{key[4:]} {name}", _pct(s["median_ape"]), _pct(s["p90_ape"]), str(s["n"]))
     t.add_row("predicate hit rate", _pct(m["hit_rate"]), "", f"{m['decisive_configs']} decisive of {m['configs']}")
