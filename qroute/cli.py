@@ -310,16 +310,17 @@ def cmd_calibrate(args) -> None:
 
 
 def _newest_profile(out: str) -> str:
+    """The newest profile-*.json in `out`, else 'auto' (calibrate first)."""
     from pathlib import Path
 
     found = sorted(Path(out).glob("profile-*.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise QrouteError(f"no profile-*.json in {out!r}: run `qroute calibrate` first or pass --profile")
-    return str(found[-1])
+    return str(found[-1]) if found else "auto"
 
 
 def _add_validate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default=None, help="profile to validate (default: the newest profile-*.json in --out)")
+    p.add_argument("--profile", default=None,
+                   help="profile to validate, or 'auto' to calibrate first in the same cluster (default: the newest "
+                        "profile-*.json in --out, else auto)")  # fmt: skip
     p.add_argument("--step-tokens", type=_int_list, default=(1, 4, 16), help="tokens per step to sweep; rows = tokens x heads (default: 1,4,16)")
     p.add_argument("--chunk-blocks", type=_int_list, default=(4, 16, 32), help="chunk sizes in blocks to sweep (default: 4,16,32)")
     p.add_argument("--steps", type=_int_list, default=(1, 4), help="decode steps to sweep (default: 1,4)")
@@ -352,14 +353,20 @@ def cmd_validate(args) -> None:
         WorldSpec(args.model, args.layers, args.hidden, dtype=args.dtype, corpus=corpus),
         args.step_tokens, args.chunk_blocks, args.steps, args.reps, progress=not (args.quiet or args.json),
     )  # fmt: skip
-    results = run_validation(config)
+    import datetime as dt
+    import socket
+
+    calibrated = f"{args.out}/profile-{args.tag or socket.gethostname()}-auto-{dt.date.today():%Y-%m-%d}.json"
+    results = run_validation(config, calibrated)
     if results.get("rank") != 0:
         return
     files = report.write_validation(results, args.out, args.tag)
+    if profile == "auto":
+        files.insert(0, calibrated)
     m = results["metrics"]
     if args.json:
         keys = ("median_ape", "p90_ape", "n", "per_path", "per_primitive", "per_phase", "hit_rate", "regret", "decisive_configs", "configs")
-        print(json.dumps({**{k: m[k] for k in keys}, "profile": profile, "files": [str(f) for f in files]}, indent=2))
+        print(json.dumps({**{k: m[k] for k in keys}, "profile": results["profile_file"], "files": [str(f) for f in files]}, indent=2))
         return
     console.print_tables(report.metrics_table(results))
     print(f"wall {results['wall_s']:.1f} s; wrote " + ", ".join(str(f) for f in files))

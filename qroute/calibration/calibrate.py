@@ -86,7 +86,7 @@ def calibrate_instance(instance: Instance, config: CalibrationConfig) -> dict:
     if instance.rank != 0:
         stop_holders(instance.rank, instance.holders)
         return {"role": "requester", "rank": instance.rank}
-    result = _measure(instance, config, world)
+    result = measure(instance, config, world)
     stop_holders(instance.rank, instance.holders)
     return result
 
@@ -97,7 +97,8 @@ QUICK_CHUNK_BLOCKS = (6, 14, 28)
 TRAIN_STEPS = 2  # validation uses 1 and 4
 
 
-def _measure(instance: Instance, config: CalibrationConfig, world) -> dict:
+def measure(instance: Instance, config: CalibrationConfig, world) -> dict:
+    """Everything `qroute calibrate` measures, on rank 0 while the holders serve: sweeps, training grid, fits."""
     from rich.progress import Progress
 
     sizes = QUICK_SIZES if config.quick else LATENCY_SIZES

@@ -1,5 +1,9 @@
 """`qroute validate`: does a profile predict what the runtime measures, and does the predicate pick the fastest?
 
+`--profile auto` calibrates first, in the same cluster (`calibrate.measure`, whose training
+grid shares no shape with the sweep below), so calibration and validation see the machine
+in the same state: on shared machines timings drift by 10-20% within minutes.
+
 A held-out sweep, executed for real by the runtime: for every primitive, over rows (tokens
 per step x heads), chunk tokens, decode steps and holders (1 holder with contiguous
 placement, 2 with hashed placement), one request is served end to end (fetch or re-prefill
@@ -16,15 +20,19 @@ Metrics (pure functions of the rows, `metrics`):
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from statistics import median
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from qroute.calibration.calibrate import CalibrationConfig, measure
 from qroute.cost import CostModel, load_profile
+from qroute.cost.profile import from_dict
 from qroute.cost.model import PRIMITIVES
 from qroute.calibration.shapes import serve, shaped_request
 from qroute.errors import QrouteError, positive_int
@@ -62,12 +70,18 @@ class ValidationConfig:
             raise QrouteError(f"chunk blocks {max(self.chunk_blocks)}: expected <= the corpus's {self.world.corpus.chunk_blocks}")
 
 
-def run_validation(config: ValidationConfig) -> dict:
-    """Both setups (1 holder, 2 holders) on the live cluster; rows, metrics and wall time."""
+def run_validation(config: ValidationConfig, calibrated: str | None = None) -> dict:
+    """Both setups (1 holder, 2 holders) on the live cluster; rows, metrics and wall time.
+
+    With `profile="auto"` the first setup calibrates before its sweep; the fitted profile is
+    written to `calibrated` (a path) and used by the second setup.
+    """
     check_spec(config.world)
-    load_profile(config.profile)  # fail fast
+    if config.profile != "auto":
+        load_profile(config.profile)  # fail fast
     t0 = time.perf_counter()
     rows: list[dict] = []
+    extra: dict = {}
     setups = SETUPS[:1] if config.cluster.links else SETUPS  # a fabric joins one requester and one holder
     for placement, holders in setups:
         world = replace(config.world, placement=Placement(placement))
@@ -75,8 +89,14 @@ def run_validation(config: ValidationConfig) -> dict:
         if out.get("rank") != 0:
             return out
         rows += out["rows"]
-    return {"rank": 0, "profile": load_profile(config.profile).to_dict(), "rows": rows,
-            "metrics": metrics(rows, config.margin), "wall_s": time.perf_counter() - t0}  # fmt: skip
+        if "calibration" in out:
+            extra["calibration"] = out["calibration"]
+            path = Path(calibrated or "profile-auto.json")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(out["calibration"]["profile"], indent=2) + "\n")
+            config = replace(config, profile=str(path))
+    return {"rank": 0, "profile": load_profile(config.profile).to_dict(), "profile_file": config.profile, "rows": rows,
+            "metrics": metrics(rows, config.margin), "wall_s": time.perf_counter() - t0, **extra}  # fmt: skip
 
 
 def validate_instance(instance: Instance, config: ValidationConfig, holders: int) -> dict:
@@ -90,17 +110,20 @@ def validate_instance(instance: Instance, config: ValidationConfig, holders: int
     try:
         if instance.rank != 0:
             return {"rank": instance.rank}
-        return {"rank": 0, "rows": _sweep(config, world, holders)}
+        if config.profile == "auto":
+            cal = measure(instance, CalibrationConfig(config.cluster, config.world, progress=config.progress), world)
+            profile = from_dict(cal["profile"], "calibration")
+            return {"rank": 0, "rows": _sweep(config, world, holders, profile), "calibration": cal}
+        return {"rank": 0, "rows": _sweep(config, world, holders, load_profile(config.profile))}
     finally:
         stop_holders(instance.rank, instance.holders)
 
 
-def _sweep(config: ValidationConfig, world, holders: int) -> list[dict]:
+def _sweep(config: ValidationConfig, world, holders: int, profile) -> list[dict]:
     """Every shape x primitive, on each path of the profile in turn (predicted and executed on that path)."""
     from rich.progress import Progress
 
     dtype = "fp32" if world.model.dtype == torch.float32 else "bf16"
-    profile = load_profile(config.profile)
     shapes = [(k, n, s) for k in config.step_tokens for n in config.chunk_blocks for s in config.steps]
     names = [n for n in profile.default_paths if not paths.names() or n in paths.names()]
     rows = []
