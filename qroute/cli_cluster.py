@@ -1,0 +1,225 @@
+"""The subcommands that start a cluster: `demo`, `calibrate`, `validate` (flags and thin handlers)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+from qroute.cli_args import fabric_links, int_at_least, int_list, names
+from qroute.errors import QrouteError
+from qroute.report import console
+
+EPILOG_DEMO = """\
+The embedded cluster runs on this machine (gloo over loopback): rank 0 is the requester,
+the others hold the corpus's blocks. Each mode serves the same sub-agent requests; every
+output is checked against a single-instance run. Under torchrun the same command joins
+the job instead of spawning instances.
+"""
+FABRIC_HELP = ("an emulated fabric instead of loopback (needs root): comma-separated links, each NAME (plain veth), "
+               "NAME:RATEmbit (veth shaped by tc tbf) or NAME:DELAYus (userspace delay line), e.g. veth,shaped:200mbit,far:500us")  # fmt: skip
+
+
+def _model_args(g, what: str = "MLA preset (random weights, real attention geometry) or a checkpoint dir") -> None:
+    g.add_argument("--model", default="deepseek-v2-lite", help=f"{what} (default: %(default)s)")
+    g.add_argument("--layers", type=int_at_least(1), default=2, help="layers of a preset model (default: %(default)s)")
+    g.add_argument("--hidden", type=int_at_least(1), default=256, help="hidden size of a preset model (default: %(default)s)")
+    g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model dtype (default: %(default)s)")
+    g.add_argument("--block-size", type=int_at_least(1), default=16, help="tokens per block (default: %(default)s)")
+
+
+def _output_args(g, timeout: int, what: str) -> None:
+    g.add_argument("--out", default="qroute-results", help=f"directory for {what} (default: %(default)s)")
+    g.add_argument("--tag", default=None, help="machine tag in the file names (default: the host name)")
+    g.add_argument("--timeout", type=int_at_least(1), default=timeout, help="process-group timeout in seconds (default: %(default)s)")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    g.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def _stem(args) -> str:
+    return f"{args.tag or socket.gethostname()}-{dt.date.today():%Y-%m-%d}"
+
+
+def _world(args, corpus):
+    from qroute.runtime.world import WorldSpec
+
+    return WorldSpec(args.model, args.layers, args.hidden, dtype=args.dtype, seed=getattr(args, "seed", 0), corpus=corpus)
+
+
+def _wrote(files, wall_s: float, extra: str = "") -> None:
+    print(f"wall {wall_s:.1f} s{extra}; wrote " + ", ".join(str(f) for f in files))
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def add_demo(sub) -> None:
+    from qroute import demo
+
+    p = sub.add_parser("demo", help="run the embedded cluster: sub-agent requests served with route, fetch, local",
+                       description=demo.__doc__, epilog=EPILOG_DEMO, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    g = p.add_argument_group("cluster")
+    g.add_argument("--instances", type=int_at_least(1), default=3, help="instances incl. requesters (default: %(default)s)")
+    g.add_argument("--requesters", type=int_at_least(1), default=1, help="requester instances (default: %(default)s)")
+    g.add_argument("--placement", choices=("contiguous", "hashed"), default="contiguous", help="block placement (default: %(default)s)")
+    g.add_argument("--replicas", type=int_at_least(0), default=0, help="extra copies of each block (default: %(default)s)")
+    g = p.add_argument_group("model and corpus")
+    _model_args(g)
+    g.add_argument("--corpus-dir", default=None, help="directory of text to use as the shared corpus (default: the Python standard library's sources)")
+    g.add_argument("--corpus-tokens", type=int_at_least(1), default=16384, help="tokens of corpus to prefill (default: %(default)s)")
+    g.add_argument("--chunk-blocks", type=int_at_least(1), default=32, help="most blocks per chunk (default: %(default)s)")
+    g = p.add_argument_group("workload")
+    g.add_argument("--requests", type=int_at_least(1), default=8, help="sub-agent requests (default: %(default)s)")
+    g.add_argument("--steps", type=int_list, default=(1, 8), help="decode steps per request, drawn per request from these comma-separated values (default: 1,8)")
+    g.add_argument("--batch", type=int_at_least(1), default=2, help="requests decoded together (default: %(default)s)")
+    g.add_argument("--task-tokens", type=int_at_least(1), default=24, help="tokens of each agent's own context (default: %(default)s)")
+    g.add_argument("--step-tokens", type=int_at_least(1), default=1, help="tokens decoded per step: the greedy one, then drafts (default: %(default)s)")
+    g.add_argument("--topk-blocks", type=int_at_least(1), default=4, help="blocks selected per request with --sparse (default: %(default)s)")
+    g.add_argument("--sparse", action="store_true", help="select the top-k blocks of a chunk instead of the whole chunk")
+    g.add_argument("--seed", type=int_at_least(0), default=0, help="seed of weights and workload (default: %(default)s)")
+    g = p.add_argument_group("planning and output")
+    g.add_argument("--profile", default="auto", help="'auto' (calibrate this cluster first), a built-in profile, or a profile JSON (default: %(default)s)")
+    g.add_argument("--modes", type=names, default=("predicate", "route", "fetch", "local"), help="comma-separated modes (default: predicate,route,fetch,local)")
+    _output_args(g, 120, "the JSON results and PNG plots")  # fmt: skip
+
+
+def demo_config(args):
+    from qroute.demo import DemoConfig
+    from qroute.runtime.launcher import ClusterSpec
+    from qroute.runtime.store import Placement
+    from qroute.workload.agents import WorkloadSpec
+    from qroute.workload.corpus import CorpusSpec
+
+    corpus = CorpusSpec(args.corpus_dir, max_tokens=args.corpus_tokens, block_size=args.block_size, chunk_blocks=args.chunk_blocks)
+    world = _world(args, corpus)
+    return DemoConfig(
+        cluster=ClusterSpec(args.instances, args.requesters, timeout_s=float(args.timeout)),
+        world=replace(world, placement=Placement(args.placement, args.replicas)),
+        workload=WorkloadSpec(args.requests, args.task_tokens, args.steps, args.topk_blocks, args.sparse, seed=args.seed,
+                              step_tokens=args.step_tokens),
+        batch=args.batch, profile=args.profile, modes=tuple(args.modes), progress=not (args.quiet or args.json),
+    )  # fmt: skip
+
+
+def cmd_demo(args) -> None:
+    from rich.console import Console
+
+    from qroute.demo import run_demo, validate
+    from qroute.report import demo as demo_report
+
+    config = demo_config(args)
+    validate(config)
+    if not args.json and os.environ.get("RANK", "0") == "0":
+        Console(stderr=True).print(f"[bold]qroute demo[/]: {args.instances} instances on this machine, results in {args.out}/")
+    results = run_demo(config)
+    if results.get("rank") != 0:  # under torchrun, rank 0 reports
+        return
+    files = demo_report.write_results(results, args.out)
+    if args.json:
+        print(json.dumps({"summary": results["summary"], "wall_s": results["wall_s"], "files": [str(f) for f in files]}, indent=2))
+        return
+    console.print_tables(demo_report.summary_table(results))
+    _wrote(files, results["wall_s"], f" (calibration {results['calibrate_s']:.1f} s)")
+    if not all(m["exact"] for m in results["summary"].values()):
+        raise QrouteError("some outputs differ from the single-instance reference (see the table)")
+
+
+# ----------------------------------------------------------------------------- calibrate
+
+
+def add_calibrate(sub) -> None:
+    from qroute.calibration import calibrate
+
+    p = sub.add_parser("calibrate", help="measure this cluster's constants (paths and compute) and write a profile",
+                       description=calibrate.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--instances", type=int_at_least(2), default=2, help="instances (rank 0 measures, the rest serve; default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="fewer sizes, repetitions and training shapes (about 10 s on 2 cores)")
+    p.add_argument("--repeats", type=int_at_least(1), default=3, help="training runs, to report the spread of alpha and beta (default: %(default)s)")
+    p.add_argument("--name", default=None, help="profile name (default: measured-<host>)")
+    p.add_argument("--fabric", type=fabric_links, default=(), help=f"calibrate {FABRIC_HELP}")
+    _model_args(p, "MLA preset or checkpoint dir whose compute is measured")
+    _output_args(p, 300, "the profile and the sweep tables")  # fmt: skip
+
+
+def cmd_calibrate(args) -> None:
+    from qroute.calibration.calibrate import CalibrationConfig, run_calibration
+    from qroute.report import calibration as report
+    from qroute.runtime.launcher import ClusterSpec
+    from qroute.workload.corpus import CorpusSpec
+
+    world = _world(args, CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=32))
+    cluster = ClusterSpec(2 if args.fabric else args.instances, 1, timeout_s=float(args.timeout), links=args.fabric)
+    config = CalibrationConfig(cluster, world, args.quick, args.repeats, args.name, progress=not (args.quiet or args.json),
+                               partial=f"{args.out}/calibration-{_stem(args)}.partial.json")  # fmt: skip
+    results = run_calibration(config)
+    if results.get("rank") != 0:
+        return
+    files = report.write_calibration(results, args.out, args.tag)
+    if args.json:
+        print(json.dumps({"profile": results["profile"], "spread": results["spread"], "files": [str(f) for f in files]}, indent=2))
+        return
+    tables = []
+    for path, rows in results["latency"].items():
+        tables += [report.latency_table(rows, path), report.bandwidth_table(results["bandwidth"][path], path)]
+    tables.append(report.fit_table(results))
+    if results["flips"]:
+        tables.append(report.flips_table(results))
+    console.print_tables(*tables)
+    _wrote(files, results["wall_s"])
+
+
+# ----------------------------------------------------------------------------- validate
+
+
+def add_validate(sub) -> None:
+    from qroute.calibration import validate
+
+    p = sub.add_parser("validate", help="held-out sweep on the live cluster: prediction error, predicate hit rate, regret",
+                       description=validate.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--profile", default=None, help="profile to validate, or 'auto' to calibrate first in the same cluster "
+                   "(default: the newest profile-*.json in --out, else auto)")  # fmt: skip
+    p.add_argument("--step-tokens", type=int_list, default=(1, 4, 16), help="tokens per step to sweep; rows = tokens x heads (default: 1,4,16)")
+    p.add_argument("--chunk-blocks", type=int_list, default=(4, 16, 32), help="chunk sizes in blocks to sweep (default: 4,16,32)")
+    p.add_argument("--steps", type=int_list, default=(1, 4), help="decode steps to sweep (default: 1,4)")
+    p.add_argument("--reps", type=int_at_least(1), default=3, help="runs per shape; the median is compared (default: %(default)s)")
+    p.add_argument("--fabric", type=fabric_links, default=(), help=f"validate over {FABRIC_HELP}; one holder, every path")
+    _model_args(p)
+    _output_args(p, 300, "the CSV, JSON and plots")  # fmt: skip
+
+
+def newest_profile(out: str) -> str:
+    """The newest profile-*.json in `out`, else 'auto' (calibrate first)."""
+    found = sorted(Path(out).glob("profile-*.json"), key=lambda p: p.stat().st_mtime)
+    return str(found[-1]) if found else "auto"
+
+
+def cmd_validate(args) -> None:
+    from qroute.calibration.validate import ValidationConfig, run_validation
+    from qroute.report import validation as report
+    from qroute.runtime.launcher import ClusterSpec
+    from qroute.workload.corpus import CorpusSpec
+
+    profile = args.profile or newest_profile(args.out)
+    world = _world(args, CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=max(args.chunk_blocks)))
+    cluster = ClusterSpec(2 if args.fabric else 3, 1, timeout_s=float(args.timeout), links=args.fabric)
+    config = ValidationConfig(profile, cluster, world, args.step_tokens, args.chunk_blocks, args.steps, args.reps,
+                              progress=not (args.quiet or args.json))  # fmt: skip
+    calibrated = f"{args.out}/profile-{args.tag or socket.gethostname()}-auto-{dt.date.today():%Y-%m-%d}.json"
+    results = run_validation(config, calibrated)
+    if results.get("rank") != 0:
+        return
+    files = report.write_validation(results, args.out, args.tag)
+    if profile == "auto":
+        files.insert(0, calibrated)
+    m = results["metrics"]
+    if args.json:
+        keys = ("median_ape", "p90_ape", "n", "per_path", "per_primitive", "per_holders", "per_phase", "hit_rate", "regret",
+                "decisive_configs", "configs")  # fmt: skip
+        print(json.dumps({**{k: m[k] for k in keys}, "profile": results["profile_file"], "files": [str(f) for f in files]}, indent=2))
+        return
+    console.print_tables(report.metrics_table(results))
+    _wrote(files, results["wall_s"])
