@@ -124,6 +124,13 @@ class QuickCalibration:
         self.on_step(name)
         return fit.coef
 
+    def _fit_three(self, name: str, grid, rows, times, middle: bool) -> tuple[float, float, float]:
+        """Fit `[1, middle term, last term]`; without variation in the middle term it is not identifiable: 0."""
+        if middle:
+            return tuple(float(c) for c in self._fit(name, grid, rows, times))
+        fixed, last = self._fit(name, grid, [[r[0], r[2]] for r in rows], times)
+        return float(fixed), 0.0, float(last)
+
     def path(self, holder: int, held: list[int], reps: int = 15) -> PathSpec:
         """alpha + bytes/beta from ROUTE exchanges of 1..8 tokens and FETCH of 4..64 blocks."""
         c = self.model.config
@@ -206,12 +213,8 @@ class QuickCalibration:
             kv = self._rand(layers, t, c.qk_rope_head_dim)
             times.append(robust_median(self.sample(lambda kv=kv: splice(kv, 1000, c.rope))))
             rows.append([1.0, layers, t * layers])
-        if len(set(layer_counts)) == 1:  # one layer count: the per-layer term is not identifiable
-            rows = [[r[0], r[2]] for r in rows]
-            fixed, per = self._fit("splice", grid, rows, times)
-            return SpliceCoeffs(float(fixed), 0.0, float(per), "measured: one fused splice over all layers")
-        fixed, per_layer, per = self._fit("splice", grid, rows, times)
-        return SpliceCoeffs(float(fixed), float(per_layer), float(per), "measured: one fused splice over all layers")
+        fixed, per_layer, per = self._fit_three("splice", grid, rows, times, len(set(layer_counts)) > 1)
+        return SpliceCoeffs(fixed, per_layer, per, "measured: one fused splice over all layers")
 
     def gather(self) -> GatherCoeffs:
         """Scattered blocks from H holders, one gather call per holder (as each holder answers its FETCH)."""
@@ -227,12 +230,8 @@ class QuickCalibration:
 
             times.append(robust_median(self.sample(run)))
             rows.append([1.0, h * c.num_layers, sum(i.numel() for i in ids) * self.block_size * c.num_layers])
-        if len(self.grids.gather_holders) == 1:
-            rows = [[r[0], r[2]] for r in rows]
-            fixed, per = self._fit("gather", grid, rows, times)
-            return GatherCoeffs(float(fixed), 0.0, float(per), "measured: index_select of scattered blocks")
-        fixed, per_holder_layer, per = self._fit("gather", grid, rows, times)
-        return GatherCoeffs(float(fixed), float(per_holder_layer), float(per), "measured: index_select per holder")
+        fixed, per_holder_layer, per = self._fit_three("gather", grid, rows, times, len(self.grids.gather_holders) > 1)
+        return GatherCoeffs(fixed, per_holder_layer, per, "measured: index_select of scattered blocks, per holder")
 
     def reprefill(self) -> ReprefillCoeffs:
         g, vocab = self.g, self.model.config.vocab_size

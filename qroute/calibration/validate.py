@@ -44,6 +44,7 @@ from qroute.runtime.launcher import ClusterSpec, Instance, launch
 from qroute.runtime.reference import reference_logits, relative_error
 from qroute.runtime.store import Placement
 from qroute.runtime.world import WorldSpec, build_world, check_spec
+from qroute.workload.agents import AgentRequest
 from qroute.workload.corpus import CorpusSpec
 
 GROUPS = ("network_s", "compute_s", "merge_s", "total_s")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import select
+import socket
 import statistics
 import struct
 import subprocess

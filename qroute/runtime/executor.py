@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from qroute.attention import AttentionState, attend, merge_states, splice
+from qroute.attention import splice
 from qroute.cost.model import CostModel, Phases
 from qroute.errors import QrouteError
 from qroute.model import MLATransformer
