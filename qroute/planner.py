@@ -150,14 +150,17 @@ def combine_batch(model: CostModel, sessions: Sequence[Session]) -> Phases:
     """Predicted phases of requests decoded together, as the executor runs them.
 
     Per layer and step: the rows of every request routed to a holder travel in one message
-    (one probe for all holders, bytes serialised, holders in parallel, each holder computing
-    one partial attention per request); then on the requester an attention over each
-    request's moved KV and a merge per request. Once: each request's fetches, splice or
+    (one probe for all holders plus `per_holder_s` per extra holder, bytes serialised,
+    holders in parallel, each holder computing one partial attention per request); then on
+    the requester an attention over each request's moved KV and a merge per request. Once:
+    the routed holders' wake-up (`cold_s`), each request's fetches (its holders asked at once:
+    one probe and wake-up plus `per_holder_s` per extra holder; bytes serialised), splice or
     gather, and re-prefills. All requests share `layers` and `steps`.
     """
     layers, steps = _common(sessions)
     per_layer = _routed_per_layer(model, sessions) + _moved_per_layer(model, sessions)
-    return per_layer.scaled(steps * layers) + sum((_once(model, r, hp) for r, hp in sessions), Phases())
+    once = sum((_once(model, r, hp) for r, hp in sessions), _route_cold(model, sessions))
+    return per_layer.scaled(steps * layers) + once
 
 
 def _common(sessions: Sequence[Session]) -> tuple[int, int]:
@@ -179,12 +182,19 @@ def _routed_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
         return Phases()
     exchange = {h: model.route_bytes(rows[h]) for h in rows}
     beta = {h: paths[h].beta(exchange[h]) for h in rows}
+    extra = (len(rows) - 1) * max(p.per_holder_s for p in paths.values())
     return Phases(
-        probe=max(paths[h].alpha(exchange[h]) for h in rows),
+        probe=max(paths[h].alpha(exchange[h]) for h in rows) + extra,
         transfer=sum(rows[h] * c.q_row_bytes / beta[h] for h in rows),
         compute=max(compute.values()),
         ret=sum(rows[h] * c.o_row_bytes / beta[h] for h in rows),
     )
+
+
+def _route_cold(model: CostModel, sessions: Sequence[Session]) -> Phases:
+    """The first routed exchange of the batch wakes its holders (in parallel): the largest `cold_s`, once."""
+    colds = [model.profile.path(h.path).cold_s for _, holders in sessions for h in holders if h.primitive == "route"]
+    return Phases(probe=max(colds)) if colds else Phases()
 
 
 def _moved_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
@@ -208,8 +218,11 @@ def _once(model: CostModel, request: Request, holders: Sequence[HolderPlan]) -> 
     adapt += model.splice_s(tokens, layers) if fetched and request.offset else 0.0
     rebuild = sum(model.reprefill_s(demands[h.holder].rebuild_tokens, layers) for h in holders if h.primitive == "local")
     moved = [model.fetch_bytes(h.tokens, layers) for h in fetched]
+    # the holders are asked at once: one probe (they wake together), plus the extra of each further holder
+    probe = max((p.alpha(n) + p.cold_s for p, n in zip(paths, moved)), default=0.0)
+    probe += (len(paths) - 1) * max(p.per_holder_s for p in paths) if paths else 0.0
     return Phases(
-        probe=sum(p.alpha(n) for p, n in zip(paths, moved)),
+        probe=probe,
         transfer=sum(n / p.beta(n) for p, n in zip(paths, moved)),
         compute=adapt + rebuild,
     )

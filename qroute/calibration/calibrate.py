@@ -4,11 +4,14 @@ Rank 0 measures; the other instances hold blocks and serve (the runtime's holder
 1. The fabric, OSU style: a ping-pong latency sweep and a streaming bandwidth sweep over
    message sizes (tables for people; the ping-pong fit is kept for comparison).
 2. In situ (`insitu.py`): rank 0 serves a training grid of requests with each primitive
-   forced (rows x chunk sizes; none of them a validation shape), `--repeats` times, and
-   fits every constant to the executor's trace: alpha and beta of the path (with a
-   small-message regime where one line misses) from the route and fetch exchanges, the
-   holder's attention, the requester's attention, merge, splice, gather and re-prefill.
-The profile (schema `qroute.profile/1`) carries machine and fabric metadata, each fit's
+   forced (rows x chunk sizes; none of them a validation shape), plus scattered fetches
+   and, with two holders or more, pairs of requests routed to two holders at once,
+   `--repeats` times, and fits every constant to the executor's trace: alpha and beta of
+   the path (with a small-message regime where one line misses) from the route and fetch
+   exchanges, the holder's wake-up (`cold_s`: a request's first step against later ones),
+   the parallel exchange's extra per holder (`per_holder_s`), the holder's attention, the
+   requester's attention, merge, splice, gather and re-prefill.
+The profile (schema `qroute.profile/2`) carries machine and fabric metadata, each fit's
 residuals and how far alpha and beta moved between repeats.
 """
 
@@ -29,7 +32,7 @@ import torch.distributed as dist
 
 from qroute.calibration.fit import fit_path
 from qroute.calibration.insitu import fit_compute_from_trace, fit_path_from_trace
-from qroute.calibration.shapes import serve, shaped_request
+from qroute.calibration.shapes import serve, serve_together, shaped_request
 from qroute.calibration.sweeps import BANDWIDTH_SIZES, LATENCY_SIZES, bandwidth_sweep, latency_sweep
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import PRIMITIVES, path_flips
@@ -91,7 +94,8 @@ def calibrate_instance(instance: Instance, config: CalibrationConfig) -> dict:
     return result
 
 
-TRAIN_STEP_TOKENS = (2, 8)  # validation uses 1, 4, 16
+TRAIN_STEP_TOKENS = (1, 2, 8, 24)  # route exchanges from the smallest a decode step sends; validation uses 1, 4, 16
+TRAIN_LOCAL_STEP_TOKENS = (2, 8)  # local re-prefills the chunk whatever the rows: fewer shapes suffice
 TRAIN_CHUNK_BLOCKS = (6, 12, 20, 28)  # validation uses 4, 16, 32
 QUICK_CHUNK_BLOCKS = (6, 14, 28)
 TRAIN_STEPS = 2  # validation uses 1 and 4
@@ -110,7 +114,7 @@ def measure(instance: Instance, config: CalibrationConfig, world) -> dict:
     shapes = [(k, n) for k in TRAIN_STEP_TOKENS for n in (QUICK_CHUNK_BLOCKS if config.quick else TRAIN_CHUNK_BLOCKS)]
     latency, bandwidth, traces = {}, {}, {}
     with Progress(disable=not config.progress, transient=True) as bar:
-        steps = len(names) * (len(sizes) + len(BANDWIDTH_SIZES) + repeats * len(shapes) * 3)
+        steps = len(names) * (len(sizes) + len(BANDWIDTH_SIZES) + repeats * len(shapes) * 2)
         task = bar.add_task("calibrating", total=steps)
         advance = lambda *_: bar.advance(task)  # noqa: E731
         for name in names:
@@ -175,15 +179,24 @@ def flips(latency: dict, profile: Profile) -> list[dict]:
 
 
 def _train(world, shapes, advance, seed: int, path: str) -> list[dict]:
-    """Serve the training grid with every primitive forced, on `path`; the executor's trace."""
+    """Serve the training grid on `path`, the executor's trace: per shape every primitive forced on one holder, a
+    scattered fetch (every other block: the gather), and with two holders or more a batch of two requests routed to
+    two holders at once (the parallel exchange)."""
     cost = CostModel(world.geometry, load_profile("published-h100"))  # plans are forced: their predictions are unused
     executor = Executor(0, world.model, world.corpus, world.directory, cost)
     executor.force_path = path
+    holders = sorted(set(world.directory.holders))
     for i, (k, n) in enumerate(shapes):
-        request = shaped_request(world, 1, k, n, TRAIN_STEPS, seed=1000 * (seed + 1) + i)
-        for primitive in PRIMITIVES:
+        s = 1000 * (seed + 1) + i
+        request = shaped_request(world, 1, k, n, TRAIN_STEPS, seed=s)
+        for primitive in PRIMITIVES if k in TRAIN_LOCAL_STEP_TOKENS else ("route", "fetch"):
             serve(executor, request, primitive)
-            advance()
+        advance()
+        serve(executor, shaped_request(world, 1, k, max(2, n // 2), TRAIN_STEPS, seed=s, stride=2), "fetch")
+        if len(holders) > 1:
+            pair = [shaped_request(world, 1, k, n, TRAIN_STEPS, seed=s + j, on=h) for j, h in enumerate(holders[:2])]
+            serve_together(executor, pair, "route")
+        advance()
     return [r for r in executor.trace if r.get("kind") not in ("route", "fetch") or r.get("path") == path]
 
 

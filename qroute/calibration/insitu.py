@@ -14,6 +14,7 @@ least squares over shapes (relative error), so no shape dominates and stalls do 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Iterable
 
 import numpy as np
@@ -49,21 +50,68 @@ def _of(trace: list[dict], kind: str) -> list[dict]:
     return [r for r in trace if r.get("kind") == kind]
 
 
+def _net(r: dict) -> float:
+    """An exchange's network time: its round trip less the holder's compute."""
+    return r["rtt_s"] - r["holder_compute_s"]
+
+
+def _route_bytes(r: dict) -> int:
+    return r["payload_out"] + r["payload_back"]
+
+
+def cold_excess(route: list[dict]) -> float:
+    """`cold_s`: how much longer a request's first decode step spends in the network than a later step of the same
+    shape (the holder woke up), summed over the step's layers; the robust median over first steps (0 if none)."""
+    warm = _grouped([r for r in route if not r.get("first_step")], lambda r: (_route_bytes(r),), _net)
+    steps: dict[int, float] = {}
+    for r in route:
+        if r.get("first_step") and (_route_bytes(r),) in warm:
+            steps[r["step"]] = steps.get(r["step"], 0.0) + _net(r) - warm[(_route_bytes(r),)]
+    return max(0.0, robust_median(list(steps.values()))) if steps else 0.0
+
+
+def per_holder_excess(trace: list[dict], path: PathSpec) -> float | None:
+    """`per_holder_s`: the extra time of a warm parallel route exchange (several holders at once, one record per
+    holder) over the path's prediction (one probe, bytes serialised), per holder beyond the first; None if the trace
+    has no parallel exchange."""
+    exchanges: dict[tuple, list[dict]] = {}
+    for r in _of(trace, "route"):
+        if r["parallel"] > 1 and not r.get("first_step"):
+            exchanges.setdefault((r["step"], r["layer"]), []).append(r)
+    excess = []
+    for recs in exchanges.values():
+        measured = max(r["rtt_s"] for r in recs) - max(r["holder_compute_s"] for r in recs)
+        sizes = [_route_bytes(r) for r in recs]
+        predicted = max(path.alpha(b) for b in sizes) + sum(b / path.beta(b) for b in sizes)
+        excess.append((measured - predicted) / (len(recs) - 1))
+    return max(0.0, robust_median(excess)) if excess else None
+
+
 def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] | None = None) -> tuple[PathSpec, PathFit]:
     """alpha + bytes/beta (with a small-message regime if one line misses) over single-holder route and fetch
-    exchanges, plus `sweep` points (exchange bytes -> median seconds of a ping-pong sweep), which reach the small
-    messages the runtime's exchanges may not (without them a slow link's alpha is not identifiable)."""
+    exchanges, plus `sweep` points (exchange bytes -> median seconds of a ping-pong sweep) below and above the sizes
+    the runtime's exchanges reached (without them a slow link's alpha is not identifiable); within that range the
+    runtime's own exchanges rule (measured here: a ping-pong in a loop and the same bytes inside a decode step
+    differ by 20-30%).
+
+    Route exchanges of a request's first decode step and fetches (always a request's first exchange) pay the
+    holder's wake-up: the first are left out of the line and price `cold_s` against later steps of the same
+    shape, the second enter it less `cold_s`. Parallel exchanges (several holders at once) price `per_holder_s`.
+    """
     route = [r for r in _of(trace, "route") if r["parallel"] == 1]
     fetch = [r for r in _of(trace, "fetch") if r["parallel"] == 1]
-    points = _grouped(route, lambda r: (r["payload_out"] + r["payload_back"],), lambda r: r["rtt_s"] - r["holder_compute_s"])
-    points.update(_grouped(fetch, lambda r: (r["bytes"],), lambda r: r["rtt_s"] - r["holder_compute_s"]))
-    points.update({(b,): t for b, t in (sweep or {}).items() if (b,) not in points})
+    cold = cold_excess(route)
+    points = _grouped([r for r in route if not r.get("first_step")], lambda r: (_route_bytes(r),), _net)
+    points.update(_grouped(fetch, lambda r: (r["bytes"],), lambda r: _net(r) - cold))
+    lo, hi = (min(points)[0], max(points)[0]) if points else (float("inf"), 0)
+    points.update({(b,): t for b, t in (sweep or {}).items() if not lo <= b <= hi})  # the sweep extends, never overrules
     if len(points) < 3:
         raise QrouteError(f"calibration trace has {len(points)} exchange sizes: expected 3 or more")
     sizes = sorted(points)
     fit = fit_path([s[0] for s in sizes], [points[s] for s in sizes])
     small = SmallRegime(fit.knee_bytes, fit.small_alpha_s, fit.small_beta_Bps) if fit.knee_bytes else None
-    return PathSpec(fit.alpha_s, fit.beta_Bps, source, small), fit
+    spec = PathSpec(fit.alpha_s, fit.beta_Bps, source, small, cold)
+    return replace(spec, per_holder_s=per_holder_excess(trace, spec) or 0.0), fit
 
 
 def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, fits: dict) -> Compute:
@@ -78,7 +126,8 @@ def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, f
     m = _fit(merge, lambda k: [1.0, k[0] * k[1] * o], "merge", fits)
     splice = _grouped(_of(trace, "splice"), lambda r: (r["tokens"], r["layers"]), lambda r: r["seconds"])
     s = _fit(splice, lambda k: [1.0, k[0] * k[1]], "splice", fits)
-    gather = _grouped(_of(trace, "fetch"), lambda r: (r["tokens"], r["layers"]), lambda r: r["holder_compute_s"])
+    scattered = [r for r in _of(trace, "fetch") if r.get("scattered")]  # a contiguous run is sent as stored
+    gather = _grouped(scattered, lambda r: (r["tokens"], r["layers"]), lambda r: r["holder_compute_s"])
     gt = _fit(gather, lambda k: [1.0, k[0] * k[1]], "gather", fits)
     local = _grouped(_of(trace, "local"), lambda r: (r["tokens"],), lambda r: r["seconds"])
     rp = _fit(local, lambda k: [1.0, g.layers * k[0] * g.dense_flops_per_token_layer,

@@ -9,22 +9,31 @@ from qroute.runtime.executor import Executor, Session
 from qroute.workload.agents import AgentRequest
 
 
-def shaped_request(world, holders: int, step_tokens: int, blocks: int, steps: int, seed: int) -> AgentRequest:
-    """A request over the first `blocks` blocks of a chunk spread over exactly `holders` holders
-    (rows per layer = step_tokens x heads)."""
+def shaped_request(world, holders: int, step_tokens: int, blocks: int, steps: int, seed: int, stride: int = 1,
+                   on: int | None = None) -> AgentRequest:  # fmt: skip
+    """A request over `blocks` blocks of a chunk (its first ones, or every `stride`-th: a scattered selection) spread
+    over exactly `holders` holders (all on holder `on` if given); rows per layer = step_tokens x heads."""
     bs = world.corpus.block_size
     for chunk in world.corpus.chunks:
-        ids = list(chunk.blocks(bs))[:blocks]
-        if len(ids) == blocks and len(world.directory.by_holder(ids)) == holders:
+        ids = list(chunk.blocks(bs))[: blocks * stride : stride]
+        by_holder = world.directory.by_holder(ids)
+        if len(ids) == blocks and len(by_holder) == holders and (on is None or set(by_holder) == {on}):
             g = torch.Generator().manual_seed(seed)
             task = torch.randint(0, world.model.config.vocab_size, (16,), generator=g)
             return AgentRequest(seed, task, int(task[0]), chunk.id, tuple(ids), chunk.tokens.numel(), steps, False, step_tokens)
-    raise QrouteError(f"no chunk with {blocks} blocks on {holders} holders: expected a larger corpus")
+    where = f" on holder {on}" if on is not None else ""
+    raise QrouteError(f"no chunk with {blocks} blocks (stride {stride}) on {holders} holders{where}: expected a larger corpus")
 
 
 def serve(executor: Executor, request: AgentRequest, primitive: str) -> Session:
     """Open the request with `primitive` forced (or the predicate's choice) and decode all its steps."""
-    session = executor.open(request, primitive)
-    for _ in range(request.steps):
-        executor.step([session])
-    return session
+    return serve_together(executor, [request], primitive)[0]
+
+
+def serve_together(executor: Executor, requests: list[AgentRequest], primitive: str) -> list[Session]:
+    """Open every request with `primitive` forced, then decode them as one batch (their rows for a holder share a
+    message; holders of different requests are asked in parallel). The requests share their number of steps."""
+    sessions = [executor.open(r, primitive) for r in requests]
+    for _ in range(requests[0].steps):
+        executor.step(sessions)
+    return sessions

@@ -7,15 +7,18 @@ in the same state: on shared machines timings drift by 10-20% within minutes.
 A held-out sweep, executed for real by the runtime: for every primitive, over rows (tokens
 per step x heads), chunk tokens, decode steps and holders (1 holder with contiguous
 placement, 2 with hashed placement), one request is served end to end (fetch or re-prefill
-once, then every layer's round trips, attention and merges), a few times; the median
-measured phases are set beside the profile's prediction (`planner.combine_batch` of the
-request's plan). None of these shapes is a calibration point.
+once, then every layer's round trips, attention and merges), a few times, in passes over
+the whole sweep (so that drift in the machine's speed does not single out configurations);
+the median measured phases are set beside the profile's prediction (`planner.combine_batch`
+of the request's plan). None of these shapes is a calibration point.
 
 Metrics (pure functions of the rows, `metrics`):
     APE        |predicted - measured| / measured of each run's total (and per phase group)
     hit rate   the predicted-cheapest primitive is the measured-fastest, over configurations
                whose two fastest differ by more than `margin` (10%)
     regret     sum of measured time of the predicted choices / sum of the measured best - 1
+    drift      per pass, how fast the machine ran against the configurations' medians, and
+               the p90 spread of single runs around them: the noise floor of this machine
 """
 
 from __future__ import annotations
@@ -121,7 +124,12 @@ def validate_instance(instance: Instance, config: ValidationConfig, holders: int
 
 
 def _sweep(config: ValidationConfig, world, holders: int, profile) -> list[dict]:
-    """Every shape x primitive, on each path of the profile in turn (predicted and executed on that path)."""
+    """Every shape x primitive, on each path of the profile in turn (predicted and executed on that path).
+
+    The runs of one configuration are spread over the sweep (`reps` passes over every configuration, round
+    robin), so that a machine whose speed drifts over minutes moves every configuration's median alike rather
+    than the configurations measured while it was slow.
+    """
     from rich.progress import Progress
 
     dtype = "fp32" if world.model.dtype == torch.float32 else "bf16"
@@ -130,36 +138,51 @@ def _sweep(config: ValidationConfig, world, holders: int, profile) -> list[dict]
     rows = []
     with Progress(disable=not config.progress, transient=True) as bar:
         label = f"validating ({holders} holder{'s' * (holders > 1)}, {len(names)} path{'s' * (len(names) > 1)})"
-        task = bar.add_task(label, total=len(names) * len(shapes) * len(PRIMITIVES))
+        task = bar.add_task(label, total=len(names) * len(shapes) * len(PRIMITIVES) * config.reps)
         for name in names:
             cost = CostModel(world.geometry, replace(profile, default_paths=(name,)), dtype, dtype)
             executor = Executor(0, world.model, world.corpus, world.directory, cost)
             executor.force_path = name if paths.names() else None
-            for i, (k, n, s) in enumerate(shapes):
-                request = shaped_request(world, holders, k, n, s, seed=i)
-                for primitive in PRIMITIVES:
-                    rows.append({**_measure(executor, world, request, primitive, config.reps, holders), "pass": name})
+            configs = [(shaped_request(world, holders, k, n, s, seed=i), p) for i, (k, n, s) in enumerate(shapes)
+                       for p in PRIMITIVES]  # fmt: skip
+            rows += [{"holders": holders, "pass": name} for _ in configs]
+            for rep in range(config.reps):
+                for (request, primitive), row in zip(configs, rows[-len(configs) :]):
+                    session = serve(executor, request, primitive)
+                    if rep == 0:
+                        row.update(_describe(executor, world, request, primitive, session))
+                    row["runs"] = row.get("runs", []) + [session.measured.as_dict()]
                     bar.advance(task)
+    for row in rows:
+        runs = row.pop("runs")
+        row["measured"] = {g: median(r[g] for r in runs) for g in GROUPS}
+        row["measured_runs"] = [r["total_s"] for r in runs]
     return rows
 
 
-def _measure(executor: Executor, world, request: AgentRequest, primitive: str, reps: int, holders: int) -> dict:
-    runs, error = [], None
-    for rep in range(reps):
-        session = serve(executor, request, primitive)
-        runs.append(session.measured.as_dict())
-        if rep == 0:
-            ref = reference_logits(world.model, world.corpus, request, session.inputs)
-            error = relative_error(torch.cat(session.logits), ref)
-    predicted = predicted_groups(combine_batch(executor.cost, [(session.plan.request, session.plan.holders)]))
-    measured = {g: median(r[g] for r in runs) for g in GROUPS}
+def _describe(executor: Executor, world, request: AgentRequest, primitive: str, session) -> dict:
+    """A configuration's shape, prediction and exactness (its first run against the single-instance reference)."""
+    ref = reference_logits(world.model, world.corpus, request, session.inputs)
+    plan = session.plan
     return {
-        "holders": holders, "placement": "contiguous" if holders == 1 else "hashed",
-        "path": session.plan.holders[0].path, "primitive": primitive, "step_tokens": request.step_tokens,
-        "rows": session.plan.request.rows, "chunk_tokens": len(request.blocks) * world.corpus.block_size,
-        "steps": request.steps, "predicted": predicted, "measured": measured,
-        "measured_runs": [r["total_s"] for r in runs], "max_rel_err": error,
+        "placement": "contiguous" if len(plan.holders) == 1 else "hashed",
+        "path": plan.holders[0].path, "primitive": primitive, "step_tokens": request.step_tokens,
+        "rows": plan.request.rows, "chunk_tokens": len(request.blocks) * world.corpus.block_size,
+        "steps": request.steps, "predicted": predicted_groups(combine_batch(executor.cost, [(plan.request, plan.holders)])),
+        "max_rel_err": relative_error(torch.cat(session.logits), ref),
     }  # fmt: skip
+
+
+def drift(rows: list[dict]) -> dict:
+    """How the machine's speed moved between passes: per pass, the median over configurations of that pass's run
+    over the configuration's median (1.0 = no drift), and the spread of single runs around their medians."""
+    runs = [r["measured_runs"] for r in rows if r.get("measured_runs") and r["measured"]["total_s"] > 0]
+    if not runs:
+        return {"pass_speed": [], "run_spread_p90": None}
+    passes = min(len(x) for x in runs)
+    ratios = np.array([[x[i] / r["measured"]["total_s"] for i in range(passes)] for r, x in zip(rows, runs)])
+    return {"pass_speed": [float(v) for v in np.median(ratios, axis=0)],
+            "run_spread_p90": float(np.percentile(np.abs(ratios - 1), 90))}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- metrics (pure)
@@ -184,6 +207,7 @@ def metrics(rows: list[dict], margin: float = 0.10) -> dict:
         out[f"per_{key}"] = {v: _summary([a for r in rows if r[key] == v and (a := _ape(r)) is not None])
                              for v in sorted({r[key] for r in rows if r[key]}, key=str)}  # fmt: skip
     out["per_phase"] = {g: _summary([a for r in rows if (a := _ape(r, g)) is not None]) for g in GROUPS[:-1]}
+    out["drift"] = drift(rows)
     out.update(decisions(rows, margin))
     return out
 

@@ -8,13 +8,16 @@ Request shape, per holder group (DESIGN.md section 3):
     C  selected tokens on each holder;  H holders with that demand
     L  layers;  N decode steps the moved or recomputed KV serves (reuse)
 
-route  per layer and step, all H holders at once: one probe (latencies overlap), the rows
-       out to every holder (bytes serialise on the requester's port), the holders' partial
-       attention (in parallel), the states back, one merge of H + 1 partials (the
-       requester's own state and one per holder).
-fetch  once: per holder a probe and C*L KV rows; then a splice (contiguous chunk reused at
-       offset != 0) or a scattered gather (sparse selection); then per layer and step a
-       local attention over the H*C moved tokens and a merge of 2 partials (own + moved).
+route  per layer and step, all H holders at once: one probe (latencies overlap) plus
+       `per_holder_s` for each holder beyond the first, the rows out to every holder (bytes
+       serialise on the requester's port), the holders' partial attention (in parallel),
+       the states back, one merge of H + 1 partials (the requester's own state and one per
+       holder). Once per request: the path's `cold_s` (the first exchange wakes the holders).
+fetch  once: all H holders asked at once (one probe plus `per_holder_s` per extra holder,
+       plus the path's `cold_s`), C*L KV rows from each (bytes serialise); then a splice
+       (contiguous chunk reused at offset != 0) or a scattered gather (sparse selection);
+       then per layer and step a local attention over the H*C moved tokens and a merge of 2
+       partials (own + moved).
 local  once: re-prefill each holder's chunk (its first `prefill_tokens` tokens: a sparse
        selection needs the chunk up to its last selected block) on the requester; then,
        as fetch, a local attention and a merge per layer and step.
@@ -154,13 +157,13 @@ class CostModel:
         exchange = self.route_bytes(s.rows)
         beta = path.beta(exchange)
         per_layer = Phases(
-            probe=path.alpha(exchange),
+            probe=path.alpha(exchange) + (s.holders - 1) * path.per_holder_s,
             transfer=s.holders * s.rows * c.q_row_bytes / beta,
             compute=self.attention_s(s.rows, s.tokens),
             ret=s.holders * s.rows * c.o_row_bytes / beta,
             merge=self.merge_s(s.rows, s.holders + 1),
         )
-        return per_layer.scaled(s.steps * s.layers)
+        return per_layer.scaled(s.steps * s.layers) + Phases(probe=path.cold_s)
 
     def adapt_s(self, s: Shape):
         """Making moved KV usable: gather (sparse) and/or splice (reused at offset != 0)."""
@@ -176,7 +179,7 @@ class CostModel:
         """All H holders fetched once, then N*L local attentions over the moved tokens."""
         nbytes = self.fetch_bytes(s.tokens, s.layers)
         once = Phases(
-            probe=s.holders * path.alpha(nbytes),
+            probe=path.alpha(nbytes) + (s.holders - 1) * path.per_holder_s + path.cold_s,
             transfer=s.holders * nbytes / path.beta(nbytes),
             compute=self.adapt_s(s),
         )

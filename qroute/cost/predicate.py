@@ -5,13 +5,13 @@ alpha and in the per-holder chunk size C (local's re-prefill adds a C^2 attentio
 local-vs-fetch in C is quadratic). Two (three) evaluations of the cost model therefore give
 the exact coefficients, and the crossing is solved directly, no search. For example, rows:
 
-    route(R) = N L (alpha + A0 + M0) + R N L (H (q + o) / beta + C f / F + m (H + 1))
-    fetch(R) = H alpha + H C L kv / beta + adapt + N L (A0' + R H C f / F)
+    route(R) = N L (alpha + (H-1) x + A0 + M0) + cold + R N L (H (q + o) / beta + C f / F + m (H + 1))
+    fetch(R) = alpha + (H-1) x + cold + H C L kv / beta + adapt + N L (A0' + R H C f / F)
     R* = (fetch(0) - route(0)) / (route'(R) - fetch'(R))
 
 with q, o, kv the geometry's bytes, f the attention FLOPs per row and token, F the
 profile's FLOP rate, m the merge cost per row and partial, A0 the attention's fixed and
-read terms. Path crossover: two paths cost the same for a message of
+read terms, x and cold the path's per-holder extra and wake-up. Path crossover: two paths cost the same for a message of
 `(alpha_2 - alpha_1) / (1/beta_1 - 1/beta_2)` bytes.
 """
 

@@ -1,7 +1,8 @@
 """Profiles: the measured (or published, or what-if) constants of one cluster.
 
-A profile is a JSON file, schema `qroute.profile/1` (`profile.schema.json` beside this
-module), validated on load and never pickled. Calibration is the only code that writes
+A profile is a JSON file, schema `qroute.profile/2` (`profile.schema.json` beside this
+module; `qroute.profile/1` files still load, their new fields taken as 0), validated on
+load and never pickled. Calibration is the only code that writes
 measured profiles; everything else reads them. Built-in profiles live in `profiles/`:
 `published-h100` carries the paper's published figures, labelled as such.
 
@@ -9,7 +10,10 @@ Path model: an exchange of `b` bytes on a path costs `alpha_s + b / beta_Bps`, w
 `alpha_s` is the probe latency (the zero-byte round trip, paid once per exchange). A
 path may add a small-message regime: exchanges under `small.below_bytes` cost
 `small.alpha_s + b / small.beta_Bps` instead (the fixed turnaround of small messages that
-one alpha-beta line misses).
+one alpha-beta line misses). Two terms price what one exchange in a loop does not see:
+`cold_s`, paid once by a request's first exchange with a holder that sat idle (a sleeping
+process or core waking up), and `per_holder_s`, added to a parallel exchange for each holder
+beyond the first (the requester posts, receives and unpacks one message per holder).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import numpy as np
 
 from qroute.errors import QrouteError
 
-SCHEMA_ID = "qroute.profile/1"
+SCHEMA_ID = "qroute.profile/2"
+READABLE = ("qroute.profile/1", SCHEMA_ID)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,8 @@ class PathSpec:
     beta_Bps: float
     source: str = ""
     small: SmallRegime | None = None
+    cold_s: float = 0.0  # once per request: the first exchange with an idle holder
+    per_holder_s: float = 0.0  # per parallel exchange, for each holder beyond the first
 
     def alpha(self, nbytes):
         """Probe latency of an exchange of `nbytes` (number or numpy array)."""
@@ -71,7 +78,8 @@ class PathSpec:
         return self.alpha(nbytes) + nbytes / self.beta(nbytes)
 
     def to_dict(self) -> dict:
-        d = {"alpha_s": self.alpha_s, "beta_Bps": self.beta_Bps, "source": self.source}
+        d = {"alpha_s": self.alpha_s, "beta_Bps": self.beta_Bps, "source": self.source,
+             "cold_s": self.cold_s, "per_holder_s": self.per_holder_s}  # fmt: skip
         if self.small is not None:
             d["small"] = asdict(self.small)
         return d
@@ -79,7 +87,8 @@ class PathSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PathSpec":
         small = d.get("small")
-        return cls(d["alpha_s"], d["beta_Bps"], d.get("source", ""), SmallRegime(**small) if small else None)
+        return cls(d["alpha_s"], d["beta_Bps"], d.get("source", ""), SmallRegime(**small) if small else None,
+                   d.get("cold_s", 0.0), d.get("per_holder_s", 0.0))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -195,9 +204,9 @@ def _schema() -> dict[str, Any]:
 
 
 def validate(data: Any, origin: str) -> None:
-    """Validate a profile dict against schema `qroute.profile/1`; one-line error on failure."""
-    if isinstance(data, dict) and data.get("schema") != SCHEMA_ID:
-        raise QrouteError(f"profile {origin}: schema={data.get('schema')!r}: expected {SCHEMA_ID!r}")
+    """Validate a profile dict against schema `qroute.profile/2` (or /1); one-line error on failure."""
+    if isinstance(data, dict) and data.get("schema") not in READABLE:
+        raise QrouteError(f"profile {origin}: schema={data.get('schema')!r}: expected {SCHEMA_ID!r} (or {READABLE[0]!r})")
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(data))
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "(top level)"

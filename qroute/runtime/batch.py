@@ -96,9 +96,10 @@ class BatchContext:
         holder_compute = 0.0
         for key, members in by_holder.items():
             msg = transport.recv(key[0], paths.group(key[1]))
+            o, lse = (t.clone() for t in msg.tensors)  # the states where this instance computes (part of the return)
             holder_compute = max(holder_compute, msg.meta[0] / 1e9)
-            self._record(layer, key, messages[key], msg, t_post, len(by_holder))
-            o, lse = msg.tensors
+            first = all(not self.sessions[b].inputs for b in members)  # the sessions' first decode step
+            self._record(layer, key, messages[key], msg, t_post, len(by_holder), first)
             row = 0
             for b in members:
                 k = self.spans[b][1] - self.spans[b][0]
@@ -124,7 +125,7 @@ class BatchContext:
         return [rows.contiguous(), torch.tensor(groups, dtype=torch.long), torch.tensor(blocks, dtype=torch.long)]
 
     def _record(self, layer: int, key: tuple[int, str | None], message: list[Tensor], reply: transport.Message,
-                t_post: float, parallel: int) -> None:  # fmt: skip
+                t_post: float, parallel: int, first_step: bool) -> None:  # fmt: skip
         holder, path = key
         q, groups = message[0], message[1]
         sent = sum(t.numel() * t.element_size() for t in message)
@@ -136,6 +137,7 @@ class BatchContext:
             "rows": q.shape[0] * q.shape[1], "groups": [[t * q.shape[1], c * bs] for _, t, _, c in groups.tolist()],
             "rtt_s": time.perf_counter() - t_post, "holder_compute_s": reply.meta[0] / 1e9,
             "payload_out": q.numel() * q.element_size(), "payload_back": reply.nbytes, "parallel": parallel,
+            "first_step": first_step,
         })  # fmt: skip
 
     def _inplace(self, layer: int, q: Tensor, out: dict[int, list[AttentionState]]) -> None:

@@ -141,40 +141,50 @@ class Executor:
         s.measured.base += time.perf_counter() - t0
         s.routed = {h: b for h, b in by_holder.items() if primitives[h] == "route"}
         s.paths = {h.holder: self.force_path or h.path for h in p.holders} if p else {}
+        t1, network = time.perf_counter(), s.measured.network
         moved = self._fetch(s, {h: b for h, b in by_holder.items() if primitives[h] == "fetch"})
         moved += [self._rebuild(s, b) for h, b in by_holder.items() if primitives[h] == "local"]
-        s.moved = torch.cat(moved, dim=1) if moved else None
+        s.moved = (moved[0] if len(moved) == 1 else torch.cat(moved, dim=1)) if moved else None
+        s.measured.compute += time.perf_counter() - t1 - (s.measured.network - network)  # all of it but the network
         return s
 
     def _fetch(self, s: Session, wanted: dict[int, list[int]]) -> list[Tensor]:
-        """FETCH from every holder at once, each on its planned path; splice each reply's rope part by the chunk's offset."""
+        """FETCH from every holder at once, each on its planned path; then splice each reply's rope part by the offset.
+
+        Accounting: network = wall time until the last reply - the holders' gathers (what
+        the model prices as the scattered gather; a contiguous run is sent as it is stored,
+        so its gather is ~0); the rest of `open` (gathers, splices, re-prefills) is compute.
+        """
         from qroute.runtime import paths
 
         group = {h: paths.group(s.paths.get(h)) for h in wanted}
-        posted = {h: (time.perf_counter(), transport.isend(h, FETCH, [], [torch.tensor(b)], group[h])) for h, b in wanted.items()}
-        out = []
-        for h, (t_post, works) in posted.items():
-            msg = transport.recv(h, group[h])
-            rtt = time.perf_counter() - t_post
+        t_post = time.perf_counter()
+        posted = {h: transport.isend(h, FETCH, [], [torch.tensor(b)], group[h]) for h, b in wanted.items()}
+        replies = {}
+        for h in posted:
+            replies[h] = (transport.recv(h, group[h]), time.perf_counter() - t_post)
+        for works in posted.values():
             transport.wait_all(works)
-            gather_s = msg.meta[0] / 1e9
-            kv = msg.tensors[0].clone()
-            t0 = time.perf_counter()
-            latent = self.spec.latent
-            kv[..., latent:] = splice(kv[..., latent:], s.request.offset, self.spec.rope)
-            splice_s = time.perf_counter() - t0
-            s.measured.network += rtt - gather_s
-            s.measured.compute += gather_s + splice_s
-            tokens, layers = kv.shape[1], kv.shape[0]
-            self.trace.append({"kind": "fetch", "primitive": "fetch", "request": s.request.id, "holder": h, "rtt_s": rtt,
-                               "path": s.paths.get(h),
-                               "holder_compute_s": gather_s, "bytes": msg.nbytes, "tokens": tokens, "layers": layers,
-                               "parallel": len(posted)})  # fmt: skip
-            self.trace.append({"kind": "splice", "seconds": splice_s, "tokens": tokens, "layers": layers})
-            s.measured.messages += 1
-            s.measured.bytes += msg.nbytes
-            out.append(kv)
-        return out
+        received = time.perf_counter() - t_post
+        s.measured.network += received - sum(msg.meta[0] / 1e9 for msg, _ in replies.values())
+        return [self._splice_reply(s, h, msg, rtt, len(posted)) for h, (msg, rtt) in replies.items()]
+
+    def _splice_reply(self, s: Session, h: int, msg: transport.Message, rtt: float, parallel: int) -> Tensor:
+        """Splice one FETCHED reply `kv [L, T, D]` in place (rope part by `+offset`); trace the exchange and the splice."""
+        kv = msg.tensors[0]
+        t0 = time.perf_counter()
+        latent = self.spec.latent
+        kv[..., latent:] = splice(kv[..., latent:], s.request.offset, self.spec.rope)
+        splice_s = time.perf_counter() - t0
+        tokens, layers = kv.shape[1], kv.shape[0]
+        self.trace.append({"kind": "fetch", "primitive": "fetch", "request": s.request.id, "holder": h, "rtt_s": rtt,
+                           "path": s.paths.get(h), "holder_compute_s": msg.meta[0] / 1e9, "bytes": msg.nbytes,
+                           "tokens": tokens, "layers": layers, "parallel": parallel, "cold": True,
+                           "scattered": bool(s.plan and s.plan.request.sparse)})  # fmt: skip
+        self.trace.append({"kind": "splice", "seconds": splice_s, "tokens": tokens, "layers": layers})
+        s.measured.messages += 1
+        s.measured.bytes += msg.nbytes
+        return kv
 
     def _rebuild(self, s: Session, blocks: list[int]) -> Tensor:
         """`local`: re-prefill the chunk up to its last selected block at the reuse positions."""
@@ -187,7 +197,6 @@ class Executor:
         rows = (idx[:, None] * bs + torch.arange(bs)).reshape(-1)
         kv = kv.index_select(1, rows)
         elapsed = time.perf_counter() - t0
-        s.measured.compute += elapsed
         self.trace.append({"kind": "local", "primitive": "local", "request": r.id, "seconds": elapsed, "tokens": length})
         return kv
 

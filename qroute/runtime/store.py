@@ -123,6 +123,14 @@ class BlockStore:
         return self.kv[layer].index_select(0, self.slots(blocks)).reshape(-1, self.kv.shape[-1])
 
     def gather(self, blocks: Sequence[int] | Tensor) -> Tensor:
-        """All layers of the given blocks as one contiguous send buffer `[L, n * block_size, D]`."""
-        picked = self.kv.index_select(1, self.slots(blocks))  # [L, n, bs, D]
-        return picked.reshape(self.kv.shape[0], -1, self.kv.shape[-1])
+        """All layers of the given blocks, `[L, n * block_size, D]`.
+
+        A run of consecutive slots (a contiguous selection) is returned as a view of the
+        store, sent as it lies (no gather); any other selection is gathered into a new buffer.
+        """
+        slots = self.slots(blocks)
+        L, D = self.kv.shape[0], self.kv.shape[-1]
+        n = slots.numel()
+        if n and bool((slots == torch.arange(int(slots[0]), int(slots[0]) + n)).all()):
+            return self.kv[:, int(slots[0]) : int(slots[0]) + n].reshape(L, -1, D)  # a view: [L, n * bs, D]
+        return self.kv.index_select(1, slots).reshape(L, -1, D)  # [L, n, bs, D] gathered

@@ -90,9 +90,12 @@ def pack(tensors: Sequence[Tensor], nbytes: int, header: Tensor | None = None) -
         buf[:HEADER_BYTES] = header.view(torch.uint8)
     offset = start
     for t in tensors:
-        raw = t.detach().contiguous().cpu().reshape(-1).view(torch.uint8)
-        buf[offset : offset + raw.numel()] = raw
-        offset += _align(raw.numel())
+        size = t.numel() * t.element_size()
+        if t.device.type == "cpu" and t.numel():  # one strided copy, straight into the buffer
+            buf[offset : offset + size].view(t.dtype).view(t.shape).copy_(t.detach())
+        else:
+            buf[offset : offset + size] = t.detach().contiguous().cpu().reshape(-1).view(torch.uint8)
+        offset += _align(size)
     return buf
 
 
