@@ -121,7 +121,7 @@ def holder_options(model: CostModel, request: Request, demand: HolderDemand) -> 
     """Standalone (path, phases) of each primitive for one holder."""
     shape, paths = request.shape(demand), candidate_paths(model, demand)
     route_name, route_path = best_path(paths, model.route_bytes(request.rows))
-    fetch_name, fetch_path = best_path(paths, model.fetch_bytes(demand.tokens, request.layers))
+    fetch_name, fetch_path = best_path(paths, model.fetch_bytes(demand.tokens, request.layers), fetch=True)
     return {
         "route": (route_name, model.route(shape, route_path)),
         "fetch": (fetch_name, model.fetch(shape, fetch_path)),
@@ -154,7 +154,7 @@ def combine_batch(model: CostModel, sessions: Sequence[Session]) -> Phases:
     holders in parallel, each holder computing one partial attention per request); then on
     the requester an attention over each request's moved KV and a merge per request. Once:
     the routed holders' wake-up (`cold_s`), each request's fetches (its holders asked at once:
-    one probe and wake-up plus `per_holder_s` per extra holder; bytes serialised), splice or
+    one fetch probe plus `per_holder_s` per extra holder; bytes serialised), splice or
     gather, and re-prefills. All requests share `layers` and `steps`.
     """
     layers, steps = _common(sessions)
@@ -183,10 +183,11 @@ def _routed_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
     exchange = {h: model.route_bytes(rows[h]) for h in rows}
     beta = {h: paths[h].beta(exchange[h]) for h in rows}
     extra = (len(rows) - 1) * max(p.per_holder_s for p in paths.values())
+    serial = max(p.holder_serial for p in paths.values())  # the others' compute that does not overlap
     return Phases(
         probe=max(paths[h].alpha(exchange[h]) for h in rows) + extra,
         transfer=sum(rows[h] * c.q_row_bytes / beta[h] for h in rows),
-        compute=max(compute.values()),
+        compute=max(compute.values()) + serial * (sum(compute.values()) - max(compute.values())),
         ret=sum(rows[h] * c.o_row_bytes / beta[h] for h in rows),
     )
 
@@ -219,7 +220,7 @@ def _once(model: CostModel, request: Request, holders: Sequence[HolderPlan]) -> 
     rebuild = sum(model.reprefill_s(demands[h.holder].rebuild_tokens, layers) for h in holders if h.primitive == "local")
     moved = [model.fetch_bytes(h.tokens, layers) for h in fetched]
     # the holders are asked at once: one probe (they wake together), plus the extra of each further holder
-    probe = max((p.alpha(n) + p.cold_s for p, n in zip(paths, moved)), default=0.0)
+    probe = max((p.fetch_time(n) - n / p.beta(n) for p, n in zip(paths, moved)), default=0.0)
     probe += (len(paths) - 1) * max(p.per_holder_s for p in paths) if paths else 0.0
     return Phases(
         probe=probe,

@@ -77,6 +77,8 @@ class PathFit:
     small_beta_Bps: float | None
     knee_bytes: float | None
     rel_residuals: np.ndarray
+    points: tuple = ()  # (bytes, seconds) fitted, by ascending size
+    origins: tuple = ()  # where each point came from, when the caller says so
 
     @property
     def median_ape(self) -> float:
@@ -90,7 +92,8 @@ class PathFit:
         return {"alpha_s": self.alpha_s, "beta_Bps": self.beta_Bps, "knee_bytes": self.knee_bytes,
                 "small_alpha_s": self.small_alpha_s, "small_beta_Bps": self.small_beta_Bps,
                 "median_ape": self.median_ape, "p90_ape": self.p90_ape,
-                "rel_residuals": [float(r) for r in self.rel_residuals]}  # fmt: skip
+                "rel_residuals": [float(r) for r in self.rel_residuals],
+                "points": [[float(b), float(t)] for b, t in self.points], "origins": list(self.origins)}  # fmt: skip
 
 
 def _line(b: np.ndarray, t: np.ndarray) -> LinearFit:
@@ -108,14 +111,15 @@ def fit_path(exchange_bytes, seconds, min_points: int = 3, floor: float = 0.03, 
     t = np.asarray(seconds, dtype=np.float64)
     order = np.argsort(b)
     b, t = b[order], t[order]
+    points = tuple(zip(b.tolist(), t.tolist()))
     one = _line(b, t)
-    line = best = PathFit(float(one.coef[0]), rate(one.coef[1]), None, None, None, one.rel_residuals)
+    line = best = PathFit(float(one.coef[0]), rate(one.coef[1]), None, None, None, one.rel_residuals, points)
     if line.p90_ape <= floor:
         return line
     for k in range(min_points, len(b) - min_points + 1):
         lo, hi = _line(b[:k], t[:k]), _line(b[k:], t[k:])
         cand = PathFit(float(hi.coef[0]), rate(hi.coef[1]), float(lo.coef[0]), rate(lo.coef[1]),
-                       float(np.sqrt(b[k - 1] * b[k])), np.concatenate([lo.rel_residuals, hi.rel_residuals]))  # fmt: skip
+                       float(np.sqrt(b[k - 1] * b[k])), np.concatenate([lo.rel_residuals, hi.rel_residuals]), points)  # fmt: skip
         if cand.p90_ape < best.p90_ape:
             best = cand
     return best if best.p90_ape <= (1 - gain) * line.p90_ape else line

@@ -70,21 +70,32 @@ def cold_excess(route: list[dict]) -> float:
     return max(0.0, robust_median(list(steps.values()))) if steps else 0.0
 
 
-def per_holder_excess(trace: list[dict], path: PathSpec) -> float | None:
-    """`per_holder_s`: the extra time of a warm parallel route exchange (several holders at once, one record per
-    holder) over the path's prediction (one probe, bytes serialised), per holder beyond the first; None if the trace
-    has no parallel exchange."""
+def per_holder_excess(trace: list[dict], path: PathSpec) -> tuple[float, float] | None:
+    """(`per_holder_s`, `holder_serial`): how much longer a warm parallel route exchange (several holders at once,
+    one record per holder) takes than the path's prediction (one probe, bytes serialised, the slowest holder's
+    compute), fitted as a fixed extra per holder beyond the first plus a fraction of the other holders' compute
+    (non-negative least squares over robust medians per shape); None if the trace has no parallel exchange."""
     exchanges: dict[tuple, list[dict]] = {}
     for r in _of(trace, "route"):
         if r["parallel"] > 1 and not r.get("first_step"):
             exchanges.setdefault((r["step"], r["layer"]), []).append(r)
-    excess = []
+    if not exchanges:
+        return None
+    excess: dict[tuple, list[tuple[float, float]]] = {}
     for recs in exchanges.values():
-        measured = max(r["rtt_s"] for r in recs) - max(r["holder_compute_s"] for r in recs)
+        computes = [r["holder_compute_s"] for r in recs]
+        measured = max(r["rtt_s"] for r in recs) - max(computes)
         sizes = [_route_bytes(r) for r in recs]
         predicted = max(path.alpha(b) for b in sizes) + sum(b / path.beta(b) for b in sizes)
-        excess.append((measured - predicted) / (len(recs) - 1))
-    return max(0.0, robust_median(excess)) if excess else None
+        shape = (len(recs), tuple(sorted(sizes)))
+        excess.setdefault(shape, []).append((measured - predicted, sum(computes) - max(computes)))
+    keys = sorted(excess)
+    X = np.array([[k[0] - 1.0, robust_median([o for _, o in excess[k]])] for k in keys])
+    y = np.array([robust_median([e for e, _ in excess[k]]) for k in keys])
+    if len(keys) < 2:
+        return max(0.0, float(y[0] / X[0, 0])), 0.0
+    coef = nonneg_lstsq(X, np.maximum(y, 1e-9), relative=False).coef
+    return float(coef[0]), float(min(coef[1], 1.0))
 
 
 def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] | None = None) -> tuple[PathSpec, PathFit]:
@@ -94,24 +105,47 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
     runtime's own exchanges rule (measured here: a ping-pong in a loop and the same bytes inside a decode step
     differ by 20-30%).
 
-    Route exchanges of a request's first decode step and fetches (always a request's first exchange) pay the
-    holder's wake-up: the first are left out of the line and price `cold_s` against later steps of the same
-    shape, the second enter it less `cold_s`. Parallel exchanges (several holders at once) price `per_holder_s`.
+    Route exchanges of a request's first decode step pay the holders' wake-up: they are left out of the line and
+    price `cold_s` against later steps of the same shape. Fetches (one request message, a holder woken from idle)
+    share the line's rate and price their own fixed cost, `fetch_offset_s` (`fetch_offset`). Parallel exchanges
+    (several holders at once) price `per_holder_s` and `holder_serial`.
     """
     route = [r for r in _of(trace, "route") if r["parallel"] == 1]
     fetch = [r for r in _of(trace, "fetch") if r["parallel"] == 1]
-    cold = cold_excess(route)
-    points = _grouped([r for r in route if not r.get("first_step")], lambda r: (_route_bytes(r),), _net)
-    points.update(_grouped(fetch, lambda r: (r["bytes"],), lambda r: _net(r) - cold))
-    lo, hi = (min(points)[0], max(points)[0]) if points else (float("inf"), 0)
-    points.update({(b,): t for b, t in (sweep or {}).items() if not lo <= b <= hi})  # the sweep extends, never overrules
-    if len(points) < 3:
-        raise QrouteError(f"calibration trace has {len(points)} exchange sizes: expected 3 or more")
+    routed = _grouped([r for r in route if not r.get("first_step")], lambda r: (_route_bytes(r),), _net)
+    fetched = _grouped(fetch, lambda r: (r["bytes"],), _net)
+    lo, hi = min({**routed, **fetched}, default=(float("inf"),))[0], max({**routed, **fetched}, default=(0,))[0]
+    swept = {(b,): t for b, t in (sweep or {}).items() if not lo <= b <= hi}  # the sweep extends, never overrules
+    if len({**routed, **fetched, **swept}) < 3:
+        raise QrouteError(f"calibration trace has {len({**routed, **fetched, **swept})} exchange sizes: expected 3 or more")
+    offset = fetch_offset(routed, fetched)
+    fit = _fit_points(routed, {k: t - offset for k, t in fetched.items()}, swept)
+    spec = PathSpec(fit.alpha_s, fit.beta_Bps, source, _small(fit), cold_excess(route), fetch_offset_s=offset)
+    per_holder, serial = per_holder_excess(trace, spec) or (0.0, 0.0)
+    return replace(spec, per_holder_s=per_holder, holder_serial=serial), fit
+
+
+def fetch_offset(routed: dict, fetched: dict) -> float:
+    """Seconds a fetch costs beyond a route exchange of the same bytes: one line `alpha + b/beta + offset * fetch`
+    through both (least squares on relative error; the offset may be negative); 0 without both kinds."""
+    if not routed or not fetched or len(routed) + len(fetched) < 4:
+        return 0.0
+    pts = [(b, t, 0.0) for (b,), t in routed.items()] + [(b, t, 1.0) for (b,), t in fetched.items()]
+    X = np.array([[1.0, b, f] for b, _, f in pts])
+    y = np.array([t for _, t, _ in pts])
+    coef, *_ = np.linalg.lstsq(X / y[:, None], np.ones_like(y), rcond=None)
+    return float(coef[2])
+
+
+def _small(fit: PathFit) -> SmallRegime | None:
+    return SmallRegime(fit.knee_bytes, fit.small_alpha_s, fit.small_beta_Bps) if fit.knee_bytes else None
+
+
+def _fit_points(routed: dict, fetched: dict, swept: dict) -> PathFit:
+    points = {**swept, **fetched, **routed}
+    origin = {**{k: "sweep" for k in swept}, **{k: "fetch" for k in fetched}, **{k: "route" for k in routed}}
     sizes = sorted(points)
-    fit = fit_path([s[0] for s in sizes], [points[s] for s in sizes])
-    small = SmallRegime(fit.knee_bytes, fit.small_alpha_s, fit.small_beta_Bps) if fit.knee_bytes else None
-    spec = PathSpec(fit.alpha_s, fit.beta_Bps, source, small, cold)
-    return replace(spec, per_holder_s=per_holder_excess(trace, spec) or 0.0), fit
+    return replace(fit_path([s[0] for s in sizes], [points[s] for s in sizes]), origins=tuple(origin[s] for s in sizes))
 
 
 def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, fits: dict) -> Compute:

@@ -10,11 +10,12 @@ Request shape, per holder group (DESIGN.md section 3):
 
 route  per layer and step, all H holders at once: one probe (latencies overlap) plus
        `per_holder_s` for each holder beyond the first, the rows out to every holder (bytes
-       serialise on the requester's port), the holders' partial attention (in parallel),
+       serialise on the requester's port), the holders' partial attention (in parallel, but
+       for the path's `holder_serial` fraction of the others' compute),
        the states back, one merge of H + 1 partials (the requester's own state and one per
        holder). Once per request: the path's `cold_s` (the first exchange wakes the holders).
-fetch  once: all H holders asked at once (one probe plus `per_holder_s` per extra holder,
-       plus the path's `cold_s`), C*L KV rows from each (bytes serialise); then a splice
+fetch  once: all H holders asked at once (one probe, moved by the path's `fetch_offset_s`,
+       plus `per_holder_s` per extra holder), C*L KV rows from each (bytes serialise); then a splice
        (contiguous chunk reused at offset != 0) or a scattered gather (sparse selection);
        then per layer and step a local attention over the H*C moved tokens and a merge of 2
        partials (own + moved).
@@ -159,7 +160,7 @@ class CostModel:
         per_layer = Phases(
             probe=path.alpha(exchange) + (s.holders - 1) * path.per_holder_s,
             transfer=s.holders * s.rows * c.q_row_bytes / beta,
-            compute=self.attention_s(s.rows, s.tokens),
+            compute=self.attention_s(s.rows, s.tokens) * (1 + (s.holders - 1) * path.holder_serial),
             ret=s.holders * s.rows * c.o_row_bytes / beta,
             merge=self.merge_s(s.rows, s.holders + 1),
         )
@@ -178,9 +179,10 @@ class CostModel:
     def fetch(self, s: Shape, path: PathSpec) -> Phases:
         """All H holders fetched once, then N*L local attentions over the moved tokens."""
         nbytes = self.fetch_bytes(s.tokens, s.layers)
+        bytes_s = nbytes / path.beta(nbytes)
         once = Phases(
-            probe=path.alpha(nbytes) + (s.holders - 1) * path.per_holder_s + path.cold_s,
-            transfer=s.holders * nbytes / path.beta(nbytes),
+            probe=path.fetch_time(nbytes) - bytes_s + (s.holders - 1) * path.per_holder_s,
+            transfer=s.holders * bytes_s,
             compute=self.adapt_s(s),
         )
         return once + self.moved_per_layer(s).scaled(s.steps * s.layers)
@@ -202,9 +204,10 @@ class CostModel:
         raise QrouteError(f"unknown primitive {name!r}: expected one of {', '.join(PRIMITIVES)}")
 
 
-def best_path(paths: dict[str, PathSpec], nbytes) -> tuple[str, PathSpec]:
-    """The path with the smallest `alpha + nbytes / beta` for one message (scalar bytes)."""
-    name = min(paths, key=lambda n: paths[n].time(nbytes))
+def best_path(paths: dict[str, PathSpec], nbytes, fetch: bool = False) -> tuple[str, PathSpec]:
+    """The path with the smallest `alpha + nbytes / beta` for one message (scalar bytes); `fetch`: for a fetch
+    exchange (the path's `fetch_offset_s` counted)."""
+    name = min(paths, key=lambda n: paths[n].fetch_time(nbytes) if fetch else paths[n].time(nbytes))
     return name, paths[name]
 
 

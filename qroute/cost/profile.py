@@ -10,10 +10,13 @@ Path model: an exchange of `b` bytes on a path costs `alpha_s + b / beta_Bps`, w
 `alpha_s` is the probe latency (the zero-byte round trip, paid once per exchange). A
 path may add a small-message regime: exchanges under `small.below_bytes` cost
 `small.alpha_s + b / small.beta_Bps` instead (the fixed turnaround of small messages that
-one alpha-beta line misses). Two terms price what one exchange in a loop does not see:
-`cold_s`, paid once by a request's first exchange with a holder that sat idle (a sleeping
-process or core waking up), and `per_holder_s`, added to a parallel exchange for each holder
-beyond the first (the requester posts, receives and unpacks one message per holder).
+one alpha-beta line misses). Four terms price what one exchange in a loop does not see:
+`cold_s`, paid once by a routed request's first exchange with holders that sat idle (a
+sleeping process or core waking up), `per_holder_s`, added to a parallel exchange for each
+holder beyond the first (the requester posts, receives and unpacks one message per holder),
+`holder_serial`, the fraction of the other holders' compute that does not overlap (holders
+sharing cores or copy engines), and `fetch_offset_s`, what a fetch exchange costs beyond a route exchange of the same bytes
+(one request message, no per-layer framing, a holder woken from idle).
 """
 
 from __future__ import annotations
@@ -58,8 +61,14 @@ class PathSpec:
     beta_Bps: float
     source: str = ""
     small: SmallRegime | None = None
-    cold_s: float = 0.0  # once per request: the first exchange with an idle holder
+    cold_s: float = 0.0  # once per routed request: its first exchange wakes idle holders
     per_holder_s: float = 0.0  # per parallel exchange, for each holder beyond the first
+    fetch_offset_s: float = 0.0  # a fetch exchange's fixed seconds beyond a route exchange of the same bytes
+    holder_serial: float = 0.0  # fraction of the other holders' compute not overlapped in a parallel exchange
+
+    def fetch_time(self, nbytes):
+        """Seconds of one fetch exchange of `nbytes` (never below the bytes' own time)."""
+        return np.maximum(self.alpha(nbytes) + self.fetch_offset_s, 0.0) + nbytes / self.beta(nbytes)
 
     def alpha(self, nbytes):
         """Probe latency of an exchange of `nbytes` (number or numpy array)."""
@@ -79,7 +88,8 @@ class PathSpec:
 
     def to_dict(self) -> dict:
         d = {"alpha_s": self.alpha_s, "beta_Bps": self.beta_Bps, "source": self.source,
-             "cold_s": self.cold_s, "per_holder_s": self.per_holder_s}  # fmt: skip
+             "cold_s": self.cold_s, "per_holder_s": self.per_holder_s, "fetch_offset_s": self.fetch_offset_s,
+             "holder_serial": self.holder_serial}  # fmt: skip
         if self.small is not None:
             d["small"] = asdict(self.small)
         return d
@@ -88,7 +98,8 @@ class PathSpec:
     def from_dict(cls, d: Mapping[str, Any]) -> "PathSpec":
         small = d.get("small")
         return cls(d["alpha_s"], d["beta_Bps"], d.get("source", ""), SmallRegime(**small) if small else None,
-                   d.get("cold_s", 0.0), d.get("per_holder_s", 0.0))  # fmt: skip
+                   d.get("cold_s", 0.0), d.get("per_holder_s", 0.0), d.get("fetch_offset_s", 0.0),
+                   d.get("holder_serial", 0.0))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,17 @@
 """In-situ fits recover known path constants (alpha, beta, wake-up, per-holder extra) from synthetic traces."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qroute.calibration.insitu import cold_excess, fit_path_from_trace, per_holder_excess
+from qroute.cost import CostModel, load_profile
+from qroute.cost.model import Shape
 from qroute.cost.profile import PathSpec
+from qroute.geometry import preset
 
 
 def _route(rng, step, layer, nbytes, seconds, first, parallel=1, hc=None):
@@ -15,9 +20,11 @@ def _route(rng, step, layer, nbytes, seconds, first, parallel=1, hc=None):
             "rtt_s": seconds + hc, "holder_compute_s": hc, "parallel": parallel, "first_step": first}  # fmt: skip
 
 
-def synthetic_trace(alpha, beta, cold, per_holder, seed, layers=2, steps=3, stall=4e-3):
+def synthetic_trace(alpha, beta, cold, per_holder, seed, layers=2, steps=3, stall=4e-3, fetch_offset=None, serial=0.0):
     """Requests as calibration serves them: per size one request of `steps` steps x `layers` layers (the first step
-    pays `cold` on its first layer), fetches (always cold), and pairs of holders asked at once."""
+    pays `cold` on its first layer), fetches (`fetch_offset` beyond a route exchange of their size, default
+    `cold`), and pairs of holders asked at once."""
+    fetch_offset = cold if fetch_offset is None else fetch_offset
     rng = np.random.default_rng(seed)
     noise = lambda: 1 + rng.normal(0, 0.01)  # noqa: E731
     trace, step = [], 0
@@ -30,9 +37,9 @@ def synthetic_trace(alpha, beta, cold, per_holder, seed, layers=2, steps=3, stal
                     t += stall if rng.random() < 0.08 else 0.0  # the scheduler's 4 ms mode
                     trace.append(_route(rng, step, layer, int(b), t, s == 0))
                 step += 1
-            for layer in range(layers):  # two holders at once, warm
-                hcs = rng.uniform(1e-4, 5e-4, 2)
-                wall = (alpha + 2 * b / beta + per_holder) * noise() + hcs.max()
+            for layer in range(layers):  # two holders at once, warm; their compute grows with the rows
+                hcs = rng.uniform(0.8, 1.2, 2) * (5e-5 + b / 2e9)
+                wall = (alpha + 2 * b / beta + per_holder + serial * hcs.min()) * noise() + hcs.max()
                 for h in range(2):
                     rec = _route(rng, step, layer, int(b), 0.0, False, parallel=2, hc=hcs[h])
                     rec["rtt_s"] = wall if h == 1 else wall * 0.8
@@ -41,20 +48,25 @@ def synthetic_trace(alpha, beta, cold, per_holder, seed, layers=2, steps=3, stal
         for b in sizes[::2] * 8:
             gather = rng.uniform(0, 1e-4)
             trace.append({"kind": "fetch", "bytes": int(b), "parallel": 1, "holder_compute_s": gather,
-                          "rtt_s": (alpha + b / beta) * noise() + cold + gather, "tokens": 1, "layers": 1})  # fmt: skip
+                          "rtt_s": (alpha + b / beta) * noise() + fetch_offset + gather, "tokens": 1, "layers": 1})  # fmt: skip
     return trace
 
 
 @settings(max_examples=20, deadline=None)
 @given(alpha=st.floats(2e-5, 1e-3), beta=st.floats(3e8, 2e10), cold=st.floats(0, 2e-3),
-       per_holder=st.floats(0, 5e-4), seed=st.integers(0, 2**32 - 1))  # fmt: skip
-def test_path_constants_and_wake_up_recovered_from_a_trace(alpha, beta, cold, per_holder, seed):
-    spec, fit = fit_path_from_trace(synthetic_trace(alpha, beta, cold, per_holder, seed), "synthetic")
+       per_holder=st.floats(0, 5e-4), offset=st.floats(-1e-5, 1e-3), serial=st.floats(0, 1),
+       seed=st.integers(0, 2**32 - 1))  # fmt: skip
+def test_path_constants_and_wake_up_recovered_from_a_trace(alpha, beta, cold, per_holder, offset, serial, seed):
+    trace = synthetic_trace(alpha, beta, cold, per_holder, seed, fetch_offset=offset, serial=serial)
+    spec, fit = fit_path_from_trace(trace, "synthetic")
     assert spec.alpha(4e3) + 4e3 / spec.beta(4e3) == pytest.approx(alpha + 4e3 / beta, rel=0.05)
     assert spec.time(2e6) == pytest.approx(alpha + 2e6 / beta, rel=0.05)
-    scale = alpha + 4e3 / beta  # the wake-up and per-holder terms are read against one small exchange
+    scale = alpha + 4e3 / beta  # the wake-up, per-holder and fetch terms are read against one small exchange
     assert spec.cold_s == pytest.approx(cold, abs=0.05 * scale + 0.02 * cold)
     assert spec.per_holder_s == pytest.approx(per_holder, abs=0.1 * scale + 0.05 * per_holder)
+    assert spec.fetch_offset_s == pytest.approx(offset, abs=0.05 * scale + 0.02 * abs(offset))
+    assert spec.holder_serial == pytest.approx(serial, abs=0.1)
+    assert spec.fetch_time(1e6) == pytest.approx(alpha + offset + 1e6 / beta, rel=0.05)
     assert fit.median_ape < 0.03
 
 
@@ -63,6 +75,17 @@ def test_no_first_steps_and_no_parallel_exchanges_price_nothing():
     warm = [_route(rng, i, 0, 8000, 1e-4, False) for i in range(5)]
     assert cold_excess(warm) == 0.0
     assert per_holder_excess(warm, PathSpec(1e-4, 1e9)) is None
+
+
+def test_holders_that_compute_one_after_another_are_priced_so():
+    base = load_profile("published-h100")
+    nvlink = base.path(base.default_paths[0])
+    serial = replace(base, paths={**base.paths, base.default_paths[0]: replace(nvlink, holder_serial=1.0)})
+    shape = Shape(rows=64, tokens=4096, layers=4, holders=3)
+    geometry = preset("deepseek-v2-lite")
+    side_by_side = CostModel(geometry, base).route(shape, nvlink).compute
+    one_by_one = CostModel(geometry, serial).route(shape, serial.path(base.default_paths[0])).compute
+    assert one_by_one == pytest.approx(3 * side_by_side)
 
 
 def test_a_first_step_faster_than_later_ones_prices_no_negative_wake_up():
