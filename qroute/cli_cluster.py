@@ -185,7 +185,7 @@ def add_validate(sub) -> None:
     p.add_argument("--step-tokens", type=int_list, default=(1, 4, 16), help="tokens per step to sweep; rows = tokens x heads (default: 1,4,16)")
     p.add_argument("--chunk-blocks", type=int_list, default=(4, 16, 32), help="chunk sizes in blocks to sweep (default: 4,16,32)")
     p.add_argument("--steps", type=int_list, default=(1, 4), help="decode steps to sweep (default: 1,4)")
-    p.add_argument("--reps", type=int_at_least(1), default=3, help="runs per shape; the median is compared (default: %(default)s)")
+    p.add_argument("--reps", type=int_at_least(1), default=5, help="runs per shape, spread over passes of the whole sweep; the median is compared (default: %(default)s)")
     p.add_argument("--fabric", type=fabric_links, default=(), help=f"validate over {FABRIC_HELP}; one holder, every path")
     _model_args(p)
     _output_args(p, 300, "the CSV, JSON and plots")  # fmt: skip

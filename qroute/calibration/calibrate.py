@@ -96,8 +96,8 @@ def calibrate_instance(instance: Instance, config: CalibrationConfig) -> dict:
 
 TRAIN_STEP_TOKENS = (1, 2, 8, 24)  # route exchanges from the smallest a decode step sends; validation uses 1, 4, 16
 TRAIN_LOCAL_STEP_TOKENS = (2, 8)  # local re-prefills the chunk whatever the rows: fewer shapes suffice
-TRAIN_CHUNK_BLOCKS = (6, 12, 20, 28)  # validation uses 4, 16, 32
-QUICK_CHUNK_BLOCKS = (6, 14, 28)
+TRAIN_CHUNK_BLOCKS = (2, 6, 12, 20, 30)  # spans the sizes validation uses (4, 16, 32): re-prefill extrapolates badly
+QUICK_CHUNK_BLOCKS = (2, 14, 30)
 TRAIN_STEPS = 2  # validation uses 1 and 4
 
 
@@ -148,7 +148,7 @@ def _results(config, world, peer, latency, bandwidth, traces) -> dict:
                                for n, rows in latency.items()}, "path": {}}  # fmt: skip
     specs, spreads = {}, {}
     for name, runs in traces.items():
-        pooled = [r for t in runs for r in t]
+        pooled = [{**r, "run": i} for i, t in enumerate(runs) for r in t]  # step numbers restart in each run
         sweep = {2 * r.size: r.median_s for r in latency[name]}
         source = f"measured: route and fetch exchanges in situ and a ping-pong sweep, with rank {peer}"
         specs[name], fit = fit_path_from_trace(pooled, source, sweep)

@@ -79,6 +79,7 @@ class PathFit:
     rel_residuals: np.ndarray
     points: tuple = ()  # (bytes, seconds) fitted, by ascending size
     origins: tuple = ()  # where each point came from, when the caller says so
+    extra: tuple = ()  # (name, value) pairs the caller adds to the report (e.g. the parallel-exchange fit)
 
     @property
     def median_ape(self) -> float:
@@ -93,7 +94,8 @@ class PathFit:
                 "small_alpha_s": self.small_alpha_s, "small_beta_Bps": self.small_beta_Bps,
                 "median_ape": self.median_ape, "p90_ape": self.p90_ape,
                 "rel_residuals": [float(r) for r in self.rel_residuals],
-                "points": [[float(b), float(t)] for b, t in self.points], "origins": list(self.origins)}  # fmt: skip
+                "points": [[float(b), float(t)] for b, t in self.points], "origins": list(self.origins),
+                **dict(self.extra)}  # fmt: skip
 
 
 def _line(b: np.ndarray, t: np.ndarray) -> LinearFit:

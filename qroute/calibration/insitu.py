@@ -55,7 +55,7 @@ def _net(r: dict) -> float:
     return r["rtt_s"] - r["holder_compute_s"]
 
 
-def _route_bytes(r: dict) -> int:
+def _route_bytes(r: dict) -> int:  # records of one executor share `step` numbers; pooled runs carry `run`
     return r["payload_out"] + r["payload_back"]
 
 
@@ -63,14 +63,15 @@ def cold_excess(route: list[dict]) -> float:
     """`cold_s`: how much longer a request's first decode step spends in the network than a later step of the same
     shape (the holder woke up), summed over the step's layers; the robust median over first steps (0 if none)."""
     warm = _grouped([r for r in route if not r.get("first_step")], lambda r: (_route_bytes(r),), _net)
-    steps: dict[int, float] = {}
+    steps: dict[tuple, float] = {}
     for r in route:
         if r.get("first_step") and (_route_bytes(r),) in warm:
-            steps[r["step"]] = steps.get(r["step"], 0.0) + _net(r) - warm[(_route_bytes(r),)]
+            key = (r.get("run", 0), r["step"])
+            steps[key] = steps.get(key, 0.0) + _net(r) - warm[(_route_bytes(r),)]
     return max(0.0, robust_median(list(steps.values()))) if steps else 0.0
 
 
-def per_holder_excess(trace: list[dict], path: PathSpec) -> tuple[float, float] | None:
+def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = None) -> tuple[float, float] | None:
     """(`per_holder_s`, `holder_serial`): how much longer a warm parallel route exchange (several holders at once,
     one record per holder) takes than the path's prediction (one probe, bytes serialised, the slowest holder's
     compute), fitted as a fixed extra per holder beyond the first plus a fraction of the other holders' compute
@@ -78,7 +79,7 @@ def per_holder_excess(trace: list[dict], path: PathSpec) -> tuple[float, float] 
     exchanges: dict[tuple, list[dict]] = {}
     for r in _of(trace, "route"):
         if r["parallel"] > 1 and not r.get("first_step"):
-            exchanges.setdefault((r["step"], r["layer"]), []).append(r)
+            exchanges.setdefault((r.get("run", 0), r["step"], r["layer"]), []).append(r)
     if not exchanges:
         return None
     excess: dict[tuple, list[tuple[float, float]]] = {}
@@ -92,6 +93,8 @@ def per_holder_excess(trace: list[dict], path: PathSpec) -> tuple[float, float] 
     keys = sorted(excess)
     X = np.array([[k[0] - 1.0, robust_median([o for _, o in excess[k]])] for k in keys])
     y = np.array([robust_median([e for e, _ in excess[k]]) for k in keys])
+    if report is not None:  # per shape: holders, exchange bytes, samples, median excess and others' compute (s)
+        report.update(shapes=[[k[0], list(k[1]), len(excess[k])] for k in keys], excess_s=y.tolist(), others_s=X[:, 1].tolist())
     if len(keys) < 2:
         return max(0.0, float(y[0] / X[0, 0])), 0.0
     coef = nonneg_lstsq(X, np.maximum(y, 1e-9), relative=False).coef
@@ -121,8 +124,9 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
     offset = fetch_offset(routed, fetched)
     fit = _fit_points(routed, {k: t - offset for k, t in fetched.items()}, swept)
     spec = PathSpec(fit.alpha_s, fit.beta_Bps, source, _small(fit), cold_excess(route), fetch_offset_s=offset)
-    per_holder, serial = per_holder_excess(trace, spec) or (0.0, 0.0)
-    return replace(spec, per_holder_s=per_holder, holder_serial=serial), fit
+    parallel: dict = {}
+    per_holder, serial = per_holder_excess(trace, spec, parallel) or (0.0, 0.0)
+    return replace(spec, per_holder_s=per_holder, holder_serial=serial), replace(fit, extra=(("parallel", parallel),))
 
 
 def fetch_offset(routed: dict, fetched: dict) -> float:

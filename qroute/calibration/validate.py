@@ -62,7 +62,7 @@ class ValidationConfig:
     step_tokens: tuple[int, ...] = (1, 4, 16)
     chunk_blocks: tuple[int, ...] = (4, 16, 32)
     steps: tuple[int, ...] = (1, 4)
-    reps: int = 3
+    reps: int = 5
     margin: float = 0.10
     progress: bool = True
 

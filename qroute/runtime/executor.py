@@ -157,6 +157,8 @@ class Executor:
         """
         from qroute.runtime import paths
 
+        if not wanted:
+            return []
         group = {h: paths.group(s.paths.get(h)) for h in wanted}
         t_post = time.perf_counter()
         posted = {h: transport.isend(h, FETCH, [], [torch.tensor(b)], group[h]) for h, b in wanted.items()}
