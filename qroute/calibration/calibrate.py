@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from qroute.calibration.fit import fit_path
 from qroute.calibration.insitu import fit_compute_from_trace, fit_path_from_trace
-from qroute.calibration.shapes import serve, serve_together, shaped_request
+from qroute.calibration.shapes import serve, serve_together, shaped_request, speed_probe
 from qroute.calibration.sweeps import BANDWIDTH_SIZES, LATENCY_SIZES, bandwidth_sweep, latency_sweep
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import PRIMITIVES, path_flips
@@ -112,7 +112,7 @@ def measure(instance: Instance, config: CalibrationConfig, world) -> dict:
     filler = torch.randint(0, world.model.config.vocab_size, (4,))
     between = lambda: world.model.prefill(filler)  # noqa: E731 - the model's compute between exchanges
     shapes = [(k, n) for k in TRAIN_STEP_TOKENS for n in (QUICK_CHUNK_BLOCKS if config.quick else TRAIN_CHUNK_BLOCKS)]
-    latency, bandwidth, traces = {}, {}, {}
+    latency, bandwidth, traces, probes = {}, {}, {}, {}
     with Progress(disable=not config.progress, transient=True) as bar:
         steps = len(names) * (len(sizes) + len(BANDWIDTH_SIZES) + repeats * len(shapes) * 2)
         task = bar.add_task("calibrating", total=steps)
@@ -124,12 +124,13 @@ def measure(instance: Instance, config: CalibrationConfig, world) -> dict:
                                               on_size=advance, rows=latency.setdefault(name, []))  # fmt: skip
                 bandwidth[name] = bandwidth_sweep(peer, BANDWIDTH_SIZES, reps=3 if config.quick else 5, group=group,
                                                   on_size=advance, rows=bandwidth.setdefault(name, []))  # fmt: skip
-                traces[name] = [_train(world, shapes, advance, seed=r, path=name) for r in range(repeats)]
+                probes[name] = []
+                traces[name] = [_train(world, shapes, advance, seed=r, path=name, probes=probes[name]) for r in range(repeats)]
             except (RuntimeError, ConnectionError, OSError) as exc:
                 kept = _keep_partial(config, latency, bandwidth)
                 raise QrouteError(f"path {name!r} failed mid-sweep ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
                                   f"measurements taken so far kept in {kept}") from None  # fmt: skip
-    return _results(config, world, peer, latency, bandwidth, traces)
+    return _results(config, world, peer, latency, bandwidth, traces, probes)
 
 
 def _keep_partial(config: CalibrationConfig, latency: dict, bandwidth: dict) -> str:
@@ -142,10 +143,12 @@ def _keep_partial(config: CalibrationConfig, latency: dict, bandwidth: dict) -> 
     return str(path)
 
 
-def _results(config, world, peer, latency, bandwidth, traces) -> dict:
+def _results(config, world, peer, latency, bandwidth, traces, probes) -> dict:
     dtype = _kv_dtype(world.model)
     fits: dict = {"pingpong": {n: fit_path([2 * r.size for r in rows], [r.median_s for r in rows]).report()
-                               for n, rows in latency.items()}, "path": {}}  # fmt: skip
+                               for n, rows in latency.items()}, "path": {},
+                  "speed_probe": {n: {p: float(np.median([x[p] for x in runs])) for p in PRIMITIVES}
+                                  for n, runs in probes.items() if runs}}  # fmt: skip
     specs, spreads = {}, {}
     for name, runs in traces.items():
         pooled = [{**r, "run": i} for i, t in enumerate(runs) for r in t]  # step numbers restart in each run
@@ -178,13 +181,15 @@ def flips(latency: dict, profile: Profile) -> list[dict]:
     return out
 
 
-def _train(world, shapes, advance, seed: int, path: str) -> list[dict]:
+def _train(world, shapes, advance, seed: int, path: str, probes: list | None = None) -> list[dict]:
     """Serve the training grid on `path`, the executor's trace: per shape every primitive forced on one holder, a
     scattered fetch (every other block: the gather), and with two holders or more a batch of two requests routed to
     two holders at once (the parallel exchange)."""
     cost = CostModel(world.geometry, load_profile("published-h100"))  # plans are forced: their predictions are unused
     executor = Executor(0, world.model, world.corpus, world.directory, cost)
     executor.force_path = path
+    if probes is not None:
+        probes.append(speed_probe(executor, world))
     holders = sorted(set(world.directory.holders))
     for i, (k, n) in enumerate(shapes):
         s = 1000 * (seed + 1) + i

@@ -89,15 +89,16 @@ def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = N
         sizes = [_route_bytes(r) for r in recs]
         predicted = max(path.alpha(b) for b in sizes) + sum(b / path.beta(b) for b in sizes)
         shape = (len(recs), tuple(sorted(sizes)))
-        excess.setdefault(shape, []).append((measured - predicted, sum(computes) - max(computes)))
+        excess.setdefault(shape, []).append((measured - predicted, sum(computes) - max(computes), measured))
     keys = sorted(excess)
-    X = np.array([[k[0] - 1.0, robust_median([o for _, o in excess[k]])] for k in keys])
-    y = np.array([robust_median([e for e, _ in excess[k]]) for k in keys])
+    X = np.array([[k[0] - 1.0, robust_median([x[1] for x in excess[k]])] for k in keys])
+    y = np.array([robust_median([x[0] for x in excess[k]]) for k in keys])
+    w = np.array([robust_median([x[2] for x in excess[k]]) for k in keys])  # noise grows with the exchange
     if report is not None:  # per shape: holders, exchange bytes, samples, median excess and others' compute (s)
         report.update(shapes=[[k[0], list(k[1]), len(excess[k])] for k in keys], excess_s=y.tolist(), others_s=X[:, 1].tolist())
     if len(keys) < 2:
         return max(0.0, float(y[0] / X[0, 0])), 0.0
-    coef = nonneg_lstsq(X, np.maximum(y, 1e-9), relative=False).coef
+    coef = nonneg_lstsq(X / w[:, None], np.maximum(y, 1e-12) / w, relative=False).coef
     return float(coef[0]), float(min(coef[1], 1.0))
 
 

@@ -37,3 +37,18 @@ def serve_together(executor: Executor, requests: list[AgentRequest], primitive: 
     for _ in range(requests[0].steps):
         executor.step(sessions)
     return sessions
+
+
+PROBE = (2, 6, 2)  # step tokens, blocks, steps of the speed probe: small, on one holder
+
+
+def speed_probe(executor: Executor, world, reps: int = 3) -> dict[str, float]:
+    """Seconds (median of `reps`) of one fixed small request per primitive: a reference workload that calibration
+    records in the profile and validation repeats, to tell how fast the machine runs now against then."""
+    from statistics import median
+
+    from qroute.cost.model import PRIMITIVES
+
+    k, n, steps = PROBE
+    request = shaped_request(world, 1, k, n, steps, seed=424242)
+    return {p: median(serve(executor, request, p).measured.total for _ in range(reps)) for p in PRIMITIVES}

@@ -19,6 +19,10 @@ Metrics (pure functions of the rows, `metrics`):
     regret     sum of measured time of the predicted choices / sum of the measured best - 1
     drift      per pass, how fast the machine ran against the configurations' medians, and
                the p90 spread of single runs around them: the noise floor of this machine
+    drift_corrected  APE once each run is divided by the speed probe's factor at its pass (a
+               fixed small request per primitive, timed at calibration and before each pass):
+               the model's error with the host's drift since calibration taken out. Reported
+               beside the plain APE, never instead of it
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from qroute.calibration.calibrate import CalibrationConfig, measure
 from qroute.cost import CostModel, load_profile
 from qroute.cost.profile import from_dict
 from qroute.cost.model import PRIMITIVES
-from qroute.calibration.shapes import serve, shaped_request
+from qroute.calibration.shapes import serve, shaped_request, speed_probe
 from qroute.errors import QrouteError, positive_int
 from qroute.planner import combine_batch
 from qroute.runtime.executor import Executor, predicted_groups, stop_holders
@@ -146,18 +150,30 @@ def _sweep(config: ValidationConfig, world, holders: int, profile) -> list[dict]
             configs = [(shaped_request(world, holders, k, n, s, seed=i), p) for i, (k, n, s) in enumerate(shapes)
                        for p in PRIMITIVES]  # fmt: skip
             rows += [{"holders": holders, "pass": name} for _ in configs]
+            reference = profile.fits.get("speed_probe", {}).get(name)
             for rep in range(config.reps):
+                speed = _speed(executor, world, reference)
                 for (request, primitive), row in zip(configs, rows[-len(configs) :]):
                     session = serve(executor, request, primitive)
                     if rep == 0:
                         row.update(_describe(executor, world, request, primitive, session))
                     row["runs"] = row.get("runs", []) + [session.measured.as_dict()]
+                    row["speed"] = row.get("speed", []) + [speed[primitive]] if speed else None
                     bar.advance(task)
     for row in rows:
         runs = row.pop("runs")
         row["measured"] = {g: median(r[g] for r in runs) for g in GROUPS}
         row["measured_runs"] = [r["total_s"] for r in runs]
     return rows
+
+
+def _speed(executor: Executor, world, reference: dict | None) -> dict[str, float] | None:
+    """How slow the machine runs now against calibration time, per primitive: the speed probe's seconds now over
+    those recorded in the profile (None without a recorded probe)."""
+    if not reference:
+        return None
+    now = speed_probe(executor, world)
+    return {p: now[p] / reference[p] for p in now if reference.get(p, 0) > 0}
 
 
 def _describe(executor: Executor, world, request: AgentRequest, primitive: str, session) -> dict:
@@ -193,6 +209,16 @@ def _ape(row: dict, group: str = "total_s") -> float | None:
     return None if m <= 0 else abs(row["predicted"][group] - m) / m
 
 
+def _corrected_ape(row: dict) -> float | None:
+    """APE against the median of the runs each divided by the speed probe's factor at its pass (host drift
+    between calibration and this run taken out); None without probe factors."""
+    speed = row.get("speed")
+    if not speed or row["measured"]["total_s"] <= 0:
+        return None
+    m = median(t / f for t, f in zip(row["measured_runs"], speed))
+    return abs(row["predicted"]["total_s"] - m) / m
+
+
 def _summary(values: list[float]) -> dict:
     if not values:
         return {"median_ape": None, "p90_ape": None, "n": 0}
@@ -208,6 +234,10 @@ def metrics(rows: list[dict], margin: float = 0.10) -> dict:
                              for v in sorted({r[key] for r in rows if r[key]}, key=str)}  # fmt: skip
     out["per_phase"] = {g: _summary([a for r in rows if (a := _ape(r, g)) is not None]) for g in GROUPS[:-1]}
     out["drift"] = drift(rows)
+    corrected = [a for r in rows if (a := _corrected_ape(r)) is not None]
+    out["drift_corrected"] = {**_summary(corrected), "per_path": {
+        v: _summary([a for r in rows if r["path"] == v and (a := _corrected_ape(r)) is not None])
+        for v in sorted({r["path"] for r in rows if r["path"]}, key=str)}}  # fmt: skip
     out.update(decisions(rows, margin))
     return out
 

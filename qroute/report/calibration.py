@@ -43,6 +43,9 @@ def fit_table(results: dict) -> Table:
         if path.get("small"):
             s = path["small"]
             t.add_row(f"{name} small (< {fmt_bytes(s['below_bytes'])})", f"{fmt_s(s['alpha_s'])}, {s['beta_Bps'] / 1e9:.3g} GB/s", "", "")
+        t.add_row(f"{name} wake-up, per extra holder", f"{fmt_s(path.get('cold_s', 0))}, {fmt_s(path.get('per_holder_s', 0))}"
+                  f" (+{path.get('holder_serial', 0):.0%} of their compute)", "", "")  # fmt: skip
+        t.add_row(f"{name} fetch offset", fmt_s(path.get("fetch_offset_s", 0)), "", "")
         sp = results["spread"][name]
         if sp["repeats"] > 1:
             t.add_row(f"{name} repeat spread ({sp['repeats']} runs)", f"alpha {sp['alpha_rel_spread']:.1%}, beta {sp['beta_rel_spread']:.1%}", "", "")
@@ -50,7 +53,7 @@ def fit_table(results: dict) -> Table:
         t.add_row(f"{name} ping-pong line (fabric alone)", f"{fmt_s(ping['alpha_s'])}, {ping['beta_Bps'] / 1e9:.3g} GB/s",
                   f"{ping['median_ape']:.1%}", f"{ping['p90_ape']:.1%}")  # fmt: skip
     for name, fit in profile["fits"].items():
-        if name not in ("path", "pingpong"):
+        if name in profile["compute"]:
             t.add_row(name, _compute_value(profile["compute"][name]), f"{fit['median_ape']:.1%}", f"{fit['max_ape']:.1%}")
     return t
 

@@ -32,6 +32,12 @@ def metrics_table(results: dict) -> Table:
     for key in ("per_path", "per_primitive", "per_holders", "per_phase"):
         for name, s in m[key].items():
             t.add_row(f"{key[4:]} {name}", _pct(s["median_ape"]), _pct(s["p90_ape"]), str(s["n"]))
+    c = m.get("drift_corrected") or {}
+    if c.get("n"):
+        t.add_row("all, host drift taken out", _pct(c["median_ape"]), _pct(c["p90_ape"]), str(c["n"]))
+    d = m.get("drift") or {}
+    if d.get("run_spread_p90") is not None:
+        t.add_row("single runs around their median", "", _pct(d["run_spread_p90"]), "noise floor")
     t.add_row("predicate hit rate", _pct(m["hit_rate"]), "", f"{m['decisive_configs']} decisive of {m['configs']}")
     t.add_row("regret", _pct(m["regret"]), "", "")
     return t

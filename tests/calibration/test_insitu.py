@@ -38,7 +38,7 @@ def synthetic_trace(alpha, beta, cold, per_holder, seed, layers=2, steps=3, stal
                     trace.append(_route(rng, step, layer, int(b), t, s == 0))
                 step += 1
             for layer in range(layers):  # two holders at once, warm; their compute grows with the rows
-                hcs = rng.uniform(0.8, 1.2, 2) * (5e-5 + b / 2e9)
+                hcs = rng.uniform(0.8, 1.2, 2) * (5e-5 + b / 2e8)
                 wall = (alpha + 2 * b / beta + per_holder + serial * hcs.min()) * noise() + hcs.max()
                 for h in range(2):
                     rec = _route(rng, step, layer, int(b), 0.0, False, parallel=2, hc=hcs[h])
