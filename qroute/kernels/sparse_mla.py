@@ -1,0 +1,268 @@
+"""Sparse MLA decode: partial attention of absorbed query rows over the selected blocks of a paged latent cache.
+
+Absorbed MLA has one shared 576-wide latent KV row per token: keys are the whole row, values
+its first `v_dim` (512) columns. Each query `b` has its own selection (a row of the block
+table, `-1` = padding, anywhere in the row). Flash-decoding: a program owns BLOCK_H heads of
+one query and a contiguous part ("split") of its block-table row, streams the selected
+tokens BLOCK_N at a time with an online base-2 softmax, and writes a partial state; with
+several splits per query (split-K, what fills the GPU at small B) `merge.launch_merge`
+combines them. LSE is converted to natural log at the boundary.
+
+Cost is proportional to the table width (padded entries are masked, not skipped).
+"""
+
+import math
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from qroute.attention import AttentionState, attend
+from qroute.errors import QrouteError
+from qroute.kernels.checks import FLOATS, INDEX, dense_last, expect_dtype, expect_ndim, expect_out
+from qroute.kernels.dispatch import LazyKernel, interpreting, same_device, tl, triton, use_triton
+from qroute.kernels.merge import launch_merge
+
+WHAT = "sparse_mla"
+LOG2E = 1.0 / math.log(2.0)
+# Per compute dtype, from a sweep on an H100 (benchmarks/kernels.py --sweep, bf16, H=128, top-k 2048):
+# 64 heads x 64 tokens per step, 8 warps, 2 stages was fastest for B = 8..128; at B=1, 32 heads
+# (more programs) was 10% faster. fp32 tiles are twice as big: fewer tokens per step.
+CONFIGS = {
+    "half": {"BLOCK_H": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
+    "fp32": {"BLOCK_H": 32, "BLOCK_N": 32, "num_warps": 8, "num_stages": 1},
+    "interpreter": {"BLOCK_H": 16, "BLOCK_N": 32},
+}
+
+if triton is not None:
+
+    def _sparse_mla_kernel(
+        q_ptr, cache_ptr, table_ptr, o_ptr, lse_ptr,  # q [B, H, D], cache [N, bs, D], table [B, M]
+        H, D, V, M, bs, entries_per_split, qk_scale,  # qk_scale = scale * log2(e)
+        stride_qb, stride_qh, stride_cn, stride_ct, stride_tb, stride_te,
+        stride_os, stride_ob, stride_oh, stride_ls, stride_lb, stride_lh,  # o [S, B, H, V], lse [S, B, H]
+        BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_DR: tl.constexpr,
+        HAS_PE: tl.constexpr, F32: tl.constexpr,
+    ):  # fmt: skip
+        split, b = tl.program_id(1), tl.program_id(2).to(tl.int64)
+        h = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)  # [BLOCK_H]
+        dv = tl.arange(0, BLOCK_DV)  # latent columns [0, V)
+        dr = V + tl.arange(0, BLOCK_DR)  # rope columns [V, D)
+        q_rows = q_ptr + b * stride_qb + h[:, None] * stride_qh
+        q_nope = tl.load(q_rows + dv[None, :], mask=(h[:, None] < H) & (dv[None, :] < V), other=0.0)  # [BH, DV]
+        if F32:
+            q_nope = q_nope.to(tl.float32)
+        if HAS_PE:
+            q_pe = tl.load(q_rows + dr[None, :], mask=(h[:, None] < H) & (dr[None, :] < D), other=0.0)  # [BH, DR]
+            if F32:
+                q_pe = q_pe.to(tl.float32)
+        m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_H], tl.float32)
+        acc = tl.zeros([BLOCK_H, BLOCK_DV], tl.float32)
+        e0 = split * entries_per_split
+        t1 = tl.minimum(e0 + entries_per_split, M) * bs
+        for start in range(e0 * bs, t1, BLOCK_N):
+            t = start + tl.arange(0, BLOCK_N)  # [BLOCK_N] token index within this query's selection
+            page = tl.load(table_ptr + b * stride_tb + (t // bs) * stride_te, mask=t < t1, other=-1)
+            valid = (t < t1) & (page >= 0)
+            rows = cache_ptr + tl.where(valid, page, 0).to(tl.int64) * stride_cn + (t % bs) * stride_ct
+            k = tl.load(rows[:, None] + dv[None, :], mask=valid[:, None] & (dv[None, :] < V), other=0.0)  # [BN, DV]
+            if F32:
+                k = k.to(tl.float32)
+                s = tl.dot(q_nope, tl.trans(k), input_precision="ieee")  # [BLOCK_H, BLOCK_N]
+            else:
+                s = tl.dot(q_nope, tl.trans(k))
+            if HAS_PE:
+                k_pe = tl.load(rows[:, None] + dr[None, :], mask=valid[:, None] & (dr[None, :] < D), other=0.0)
+                if F32:
+                    s += tl.dot(q_pe, tl.trans(k_pe.to(tl.float32)), input_precision="ieee")
+                else:
+                    s += tl.dot(q_pe, tl.trans(k_pe))
+            s = tl.where(valid[None, :], s * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: keep exp2 finite
+            alpha = tl.exp2(m_i - m_safe)
+            p = tl.exp2(s - m_safe[:, None])  # [BLOCK_H, BLOCK_N], 0 where masked
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            if F32:
+                acc = acc * alpha[:, None] + tl.dot(p, k, input_precision="ieee")
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(k.dtype), k)
+            m_i = m_new
+        empty = l_i == 0.0
+        l_safe = tl.where(empty, 1.0, l_i)
+        o = acc / l_safe[:, None]
+        lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) / 1.4426950408889634)  # base 2 -> natural
+        o_rows = o_ptr + split * stride_os + b * stride_ob + h[:, None] * stride_oh
+        tl.store(o_rows + dv[None, :], o.to(o_ptr.dtype.element_ty), mask=(h[:, None] < H) & (dv[None, :] < V))
+        tl.store(lse_ptr + split * stride_ls + b * stride_lb + h * stride_lh, lse, mask=h < H)
+
+    _SPARSE_MLA = LazyKernel(_sparse_mla_kernel, do_not_specialize=["M", "entries_per_split"])
+
+
+def sparse_mla(
+    q: Tensor,
+    cache: Tensor,
+    block_table: Tensor,
+    scale: float,
+    v_dim: int = 512,
+    *,
+    num_splits: int | None = None,
+    config: dict | None = None,
+    check: bool = True,
+    out: tuple[Tensor, Tensor] | None = None,
+    backend: str = "auto",
+) -> AttentionState:
+    """Attention state of each query's rows over its selected blocks of a paged latent cache.
+
+    q            [B, H, D]              float32/bfloat16/float16 (absorbed MLA: D = 576)
+    cache        [num_blocks, bs, D]    same dtype as q; values are columns [0, v_dim) of each row
+    block_table  [B, max_blocks]        int32/int64 block ids, -1 = padding (anywhere in a row)
+    scale        softmax scale applied to q . k
+    v_dim        value width, <= D (absorbed MLA: the 512-wide latent)
+    num_splits   programs per (query, head group) over parts of the table row; None = fill the device
+    config       overrides of `default_config`: BLOCK_H, BLOCK_N, num_warps, num_stages
+    check        validate block ids: in range, no duplicate in a row (syncs the device; unchecked
+                 duplicates are counted twice by the softmax)
+    out          optional (o [B, H, v_dim] dtype of q, lse [B, H] float32), contiguous
+    Returns `(o [B, H, v_dim], lse [B, H])`, lse float32 natural log; an empty row gives `(0, -inf)`.
+    Triton on CUDA (bf16/fp16: bf16 tensor-core dots, fp32 accumulation; fp32: IEEE dots) or
+    under TRITON_INTERPRET=1 on CPU; `sparse_mla_reference` elsewhere (see `qroute.kernels`).
+    """
+    B, H, D = _check(q, cache, block_table, v_dim)
+    _check_knobs(scale, num_splits, config)
+    if check:
+        check_block_table(block_table, cache.shape[0])
+    if out is not None:
+        expect_out(WHAT, "out[0]", out[0], (B, H, v_dim), q.dtype, q.device)
+        expect_out(WHAT, "out[1]", out[1], (B, H), torch.float32, q.device)
+    if not use_triton(backend, q.device, WHAT):
+        state = sparse_mla_reference(q, cache, block_table, scale, v_dim, check=False)
+        return state if out is None else AttentionState(out[0].copy_(state.o), out[1].copy_(state.lse))
+    o, lse = out if out is not None else (q.new_empty(B, H, v_dim), torch.empty(B, H, device=q.device))
+    _launch(dense_last(q), dense_last(cache), block_table, scale, v_dim, o, lse, num_splits, config)
+    return AttentionState(o, lse)
+
+
+def _launch(q, cache, table, scale, v_dim, o, lse, num_splits, config) -> None:
+    # q: [B, H, D], cache: [N, bs, D], table: [B, M], o: [B, H, V], lse: [B, H]
+    (B, H, D), M = q.shape, table.shape[1]
+    if B * H == 0:
+        return
+    meta = {**default_config(q.dtype, H, B * M, q.device), **(config or {})}
+    splits = num_splits or default_splits(B, H, M, q.device, meta["BLOCK_H"])
+    per_split = max(1, triton.cdiv(M, max(1, min(splits, M))))
+    splits = max(1, triton.cdiv(M, per_split))
+    if splits == 1:
+        part_o, part_lse = o.unsqueeze(0), lse.unsqueeze(0)  # write the final state directly
+    else:  # partials in q's dtype (fp32 for fp32 q): half the combine's traffic for bf16
+        part_o = torch.empty(splits, B, H, v_dim, device=q.device, dtype=q.dtype)
+        part_lse = torch.empty(splits, B, H, device=q.device, dtype=torch.float32)
+    _run_kernel(q, cache, table, scale, v_dim, part_o, part_lse, per_split, meta)
+    if splits > 1:
+        R = B * H
+        launch_merge(part_o.view(splits, R, v_dim), part_lse.view(splits, R), o.view(R, v_dim), lse.view(R))
+
+
+def _run_kernel(q, cache, table, scale, v_dim, part_o, part_lse, per_split, meta) -> None:
+    (B, H, D), splits = q.shape, part_o.shape[0]
+    f32 = interpreting() or q.dtype == torch.float32  # the interpreter's bf16 tl.dot is wrong
+    meta.update(BLOCK_DV=triton.next_power_of_2(v_dim), BLOCK_DR=max(16, triton.next_power_of_2(max(D - v_dim, 1))),
+                HAS_PE=D > v_dim, F32=f32)  # fmt: skip
+    grid = (triton.cdiv(H, meta["BLOCK_H"]), splits, B)  # head groups of one query adjacent: they share K in L2
+    _SPARSE_MLA.get()[grid](
+        q, cache, table, part_o, part_lse,
+        H, D, v_dim, table.shape[1], cache.shape[1], per_split, scale * LOG2E,
+        q.stride(0), q.stride(1), cache.stride(0), cache.stride(1), table.stride(0), table.stride(1),
+        *part_o.stride()[:3], *part_lse.stride(),
+        **meta,
+    )  # fmt: skip
+
+
+def default_config(dtype: torch.dtype, H: int, entries: int = 1 << 30, device: torch.device | None = None) -> dict:
+    """Block sizes, warps and stages for `dtype`.
+
+    BLOCK_H shrinks to H (but stays >= 16, what tl.dot needs), and to 32 heads when even one
+    block-table entry per program (`entries` = B * max_blocks) would leave SMs idle (B = 1).
+    """
+    cfg = dict(CONFIGS["interpreter" if interpreting() else "fp32" if dtype == torch.float32 else "half"])
+    if device is not None and entries * triton.cdiv(H, cfg["BLOCK_H"]) < _sm_count(device):
+        cfg["BLOCK_H"] = min(cfg["BLOCK_H"], 32)
+    cfg["BLOCK_H"] = min(cfg["BLOCK_H"], max(16, triton.next_power_of_2(H)))
+    return cfg
+
+
+@lru_cache(maxsize=8)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def default_splits(B: int, H: int, max_blocks: int, device: torch.device, block_h: int = 64) -> int:
+    """Splits per query so that the programs make about one full wave (1 when B's programs alone do)."""
+    programs = B * triton.cdiv(H, block_h)
+    return max(1, min(_sm_count(device) // programs, max_blocks, 64))
+
+
+def sparse_mla_reference(
+    q: Tensor, cache: Tensor, block_table: Tensor, scale: float, v_dim: int = 512, check: bool = True
+) -> AttentionState:
+    """The torch oracle (same contract as `sparse_mla`): gather every query's blocks, `attend` with padding masked."""
+    B, H, D = _check(q, cache, block_table, v_dim)
+    if check:
+        check_block_table(block_table, cache.shape[0])
+    if cache.shape[0] == 0:  # nothing to gather: every id is padding
+        block_table = block_table[:, :0]
+    bs, M = cache.shape[1], block_table.shape[1]
+    keys = cache[block_table.long().clamp(min=0)].reshape(B, M * bs, D)  # [B, T, D]
+    allowed = (block_table >= 0).repeat_interleave(bs, dim=1)  # [B, T]
+    mask = allowed[:, None, :].expand(B, H, M * bs)  # [B, H, T]
+    return attend(q, keys, keys[..., :v_dim], scale, mask=mask, check=False)
+
+
+def check_block_table(block_table: Tensor, num_blocks: int) -> None:
+    """Every id is -1 (padding) or in `[0, num_blocks)`, and no id repeats within a row (one device sync)."""
+    t = block_table.long()
+    bad = (t < -1) | (t >= num_blocks)
+    s = t.sort(dim=1).values
+    dup = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)  # [B, M - 1]
+    if not bool(bad.any() | dup.any()):
+        return
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise QrouteError(
+            f"{WHAT}: block id {int(t[bad][0])} in block_table row {row} out of range: expected -1 or 0 <= id < {num_blocks}"
+        )
+    row, col = (int(x) for x in dup.nonzero()[0])
+    raise QrouteError(
+        f"{WHAT}: duplicate block id {int(s[row, col + 1])} in block_table row {row}: expected each block at most once per query"
+    )
+
+
+def _check_knobs(scale: float, num_splits: int | None, config: dict | None) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise QrouteError(f"{WHAT}: scale={scale!r}: expected a finite number")
+    if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1):
+        raise QrouteError(f"{WHAT}: num_splits={num_splits!r}: expected None or an integer >= 1")
+    if config is not None and set(config) - {"BLOCK_H", "BLOCK_N", "num_warps", "num_stages"}:
+        raise QrouteError(f"{WHAT}: config={config!r}: expected keys among BLOCK_H, BLOCK_N, num_warps, num_stages")
+
+
+def _check(q: Tensor, cache: Tensor, table: Tensor, v_dim: int) -> tuple[int, int, int]:
+    expect_ndim(WHAT, "q", q, 3, "[B, H, D]")
+    expect_ndim(WHAT, "cache", cache, 3, "[num_blocks, block_size, D]")
+    expect_ndim(WHAT, "block_table", table, 2, "[B, max_blocks]")
+    expect_dtype(WHAT, "q", q, FLOATS)
+    expect_dtype(WHAT, "block_table", table, INDEX)
+    if cache.dtype != q.dtype:
+        raise QrouteError(f"{WHAT}: cache dtype {cache.dtype}: expected {q.dtype} like q")
+    B, H, D = q.shape
+    if cache.shape[2] != D:
+        raise QrouteError(f"{WHAT}: cache row width {cache.shape[2]}: expected {D} like q")
+    if table.shape[0] != B:
+        raise QrouteError(f"{WHAT}: block_table has {table.shape[0]} rows: expected B={B}")
+    if isinstance(v_dim, bool) or not isinstance(v_dim, int) or not 1 <= v_dim <= D:
+        raise QrouteError(f"{WHAT}: v_dim={v_dim!r}: expected an integer in [1, {D}]")
+    if cache.shape[1] < 1:
+        raise QrouteError(f"{WHAT}: block_size {cache.shape[1]}: expected >= 1")
+    same_device(WHAT, [("q", q), ("cache", cache), ("block_table", table)])
+    return B, H, D
