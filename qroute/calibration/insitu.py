@@ -55,7 +55,7 @@ def _net(r: dict) -> float:
     return r["rtt_s"] - r["holder_compute_s"]
 
 
-def _route_bytes(r: dict) -> int:  # records of one executor share `step` numbers; pooled runs carry `run`
+def _route_bytes(r: dict) -> int:
     return r["payload_out"] + r["payload_back"]
 
 
@@ -66,7 +66,7 @@ def cold_excess(route: list[dict]) -> float:
     steps: dict[tuple, float] = {}
     for r in route:
         if r.get("first_step") and (_route_bytes(r),) in warm:
-            key = (r.get("run", 0), r["step"])
+            key = (r.get("run", 0), r["step"])  # step numbers restart per executor: pooled runs carry `run`
             steps[key] = steps.get(key, 0.0) + _net(r) - warm[(_route_bytes(r),)]
     return max(0.0, robust_median(list(steps.values()))) if steps else 0.0
 
@@ -82,7 +82,7 @@ def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = N
             exchanges.setdefault((r.get("run", 0), r["step"], r["layer"]), []).append(r)
     if not exchanges:
         return None
-    excess: dict[tuple, list[tuple[float, float]]] = {}
+    excess: dict[tuple, list[tuple[float, float, float]]] = {}  # shape -> (excess, others' compute, measured)
     for recs in exchanges.values():
         computes = [r["holder_compute_s"] for r in recs]
         measured = max(r["rtt_s"] for r in recs) - max(computes)
