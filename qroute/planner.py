@@ -220,7 +220,7 @@ def _once(model: CostModel, request: Request, holders: Sequence[HolderPlan]) -> 
     rebuild = sum(model.reprefill_s(demands[h.holder].rebuild_tokens, layers) for h in holders if h.primitive == "local")
     moved = [model.fetch_bytes(h.tokens, layers) for h in fetched]
     # the holders are asked at once: one probe (they wake together), plus the extra of each further holder
-    probe = max((p.fetch_time(n) - n / p.beta(n) for p, n in zip(paths, moved)), default=0.0)
+    probe = max((p.fetch_alpha(n) for p, n in zip(paths, moved)), default=0.0)
     probe += (len(paths) - 1) * max(p.per_holder_s for p in paths) if paths else 0.0
     return Phases(
         probe=probe,

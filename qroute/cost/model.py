@@ -179,10 +179,9 @@ class CostModel:
     def fetch(self, s: Shape, path: PathSpec) -> Phases:
         """All H holders fetched once, then N*L local attentions over the moved tokens."""
         nbytes = self.fetch_bytes(s.tokens, s.layers)
-        bytes_s = nbytes / path.beta(nbytes)
         once = Phases(
-            probe=path.fetch_time(nbytes) - bytes_s + (s.holders - 1) * path.per_holder_s,
-            transfer=s.holders * bytes_s,
+            probe=path.fetch_alpha(nbytes) + (s.holders - 1) * path.per_holder_s,
+            transfer=s.holders * nbytes / path.beta(nbytes),
             compute=self.adapt_s(s),
         )
         return once + self.moved_per_layer(s).scaled(s.steps * s.layers)

@@ -66,9 +66,13 @@ class PathSpec:
     fetch_offset_s: float = 0.0  # a fetch exchange's fixed seconds beyond a route exchange of the same bytes
     holder_serial: float = 0.0  # fraction of the other holders' compute not overlapped in a parallel exchange
 
+    def fetch_alpha(self, nbytes):
+        """Fixed seconds of one fetch exchange of `nbytes`: the probe moved by `fetch_offset_s`, never below 0."""
+        return np.maximum(self.alpha(nbytes) + self.fetch_offset_s, 0.0)
+
     def fetch_time(self, nbytes):
-        """Seconds of one fetch exchange of `nbytes` (never below the bytes' own time)."""
-        return np.maximum(self.alpha(nbytes) + self.fetch_offset_s, 0.0) + nbytes / self.beta(nbytes)
+        """Seconds of one fetch exchange of `nbytes`."""
+        return self.fetch_alpha(nbytes) + nbytes / self.beta(nbytes)
 
     def alpha(self, nbytes):
         """Probe latency of an exchange of `nbytes` (number or numpy array)."""
