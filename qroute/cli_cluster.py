@@ -40,6 +40,28 @@ def _output_args(g, timeout: int, what: str) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress display")
 
 
+HOST_TIER_HELP = ("the host-memory tier instead of a launched cluster: one process, the requester on --device, a holder "
+                  "with every block in pinned host memory computing on the host CPUs; the path is PCIe ('pcie'; "
+                  "'host-memcpy' without a GPU)")  # fmt: skip
+
+
+def _host_args(g) -> None:
+    g.add_argument("--host-tier", action="store_true", help=HOST_TIER_HELP)
+    g.add_argument("--device", default="auto", help="with --host-tier: the requester's device, auto (the GPU if any), cpu, "
+                   "cuda or cuda:N (default: %(default)s)")  # fmt: skip
+
+
+def _device(args) -> str | None:
+    """The host tier's device, or None for a launched cluster (one error if --host-tier is combined with --fabric)."""
+    if not args.host_tier:
+        return None
+    if args.fabric:
+        raise QrouteError("--host-tier with --fabric: expected one of them (the host tier's path is PCIe)")
+    from qroute.runtime.hosttier import resolve_device
+
+    return str(resolve_device(args.device))
+
+
 def _stem(args) -> str:
     return f"{args.tag or socket.gethostname()}-{dt.date.today():%Y-%m-%d}"
 
@@ -141,6 +163,7 @@ def add_calibrate(sub) -> None:
     p.add_argument("--repeats", type=int_at_least(1), default=3, help="training runs, to report the spread of alpha and beta (default: %(default)s)")
     p.add_argument("--name", default=None, help="profile name (default: measured-<host>)")
     p.add_argument("--fabric", type=fabric_links, default=(), help=f"calibrate {FABRIC_HELP}")
+    _host_args(p)
     _model_args(p, "MLA preset or checkpoint dir whose compute is measured")
     _output_args(p, 300, "the profile and the sweep tables")  # fmt: skip
 
@@ -154,7 +177,7 @@ def cmd_calibrate(args) -> None:
     world = _world(args, CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=32))
     cluster = ClusterSpec(2 if args.fabric else args.instances, 1, timeout_s=float(args.timeout), links=args.fabric)
     config = CalibrationConfig(cluster, world, args.quick, args.repeats, args.name, progress=not (args.quiet or args.json),
-                               partial=f"{args.out}/calibration-{_stem(args)}.partial.json")  # fmt: skip
+                               partial=f"{args.out}/calibration-{_stem(args)}.partial.json", device=_device(args))  # fmt: skip
     results = run_calibration(config)
     if results.get("rank") != 0:
         return
@@ -181,12 +204,13 @@ def add_validate(sub) -> None:
     p = sub.add_parser("validate", help="held-out sweep on the live cluster: prediction error, predicate hit rate, regret",
                        description=validate.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--profile", default=None, help="profile to validate, or 'auto' to calibrate first in the same cluster "
-                   "(default: the newest profile-*.json in --out, else auto)")  # fmt: skip
+                   "(default: the newest profile-*.json in --out, else auto; auto with --host-tier)")  # fmt: skip
     p.add_argument("--step-tokens", type=int_list, default=(1, 4, 16), help="tokens per step to sweep; rows = tokens x heads (default: 1,4,16)")
     p.add_argument("--chunk-blocks", type=int_list, default=(4, 16, 32), help="chunk sizes in blocks to sweep (default: 4,16,32)")
     p.add_argument("--steps", type=int_list, default=(1, 4), help="decode steps to sweep (default: 1,4)")
     p.add_argument("--reps", type=int_at_least(1), default=5, help="runs per shape, spread over passes of the whole sweep; the median is compared (default: %(default)s)")
     p.add_argument("--fabric", type=fabric_links, default=(), help=f"validate over {FABRIC_HELP}; one holder, every path")
+    _host_args(p)
     _model_args(p)
     _output_args(p, 300, "the CSV, JSON and plots")  # fmt: skip
 
@@ -203,11 +227,12 @@ def cmd_validate(args) -> None:
     from qroute.runtime.launcher import ClusterSpec
     from qroute.workload.corpus import CorpusSpec
 
-    profile = args.profile or newest_profile(args.out)
+    device = _device(args)
+    profile = args.profile or ("auto" if device else newest_profile(args.out))
     world = _world(args, CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=max(args.chunk_blocks)))
     cluster = ClusterSpec(2 if args.fabric else 3, 1, timeout_s=float(args.timeout), links=args.fabric)
     config = ValidationConfig(profile, cluster, world, args.step_tokens, args.chunk_blocks, args.steps, args.reps,
-                              progress=not (args.quiet or args.json))  # fmt: skip
+                              progress=not (args.quiet or args.json), device=device)  # fmt: skip
     calibrated = f"{args.out}/profile-{args.tag or socket.gethostname()}-auto-{dt.date.today():%Y-%m-%d}.json"
     results = run_validation(config, calibrated)
     if results.get("rank") != 0:

@@ -59,6 +59,7 @@ class CalibrationConfig:
     progress: bool = True
     partial: str | None = None  # where measurements taken so far are written if a sweep fails
     holder_stops_after: int | None = None  # fault injection for tests: the holder exits after this many messages
+    device: str | None = None  # the host tier on this device ("auto", "cpu", "cuda"), instead of a launched cluster
 
     def __post_init__(self) -> None:
         positive_int("repeats", self.repeats)
@@ -69,6 +70,10 @@ class CalibrationConfig:
 def run_calibration(config: CalibrationConfig) -> dict:
     """Launch the cluster, measure on rank 0, return its results (profile dict, sweeps, spread)."""
     check_spec(config.world)
+    if config.device is not None:
+        from qroute.calibration.host import run_host_calibration
+
+        return run_host_calibration(config)
     t0 = time.perf_counter()
     out = launch(config.cluster, calibrate_instance, config)[0]
     if out.get("rank") == 0:
@@ -103,14 +108,28 @@ TRAIN_STEPS = 2  # validation uses 1 and 4
 
 def measure(instance: Instance, config: CalibrationConfig, world) -> dict:
     """Everything `qroute calibrate` measures, on rank 0 while the holders serve: sweeps, training grid, fits."""
+    peer = instance.holders[0]
+    filler = torch.randint(0, world.model.config.vocab_size, (4,))
+    between = lambda: world.model.prefill(filler)  # noqa: E731 - the model's compute between exchanges
+
+    def sweeps(name: str, sizes, latency: dict, bandwidth: dict, advance) -> None:
+        group = paths.group(name)
+        latency_sweep(peer, sizes, 10 if config.quick else 30, between=between, group=group, on_size=advance,
+                      rows=latency.setdefault(name, []))  # fmt: skip
+        bandwidth_sweep(peer, BANDWIDTH_SIZES, reps=3 if config.quick else 5, group=group, on_size=advance,
+                        rows=bandwidth.setdefault(name, []))  # fmt: skip
+
+    return measure_paths(config, world, paths.names() or [LOOPBACK], peer, sweeps)
+
+
+def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int, sweeps, links: dict | None = None,
+                  fabric: str | None = None) -> dict:  # fmt: skip
+    """Per path: `sweeps(name, sizes, latency, bandwidth, advance)` (OSU-style tables, filled in place), then the
+    training grid served through an executor (holders reached through `links` where given); the fits."""
     from rich.progress import Progress
 
     sizes = QUICK_SIZES if config.quick else LATENCY_SIZES
     repeats = 1 if config.quick else config.repeats
-    names = paths.names() or [LOOPBACK]
-    peer = instance.holders[0]
-    filler = torch.randint(0, world.model.config.vocab_size, (4,))
-    between = lambda: world.model.prefill(filler)  # noqa: E731 - the model's compute between exchanges
     shapes = [(k, n) for k in TRAIN_STEP_TOKENS for n in (QUICK_CHUNK_BLOCKS if config.quick else TRAIN_CHUNK_BLOCKS)]
     latency, bandwidth, traces, probes = {}, {}, {}, {}
     with Progress(disable=not config.progress, transient=True) as bar:
@@ -118,19 +137,16 @@ def measure(instance: Instance, config: CalibrationConfig, world) -> dict:
         task = bar.add_task("calibrating", total=steps)
         advance = lambda *_: bar.advance(task)  # noqa: E731
         for name in names:
-            group = paths.group(name)
             try:
-                latency[name] = latency_sweep(peer, sizes, 10 if config.quick else 30, between=between, group=group,
-                                              on_size=advance, rows=latency.setdefault(name, []))  # fmt: skip
-                bandwidth[name] = bandwidth_sweep(peer, BANDWIDTH_SIZES, reps=3 if config.quick else 5, group=group,
-                                                  on_size=advance, rows=bandwidth.setdefault(name, []))  # fmt: skip
+                sweeps(name, sizes, latency, bandwidth, advance)
                 probes[name] = []
-                traces[name] = [_train(world, shapes, advance, seed=r, path=name, probes=probes[name]) for r in range(repeats)]
+                traces[name] = [_train(world, shapes, advance, seed=r, path=name, probes=probes[name], links=links)
+                                for r in range(repeats)]  # fmt: skip
             except (RuntimeError, ConnectionError, OSError) as exc:
                 kept = _keep_partial(config, latency, bandwidth)
                 raise QrouteError(f"path {name!r} failed mid-sweep ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
                                   f"measurements taken so far kept in {kept}") from None  # fmt: skip
-    return _results(config, world, peer, latency, bandwidth, traces, probes)
+    return _results(config, world, peer, latency, bandwidth, traces, probes, fabric or _fabric(config))
 
 
 def _keep_partial(config: CalibrationConfig, latency: dict, bandwidth: dict) -> str:
@@ -143,7 +159,7 @@ def _keep_partial(config: CalibrationConfig, latency: dict, bandwidth: dict) -> 
     return str(path)
 
 
-def _results(config, world, peer, latency, bandwidth, traces, probes) -> dict:
+def _results(config, world, peer, latency, bandwidth, traces, probes, fabric: str) -> dict:
     dtype = _kv_dtype(world.model)
     fits: dict = {"pingpong": {n: fit_path([2 * r.size for r in rows], [r.median_s for r in rows]).report()
                                for n, rows in latency.items()}, "path": {},
@@ -159,7 +175,7 @@ def _results(config, world, peer, latency, bandwidth, traces, probes) -> dict:
         spreads[name] = spread([fit_path_from_trace(t, "", sweep)[1] for t in runs])
     everything = [r for runs in traces.values() for t in runs for r in t]
     compute = fit_compute_from_trace(everything, world.geometry, world.geometry.coefficients(dtype, dtype), fits)
-    profile = _profile(config, world, specs, compute, fits)
+    profile = _profile(config, world, specs, compute, fits, fabric)
     return {"role": "requester", "rank": 0, "profile": profile.to_dict(),
             "latency": {n: [r.as_dict() for r in rows] for n, rows in latency.items()}, "bandwidth": bandwidth,
             "spread": spreads, "flips": flips(latency, profile), "trace_records": len(everything)}  # fmt: skip
@@ -181,12 +197,12 @@ def flips(latency: dict, profile: Profile) -> list[dict]:
     return out
 
 
-def _train(world, shapes, advance, seed: int, path: str, probes: list | None = None) -> list[dict]:
+def _train(world, shapes, advance, seed: int, path: str, probes: list | None = None, links: dict | None = None) -> list[dict]:
     """Serve the training grid on `path`, the executor's trace: per shape every primitive forced on one holder, a
     scattered fetch (every other block: the gather), and with two holders or more a batch of two requests routed to
     two holders at once (the parallel exchange)."""
     cost = CostModel(world.geometry, load_profile("published-h100"))  # plans are forced: their predictions are unused
-    executor = Executor(0, world.model, world.corpus, world.directory, cost)
+    executor = Executor(0, world.model, world.corpus, world.directory, cost, links=links)
     executor.force_path = path
     if probes is not None:
         probes.append(speed_probe(executor, world))
@@ -225,18 +241,20 @@ def spread(fits) -> dict:
             "alpha_rel_spread": rel(alphas), "beta_rel_spread": rel(betas)}  # fmt: skip
 
 
-def _profile(config, world, specs: dict, compute, fits) -> Profile:
+def _profile(config, world, specs: dict, compute, fits, fabric: str) -> Profile:
     host = socket.gethostname()
+    device = world.model.device
     machine = {
         "host": host, "platform": platform.platform(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "instances": config.cluster.world_size, "backend": config.cluster.backend,
-        "fabric": _fabric(config), "model": config.world.model, "model_dtype": config.world.dtype,
+        "fabric": fabric, "model": config.world.model, "model_dtype": config.world.dtype,
         "layers": world.model.config.num_layers, "hidden": world.model.config.hidden_size,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }  # fmt: skip
     return Profile(
         name=config.name or f"measured-{host}", provenance="measured",
         description=f"qroute calibrate{' --quick' if config.quick else ''} on {host}: constants fitted to the runtime's "
-        f"own trace (in situ), {_fabric(config)} between {config.cluster.world_size} instances",
+        f"own trace (in situ), {fabric} between {config.cluster.world_size} instances",
         paths=specs, default_paths=tuple(specs), compute=compute, machine=machine,
         created=dt.datetime.now(dt.timezone.utc).isoformat(), fits=fits,
     )  # fmt: skip

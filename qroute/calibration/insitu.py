@@ -124,6 +124,9 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
         raise QrouteError(f"calibration trace has {len({**routed, **fetched, **swept})} exchange sizes: expected 3 or more")
     offset = fetch_offset(routed, fetched)
     fit = _fit_points(routed, {k: t - offset for k, t in fetched.items()}, swept)
+    if routed and fetched and fit.knee_bytes:  # the offset came from one line; recentre the fetches on the final fit
+        offset += _median_gap(fetched, offset, _line(fit))
+        fit = _fit_points(routed, {k: t - offset for k, t in fetched.items()}, swept)
     spec = PathSpec(fit.alpha_s, fit.beta_Bps, source, _small(fit), cold_excess(route), fetch_offset_s=offset)
     parallel: dict = {}
     per_holder, serial = per_holder_excess(trace, spec, parallel) or (0.0, 0.0)
@@ -140,6 +143,15 @@ def fetch_offset(routed: dict, fetched: dict) -> float:
     y = np.array([t for _, t, _ in pts])
     coef, *_ = np.linalg.lstsq(X / y[:, None], np.ones_like(y), rcond=None)
     return float(coef[2])
+
+
+def _line(fit: PathFit) -> PathSpec:
+    return PathSpec(fit.alpha_s, fit.beta_Bps, small=_small(fit))
+
+
+def _median_gap(fetched: dict, offset: float, line: PathSpec) -> float:
+    """Median seconds by which the fetches (less `offset`) sit above `line`."""
+    return float(np.median([t - offset - line.time(b) for (b,), t in fetched.items()]))
 
 
 def _small(fit: PathFit) -> SmallRegime | None:

@@ -69,10 +69,11 @@ class ValidationConfig:
     reps: int = 5
     margin: float = 0.10
     progress: bool = True
+    device: str | None = None  # the host tier on this device ("auto", "cpu", "cuda"), instead of a launched cluster
 
     def __post_init__(self) -> None:
         positive_int("reps", self.reps)
-        if self.cluster.world_size < (2 if self.cluster.links else 3):
+        if self.device is None and self.cluster.world_size < (2 if self.cluster.links else 3):
             raise QrouteError(f"instances={self.cluster.world_size}: validation needs 3 (1 requester + 2 holders)")
         if max(self.chunk_blocks) > self.world.corpus.chunk_blocks:
             raise QrouteError(f"chunk blocks {max(self.chunk_blocks)}: expected <= the corpus's {self.world.corpus.chunk_blocks}")
@@ -87,6 +88,10 @@ def run_validation(config: ValidationConfig, calibrated: str | None = None) -> d
     check_spec(config.world)
     if config.profile != "auto":
         load_profile(config.profile)  # fail fast
+    if config.device is not None:
+        from qroute.calibration.host import run_host_validation
+
+        return run_host_validation(config, calibrated)
     t0 = time.perf_counter()
     rows: list[dict] = []
     extra: dict = {}
@@ -127,7 +132,7 @@ def validate_instance(instance: Instance, config: ValidationConfig, holders: int
         stop_holders(instance.rank, instance.holders)
 
 
-def _sweep(config: ValidationConfig, world, holders: int, profile) -> list[dict]:
+def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict | None = None) -> list[dict]:
     """Every shape x primitive, on each path of the profile in turn (predicted and executed on that path).
 
     The runs of one configuration are spread over the sweep (`reps` passes over every configuration, round
@@ -145,7 +150,7 @@ def _sweep(config: ValidationConfig, world, holders: int, profile) -> list[dict]
         task = bar.add_task(label, total=len(names) * len(shapes) * len(PRIMITIVES) * config.reps)
         for name in names:
             cost = CostModel(world.geometry, replace(profile, default_paths=(name,)), dtype, dtype)
-            executor = Executor(0, world.model, world.corpus, world.directory, cost)
+            executor = Executor(0, world.model, world.corpus, world.directory, cost, links=links)
             executor.force_path = name if paths.names() else None
             configs = [(shaped_request(world, holders, k, n, s, seed=i), p) for i, (k, n, s) in enumerate(shapes)
                        for p in PRIMITIVES]  # fmt: skip

@@ -30,6 +30,17 @@ if TYPE_CHECKING:
     from qroute.runtime.executor import Executor, Session
 
 
+def _merge(parts: list[AttentionState]) -> AttentionState:
+    """Exact merge of a session's partial states (flat rows); on a GPU, the merge kernel over them stacked."""
+    if len(parts) == 1 or not parts[0].o.is_cuda:
+        return merge_states(parts, check=False)
+    from qroute.kernels import merge_partials  # imports triton: only where a GPU runs it
+
+    dtype = parts[0].o.dtype
+    o = torch.stack([p.o.to(dtype) for p in parts])  # [P, R, latent]
+    return merge_partials(o, torch.stack([p.lse.float() for p in parts]))
+
+
 def _rows(state: AttentionState, tokens: int) -> AttentionState:
     """`[tokens, H, ...]` -> `[tokens * H, ...]` (flat rows)."""
     return AttentionState(state.o.reshape(-1, state.o.shape[-1]), state.lse.reshape(-1))
@@ -52,20 +63,37 @@ class BatchContext:
             parts[b] += states
         for b, (s, (a, e)) in enumerate(zip(self.sessions, self.spans)):  # 3. moved KV
             if s.moved is not None:
+                self.ex.sync()
                 t0 = time.perf_counter()
                 keys = s.moved[layer]
-                parts[b].append(attend(q[a:e].reshape(-1, q.shape[-1]), keys, keys[:, :latent], scale, check=False))
+                parts[b].append(self._attend_moved(q[a:e], keys, scale))
                 self._timed("moved", layer, t0, rows=(e - a) * heads, tokens=keys.shape[0])
         merged = []
         for b, part in enumerate(parts):  # 4. merge
+            self.ex.sync()
             t0 = time.perf_counter()
-            m = merge_states(part, check=False)
+            m = _merge(part)
             merged.append((m.o.view(-1, heads, latent), m.lse.view(-1, heads)))
             self._timed("merge", layer, t0, rows=m.lse.numel(), partials=len(part))
         return AttentionState(torch.cat([o for o, _ in merged]), torch.cat([lse for _, lse in merged]))
 
+    def _attend_moved(self, q: Tensor, keys: Tensor, scale: float) -> AttentionState:
+        """q [k, H, D] over moved rows `keys [M, D]` -> flat rows `[k * H]`; on a GPU, the sparse MLA kernel over
+        the rows as pages of one block each."""
+        latent = self.ex.spec.latent
+        if not q.is_cuda:
+            return attend(q.reshape(-1, q.shape[-1]), keys, keys[:, :latent], scale, check=False)
+        from qroute.kernels import sparse_mla  # imports triton: only where a GPU runs it
+
+        bs = self.ex.corpus.block_size
+        pages = keys.view(-1, bs, keys.shape[-1])  # [M / bs, bs, D]: M is whole blocks
+        table = torch.arange(pages.shape[0], device=q.device).expand(q.shape[0], -1)
+        state = sparse_mla(q.contiguous(), pages, table, scale, latent, check=False)
+        return _rows(state, q.shape[0])
+
     def _timed(self, kind: str, layer: int, t0: float, **shape) -> None:
         """Charge a requester-side call to its phase and keep it in the trace (what calibration fits)."""
+        self.ex.sync()
         seconds = time.perf_counter() - t0
         if kind == "merge":
             self.measured.merge += seconds
@@ -83,19 +111,19 @@ class BatchContext:
 
     def _route(self, layer: int, q: Tensor) -> dict[int, list[AttentionState]]:
         """Send each (holder, path) one message with all its rows; collect the states per session (flat rows)."""
-        from qroute.runtime import paths
-
         out: dict[int, list[AttentionState]] = {}
         by_holder: dict[tuple[int, str | None], list[int]] = {}
         for b, s in enumerate(self.sessions):
             for h in s.routed:
                 by_holder.setdefault((h, s.paths.get(h)), []).append(b)
+        links = {key: self.ex.link(*key) for key in by_holder}
+        self.ex.sync()
         t_post = time.perf_counter()
         messages = {key: self._message(key[0], members, q) for key, members in by_holder.items()}
-        posted = {key: transport.isend(key[0], ROUTE, [layer], m, paths.group(key[1])) for key, m in messages.items()}
+        posted = {key: links[key].isend(ROUTE, [layer], m) for key, m in messages.items()}
         holder_compute = 0.0
         for key, members in by_holder.items():
-            msg = transport.recv(key[0], paths.group(key[1]))
+            msg = links[key].recv()
             o, lse = (t.clone() for t in msg.tensors)  # the states where this instance computes (part of the return)
             holder_compute = max(holder_compute, msg.meta[0] / 1e9)
             first = all(not self.sessions[b].inputs for b in members)  # the sessions' first decode step
@@ -107,6 +135,7 @@ class BatchContext:
                 row += k
         for works in posted.values():
             transport.wait_all(works)
+        self.ex.sync()
         wall = time.perf_counter() - t_post if by_holder else 0.0
         self.measured.network += wall - holder_compute
         self.measured.compute += holder_compute
@@ -142,6 +171,7 @@ class BatchContext:
 
     def _inplace(self, layer: int, q: Tensor, out: dict[int, list[AttentionState]]) -> None:
         """Blocks held by this instance itself (world size 1): route to ourselves, no message."""
+        self.ex.sync()
         t0 = time.perf_counter()
         for b, s in enumerate(self.sessions):
             if s.inplace:
@@ -149,6 +179,7 @@ class BatchContext:
                 groups = torch.tensor([(0, e - a, s.request.offset, len(s.inplace))])
                 state = route_states(self.ex.store, self.ex.spec, layer, q[a:e], groups, torch.tensor(s.inplace))
                 out.setdefault(b, []).append(_rows(state, e - a))
+        self.ex.sync()
         self.measured.compute += time.perf_counter() - t0
 
     def charge(self, sessions: Sequence["Session"]) -> None:

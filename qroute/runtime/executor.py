@@ -24,6 +24,7 @@ from qroute.model import MLATransformer
 from qroute.planner import HolderDemand, Plan, Request, forced_plan, plan
 from qroute.runtime import transport
 from qroute.runtime.holder import FETCH, STOP, AttentionSpec
+from qroute.runtime.links import Link, RankLink
 from qroute.runtime.store import BlockStore, Directory
 from qroute.workload.agents import AgentRequest
 from qroute.workload.corpus import Corpus
@@ -83,18 +84,37 @@ class Session:
 
 
 class Executor:
-    """Runs sessions on the requester `rank` against the holders in `directory`."""
+    """Runs sessions on the requester `rank` against the holders in `directory`.
+
+    Holders are reached through `links` where given (e.g. the host tier's in-process holder),
+    else as processes over the path's process group. With the model on a GPU, the executor
+    splices, attends moved KV and merges with the Triton kernels (`qroute.kernels`) and waits
+    for the device before reading a clock.
+    """
 
     def __init__(
         self, rank: int, model: MLATransformer, corpus: Corpus, directory: Directory, cost: CostModel,
-        store: BlockStore | None = None,
+        store: BlockStore | None = None, links: dict[int, Link] | None = None,
     ) -> None:  # fmt: skip
         self.rank, self.model, self.corpus, self.directory, self.cost = rank, model, corpus, directory, cost
         self.spec = AttentionSpec.of(model)
         self.store = store  # blocks held by this instance itself (world size 1)
+        self.links = dict(links or {})
+        self.device = model.device
         self.trace: list[dict] = []  # measured exchanges, per holder and layer (and setup per holder)
         self.steps = 0
         self.force_path: str | None = None  # calibration: every message on this path, whatever the plan says
+
+    def link(self, holder: int, path: str | None) -> Link:
+        """How to reach `holder` with a message on `path`."""
+        from qroute.runtime import paths
+
+        return self.links.get(holder) or RankLink(holder, paths.group(path))
+
+    def sync(self) -> None:
+        """Wait for queued GPU work (no-op on the CPU), so that a clock read after it measures it."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     # ------------------------------------------------------------------ planning
 
@@ -132,9 +152,11 @@ class Executor:
 
     def open(self, r: AgentRequest, mode: str) -> Session:
         """Prefill the agent's own context, plan, and pay what fetch or local pay once."""
+        self.sync()
         t0 = time.perf_counter()
         own = self.model.prefill(r.task).kv
         p = self.plan_for(r, mode)
+        self.sync()
         primitives = {h.holder: h.primitive for h in p.holders} if p else {}
         by_holder = self.directory.by_holder(r.blocks)
         s = Session(r, p, own, None, {}, by_holder.pop(self.rank, []), r.step_inputs(0, r.first_token), r.first_position)
@@ -145,6 +167,7 @@ class Executor:
         moved = self._fetch(s, {h: b for h, b in by_holder.items() if primitives[h] == "fetch"})
         moved += [self._rebuild(s, b) for h, b in by_holder.items() if primitives[h] == "local"]
         s.moved = (moved[0] if len(moved) == 1 else torch.cat(moved, dim=1)) if moved else None
+        self.sync()
         s.measured.compute += time.perf_counter() - t1 - (s.measured.network - network)  # all of it but the network
         return s
 
@@ -155,16 +178,15 @@ class Executor:
         the model prices as the scattered gather; a contiguous run is sent as it is stored,
         so its gather is ~0); the rest of `open` (gathers, splices, re-prefills) is compute.
         """
-        from qroute.runtime import paths
-
         if not wanted:
             return []
-        group = {h: paths.group(s.paths.get(h)) for h in wanted}
+        links = {h: self.link(h, s.paths.get(h)) for h in wanted}
+        self.sync()
         t_post = time.perf_counter()
-        posted = {h: transport.isend(h, FETCH, [], [torch.tensor(b)], group[h]) for h, b in wanted.items()}
+        posted = {h: links[h].isend(FETCH, [], [torch.tensor(b)]) for h, b in wanted.items()}
         replies = {}
         for h in posted:
-            replies[h] = (transport.recv(h, group[h]), time.perf_counter() - t_post)
+            replies[h] = (links[h].recv(), time.perf_counter() - t_post)
         for works in posted.values():
             transport.wait_all(works)
         received = time.perf_counter() - t_post
@@ -176,7 +198,13 @@ class Executor:
         kv = msg.tensors[0]
         t0 = time.perf_counter()
         latent = self.spec.latent
-        kv[..., latent:] = splice(kv[..., latent:], s.request.offset, self.spec.rope)
+        if kv.is_cuda:
+            from qroute.kernels import splice_rope_  # imports triton: only where a GPU runs it
+
+            splice_rope_(kv, s.request.offset, self.spec.rope)  # one launch over every layer
+        else:
+            kv[..., latent:] = splice(kv[..., latent:], s.request.offset, self.spec.rope)
+        self.sync()
         splice_s = time.perf_counter() - t0
         tokens, layers = kv.shape[1], kv.shape[0]
         self.trace.append({"kind": "fetch", "primitive": "fetch", "request": s.request.id, "holder": h, "rtt_s": rtt,
@@ -194,10 +222,12 @@ class Executor:
         chunk = self.corpus.chunks[r.chunk]
         idx = torch.tensor([b - chunk.first_block for b in blocks])
         length = (int(idx.max()) + 1) * bs
+        self.sync()
         t0 = time.perf_counter()
         kv = self.model.reprefill(chunk.tokens[:length], r.offset + torch.arange(length))
         rows = (idx[:, None] * bs + torch.arange(bs)).reshape(-1)
-        kv = kv.index_select(1, rows)
+        kv = kv.index_select(1, rows.to(kv.device))
+        self.sync()
         elapsed = time.perf_counter() - t0
         self.trace.append({"kind": "local", "primitive": "local", "request": r.id, "seconds": elapsed, "tokens": length})
         return kv
@@ -212,9 +242,11 @@ class Executor:
             start += len(s.next_inputs)
         tokens = torch.tensor([t for s in sessions for t in s.next_inputs])
         positions = torch.cat([torch.arange(s.position, s.position + len(s.next_inputs)) for s in sessions])
+        self.sync()
         t0 = time.perf_counter()
         context = BatchContext(self, sessions, spans)
         out = self.model.forward(tokens, positions, context)
+        self.sync()
         wall = time.perf_counter() - t0
         for s, (a, b) in zip(sessions, spans):
             s.logits.append(out.logits[a:b])

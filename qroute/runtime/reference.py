@@ -23,7 +23,7 @@ def reference_logits(model: MLATransformer, corpus: Corpus, r: AgentRequest, inp
     length = (int(idx.max()) + 1) * bs
     chunk_kv = model.reprefill(chunk.tokens[:length], r.offset + torch.arange(length))
     rows = (idx[:, None] * bs + torch.arange(bs)).reshape(-1)
-    prefix = torch.cat((model.prefill(r.task).kv, chunk_kv.index_select(1, rows)), dim=1)
+    prefix = torch.cat((model.prefill(r.task).kv, chunk_kv.index_select(1, rows.to(chunk_kv.device))), dim=1)
     out, position = [], r.first_position
     for tokens in inputs:
         step = model.decode(torch.tensor(tokens), torch.arange(position, position + len(tokens)), prefix)

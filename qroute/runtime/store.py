@@ -122,15 +122,23 @@ class BlockStore:
         """Rows of the given blocks at one layer: `[n * block_size, D]`."""
         return self.kv[layer].index_select(0, self.slots(blocks)).reshape(-1, self.kv.shape[-1])
 
-    def gather(self, blocks: Sequence[int] | Tensor) -> Tensor:
+    def pin(self) -> None:
+        """Move the blocks to pinned (page-locked) host memory: what a GPU copies from at full PCIe rate."""
+        self.kv = self.kv.pin_memory()
+
+    def gather(self, blocks: Sequence[int] | Tensor, pinned: bool = False) -> Tensor:
         """All layers of the given blocks, `[L, n * block_size, D]`.
 
         A run of consecutive slots (a contiguous selection) is returned as a view of the
-        store, sent as it lies (no gather); any other selection is gathered into a new buffer.
+        store, sent as it lies (no gather); any other selection is gathered into a new buffer
+        (`pinned`: page-locked, from torch's caching host allocator, for a copy to a GPU).
         """
         slots = self.slots(blocks)
         L, D = self.kv.shape[0], self.kv.shape[-1]
         n = slots.numel()
         if n and bool((slots == torch.arange(int(slots[0]), int(slots[0]) + n)).all()):
             return self.kv[:, int(slots[0]) : int(slots[0]) + n].reshape(L, -1, D)  # a view: [L, n * bs, D]
-        return self.kv.index_select(1, slots).reshape(L, -1, D)  # [L, n, bs, D] gathered
+        if not pinned:
+            return self.kv.index_select(1, slots).reshape(L, -1, D)  # [L, n, bs, D] gathered
+        out = torch.empty((L, n, *self.kv.shape[2:]), dtype=self.kv.dtype, pin_memory=True)
+        return torch.index_select(self.kv, 1, slots, out=out).reshape(L, -1, D)
