@@ -37,7 +37,7 @@ class DemoConfig:
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
     batch: int = 2
     profile: str = "auto"
-    modes: tuple[str, ...] = MODES
+    modes: tuple[str, ...] = ("predicate", "route", "fetch", "local")
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -129,7 +129,7 @@ def holder_options(model: CostModel, request: Request, demand: HolderDemand) -> 
     }
 
 
-def _holder_plan(demand: HolderDemand, options: dict, primitive: str) -> HolderPlan:
+def holder_plan(demand: HolderDemand, options: dict, primitive: str) -> HolderPlan:
     path, phases = options[primitive]
     totals = {p: float(ph.total) for p, (_, ph) in options.items()}
     return HolderPlan(demand.holder, demand.tokens, primitive, path, phases, totals)
@@ -234,7 +234,7 @@ def plan(model: CostModel, request: Request) -> Plan:
     options = {d.holder: holder_options(model, request, d) for d in request.demands}
 
     def assignment(pick) -> tuple[HolderPlan, ...]:
-        return tuple(_holder_plan(d, options[d.holder], pick(d)) for d in request.demands)
+        return tuple(holder_plan(d, options[d.holder], pick(d)) for d in request.demands)
 
     candidates = {"mixed": assignment(lambda d: min(options[d.holder], key=lambda p: options[d.holder][p][1].total))}
     for prim in PRIMITIVES:
@@ -252,7 +252,7 @@ def forced_plan(model: CostModel, request: Request, primitive: str) -> Plan:
     if primitive not in PRIMITIVES:
         raise QrouteError(f"unknown primitive {primitive!r}: expected one of {', '.join(PRIMITIVES)}")
     holders = tuple(
-        _holder_plan(d, holder_options(model, request, d), primitive) for d in request.demands
+        holder_plan(d, holder_options(model, request, d), primitive) for d in request.demands
     )
     return Plan(request, holders, combine(model, request, holders), primitive)
 
@@ -270,7 +270,7 @@ def uniform_request(
 def uniform_phases(model: CostModel, request: Request, primitive: str) -> Phases:
     """Predicted phases of the whole request if every holder runs `primitive` (on its best path)."""
     options = {d.holder: holder_options(model, request, d) for d in request.demands}
-    chosen = [_holder_plan(d, options[d.holder], primitive) for d in request.demands]
+    chosen = [holder_plan(d, options[d.holder], primitive) for d in request.demands]
     return combine(model, request, chosen)
 
 

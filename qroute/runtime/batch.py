@@ -124,6 +124,7 @@ class BatchContext:
         holder_compute = 0.0
         for key, members in by_holder.items():
             msg = links[key].recv()
+            self.ex._note_load(key[0], msg)
             o, lse = (t.clone() for t in msg.tensors)  # the states where this instance computes (part of the return)
             holder_compute = max(holder_compute, msg.meta[0] / 1e9)
             first = all(not self.sessions[b].inputs for b in members)  # the sessions' first decode step

@@ -24,12 +24,15 @@ from qroute.model import MLATransformer
 from qroute.planner import HolderDemand, Plan, Request, forced_plan, plan
 from qroute.runtime import transport
 from qroute.runtime.holder import FETCH, STOP, AttentionSpec
+from qroute.policies import Decision, PolicyState, decide
+from qroute.runtime.cache import BlockCache
 from qroute.runtime.links import Link, RankLink
 from qroute.runtime.store import BlockStore, Directory
 from qroute.workload.agents import AgentRequest
 from qroute.workload.corpus import Corpus
 
-MODES = ("predicate", "route", "fetch", "local")
+DEFAULT_CACHE_BLOCKS = 256  # the block cache's capacity when a caching policy opens it without one set
+MODES = ("predicate", "route", "fetch", "local", "reuse", "load")  # the last two: policies with a block cache
 
 
 @dataclass
@@ -77,6 +80,9 @@ class Session:
     logits: list[Tensor] = field(default_factory=list)  # per step [step_tokens, V]
     inputs: list[list[int]] = field(default_factory=list)  # per step
     measured: Measured = field(default_factory=Measured)
+    cached: list[int] = field(default_factory=list)  # selected blocks found in the requester's cache (copied at opening)
+    keep: frozenset[int] = frozenset()  # holders whose fetched blocks went to the cache
+    cache_hits: int = 0  # selected blocks found in the cache at opening
 
     @property
     def primitives(self) -> dict[int, str]:
@@ -104,6 +110,8 @@ class Executor:
         self.trace: list[dict] = []  # measured exchanges, per holder and layer (and setup per holder)
         self.steps = 0
         self.force_path: str | None = None  # calibration: every message on this path, whatever the plan says
+        self.cache: BlockCache | None = None  # fetch-and-keep (policies reuse and load)
+        self.policy_state = PolicyState()  # their rent accounts and the holders' reported utilisation
 
     def link(self, holder: int, path: str | None) -> Link:
         """How to reach `holder` with a message on `path`."""
@@ -118,35 +126,41 @@ class Executor:
 
     # ------------------------------------------------------------------ planning
 
-    def request_for(self, r: AgentRequest) -> Request | None:
-        """The planner's view of an agent request; None when every selected block is held here."""
+    def request_for(self, r: AgentRequest, remote: dict[int, list[int]] | None = None) -> Request | None:
+        """The planner's view of an agent request (`remote`: holder -> blocks still to serve; default: every
+        selected block not held here); None when there is none."""
+        remote = self._remote(r) if remote is None else remote
         demands = []
-        for holder, blocks in sorted(self.directory.by_holder(r.blocks).items()):
-            if holder == self.rank:
-                continue
+        for holder, blocks in sorted(remote.items()):
             idx = [b - self.corpus.chunks[r.chunk].first_block for b in blocks]
             bs = self.corpus.block_size
             demands.append(HolderDemand(holder, len(blocks) * bs, prefill_tokens=(max(idx) + 1) * bs))
         if not demands:
             return None
         rows = r.step_tokens * self.model.config.num_heads  # rows = tokens x heads per step
-        return Request(rows, self.model.config.num_layers, tuple(demands), r.steps, self._scattered(r), r.offset)
+        return Request(rows, self.model.config.num_layers, tuple(demands), r.steps, self._scattered(r, remote), r.offset)
 
-    def _scattered(self, r: AgentRequest) -> bool:
+    def _remote(self, r: AgentRequest) -> dict[int, list[int]]:
+        return {h: b for h, b in self.directory.by_holder(r.blocks).items() if h != self.rank}
+
+    @staticmethod
+    def _scattered(r: AgentRequest, remote: dict[int, list[int]]) -> bool:
         """Whether some holder's part of the selection is not one contiguous run of blocks."""
         if r.sparse:
             return True
-        return any(b != blocks[0] + i for blocks in self.directory.by_holder(r.blocks).values() for i, b in enumerate(blocks))
+        return any(b != blocks[0] + i for blocks in remote.values() for i, b in enumerate(blocks))
 
-    def plan_for(self, r: AgentRequest, mode: str) -> Plan | None:
-        request = self.request_for(r)
-        if request is None:
-            return None
-        if mode == "predicate":
-            return plan(self.cost, request)
+    def plan_for(self, r: AgentRequest, mode: str, remote: dict[int, list[int]] | None = None) -> Decision | None:
+        """The decision for `r` under `mode` (a forced primitive, the predicate or a caching policy)."""
         if mode not in MODES:
             raise QrouteError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
-        return forced_plan(self.cost, request, mode)
+        request = self.request_for(r, remote)
+        if request is None:
+            return None
+        if mode in ("route", "fetch", "local"):
+            return Decision(forced_plan(self.cost, request, mode))
+        blocks = self._remote(r) if remote is None else remote
+        return decide(mode, self.cost, request, blocks, self.policy_state)
 
     # ------------------------------------------------------------------ sessions
 
@@ -155,21 +169,61 @@ class Executor:
         self.sync()
         t0 = time.perf_counter()
         own = self.model.prefill(r.task).kv
-        p = self.plan_for(r, mode)
+        by_holder = self.directory.by_holder(r.blocks)
+        inplace = by_holder.pop(self.rank, [])
+        cached = self._cached(by_holder) if mode in ("reuse", "load") else []
+        decision = self.plan_for(r, mode, by_holder)
+        p = decision.plan if decision else None
         self.sync()
         primitives = {h.holder: h.primitive for h in p.holders} if p else {}
-        by_holder = self.directory.by_holder(r.blocks)
-        s = Session(r, p, own, None, {}, by_holder.pop(self.rank, []), r.step_inputs(0, r.first_token), r.first_position)
+        s = Session(r, p, own, None, {}, inplace, r.step_inputs(0, r.first_token), r.first_position)
+        s.cached, s.keep, s.cache_hits = cached, decision.keep if decision else frozenset(), len(cached)
         s.measured.base += time.perf_counter() - t0
         s.routed = {h: b for h, b in by_holder.items() if primitives[h] == "route"}
         s.paths = {h.holder: self.force_path or h.path for h in p.holders} if p else {}
         t1, network = time.perf_counter(), s.measured.network
         moved = self._fetch(s, {h: b for h, b in by_holder.items() if primitives[h] == "fetch"})
         moved += [self._rebuild(s, b) for h, b in by_holder.items() if primitives[h] == "local"]
+        moved += [self._from_cache(s, cached)] if cached else []
         s.moved = (moved[0] if len(moved) == 1 else torch.cat(moved, dim=1)) if moved else None
         self.sync()
         s.measured.compute += time.perf_counter() - t1 - (s.measured.network - network)  # all of it but the network
         return s
+
+    def _cached(self, by_holder: dict[int, list[int]]) -> list[int]:
+        """Take the selected blocks found in the cache out of `by_holder` (in place); they are attended here."""
+        if self.cache is None:
+            self.cache = BlockCache(DEFAULT_CACHE_BLOCKS, self.model.config.num_layers, self.corpus.block_size,
+                                    self.model.config.latent_width, self.model.dtype, self.device)  # fmt: skip
+        hits = self.cache.lookup([b for blocks in by_holder.values() for b in blocks])
+        self.trace.append({"kind": "cache", "t": time.perf_counter(), "hits": len(hits),
+                           "misses": sum(map(len, by_holder.values())) - len(hits)})  # fmt: skip
+        for h in list(by_holder):
+            by_holder[h] = [b for b in by_holder[h] if b not in set(hits)]
+            if not by_holder[h]:
+                del by_holder[h]
+        return hits
+
+    def _from_cache(self, s: Session, blocks: list[int]) -> Tensor:
+        """Copy the cache hits out (their pins released) and splice the copy by the offset, like a fetched reply."""
+        kv = self.cache.gather(blocks)  # [L, n * bs, D], a new buffer unless one contiguous run of slots
+        kv = kv.clone() if kv._base is not None else kv
+        self.cache.release(blocks)
+        t0 = time.perf_counter()
+        self._splice(kv, s.request.offset)
+        self.trace.append({"kind": "splice", "seconds": time.perf_counter() - t0, "tokens": kv.shape[1], "layers": kv.shape[0]})
+        return kv
+
+    def _splice(self, kv: Tensor, offset: int) -> None:
+        """Rotate the rope part of `kv [L, T, D]` by `+offset`, in place (one kernel launch on a GPU)."""
+        if kv.is_cuda:
+            from qroute.kernels import splice_rope_  # imports triton: only where a GPU runs it
+
+            splice_rope_(kv, offset, self.spec.rope)
+        else:
+            latent = self.spec.latent
+            kv[..., latent:] = splice(kv[..., latent:], offset, self.spec.rope)
+        self.sync()
 
     def _fetch(self, s: Session, wanted: dict[int, list[int]]) -> list[Tensor]:
         """FETCH from every holder at once, each on its planned path; then splice each reply's rope part by the offset.
@@ -191,30 +245,37 @@ class Executor:
             transport.wait_all(works)
         received = time.perf_counter() - t_post
         s.measured.network += received - sum(msg.meta[0] / 1e9 for msg, _ in replies.values())
-        return [self._splice_reply(s, h, msg, rtt, len(posted)) for h, (msg, rtt) in replies.items()]
+        moved = []
+        for h, (msg, rtt) in replies.items():
+            self._note_load(h, msg)
+            if h in s.keep and self.cache.insert(wanted[h], msg.tensors[0]):  # a copy kept as stored (canonical)
+                self.cache.release(wanted[h])
+            moved.append(self._splice_reply(s, h, msg, rtt, len(posted), kept=h in s.keep))
+        return moved
 
-    def _splice_reply(self, s: Session, h: int, msg: transport.Message, rtt: float, parallel: int) -> Tensor:
+    def _note_load(self, holder: int, msg: transport.Message) -> None:
+        """A holder's reply may carry its busy fraction (ppm) after its compute time: what policy `load` prices."""
+        if len(msg.meta) > 1:
+            self.policy_state.load[holder] = msg.meta[1] / 1e6
+
+    def _splice_reply(self, s: Session, h: int, msg: transport.Message, rtt: float, parallel: int, kept: bool = False) -> Tensor:
         """Splice one FETCHED reply `kv [L, T, D]` in place (rope part by `+offset`); trace the exchange and the splice."""
         kv = msg.tensors[0]
         t0 = time.perf_counter()
-        latent = self.spec.latent
-        if kv.is_cuda:
-            from qroute.kernels import splice_rope_  # imports triton: only where a GPU runs it
-
-            splice_rope_(kv, s.request.offset, self.spec.rope)  # one launch over every layer
-        else:
-            kv[..., latent:] = splice(kv[..., latent:], s.request.offset, self.spec.rope)
-        self.sync()
+        self._splice(kv, s.request.offset)
         splice_s = time.perf_counter() - t0
-        tokens, layers = kv.shape[1], kv.shape[0]
+        self._trace_fetch(s, h, msg, rtt, parallel, kept)
+        self.trace.append({"kind": "splice", "seconds": splice_s, "tokens": kv.shape[1], "layers": kv.shape[0]})
+        return kv
+
+    def _trace_fetch(self, s: Session, h: int, msg: transport.Message, rtt: float, parallel: int, kept: bool = False) -> None:
+        kv = msg.tensors[0]
         self.trace.append({"kind": "fetch", "primitive": "fetch", "request": s.request.id, "holder": h, "rtt_s": rtt,
                            "path": s.paths.get(h), "holder_compute_s": msg.meta[0] / 1e9, "bytes": msg.nbytes,
-                           "tokens": tokens, "layers": layers, "parallel": parallel, "cold": True,
-                           "scattered": bool(s.plan and s.plan.request.sparse)})  # fmt: skip
-        self.trace.append({"kind": "splice", "seconds": splice_s, "tokens": tokens, "layers": layers})
+                           "tokens": kv.shape[1], "layers": kv.shape[0], "parallel": parallel, "cold": True,
+                           "scattered": bool(s.plan and s.plan.request.sparse), "kept": kept})  # fmt: skip
         s.measured.messages += 1
         s.measured.bytes += msg.nbytes
-        return kv
 
     def _rebuild(self, s: Session, blocks: list[int]) -> Tensor:
         """`local`: re-prefill the chunk up to its last selected block at the reuse positions."""

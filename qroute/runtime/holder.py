@@ -2,19 +2,22 @@
 
 Protocol (message kinds; see transport.py for framing):
     ROUTE  meta [layer]; tensors q [n, H, D] (n tokens), groups [G, 4] (first, tokens, offset, count),
-           blocks [sum count] -> ROUTED meta [compute_ns]; tensors o [n, H, latent], lse [n, H] float32
-    FETCH  tensors blocks [n] -> FETCHED meta [gather_ns]; tensors kv [L, n * block_size, D]
+           blocks [sum count] -> ROUTED meta [compute_ns, busy_ppm]; tensors o [n, H, latent], lse [n, H] float32
+    FETCH  tensors blocks [n] -> FETCHED meta [gather_ns, busy_ppm]; tensors kv [L, n * block_size, D]
     PING   any payload -> PONG with the same payload (calibration: ping-pong)
     STREAM meta [remaining]; any payload -> ACK when remaining == 0 (calibration: streaming rate)
     STOP   the sender needs nothing more; the holder returns once every requester stopped
 Route shifts each group's query rope part by `-offset` here, where the keys live, so a
 requester whose rows attend chunks reused at different offsets sends its rows once.
+`busy_ppm`: the fraction of the last `BUSY_WINDOW_S` this holder spent computing, in parts
+per million (its utilisation, which a load-aware requester prices as queueing).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -85,15 +88,28 @@ def route_states(
     return AttentionState(torch.stack([s.o for s in states]), torch.stack([s.lse for s in states]))
 
 
+BUSY_WINDOW_S = 0.25
+
+
 @dataclass
 class ServeStats:
-    """What a holder did, for the run's report."""
+    """What a holder did, for the run's report; `busy_ppm` its recent utilisation."""
 
     routed_rows: int = 0
     route_messages: int = 0
     fetched_blocks: int = 0
     compute_s: float = 0.0
     requesters: set = field(default_factory=set)
+    recent: deque = field(default_factory=deque)  # (end time, seconds busy) of the last computations
+
+    def busy(self, seconds: float) -> int:
+        """Record `seconds` of compute ending now; the busy fraction of the last window, in ppm."""
+        now = time.perf_counter()
+        self.compute_s += seconds
+        self.recent.append((now, seconds))
+        while self.recent and self.recent[0][0] < now - BUSY_WINDOW_S:
+            self.recent.popleft()
+        return int(min(1.0, sum(s for _, s in self.recent) / BUSY_WINDOW_S) * 1e6)
 
 
 def serve(store: BlockStore, spec: AttentionSpec, requesters: Sequence[int], groups: Sequence | None = None,
@@ -149,8 +165,7 @@ def _serve_route(store: BlockStore, spec: AttentionSpec, msg: transport.Message,
     elapsed = time.perf_counter() - t0
     stats.routed_rows += q.shape[0] * q.shape[1]
     stats.route_messages += 1
-    stats.compute_s += elapsed
-    transport.send(msg.src, ROUTED, [int(elapsed * 1e9)], [state.o, state.lse], group)
+    transport.send(msg.src, ROUTED, [int(elapsed * 1e9), stats.busy(elapsed)], [state.o, state.lse], group)
 
 
 def _serve_fetch(store: BlockStore, msg: transport.Message, stats: ServeStats, group=None) -> None:
@@ -159,4 +174,4 @@ def _serve_fetch(store: BlockStore, msg: transport.Message, stats: ServeStats, g
     kv = store.gather(blocks)
     elapsed = time.perf_counter() - t0
     stats.fetched_blocks += blocks.numel()
-    transport.send(msg.src, FETCHED, [int(elapsed * 1e9)], [kv], group)
+    transport.send(msg.src, FETCHED, [int(elapsed * 1e9), stats.busy(elapsed)], [kv], group)

@@ -81,9 +81,9 @@ class HostLink:
         elapsed = time.perf_counter() - t0
         self.stats.routed_rows += q.shape[0] * q.shape[1]
         self.stats.route_messages += 1
-        self.stats.compute_s += elapsed
+        busy = self.stats.busy(elapsed)
         reply = self._to_device([state.o, state.lse])
-        return transport.Message(ROUTED, self.holder, [int(elapsed * 1e9)], reply, _nbytes(reply))
+        return transport.Message(ROUTED, self.holder, [int(elapsed * 1e9), busy], reply, _nbytes(reply))
 
     def _fetch(self, tensors: Sequence[Tensor]) -> transport.Message:
         """blocks [n] -> FETCHED kv [L, n * block_size, D] on the requester's device."""
@@ -92,8 +92,9 @@ class HostLink:
         kv = self.store.gather(blocks, pinned=self.device.type == "cuda")
         elapsed = time.perf_counter() - t0
         self.stats.fetched_blocks += blocks.numel()
+        busy = self.stats.busy(elapsed)
         reply = self._to_device([kv])
-        return transport.Message(FETCHED, self.holder, [int(elapsed * 1e9)], reply, _nbytes(reply))
+        return transport.Message(FETCHED, self.holder, [int(elapsed * 1e9), busy], reply, _nbytes(reply))
 
     def _to_device(self, tensors: list[Tensor]) -> list[Tensor]:
         """Copies on the requester's device (H2D from pinned memory; a plain copy on the CPU), waited for.
