@@ -1,0 +1,151 @@
+"""The engine against closed forms: the planner's prediction uncontended, a holder's queue, a fetch ahead of a route."""
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qroute.cost import CostModel, load_profile
+from qroute.cost.profile import AttentionCoeffs
+from qroute.geometry import preset
+from qroute.planner import HolderDemand, Request, combine_batch, forced_plan, plan
+from qroute.sim import Layout, SimConfig, SimRequest, Topology, place, prepare, simulate
+from qroute.sim.stats import LogHistogram
+
+PROFILE = load_profile("published-h100")
+GEOMETRY = preset("deepseek-v2-lite")
+MODEL = CostModel(GEOMETRY, PROFILE)
+L, HEADS = GEOMETRY.layers, GEOMETRY.heads
+
+
+def config(requests, layout, topology, **kw):
+    kw.setdefault("price_task_prefill", False)
+    return SimConfig(topology=topology, requests=tuple(requests), layout=layout, **kw)
+
+
+def planned(policy, request):
+    return forced_plan(MODEL, request, policy.split("-")[1]) if policy.startswith("always") else plan(MODEL, request)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    policy=st.sampled_from(["always-route", "always-fetch", "predicate"]),
+    chunk_blocks=st.integers(1, 64),
+    steps=st.integers(1, 40),
+    offset=st.integers(0, 512),
+    step_tokens=st.integers(1, 8),
+    inter=st.booleans(),
+    sparse=st.booleans(),
+)
+def test_one_requester_one_holder_matches_the_plan(policy, chunk_blocks, steps, offset, step_tokens, inter, sparse):
+    layout = Layout.uniform(1, chunk_blocks, 64)
+    blocks = tuple(range(0, chunk_blocks, 2)) if sparse else range(chunk_blocks)
+    req = SimRequest(0, 0.0, 0, blocks, steps, offset, step_tokens, sparse)
+    topology = Topology(nodes=2, gpus_per_node=1, intra=None) if inter else Topology(nodes=1, gpus_per_node=2, inter=None)
+    out = simulate(config([req], layout, topology, requesters=1, policies=(policy,)))["policies"][policy]
+    path = topology.path(0, 1)
+    demand = HolderDemand(1, len(blocks) * 64, (path,), (max(blocks) + 1) * 64)
+    want = planned(policy, Request(step_tokens * HEADS, L, (demand,), steps, sparse, offset))
+    assert out["session_steps"] == steps
+    assert out["mean_s"] * steps == pytest.approx(want.total_s, rel=1e-9)
+    assert out["throughput"] == pytest.approx(steps * step_tokens / want.total_s, rel=1e-9)
+
+
+def test_many_holders_and_a_batch_match_combine_batch():
+    """Two sessions decoded together, each spread over three holders (hashed placement): every step as priced."""
+    layout = Layout.uniform(2, 16, 64)
+    reqs = [SimRequest(0, 0.0, c, range(16 * c, 16 * c + 16), 6, 100) for c in (0, 1)]
+    cfg = config(reqs, layout, Topology(nodes=1, gpus_per_node=4, inter=None), requesters=1, concurrency=2,
+                 placement="hashed", policies=("always-route",))  # fmt: skip
+    out = simulate(cfg)["policies"]["always-route"]
+    copies = place(layout, (1, 2, 3), "hashed")
+    sessions = []
+    for r in reqs:
+        by = {}
+        for b in r.blocks:
+            by.setdefault(copies[b][0], []).append(b)
+        demands = tuple(HolderDemand(h, len(b) * 64, ("nvlink4",), (max(b) - r.blocks[0] + 1) * 64) for h, b in sorted(by.items()))
+        request = Request(HEADS, L, demands, 6, True, 100)  # hashed: each holder's run is scattered
+        sessions.append((request, forced_plan(MODEL, request, "route").holders))
+    assert len(sessions[0][0].demands) > 1
+    want = combine_batch(MODEL, sessions)
+    assert out["mean_s"] * 6 == pytest.approx(float(want.total), rel=1e-9)
+
+
+def two_on_one_holder(attention_flops):
+    """Requesters 0 and 1 each route one long request to holder 2; returns (simulated, T, s, steps)."""
+    slow = dataclasses.replace(PROFILE.compute, attention=AttentionCoeffs(3e-6, 3e12, attention_flops))
+    profile = dataclasses.replace(PROFILE, compute=slow)
+    layout, steps = Layout.uniform(1, 32, 64), 20
+    reqs = [SimRequest(a, 0.0, 0, range(32), steps, 64) for a in (0, 1)]
+    cfg = config(reqs, layout, Topology(nodes=1, gpus_per_node=3, inter=None), requesters=2, profile=profile,
+                 concurrency=1, policies=("always-route",))  # fmt: skip
+    out = simulate(cfg)["policies"]["always-route"]
+    model = CostModel(GEOMETRY, profile)
+    request = Request(HEADS, L, (HolderDemand(2, 32 * 64, ("nvlink4",), 32 * 64),), 1, False, 64)
+    T = forced_plan(model, request, "route").total_s / L  # one layer, uncontended
+    s = model.attention_s(HEADS, 32 * 64)  # the holder's share of it
+    return out, T, s, steps
+
+
+def test_two_requesters_below_saturation_do_not_wait():
+    out, T, s, steps = two_on_one_holder(660e12)
+    assert 2 * s < T
+    assert out["mean_s"] == pytest.approx(L * T, rel=1e-9)
+    assert out["holder_utilisation"]["2"] == pytest.approx(2 * s / T, rel=1e-9)
+
+
+def test_two_requesters_saturating_a_holder_queue_for_it():
+    """Holder-bound (s > T - s): from its second train on, every step runs at the holder's round 2s."""
+    out, T, s, n = two_on_one_holder(2e12)
+    assert s > T - s
+    first = L * T + (n - 1) * 2 * L * s  # requester 0: its first step saw an idle holder
+    second = n * 2 * L * s  # requester 1: queued behind requester 0's train from the start
+    assert out["mean_s"] == pytest.approx((first + second) / (2 * n), rel=1e-9)
+    assert out["makespan_s"] == pytest.approx(max(first, second), rel=1e-9)
+    assert out["holder_utilisation"]["2"] == pytest.approx(2 * n * L * s / max(first, second), rel=1e-9)
+
+
+def test_a_fetch_on_the_holder_port_delays_a_route_behind_it():
+    """Requester 0 fetches the chunk (long reuse), requester 1 routes one step to the same holder at t=0."""
+    layout = Layout.uniform(1, 32, 64)
+    reqs = [SimRequest(0, 0.0, 0, range(32), 200, 0), SimRequest(1, 0.0, 0, range(32), 1, 0)]
+    cfg = config(reqs, layout, Topology(nodes=1, gpus_per_node=3, inter=None), requesters=2, policies=("predicate",))
+    prepared = prepare(cfg)
+    engine = prepared.engine("predicate")
+    raw = engine.run()
+    assert raw["choices"] == {"route": 1, "fetch": 1, "local": 0, "cache": 0}
+    path = PROFILE.path("nvlink4")
+    nbytes = MODEL.fetch_bytes(32 * 64, L)
+    fetch_end = float(path.fetch_alpha(nbytes)) + nbytes / path.beta(nbytes)
+    route = Request(HEADS, L, (HolderDemand(2, 32 * 64, ("nvlink4",), 32 * 64),), 1, False, 0)
+    assert engine.requesters[1].finish == pytest.approx(fetch_end + plan(MODEL, route).total_s, rel=1e-9)
+
+
+def test_holder_capacity_lifts_the_saturated_round():
+    out1, T, s, n = two_on_one_holder(2e12)
+    slow = dataclasses.replace(PROFILE.compute, attention=AttentionCoeffs(3e-6, 3e12, 2e12))
+    layout = Layout.uniform(1, 32, 64)
+    reqs = [SimRequest(a, 0.0, 0, range(32), n, 64) for a in (0, 1)]
+    cfg = config(reqs, layout, Topology(nodes=1, gpus_per_node=3, inter=None, holder_capacity=2), requesters=2,
+                 profile=dataclasses.replace(PROFILE, compute=slow), concurrency=1, policies=("always-route",))  # fmt: skip
+    out2 = simulate(cfg)["policies"]["always-route"]
+    assert out2["mean_s"] == pytest.approx(L * T, rel=1e-9)  # two servers: no queue for two trains
+    assert out2["mean_s"] < out1["mean_s"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(1e-6, 10.0), min_size=1, max_size=500))
+def test_log_histogram_percentiles_within_a_bin(values):
+    import numpy as np
+
+    h = LogHistogram()
+    for v in values:
+        h.add(v)
+    assert h.mean == pytest.approx(sum(values) / len(values), rel=1e-9)
+    for q in (50, 99):
+        lo, hi = np.percentile(values, q, method="inverted_cdf"), np.percentile(values, q, method="higher")
+        assert min(values) <= h.percentile(q) <= max(values)
+        assert lo / 1.011 <= h.percentile(q) <= hi * 1.011
+    assert h.cdf()[-1][1] == 1.0
