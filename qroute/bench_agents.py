@@ -196,6 +196,7 @@ def _measured(ex: Executor, sessions: list[Session], wall: float, t_start: float
             hits, misses = hits + r["hits"], misses + r["misses"]
             over_time.append([r["t"] - t_start, hits / max(hits + misses, 1)])
     return {"wall_s": wall, "tokens": sum(len(t) for s in sessions for t in s.inputs), "requests": len(sessions),
+            "base_step_s": mean(ex.base_steps) if ex.base_steps else 0.0,
             "bytes": bytes_, "choices": choices, "busy_s": busy, "hit_rate_over_time": over_time,
             "cache": ex.cache.stats.as_dict(ex.cache.capacity) if ex.cache is not None else None}  # fmt: skip
 
@@ -233,6 +234,7 @@ def aggregate(instances: list[dict], config: AgentBenchConfig) -> dict:
             "requests": sum(r["requests"] for r in rounds[0]),
             "p50_s": float(np.percentile(lat, 50)) if lat else 0.0, "p99_s": float(np.percentile(lat, 99)) if lat else 0.0,
             "mean_s": mean(lat) if lat else 0.0, "step_latencies_s": lat,
+            "base_step_s": mean(r["base_step_s"] for r in runs),  # per decode step, beyond what the model prices
             "exact": all(r["exact"] for r in runs), "max_rel_err": max(r["max_rel_err"] for r in runs),
             "checked": sum(r["checked"] for r in runs),
             "bytes": {k: sum(r["bytes"][k] for r in rounds[0]) for k in ("route", "fetch")},

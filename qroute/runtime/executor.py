@@ -109,6 +109,7 @@ class Executor:
         self.device = model.device
         self.trace: list[dict] = []  # measured exchanges, per holder and layer (and setup per holder)
         self.steps = 0
+        self.base_steps: list[float] = []  # per decode step: its seconds beyond what the cost model prices
         self.force_path: str | None = None  # calibration: every message on this path, whatever the plan says
         self.cache: BlockCache | None = None  # fetch-and-keep (policies reuse and load)
         self.policy_state = PolicyState()  # their rent accounts and the holders' reported utilisation
@@ -316,6 +317,7 @@ class Executor:
             s.position += b - a
             s.next_inputs = s.request.step_inputs(len(s.inputs), int(out.logits[b - 1].argmax()))
         self.steps += 1
+        self.base_steps.append(wall - context.measured.total)  # the step's own forward pass, not priced
         share = (wall - context.measured.total) / len(sessions)
         for s in sessions:
             s.measured.base += share

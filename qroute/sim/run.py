@@ -41,6 +41,7 @@ class SimConfig:
     placement: str = "contiguous"
     replicas: int = 0
     kv_dtype: str = "bf16"
+    row_dtype: str = "bf16"  # of the routed rows and returned states (the runtime's model dtype)
     base_step_s: float = 0.0
     price_task_prefill: bool = True
     paced: bool = False
@@ -80,7 +81,7 @@ def prepare(config: SimConfig) -> Prepared:
     """Check everything and build what the engines share; a QrouteError before any event otherwise."""
     profile = config.profile if isinstance(config.profile, Profile) else load_profile(config.profile)
     config.topology.check(profile)
-    model = CostModel(resolve(config.model), profile, kv_dtype=config.kv_dtype)
+    model = CostModel(resolve(config.model), profile, kv_dtype=config.kv_dtype, row_dtype=config.row_dtype)
     requesters, holders = config.topology.roles(config.requesters)
     if config.requests is not None:
         layout, requests = config.layout, list(config.requests)

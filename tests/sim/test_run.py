@@ -119,3 +119,10 @@ def test_the_simulator_imports_neither_the_runtime_nor_torch():
     code = ("import sys, qroute.sim; bad = [m for m in sys.modules if m.split('.')[0] == 'torch' or "
             "m.startswith(('qroute.runtime', 'qroute.kernels'))]; assert not bad, bad")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_row_dtype_prices_routed_rows_like_the_runtime_model():
+    """An fp32 runtime model sends fp32 rows and states: twice the route bytes of bf16."""
+    bf16 = run(policies=("always-route",))["policies"]["always-route"]["bytes"]["route"]
+    fp32 = run(policies=("always-route",), row_dtype="fp32")["policies"]["always-route"]["bytes"]["route"]
+    assert fp32 == pytest.approx(2 * bf16, rel=0.01)
