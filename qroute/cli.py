@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from qroute import cli_agents, cli_cluster, queries
+from qroute import cli_agents, cli_cluster, cli_sim, queries
 from qroute import geometry as geo
 from qroute.cli_args import int_any, int_at_least, names
 from qroute.cost import CostModel, builtin_names, load_profile
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_cluster.add_calibrate(sub)
     cli_cluster.add_validate(sub)
     cli_agents.add_bench_agents(sub)
+    cli_sim.add_simulate(sub)
     return parser
 
 
@@ -111,6 +112,7 @@ COMMANDS = {
     "models": cmd_models, "plan": cmd_plan, "explain": cmd_explain,
     "demo": cli_cluster.cmd_demo, "calibrate": cli_cluster.cmd_calibrate, "validate": cli_cluster.cmd_validate,
     "bench-agents": cli_agents.cmd_bench_agents,
+    "simulate": cli_sim.cmd_simulate,
 }  # fmt: skip
 
 

@@ -82,12 +82,17 @@ class Decision:
 
 
 def rent_and_price(model: CostModel, request: Request, demand: HolderDemand, options) -> tuple[float, float]:
-    """(rent, price) of one demand for this request: route's time beyond attending the blocks locally, and what
-    fetching them pays once (probe, bytes, a scattered selection's gather; kept blocks need no splice)."""
+    """(rent, price) of one demand for this request: route's time beyond what the blocks cost once owned, and what
+    buying them pays once (probe, bytes, a scattered selection's gather).
+
+    Owned blocks are not free: each request that hits them copies them out of the cache (priced as a gather)
+    and splices the copy by its offset, then attends them every layer and step. A rent <= 0 means routing beats
+    even a cache hit, so such a demand is never bought."""
     s = request.shape(demand)
-    recurring = float(model.moved_per_layer(s).total) * request.steps * request.layers
-    splice = model.splice_s(demand.tokens, request.layers) if request.offset else 0.0
-    return float(options["route"][1].total) - recurring, float(options["fetch"][1].total) - recurring - float(splice)
+    splice = float(model.splice_s(demand.tokens, request.layers)) if request.offset else 0.0
+    copy_out = float(model.gather_s(demand.tokens, 1, request.layers))
+    owned = float(model.moved_per_layer(s).total) * request.steps * request.layers + splice + copy_out
+    return float(options["route"][1].total) - owned, float(options["fetch"][1].total) - owned
 
 
 def queue_wait_s(rho: float, service_s: float) -> float:

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from qroute.cost import CostModel, load_profile
 from qroute.errors import QrouteError
 from qroute.geometry import preset
-from qroute.planner import HolderDemand, Request
+from qroute.planner import HolderDemand, Request, holder_options
 from qroute.policies import POLICIES, PolicyState, SkiRental, check_policies, decide, queue_wait_s, rent_and_price
 
 MODEL = CostModel(preset("deepseek-v2-lite"), load_profile("published-h100"))
@@ -66,15 +66,24 @@ def test_forced_and_predicate_policies_match_the_planner():
 
 
 def test_reuse_rents_a_big_chunk_then_buys_it_after_enough_reuse():
-    r = request(tokens=16384, steps=1)
-    options = __import__("qroute.planner", fromlist=["holder_options"]).holder_options(MODEL, r, r.demands[0])
-    rent, price = rent_and_price(MODEL, r, r.demands[0], options)
+    fast = CostModel(preset("deepseek-v2-lite"), load_profile("h100-kernels"))  # a 25 us splice: hits are cheap
+    r = request(tokens=4096, steps=4)
+    rent, price = rent_and_price(fast, r, r.demands[0], holder_options(fast, r, r.demands[0]))
     assert 0 < rent < price  # one request alone: routing is cheaper (the predicate routes)
-    assert decide("predicate", MODEL, r).plan.holders[0].primitive == "route"
-    state, blocks = PolicyState(), {1: list(range(1024)), 2: [5000]}
-    picks = [decide("reuse", MODEL, r, blocks, state).plan.holders[0].primitive for _ in range(int(price / rent) + 2)]
+    assert decide("predicate", fast, r).plan.holders[0].primitive == "route"
+    state, blocks = PolicyState(), {1: list(range(256)), 2: [5000]}
+    picks = [decide("reuse", fast, r, blocks, state).plan.holders[0].primitive for _ in range(int(price / rent) + 2)]
     first_buy = picks.index("fetch")
     assert set(picks[:first_buy]) == {"route"} and first_buy == int(price // rent)  # rent until the break-even
+
+
+def test_reuse_never_buys_what_a_cache_hit_would_not_beat():
+    """published-h100's ~3 ms splice (paid by every request that hits the cache) exceeds one step of routing."""
+    r = request(tokens=16384, steps=1)
+    rent, _ = rent_and_price(MODEL, r, r.demands[0], holder_options(MODEL, r, r.demands[0]))
+    assert rent < 0
+    state = PolicyState()
+    assert all(decide("reuse", MODEL, r, None, state).plan.holders[0].primitive == "route" for _ in range(50))
 
 
 def test_reuse_keeps_what_it_fetches():
