@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qroute.cost import CostModel, PathSpec, Shape, load_profile
+from qroute.cost import CostModel, Shape, load_profile
 from qroute.errors import QrouteError
 from qroute.geometry import preset
 from qroute.planner import (

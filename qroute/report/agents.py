@@ -114,21 +114,30 @@ def write_csv(policies: dict, path: Path) -> Path:
 
 def latency_cdf(policies: dict, path: Path) -> Path:
     """Fraction of session steps done within x, per policy (log x, milliseconds)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    palette, plotted = _colors(policies), False
+    curves = {}
     for name, p in policies.items():
         xs = sorted(s * 1e3 for s in p.get("step_latencies_s") or [] if s and s > 0)  # log x: drop zeros
-        if xs:
-            ax.step(xs, [(i + 1) / len(xs) for i in range(len(xs))], where="post", color=palette[name],
-                    label=f"{name} (p99 {fmt_s(p.get('p99_s'))})")  # fmt: skip
+        curves[name] = [(x, (i + 1) / len(xs)) for i, x in enumerate(xs)]
+    p99 = {name: p.get("p99_s") for name, p in policies.items()}
+    return step_cdf(curves, p99, path, "Step latency CDF per policy", "no step latencies recorded")
+
+
+def step_cdf(curves: dict, p99: dict, path: Path, title: str, empty: str, styles: bool = False) -> Path:
+    """Step CDFs per policy (`curves`: name -> [(ms, fraction)]), log x, coloured like the primitives; `styles`: also
+    a line style per policy, so that curves which coincide stay visible."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    palette, plotted = _colors(curves), False
+    for i, (name, pts) in enumerate(curves.items()):
+        if pts:
+            ax.step(*zip(*pts), where="post", color=palette[name], linestyle=("-", "--", ":", "-.")[i % 4] if styles else "-",
+                    label=f"{name} (p99 {fmt_s(p99.get(name))})")  # fmt: skip
             plotted = True
     if plotted:
         ax.set_xscale("log")
         ax.legend(fontsize=8)
     else:
-        ax.text(0.5, 0.5, "no step latencies recorded", ha="center", va="center", transform=ax.transAxes)
-    ax.set(xlabel="session-step latency (ms)", ylabel="fraction of steps", ylim=(0, 1.02),
-           title="Step latency CDF per policy")  # fmt: skip
+        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
+    ax.set(xlabel="session-step latency (ms)", ylabel="fraction of steps", ylim=(0, 1.02), title=title)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

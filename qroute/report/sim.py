@@ -27,7 +27,7 @@ from rich.table import Table  # noqa: E402
 
 from qroute.cost.model import PRIMITIVES, CostModel  # noqa: E402
 from qroute.planner import HolderDemand, Request, plan  # noqa: E402
-from qroute.report.agents import _colors, _pct, _rate  # noqa: E402
+from qroute.report.agents import _colors, _pct, _rate, step_cdf  # noqa: E402
 from qroute.report.console import fmt_bytes, fmt_s  # noqa: E402
 from qroute.report.plots import COLORS  # noqa: E402
 
@@ -214,22 +214,9 @@ def _save(fig, path: Path) -> Path:
 
 def latency_cdf(policies: dict, path: Path) -> Path:
     """Fraction of session-steps done within x, per policy, from the simulator's log-binned histogram (log x, ms)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    palette, plotted = _colors(policies), False
-    for i, (name, p) in enumerate(policies.items()):
-        pts = [(s * 1e3, f) for s, f in p.get("latency_cdf") or [] if s > 0]
-        if pts:  # line styles keep policies with the same curve apart
-            ax.step(*zip(*pts), where="post", color=palette[name], linestyle=("-", "--", ":", "-.")[i % 4],
-                    label=f"{name} (p99 {fmt_s(p.get('p99_s'))})")  # fmt: skip
-            plotted = True
-    if plotted:
-        ax.set_xscale("log")
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no session-steps simulated", ha="center", va="center", transform=ax.transAxes)
-    ax.set(xlabel="session-step latency (ms)", ylabel="fraction of steps", ylim=(0, 1.02), title="Simulated step latency CDF")
-    ax.grid(True, which="both", alpha=0.3)
-    return _save(fig, path)
+    curves = {name: [(s * 1e3, f) for s, f in p.get("latency_cdf") or [] if s > 0] for name, p in policies.items()}
+    p99 = {name: p.get("p99_s") for name, p in policies.items()}
+    return step_cdf(curves, p99, path, "Simulated step latency CDF", "no session-steps simulated", styles=True)
 
 
 def _instance_grid(cluster: dict, values: dict[int, float]) -> np.ndarray:

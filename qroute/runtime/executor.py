@@ -21,7 +21,7 @@ from qroute.attention import splice
 from qroute.cost.model import CostModel, Phases
 from qroute.errors import QrouteError
 from qroute.model import MLATransformer
-from qroute.planner import HolderDemand, Plan, Request, forced_plan, plan
+from qroute.planner import HolderDemand, Plan, Request, forced_plan
 from qroute.runtime import transport
 from qroute.runtime.holder import FETCH, STOP, AttentionSpec
 from qroute.policies import Decision, PolicyState, decide

@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import pytest
 
 from benchmarks.h100_profile import build
 from qroute.cost import CostModel, load_profile

@@ -1,7 +1,6 @@
 """Corpus from real files, DSA-style selection, sub-agent requests."""
 
 import pytest
-import torch
 
 from qroute.errors import QrouteError
 from qroute.indexer import BlockIndexer
