@@ -158,7 +158,7 @@ def add_calibrate(sub) -> None:
 
     p = sub.add_parser("calibrate", help="measure this cluster's constants (paths and compute) and write a profile",
                        description=calibrate.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--instances", type=int_at_least(2), default=2, help="instances (rank 0 measures, the rest serve; default: %(default)s)")
+    p.add_argument("--instances", type=int_at_least(2), default=3, help="instances (rank 0 measures, the rest serve; 3 or more also fit the extra of each further holder in a parallel exchange; default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="fewer sizes, repetitions and training shapes (about 10 s on 2 cores)")
     p.add_argument("--repeats", type=int_at_least(1), default=3, help="training runs, to report the spread of alpha and beta (default: %(default)s)")
     p.add_argument("--name", default=None, help="profile name (default: measured-<host>)")
