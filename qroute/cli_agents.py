@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from qroute.cli_args import int_at_least, int_list, names
+from qroute.cli_args import add_agent_workload_args, int_at_least, names
 from qroute.cli_cluster import _model_args, _output_args, _world
 from qroute.report import console
 
@@ -16,26 +16,6 @@ always-fetch, predicate (the paper's per-request choice), reuse (fetch-and-keep 
 cache, ski-rental), load (reuse with holder queueing in the cost model). Example:
   qroute bench-agents --policy always-fetch,always-route,predicate,reuse --agents 8 --steps 6
 """
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number between 0 and 1") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number between 0 and 1")
-    return value
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number > 0") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number > 0")
-    return value
 
 
 def add_bench_agents(sub) -> None:
@@ -49,18 +29,7 @@ def add_bench_agents(sub) -> None:
     g.add_argument("--cache-blocks", type=int_at_least(1), default=128, help="block cache of reuse and load, in blocks (default: %(default)s)")
     g.add_argument("--profile", default="auto", help="'auto' (measure this cluster first), a built-in profile or a profile JSON (default: %(default)s)")
     g = p.add_argument_group("workload")
-    g.add_argument("--agents", type=int_at_least(1), default=8, help="sub-agents (default: %(default)s)")
-    g.add_argument("--steps", type=int_at_least(1), default=4, help="requests per agent, one after another (default: %(default)s)")
-    g.add_argument("--decode-steps", type=int_list, default=(4,), help="decode steps per request, drawn from these (default: 4)")
-    g.add_argument("--step-tokens", type=int_at_least(1), default=1, help="tokens decoded per step (default: %(default)s)")
-    g.add_argument("--topk-blocks", type=int_at_least(1), default=4, help="blocks selected per request with --sparse (default: %(default)s)")
-    g.add_argument("--sparse", action="store_true", help="select the top-k blocks of a chunk instead of the whole chunk")
-    g.add_argument("--zipf", type=float, default=1.1, help="popularity skew over chunks, 0 = uniform (default: %(default)s)")
-    g.add_argument("--persistence", type=_fraction, default=0.5, help="probability an agent's next request stays in its working set (default: %(default)s)")
-    g.add_argument("--arrival", choices=("poisson", "closed"), default="poisson", help="arrival process ordering the requests (default: %(default)s)")
-    g.add_argument("--rate", type=_positive, default=10.0, help="poisson: requests per virtual second, all agents (default: %(default)s)")
-    g.add_argument("--seed", type=int_at_least(0), default=0, help="seed of weights and workload (default: %(default)s)")
-    g.add_argument("--trace", default=None, help="replay this JSONL trace (qroute.trace/1) instead of generating")
+    add_agent_workload_args(g, agents=8, decode_steps=4, topk_blocks=4, rate=10.0)
     g.add_argument("--record", default=None, help="write the generated workload to this JSONL trace")
     g = p.add_argument_group("cluster")
     g.add_argument("--instances", type=int_at_least(2), default=3, help="instances incl. requesters (default: %(default)s)")

@@ -16,8 +16,7 @@ import sys
 import time
 from dataclasses import asdict
 
-from qroute.cli_agents import _fraction, _positive
-from qroute.cli_args import int_at_least, int_list, names
+from qroute.cli_args import add_agent_workload_args, int_at_least, names
 from qroute.cost import CostModel, Profile, load_profile
 from qroute.cost.profile import from_dict
 from qroute.errors import QrouteError, require
@@ -82,22 +81,11 @@ def add_simulate(sub) -> None:
     g.add_argument("--what-if", type=what_if_arg, default=None, metavar="CONSTANT=V1,V2,...",
                    help="sweep one profile constant (e.g. paths.ibgda.beta_Bps=1e10,5e10): one simulation per value")
     g = p.add_argument_group("workload (synthetic unless --trace)")
-    g.add_argument("--agents", type=int_at_least(1), default=64, help="sub-agents (default: %(default)s)")
-    g.add_argument("--steps", type=int_at_least(1), default=4, help="requests per agent, one after another (default: %(default)s)")
-    g.add_argument("--decode-steps", type=int_list, default=(16,), help="decode steps per request, drawn from these (default: 16)")
-    g.add_argument("--step-tokens", type=int_at_least(1), default=1, help="tokens decoded per step (default: %(default)s)")
+    add_agent_workload_args(g, agents=64, decode_steps=16, topk_blocks=8, rate=1000.0)
     g.add_argument("--task-tokens", type=int_at_least(1), default=256, help="an agent's own context before the chunk (default: %(default)s)")
     g.add_argument("--chunks", type=int_at_least(1), default=64, help="chunks of the corpus (default: %(default)s)")
     g.add_argument("--chunk-tokens", type=int_at_least(1), default=2048, help="tokens per chunk, a multiple of --block-size (default: %(default)s)")
     g.add_argument("--block-size", type=int_at_least(1), default=64, help="tokens per block (default: %(default)s)")
-    g.add_argument("--topk-blocks", type=int_at_least(1), default=8, help="blocks selected per request with --sparse (default: %(default)s)")
-    g.add_argument("--sparse", action="store_true", help="select the top-k blocks of a chunk instead of the whole chunk")
-    g.add_argument("--zipf", type=float, default=1.1, help="popularity skew over chunks, 0 = uniform (default: %(default)s)")
-    g.add_argument("--persistence", type=_fraction, default=0.5, help="probability a request keeps the agent's chunk (default: %(default)s)")
-    g.add_argument("--arrival", choices=("poisson", "closed"), default="poisson", help="arrival process (default: %(default)s)")
-    g.add_argument("--rate", type=_positive, default=1000.0, help="poisson: requests per virtual second, all agents (default: %(default)s)")
-    g.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the workload (default: %(default)s)")
-    g.add_argument("--trace", default=None, help="replay this JSONL trace (qroute.trace/1) instead of generating")
     g = p.add_argument_group("output")
     g.add_argument("--out", default="qroute-results", help="directory for the JSON, CSV and PNG plots (default: %(default)s)")
     g.add_argument("--tag", default=None, help="tag in the file names (default: the host name)")
