@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.kernels import QUANTILES, _err, ceilings, machine, n_sets, sparse_inputs, timed, triton
+from benchmarks.kernels import QUANTILES, _err, ceilings, machine, merge_inputs, n_sets, sparse_inputs, timed, triton
 
 H, D, V, BS, M, N = 128, 576, 512, 64, 32, 4096  # heads, latent+rope, value width, block size, blocks per query, cache blocks
 BATCHES = (1, 32, 64, 128)
@@ -225,12 +225,7 @@ def clear_cuda_error():
 
 def merge_case(K, fi, P, merge_ok):
     B, Hm, Dv = 64, H, V
-    nbytes = (P + 1) * B * Hm * (Dv * 2 + 4)
-    sets = []
-    for _ in range(n_sets(nbytes)):
-        lse = torch.randn(P, B, Hm, device="cuda") * 3
-        lse[torch.rand(P, B, Hm, device="cuda") < 0.1] = float("-inf")
-        sets.append((torch.randn(P, B, Hm, Dv, dtype=torch.bfloat16, device="cuda"), lse))
+    sets, nbytes = merge_inputs(P, B, Hm, Dv)
     impls = {"qroute_triton": (lambda o, lse: K.merge_partials(o, lse), sets),
              "torch_eager": (K.merge_partials_reference, sets)}  # fmt: skip
     # FlashInfer's merge launches one block of (Dv / vec) x num_heads threads per position: 32 x 128 = 4096 for

@@ -92,15 +92,22 @@ def sparse_cases(K):
         yield (f"sparse_mla B={B}", shape, sets, tri, ref, nbytes, flops, target, _state_check(tri, ref, sets[0]))
 
 
+def merge_inputs(P, B, H, V):
+    """Input sets (o [P, B, H, V] bf16, lse [P, B, H] with 10% empty partials) overflowing L2, and the bytes a merge
+    moves (P partials read, one state written)."""
+    nbytes = (P + 1) * B * H * (V * 2 + 4)
+    sets = []
+    for _ in range(n_sets(nbytes)):
+        lse = torch.randn(P, B, H, device="cuda") * 3
+        lse[torch.rand(P, B, H, device="cuda") < 0.1] = float("-inf")
+        sets.append((torch.randn(P, B, H, V, dtype=torch.bfloat16, device="cuda"), lse))
+    return sets, nbytes
+
+
 def merge_cases(K):
     B, H, V = 64, 128, 512
     for P in (8, 2):
-        nbytes = (P + 1) * B * H * (V * 2 + 4)
-        sets = []
-        for _ in range(n_sets(nbytes)):
-            lse = torch.randn(P, B, H, device="cuda") * 3
-            lse[torch.rand(P, B, H, device="cuda") < 0.1] = float("-inf")
-            sets.append((torch.randn(P, B, H, V, dtype=torch.bfloat16, device="cuda"), lse))
+        sets, nbytes = merge_inputs(P, B, H, V)
         target = ("gpu_us<=10", lambda r, t: t <= 10) if P == 8 else None
         tri = lambda o, lse: K.merge_partials(o, lse)  # noqa: E731
         yield (f"merge P={P}", {"P": P, "B": B, "H": H, "Dv": V}, sets, tri, K.merge_partials_reference,
