@@ -36,6 +36,8 @@ def _output_args(g, timeout: int, what: str) -> None:
     g.add_argument("--out", default="qroute-results", help=f"directory for {what} (default: %(default)s)")
     g.add_argument("--tag", default=None, help="machine tag in the file names (default: the host name)")
     g.add_argument("--timeout", type=int_at_least(1), default=timeout, help="process-group timeout in seconds (default: %(default)s)")
+    g.add_argument("--no-pin", action="store_true", help="leave the instances to the scheduler (default: each on cores of "
+                   "its own where the machine has 2 per instance)")  # fmt: skip
     g.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     g.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -119,7 +121,7 @@ def demo_config(args):
     corpus = CorpusSpec(args.corpus_dir, max_tokens=args.corpus_tokens, block_size=args.block_size, chunk_blocks=args.chunk_blocks)
     world = _world(args, corpus)
     return DemoConfig(
-        cluster=ClusterSpec(args.instances, args.requesters, timeout_s=float(args.timeout)),
+        cluster=ClusterSpec(args.instances, args.requesters, timeout_s=float(args.timeout), pin=not args.no_pin),
         world=replace(world, placement=Placement(args.placement, args.replicas)),
         workload=WorkloadSpec(args.requests, args.task_tokens, args.steps, args.topk_blocks, args.sparse, seed=args.seed,
                               step_tokens=args.step_tokens),
@@ -175,7 +177,8 @@ def cmd_calibrate(args) -> None:
     from qroute.workload.corpus import CorpusSpec
 
     world = _world(args, CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=32))
-    cluster = ClusterSpec(2 if args.fabric else args.instances, 1, timeout_s=float(args.timeout), links=args.fabric)
+    cluster = ClusterSpec(2 if args.fabric else args.instances, 1, timeout_s=float(args.timeout), links=args.fabric,
+                          pin=not args.no_pin)
     config = CalibrationConfig(cluster, world, args.quick, args.repeats, args.name, progress=not (args.quiet or args.json),
                                partial=f"{args.out}/calibration-{_stem(args)}.partial.json", device=_device(args))  # fmt: skip
     results = run_calibration(config)
@@ -209,6 +212,10 @@ def add_validate(sub) -> None:
     p.add_argument("--chunk-blocks", type=int_list, default=(4, 16, 32), help="chunk sizes in blocks to sweep (default: 4,16,32)")
     p.add_argument("--steps", type=int_list, default=(1, 4), help="decode steps to sweep (default: 1,4)")
     p.add_argument("--reps", type=int_at_least(1), default=5, help="runs per shape, spread over passes of the whole sweep; the median is compared (default: %(default)s)")
+    p.add_argument("--max-reps", type=int_at_least(1), default=15, help="further passes rerun the shapes whose median is "
+                   "not yet known within --ci, up to this many runs (default: %(default)s; = --reps for a fixed count)")
+    p.add_argument("--ci", type=float, default=0.03, help="target half-width of each measured median's ~95%% confidence "
+                   "interval, relative (default: %(default)s)")
     p.add_argument("--fabric", type=fabric_links, default=(), help=f"validate over {FABRIC_HELP}; one holder, every path")
     _host_args(p)
     _model_args(p)
@@ -230,9 +237,9 @@ def cmd_validate(args) -> None:
     device = _device(args)
     profile = args.profile or ("auto" if device else newest_profile(args.out))
     world = _world(args, CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=max(args.chunk_blocks)))
-    cluster = ClusterSpec(2 if args.fabric else 3, 1, timeout_s=float(args.timeout), links=args.fabric)
+    cluster = ClusterSpec(2 if args.fabric else 3, 1, timeout_s=float(args.timeout), links=args.fabric, pin=not args.no_pin)
     config = ValidationConfig(profile, cluster, world, args.step_tokens, args.chunk_blocks, args.steps, args.reps,
-                              progress=not (args.quiet or args.json), device=device)  # fmt: skip
+                              max(args.max_reps, args.reps), args.ci, progress=not (args.quiet or args.json), device=device)  # fmt: skip
     calibrated = f"{args.out}/profile-{args.tag or socket.gethostname()}-auto-{dt.date.today():%Y-%m-%d}.json"
     results = run_validation(config, calibrated)
     if results.get("rank") != 0:
@@ -243,7 +250,7 @@ def cmd_validate(args) -> None:
     m = results["metrics"]
     if args.json:
         keys = ("median_ape", "p90_ape", "n", "per_path", "per_primitive", "per_holders", "per_phase", "hit_rate", "regret",
-                "decisive_configs", "configs", "drift", "drift_corrected")  # fmt: skip
+                "decisive_configs", "configs", "drift", "drift_corrected", "measurement")  # fmt: skip
         print(json.dumps({**{k: m[k] for k in keys}, "profile": results["profile_file"], "files": [str(f) for f in files]}, indent=2))
         return
     console.print_tables(report.metrics_table(results))

@@ -38,7 +38,7 @@ from qroute.cost import CostModel, load_profile
 from qroute.cost.model import PRIMITIVES, path_flips
 from qroute.cost.profile import Profile
 from qroute.errors import QrouteError, positive_int
-from qroute.runtime import holder, paths
+from qroute.runtime import holder, launcher, paths
 from qroute.runtime.executor import Executor, stop_holders
 from qroute.runtime.holder import AttentionSpec, build_store
 from qroute.runtime.launcher import ClusterSpec, Instance, launch
@@ -245,7 +245,7 @@ def _profile(config, world, specs: dict, compute, fits, fabric: str) -> Profile:
     host = socket.gethostname()
     device = world.model.device
     machine = {
-        "host": host, "platform": platform.platform(), "threads": torch.get_num_threads(),
+        "host": host, "platform": platform.platform(), "threads": torch.get_num_threads(), "cores": launcher.PINNED,
         "torch": torch.__version__, "instances": config.cluster.world_size, "backend": config.cluster.backend,
         "fabric": fabric, "model": config.world.model, "model_dtype": config.world.dtype,
         "layers": world.model.config.num_layers, "hidden": world.model.config.hidden_size,

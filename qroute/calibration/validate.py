@@ -19,6 +19,9 @@ Metrics (pure functions of the rows, `metrics`):
     regret     sum of measured time of the predicted choices / sum of the measured best - 1
     drift      per pass, how fast the machine ran against the configurations' medians, and
                the p90 spread of single runs around them: the noise floor of this machine
+    measurement  runs per configuration, and the half-width of each measured median's ~95%
+               confidence interval (median and p90 over configurations): how well the sweep
+               knows what it compares against
     drift_corrected  APE once each run is divided by the speed probe's factor at its pass (a
                fixed small request per primitive, timed at calibration and before each pass):
                the model's error with the host's drift since calibration taken out. Reported
@@ -28,6 +31,7 @@ Metrics (pure functions of the rows, `metrics`):
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -67,12 +71,18 @@ class ValidationConfig:
     chunk_blocks: tuple[int, ...] = (4, 16, 32)
     steps: tuple[int, ...] = (1, 4)
     reps: int = 5
+    max_reps: int = 15  # more passes for configurations whose median is not yet within `ci` (noisy short requests)
+    ci: float = 0.03  # target half-width of the median's ~95% confidence interval, relative to the median
     margin: float = 0.10
     progress: bool = True
     device: str | None = None  # the host tier on this device ("auto", "cpu", "cuda"), instead of a launched cluster
 
     def __post_init__(self) -> None:
         positive_int("reps", self.reps)
+        if self.max_reps < self.reps:
+            raise QrouteError(f"max reps={self.max_reps}: expected >= reps={self.reps}")
+        if not 0 < self.ci < 1:
+            raise QrouteError(f"ci={self.ci!r}: expected a fraction in (0, 1)")
         if self.device is None and self.cluster.world_size < (2 if self.cluster.links else 3):
             raise QrouteError(f"instances={self.cluster.world_size}: validation needs 3 (1 requester + 2 holders)")
         if max(self.chunk_blocks) > self.world.corpus.chunk_blocks:
@@ -137,7 +147,9 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
 
     The runs of one configuration are spread over the sweep (`reps` passes over every configuration, round
     robin), so that a machine whose speed drifts over minutes moves every configuration's median alike rather
-    than the configurations measured while it was slow.
+    than the configurations measured while it was slow. Further passes, up to `max_reps`, rerun the
+    configurations whose median is not yet known within `ci` (`median_ci`): short requests on a busy machine
+    spread by tens of percent from run to run, and five runs leave their median uncertain by as much.
     """
     from rich.progress import Progress
 
@@ -156,9 +168,15 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
                        for p in PRIMITIVES]  # fmt: skip
             rows += [{"holders": holders, "pass": name} for _ in configs]
             reference = profile.fits.get("speed_probe", {}).get(name)
-            for rep in range(config.reps):
+            todo = list(zip(configs, rows[-len(configs) :]))
+            for rep in range(config.max_reps):
+                if rep >= config.reps:  # only the configurations whose median is still uncertain
+                    todo = [(c, row) for c, row in todo if median_ci([r["total_s"] for r in row["runs"]]) > config.ci]
+                    if not todo:
+                        break
+                    bar.update(task, total=next(t.total for t in bar.tasks if t.id == task) + len(todo))
                 speed = _speed(executor, world, reference)
-                for (request, primitive), row in zip(configs, rows[-len(configs) :]):
+                for (request, primitive), row in todo:
                     session = serve(executor, request, primitive)
                     if rep == 0:
                         row.update(_describe(executor, world, request, primitive, session))
@@ -169,7 +187,20 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
         runs = row.pop("runs")
         row["measured"] = {g: median(r[g] for r in runs) for g in GROUPS}
         row["measured_runs"] = [r["total_s"] for r in runs]
+        row["median_ci"] = median_ci(row["measured_runs"])
     return rows
+
+
+def median_ci(x: list[float]) -> float:
+    """Half-width of a distribution-free ~95% confidence interval of the median of `x`, relative to the median: the
+    order statistics n/2 -/+ sqrt(n) (the binomial's normal approximation; with 5 runs, the extremes). inf below 3."""
+    n = len(x)
+    if n < 3:
+        return float("inf")
+    v, half = sorted(x), math.sqrt(n)
+    lo, hi = max(0, math.floor(n / 2 - half)), min(n - 1, math.ceil(n / 2 + half) - 1)
+    mid = median(v)
+    return (v[hi] - v[lo]) / 2 / mid if mid > 0 else float("inf")
 
 
 def _speed(executor: Executor, world, reference: dict | None) -> dict[str, float] | None:
@@ -239,6 +270,10 @@ def metrics(rows: list[dict], margin: float = 0.10) -> dict:
                              for v in sorted({r[key] for r in rows if r[key]}, key=str)}  # fmt: skip
     out["per_phase"] = {g: _summary([a for r in rows if (a := _ape(r, g)) is not None]) for g in GROUPS[:-1]}
     out["drift"] = drift(rows)
+    cis = [r["median_ci"] for r in rows if math.isfinite(r.get("median_ci", math.inf))]  # 3 runs or more
+    out["measurement"] = {"runs_median": float(np.median([len(r["measured_runs"]) for r in rows])) if rows else None,
+                          "median_ci_median": float(np.median(cis)) if cis else None,
+                          "median_ci_p90": float(np.percentile(cis, 90)) if cis else None}  # fmt: skip
     corrected = [a for r in rows if (a := _corrected_ape(r)) is not None]
     out["drift_corrected"] = {**_summary(corrected), "per_path": {
         v: _summary([a for r in rows if r["path"] == v and (a := _corrected_ape(r)) is not None])

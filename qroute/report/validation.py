@@ -38,6 +38,10 @@ def metrics_table(results: dict) -> Table:
     d = m.get("drift") or {}
     if d.get("run_spread_p90") is not None:
         t.add_row("single runs around their median", "", _pct(d["run_spread_p90"]), "noise floor")
+    e = m.get("measurement") or {}
+    if e.get("median_ci_p90") is not None:
+        t.add_row("measured medians' ~95% CI half-width", _pct(e["median_ci_median"]), _pct(e["median_ci_p90"]),
+                  f"{e['runs_median']:.0f} runs (median)")  # fmt: skip
     t.add_row("predicate hit rate", _pct(m["hit_rate"]), "", f"{m['decisive_configs']} decisive of {m['configs']}")
     t.add_row("regret", _pct(m["regret"]), "", "")
     return t

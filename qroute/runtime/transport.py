@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -63,9 +64,9 @@ def encode_header(kind: int, meta: Sequence[int], tensors: Sequence[Tensor]) -> 
         nbytes += _align(t.numel() * t.element_size())
     words[5] = nbytes
     words[INLINE_WORD] = int(HEADER_BYTES + nbytes <= EAGER)
-    header = torch.zeros(HEADER_LEN, dtype=torch.int64)
-    header[: len(words)] = torch.tensor(words, dtype=torch.int64)
-    return header, nbytes
+    header = np.zeros(HEADER_LEN, dtype=np.int64)  # numpy: a few us less than torch ops per message
+    header[: len(words)] = words
+    return torch.from_numpy(header), nbytes
 
 
 def decode_header(header: Tensor) -> tuple[int, list[int], list[tuple[torch.dtype, tuple[int, ...]]], int]:

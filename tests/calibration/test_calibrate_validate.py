@@ -61,7 +61,7 @@ def test_validate_cli_small_grid_and_bad_profiles(tmp_path):
     r = run("calibrate", "--quick", "--quiet", *small, "--out", str(tmp_path), "--tag", "t")
     assert r.returncode == 0, r.stderr
     r = run("validate", "--quiet", "--json", *small, "--step-tokens", "1,4", "--chunk-blocks", "4,16", "--steps", "1",
-            "--reps", "1", "--out", str(tmp_path), "--tag", "t")  # fmt: skip
+            "--reps", "1", "--max-reps", "1", "--out", str(tmp_path), "--tag", "t")  # fmt: skip
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert {"median_ape", "p90_ape", "hit_rate", "regret", "per_path", "per_primitive", "per_phase"} <= set(out)
@@ -74,3 +74,22 @@ def test_validate_cli_small_grid_and_bad_profiles(tmp_path):
     for bad, needle in ((corrupt, "not valid JSON"), (foreign, "expected 'qroute.profile/2'")):
         r = run("validate", "--profile", str(bad), "--out", str(tmp_path))
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_median_ci_is_the_order_statistics_interval():
+    from qroute.calibration.validate import median_ci
+
+    assert median_ci([1.0, 2.0]) == float("inf")  # too few runs to bound the median
+    assert median_ci([10.0, 9.0, 11.0, 10.0, 30.0]) == pytest.approx((30 - 9) / 2 / 10)  # 5 runs: the extremes
+    runs = [100.0 + i for i in range(25)]  # 25 runs: the 8th and 18th smallest (~95% coverage)
+    assert median_ci(runs) == pytest.approx((117 - 107) / 2 / 112)
+    assert median_ci([5.0] * 9) == 0.0
+
+
+@pytest.mark.parametrize("bad, match", [(dict(reps=5, max_reps=3), "max reps=3: expected >= reps=5"),
+                                        (dict(ci=0.0), "ci=0.0: expected a fraction")])  # fmt: skip
+def test_validation_config_rejects_bad_repetition_settings(bad, match):
+    from qroute.calibration.validate import ValidationConfig
+
+    with pytest.raises(QrouteError, match=match):
+        ValidationConfig("published-h100", **bad)

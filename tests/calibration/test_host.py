@@ -39,7 +39,7 @@ def test_host_tier_calibration_then_validation(tmp_path):
         assert results["profile"]["fits"][name]["median_ape"] < 0.5
     file = tmp_path / "profile.json"
     p.save(file)
-    config = ValidationConfig(str(file), world=SMALL, step_tokens=(1, 4), chunk_blocks=(4,), steps=(2,), reps=2,
+    config = ValidationConfig(str(file), world=SMALL, step_tokens=(1, 4), chunk_blocks=(4,), steps=(2,), reps=2, max_reps=2,
                               progress=False, device="cpu")  # fmt: skip
     out = run_validation(config)
     rows = out["rows"]
@@ -59,8 +59,20 @@ def test_host_tier_with_a_fabric_is_one_clear_error(tmp_path):
 
 def test_host_tier_auto_profile_is_written(tmp_path):
     target = tmp_path / "auto.json"
-    config = ValidationConfig("auto", world=SMALL, step_tokens=(1,), chunk_blocks=(4,), steps=(1,), reps=1,
+    config = ValidationConfig("auto", world=SMALL, step_tokens=(1,), chunk_blocks=(4,), steps=(1,), reps=1, max_reps=1,
                               progress=False, device="cpu")  # fmt: skip
     out = run_validation(config, str(target))
     assert out["profile_file"] == str(target) and json.loads(target.read_text())["paths"].keys() == {"host-memcpy"}
     assert "calibration" in out and len(out["rows"]) == 3
+
+
+def test_further_passes_rerun_only_the_uncertain_configurations(tmp_path):
+    file = tmp_path / "profile.json"
+    prof.from_dict(run_calibration(CalibrationConfig(world=SMALL, quick=True, progress=False, device="cpu"))["profile"],
+                   "calibration").save(file)  # fmt: skip
+    base = dict(world=SMALL, step_tokens=(1,), chunk_blocks=(4,), steps=(1,), reps=3, max_reps=6, progress=False, device="cpu")
+    loose = run_validation(ValidationConfig(str(file), ci=0.99, **base))["rows"]
+    assert all(len(r["measured_runs"]) == 3 for r in loose)  # every median known within 99% after the first passes
+    tight = run_validation(ValidationConfig(str(file), ci=1e-9, **base))["metrics"]
+    assert tight["measurement"]["runs_median"] == 6  # never within 1e-9: every configuration runs max_reps times
+    assert tight["measurement"]["median_ci_p90"] > 0

@@ -67,3 +67,28 @@ def test_bad_cluster_specs():
         ClusterSpec(world_size=2, requesters=3)
     with pytest.raises(QrouteError, match="instances=0"):
         ClusterSpec(world_size=0)
+
+
+def test_cpu_sets_are_disjoint_equal_shares_or_none():
+    from qroute.runtime.launcher import cpu_set
+
+    cores = [0, 1, 2, 3, 8, 9, 10, 11, 12]  # any ids, in any order
+    sets = [cpu_set(r, 3, reversed(cores)) for r in range(3)]
+    assert sets == [{0, 1, 2}, {3, 8, 9}, {10, 11, 12}]  # consecutive ids; the leftover core is nobody's
+    assert cpu_set(0, 3, [0, 1]) is None and cpu_set(2, 3, range(5)) is None  # under 2 cores each: unpinned
+    assert cpu_set(1, 2, range(4)) == {2, 3}
+
+
+def affinity(instance):
+    return sorted(os.sched_getaffinity(0))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
+def test_instances_run_on_their_own_cores_only_when_asked_and_possible():
+    from qroute.runtime.launcher import cpu_set
+
+    mine = os.sched_getaffinity(0)
+    pinned = launch(ClusterSpec(world_size=2, **SPEC), affinity)
+    expected = [cpu_set(r, 2, mine) for r in range(2)]
+    assert pinned == [sorted(e) if e else sorted(mine) for e in expected]
+    assert launch(ClusterSpec(world_size=2, pin=False, **SPEC), affinity) == [sorted(mine)] * 2
