@@ -8,7 +8,13 @@ tokens BLOCK_N at a time with an online base-2 softmax, and writes a partial sta
 several splits per query (split-K, what fills the GPU at small B) `merge.launch_merge`
 combines them. LSE is converted to natural log at the boundary.
 
-Cost is proportional to the table width (padded entries are masked, not skipped).
+K tiles are fetched one of three ways (`TILES`, see `resolve_tiles`): "gather" looks up the table
+entry of every token (any block size); when block_size % BLOCK_N == 0 a tile is BLOCK_N
+consecutive rows of one page, so "pages" reads one entry per tile and loads a contiguous slab,
+and "tma" loads that slab with the copy engine (Hopper tensor descriptors).
+
+Cost is proportional to the table width: padded entries are masked, not skipped (the page
+loaders do not read their rows, but the tile is still computed).
 """
 
 import math
@@ -23,27 +29,38 @@ from qroute.kernels.checks import FLOATS, INDEX, dense_last, expect_dtype, expec
 from qroute.kernels.dispatch import LazyKernel, interpreting, same_device, tl, triton, use_triton
 from qroute.kernels.merge import launch_merge
 
+try:  # host-side TMA descriptors (triton >= 3.4)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:
+    TensorDescriptor = None
+
 WHAT = "sparse_mla"
 LOG2E = 1.0 / math.log(2.0)
-# Per compute dtype, from a sweep on an H100 (benchmarks/kernels.py --sweep, bf16, H=128, top-k 2048):
+# Per compute dtype, from sweeps on an H100 (bf16, H=128, top-k 2048, block size 64; triton 3.6):
 # 64 heads x 64 tokens per step, 8 warps, 2 stages was fastest for B = 8..128; at B=1, 32 heads
-# (more programs) was 10% faster. fp32 tiles are twice as big: fewer tokens per step.
+# (more programs) was 10% faster. TMA page slabs took 20-24% less time than per-token gathers at B >= 32
+# and 10-12% less than pointer page slabs; 32-token tiles with 3-4 stages were slower (smaller MMAs), 3 stages
+# of 64 tokens exceed shared memory. fp32 tiles are twice as big: fewer tokens per step.
 CONFIGS = {
-    "half": {"BLOCK_H": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
-    "fp32": {"BLOCK_H": 32, "BLOCK_N": 32, "num_warps": 8, "num_stages": 1},
-    "interpreter": {"BLOCK_H": 16, "BLOCK_N": 32},
+    "half": {"BLOCK_H": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "tiles": "tma"},
+    "fp32": {"BLOCK_H": 32, "BLOCK_N": 32, "num_warps": 8, "num_stages": 1, "tiles": "pages"},
+    "interpreter": {"BLOCK_H": 16, "BLOCK_N": 32, "tiles": "tma"},
 }
+TILES = ("gather", "pages", "tma")  # how a K tile is fetched, simplest first (see the kernel)
 
 if triton is not None:
 
     def _sparse_mla_kernel(
-        q_ptr, cache_ptr, table_ptr, o_ptr, lse_ptr,  # q [B, H, D], cache [N, bs, D], table [B, M]
+        q_ptr, cache_ptr, k_desc, pe_desc, table_ptr, o_ptr, lse_ptr,  # q [B, H, D], cache [N, bs, D], table [B, M]
         H, D, V, M, bs, entries_per_split, qk_scale,  # qk_scale = scale * log2(e)
         stride_qb, stride_qh, stride_cn, stride_ct, stride_tb, stride_te,
         stride_os, stride_ob, stride_oh, stride_ls, stride_lb, stride_lh,  # o [S, B, H, V], lse [S, B, H]
         BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_DR: tl.constexpr,
-        HAS_PE: tl.constexpr, F32: tl.constexpr,
+        HAS_PE: tl.constexpr, F32: tl.constexpr, TILES: tl.constexpr, EVEN: tl.constexpr,
     ):  # fmt: skip
+        # TILES: 0 = gather (a tile's tokens may span pages: one table entry per token), 1 = pages (bs % BLOCK_N
+        # == 0: a tile is a contiguous slab of one page, one table entry per tile), 2 = pages through the tensor
+        # descriptors k_desc [N * bs, V] / pe_desc [N * bs, D] (TMA). EVEN: V == BLOCK_DV and D - V == BLOCK_DR.
         split, b = tl.program_id(1), tl.program_id(2).to(tl.int64)
         h = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)  # [BLOCK_H]
         dv = tl.arange(0, BLOCK_DV)  # latent columns [0, V)
@@ -61,24 +78,46 @@ if triton is not None:
         acc = tl.zeros([BLOCK_H, BLOCK_DV], tl.float32)
         e0 = split * entries_per_split
         t1 = tl.minimum(e0 + entries_per_split, M) * bs
+        table_row = table_ptr + b * stride_tb
         for start in range(e0 * bs, t1, BLOCK_N):
-            t = start + tl.arange(0, BLOCK_N)  # [BLOCK_N] token index within this query's selection
-            page = tl.load(table_ptr + b * stride_tb + (t // bs) * stride_te, mask=t < t1, other=-1)
-            valid = (t < t1) & (page >= 0)
-            rows = cache_ptr + tl.where(valid, page, 0).to(tl.int64) * stride_cn + (t % bs) * stride_ct
-            k = tl.load(rows[:, None] + dv[None, :], mask=valid[:, None] & (dv[None, :] < V), other=0.0)  # [BN, DV]
+            if TILES == 0:
+                t = start + tl.arange(0, BLOCK_N)  # [BLOCK_N] token index within this query's selection
+                page = tl.load(table_row + (t // bs) * stride_te, mask=t < t1, other=-1)
+                keep = (page >= 0)[None, :]  # [1, BLOCK_N]
+                rows = cache_ptr + tl.where(page >= 0, page, 0).to(tl.int64) * stride_cn + (t % bs) * stride_ct
+                k_mask = (page >= 0)[:, None]
+            else:
+                page = tl.load(table_row + (start // bs) * stride_te)  # one entry: the tile lies in one page
+                keep = page >= 0  # a padded entry: the whole tile is masked
+                r0 = start % bs
+                if TILES == 1:
+                    rows = cache_ptr + tl.maximum(page, 0).to(tl.int64) * stride_cn
+                    rows += (r0 + tl.arange(0, BLOCK_N)) * stride_ct
+                    k_mask = (tl.zeros([BLOCK_N, 1], tl.int32) + page) >= 0  # keep as [BN, 1]: padded, not read
+            if TILES == 2:  # a padded entry points past the last row: TMA fills zeros without reading memory
+                r = tl.where(keep, page * bs + r0, k_desc.shape[0]).to(tl.int32)
+                k = k_desc.load([r, 0])  # [BN, DV]
+            elif EVEN:
+                k = tl.load(rows[:, None] + dv[None, :], mask=k_mask, other=0.0)
+            else:
+                k = tl.load(rows[:, None] + dv[None, :], mask=k_mask & (dv[None, :] < V), other=0.0)
             if F32:
                 k = k.to(tl.float32)
                 s = tl.dot(q_nope, tl.trans(k), input_precision="ieee")  # [BLOCK_H, BLOCK_N]
             else:
                 s = tl.dot(q_nope, tl.trans(k))
             if HAS_PE:
-                k_pe = tl.load(rows[:, None] + dr[None, :], mask=valid[:, None] & (dr[None, :] < D), other=0.0)
+                if TILES == 2:
+                    k_pe = pe_desc.load([r, V])  # [BN, DR]
+                elif EVEN:
+                    k_pe = tl.load(rows[:, None] + dr[None, :], mask=k_mask, other=0.0)
+                else:
+                    k_pe = tl.load(rows[:, None] + dr[None, :], mask=k_mask & (dr[None, :] < D), other=0.0)
                 if F32:
                     s += tl.dot(q_pe, tl.trans(k_pe.to(tl.float32)), input_precision="ieee")
                 else:
                     s += tl.dot(q_pe, tl.trans(k_pe))
-            s = tl.where(valid[None, :], s * qk_scale, float("-inf"))
+            s = tl.where(keep, s * qk_scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: keep exp2 finite
             alpha = tl.exp2(m_i - m_safe)
@@ -121,7 +160,8 @@ def sparse_mla(
     scale        softmax scale applied to q . k
     v_dim        value width, <= D (absorbed MLA: the 512-wide latent)
     num_splits   programs per (query, head group) over parts of the table row; None = fill the device
-    config       overrides of `default_config`: BLOCK_H, BLOCK_N, num_warps, num_stages
+    config       overrides of `default_config`: BLOCK_H, BLOCK_N, num_warps, num_stages, tiles (how a K tile
+                 is fetched: "gather" per token, "pages" / "tma" one page slab; see `resolve_tiles`)
     check        validate block ids: in range, no duplicate in a row (syncs the device; unchecked
                  duplicates are counted twice by the softmax)
     out          optional (o [B, H, v_dim] dtype of q, lse [B, H] float32), contiguous
@@ -150,6 +190,7 @@ def _launch(q, cache, table, scale, v_dim, o, lse, num_splits, config) -> None:
     if B * H == 0:
         return
     meta = {**default_config(q.dtype, H, B * M, q.device), **(config or {})}
+    meta["tiles"] = resolve_tiles(meta, cache, v_dim, explicit="tiles" in (config or {}))
     splits = num_splits or default_splits(B, H, M, q.device, meta["BLOCK_H"])
     per_split = max(1, triton.cdiv(M, max(1, min(splits, M))))
     splits = max(1, triton.cdiv(M, per_split))
@@ -167,16 +208,57 @@ def _launch(q, cache, table, scale, v_dim, o, lse, num_splits, config) -> None:
 def _run_kernel(q, cache, table, scale, v_dim, part_o, part_lse, per_split, meta) -> None:
     (B, H, D), splits = q.shape, part_o.shape[0]
     f32 = interpreting() or q.dtype == torch.float32  # the interpreter's bf16 tl.dot is wrong
-    meta.update(BLOCK_DV=triton.next_power_of_2(v_dim), BLOCK_DR=max(16, triton.next_power_of_2(max(D - v_dim, 1))),
-                HAS_PE=D > v_dim, F32=f32)  # fmt: skip
+    dv, dr = triton.next_power_of_2(v_dim), max(16, triton.next_power_of_2(max(D - v_dim, 1)))
+    tiles = TILES.index(meta.pop("tiles"))
+    meta.update(BLOCK_DV=dv, BLOCK_DR=dr, HAS_PE=D > v_dim, F32=f32, TILES=tiles, EVEN=dv == v_dim and dr == D - v_dim)
+    k_desc = pe_desc = None
+    if tiles == 2:  # the cache as rows [N * bs, D]: a tile is BLOCK_N consecutive rows of one page
+        rows, bn = cache.view(-1, D), meta["BLOCK_N"]
+        k_desc = TensorDescriptor(rows, [rows.shape[0], v_dim], [rows.stride(0), 1], [bn, dv])  # latent columns
+        pe_desc = TensorDescriptor(rows, [rows.shape[0], D], [rows.stride(0), 1], [bn, dr])  # read at column v_dim
     grid = (triton.cdiv(H, meta["BLOCK_H"]), splits, B)  # head groups of one query adjacent: they share K in L2
     _SPARSE_MLA.get()[grid](
-        q, cache, table, part_o, part_lse,
+        q, cache, k_desc, pe_desc, table, part_o, part_lse,
         H, D, v_dim, table.shape[1], cache.shape[1], per_split, scale * LOG2E,
         q.stride(0), q.stride(1), cache.stride(0), cache.stride(1), table.stride(0), table.stride(1),
         *part_o.stride()[:3], *part_lse.stride(),
         **meta,
     )  # fmt: skip
+
+
+def resolve_tiles(config: dict, cache: Tensor, v_dim: int, explicit: bool = False) -> str:
+    """The tile loader to run: `config["tiles"]` if it applies to `cache`, else the next simpler one that does.
+
+    "tma" needs Hopper (or the interpreter), `block_size % BLOCK_N == 0`, rows `[N * bs, D]` dense with 16-byte
+    aligned strides and `v_dim` columns; "pages" needs `block_size % BLOCK_N == 0`; "gather" always applies.
+    With `explicit` (a caller asked for it) a loader that does not apply is an error instead.
+    """
+    usable = _usable_tiles(cache, v_dim, config["BLOCK_N"])
+    want = config["tiles"]
+    if want not in usable and explicit:
+        raise QrouteError(
+            f"{WHAT}: config tiles={want!r} does not apply to a cache {tuple(cache.shape)} {cache.dtype} with "
+            f"BLOCK_N={config['BLOCK_N']}: expected one of {', '.join(usable)}"
+        )
+    return max((t for t in usable if TILES.index(t) <= TILES.index(want)), key=TILES.index)
+
+
+def _usable_tiles(cache: Tensor, v_dim: int, block_n: int) -> tuple[str, ...]:
+    N, bs, D = cache.shape
+    if bs % block_n or N == 0:
+        return ("gather",)
+    size = cache.element_size()
+    tma = (
+        TensorDescriptor is not None
+        and (interpreting() or (cache.is_cuda and _capability(cache.device) >= 9))
+        and (N == 1 or cache.stride(0) == bs * cache.stride(1))  # pages are consecutive rows
+        and (cache.stride(1) * size) % 16 == 0
+        and (v_dim * size) % 16 == 0
+        and cache.data_ptr() % 16 == 0
+        and N * bs < 2**31
+        and block_n <= 256
+    )
+    return TILES if tma else TILES[:2]
 
 
 def default_config(dtype: torch.dtype, H: int, entries: int = 1 << 30, device: torch.device | None = None) -> dict:
@@ -195,6 +277,11 @@ def default_config(dtype: torch.dtype, H: int, entries: int = 1 << 30, device: t
 @lru_cache(maxsize=8)
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+@lru_cache(maxsize=8)
+def _capability(device: torch.device) -> int:
+    return torch.cuda.get_device_capability(device)[0]
 
 
 def default_splits(B: int, H: int, max_blocks: int, device: torch.device, block_h: int = 64) -> int:
@@ -243,8 +330,12 @@ def _check_knobs(scale: float, num_splits: int | None, config: dict | None) -> N
         raise QrouteError(f"{WHAT}: scale={scale!r}: expected a finite number")
     if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1):
         raise QrouteError(f"{WHAT}: num_splits={num_splits!r}: expected None or an integer >= 1")
-    if config is not None and set(config) - {"BLOCK_H", "BLOCK_N", "num_warps", "num_stages"}:
-        raise QrouteError(f"{WHAT}: config={config!r}: expected keys among BLOCK_H, BLOCK_N, num_warps, num_stages")
+    if config is not None and set(config) - {"BLOCK_H", "BLOCK_N", "num_warps", "num_stages", "tiles"}:
+        raise QrouteError(
+            f"{WHAT}: config={config!r}: expected keys among BLOCK_H, BLOCK_N, num_warps, num_stages, tiles"
+        )
+    if config is not None and config.get("tiles", "gather") not in TILES:
+        raise QrouteError(f"{WHAT}: config tiles={config['tiles']!r}: expected one of {', '.join(TILES)}")
 
 
 def _check(q: Tensor, cache: Tensor, table: Tensor, v_dim: int) -> tuple[int, int, int]:

@@ -8,6 +8,7 @@ pytest.importorskip("triton", exc_type=ImportError)  # missing or broken install
 from qroute.attention import partial_attention  # noqa: E402
 from qroute.errors import QrouteError  # noqa: E402
 from qroute.kernels import merge_partials, sparse_mla, sparse_mla_reference  # noqa: E402
+from qroute.kernels.sparse_mla import TILES, resolve_tiles  # noqa: E402
 from tests.kernels.helpers import DEVICE, TOL, gen, gpu, lse_err, needs_compiled_cuda, poisoned, rel_err  # noqa: E402
 
 CFG = {"BLOCK_N": 16, "num_warps": 4, "num_stages": 2}  # an override of the default config
@@ -110,6 +111,39 @@ def test_int32_table_strided_q_and_generic_widths():
     assert_close(no_rope, q, cache, table, 0.2, 40, torch.float32)
 
 
+@pytest.mark.parametrize("tiles", TILES)
+@pytest.mark.parametrize("seed, B, H, N, bs, M", [(11, 3, 17, 20, 64, 6), (12, 2, 5, 9, 16, 4)])
+def test_tile_loaders_match_reference(tiles, seed, B, H, N, bs, M):
+    """Each way of fetching a K tile (per token, one page slab, TMA) on fresh inputs: padding anywhere, an empty row."""
+    q, cache, table = random_case(seed, B, H, N, bs, M, pad=0.4)
+    table[0] = -1  # an empty row next to padded ones
+    table[1, 0], table[1, -1] = -1, -1  # padding first and last
+    config = {**CFG, "tiles": tiles}  # BLOCK_N 16: several tiles a page (bs 64), one a page (bs 16)
+    assert resolve_tiles(config, cache, 512, explicit=True) == tiles
+    for num_splits in (1, 3):
+        got = sparse_mla(q, cache, table, 0.07, num_splits=num_splits, backend="triton", config=config)
+        assert bool((got.o[0] == 0).all()) and bool((got.lse[0] == float("-inf")).all())
+        assert_close(got, q, cache, table, 0.07, 512, torch.float32)
+
+
+def test_tile_loaders_fall_back_where_they_do_not_apply():
+    """bs % BLOCK_N != 0 -> per-token gather; pages that are not dense rows of the cache -> pointer pages, not TMA."""
+    tma, default = {"BLOCK_N": 32, "tiles": "tma"}, {"BLOCK_N": 32}
+    q, cache, table = random_case(13, 2, 3, 7, 48, 3)  # block size 48, BLOCK_N 32: tiles cross pages
+    assert resolve_tiles(tma, cache, 512) == "gather"
+    got = sparse_mla(q, cache, table, 0.1, backend="triton", config=default)
+    assert_close(got, q, cache, table, 0.1, 512, torch.float32)
+    with pytest.raises(QrouteError, match="tiles='pages' does not apply .* expected one of gather$"):
+        sparse_mla(q, cache, table, 0.1, backend="triton", config={"BLOCK_N": 32, "tiles": "pages"})
+    q, wide, table = random_case(14, 2, 3, 7, 64, 3)
+    cache = wide[:, :32]  # pages of 32 rows, 64 rows apart
+    assert resolve_tiles(tma, cache, 512) == "pages"
+    got = sparse_mla(q, cache, table, 0.1, backend="triton", config=default)
+    assert_close(got, q, cache, table, 0.1, 512, torch.float32)
+    with pytest.raises(QrouteError, match="tiles='tma' does not apply .* expected one of gather, pages$"):
+        sparse_mla(q, cache, table, 0.1, backend="triton", config=tma)
+
+
 def test_split_parts_merge_to_the_whole():
     """Route's exactness: states over a partition of the table merge to the state over all of it."""
     q, cache, table = random_case(6, 2, 5, 12, 16, 6, pad=0.0)
@@ -151,6 +185,8 @@ def test_bad_shapes_and_dtypes_are_one_line_errors():
         sparse_mla(q, cache, table, 0.1, v_dim=600)
     with pytest.raises(QrouteError, match="config="):
         sparse_mla(q, cache, table, 0.1, config={"BLOCK_M": 16})
+    with pytest.raises(QrouteError, match="tiles='rows': expected one of gather, pages, tma"):
+        sparse_mla(q, cache, table, 0.1, config={"tiles": "rows"})
 
 
 @gpu
@@ -162,6 +198,20 @@ def test_gpu_realistic_shape_bf16(B):
     got = sparse_mla(q, cache, table, 576**-0.5)
     ref = sparse_mla_reference(q, cache, table, 576**-0.5)
     assert rel_err(got.o, ref.o) <= 1e-2 and lse_err(got.lse, ref.lse) <= 1e-3
+
+
+@gpu
+@needs_compiled_cuda
+@pytest.mark.parametrize("tiles", TILES)
+def test_gpu_tile_loaders_bf16(tiles):
+    """Every loader compiled at the realistic shape, 20% padding anywhere and one empty row, on fresh inputs."""
+    q, cache, table = random_case(70 + TILES.index(tiles), 64, 128, 4096, 64, 32, dtype=torch.bfloat16, pad=0.2,
+                                  device="cuda")  # fmt: skip
+    table[5] = -1
+    got = sparse_mla(q, cache, table, 576**-0.5, config={"tiles": tiles})
+    ref = sparse_mla_reference(q, cache, table, 576**-0.5)
+    assert rel_err(got.o, ref.o) <= 1e-2 and lse_err(got.lse, ref.lse) <= 1e-3
+    assert bool((got.o[5] == 0).all()) and bool((got.lse[5] == float("-inf")).all())
 
 
 @gpu
