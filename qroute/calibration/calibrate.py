@@ -104,6 +104,8 @@ TRAIN_LOCAL_STEP_TOKENS = (2, 8)  # local re-prefills the chunk whatever the row
 TRAIN_CHUNK_BLOCKS = (2, 6, 12, 20, 30)  # spans the sizes validation uses (4, 16, 32): re-prefill extrapolates badly
 QUICK_CHUNK_BLOCKS = (2, 14, 30)
 TRAIN_STEPS = 2  # validation uses 1 and 4
+FETCH_SAMPLES = 3  # a request makes one fetch record but steps x layers route records: fetches are served 3 times,
+# so that each shape's median resists a stall (beta moved 18.6% between repeats on the dev VM with one)
 
 
 def measure(instance: Instance, config: CalibrationConfig, world) -> dict:
@@ -211,7 +213,8 @@ def _train(world, shapes, advance, seed: int, path: str, probes: list | None = N
         s = 1000 * (seed + 1) + i
         request = shaped_request(world, 1, k, n, TRAIN_STEPS, seed=s)
         for primitive in PRIMITIVES if k in TRAIN_LOCAL_STEP_TOKENS else ("route", "fetch"):
-            serve(executor, request, primitive)
+            for _ in range(FETCH_SAMPLES if primitive == "fetch" else 1):
+                serve(executor, request, primitive)
         advance()
         serve(executor, shaped_request(world, 1, k, max(2, n // 2), TRAIN_STEPS, seed=s, stride=2), "fetch")
         if len(holders) > 1:
