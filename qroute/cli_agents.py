@@ -54,7 +54,9 @@ def bench_config(args):
                                  decode_steps=args.decode_steps, step_tokens=args.step_tokens, topk_blocks=args.topk_blocks,
                                  sparse=args.sparse, zipf=args.zipf, persistence=args.persistence, seed=args.seed)  # fmt: skip
     return AgentBenchConfig(
-        cluster=ClusterSpec(args.instances, args.requesters, timeout_s=float(args.timeout), pin=not args.no_pin), world=_world(args, corpus),
+        cluster=ClusterSpec(args.instances, args.requesters, timeout_s=float(args.timeout), pin=not args.no_pin,
+                            backend=args.backend),
+        world=_world(args, corpus),
         workload=workload, policies=tuple(args.policy), trace=args.trace, record=args.record, concurrency=args.concurrency,
         cache_blocks=args.cache_blocks, check_every=args.check_every, repeats=args.repeats, profile=args.profile,
         progress=not (args.quiet or args.json),

@@ -38,6 +38,8 @@ def _output_args(g, timeout: int, what: str) -> None:
     g.add_argument("--timeout", type=int_at_least(1), default=timeout, help="process-group timeout in seconds (default: %(default)s)")
     g.add_argument("--no-pin", action="store_true", help="leave the instances to the scheduler (default: each on cores of "
                    "its own where the machine has 2 per instance)")  # fmt: skip
+    g.add_argument("--backend", choices=("gloo", "nccl"), default="gloo", help="gloo: CPU instances over TCP; nccl: one "
+                   "instance per GPU, GPU to GPU (needs as many GPUs as instances; default: %(default)s)")  # fmt: skip
     g.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     g.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -121,7 +123,8 @@ def demo_config(args):
     corpus = CorpusSpec(args.corpus_dir, max_tokens=args.corpus_tokens, block_size=args.block_size, chunk_blocks=args.chunk_blocks)
     world = _world(args, corpus)
     return DemoConfig(
-        cluster=ClusterSpec(args.instances, args.requesters, timeout_s=float(args.timeout), pin=not args.no_pin),
+        cluster=ClusterSpec(args.instances, args.requesters, timeout_s=float(args.timeout), pin=not args.no_pin,
+                            backend=args.backend),
         world=replace(world, placement=Placement(args.placement, args.replicas)),
         workload=WorkloadSpec(args.requests, args.task_tokens, args.steps, args.topk_blocks, args.sparse, seed=args.seed,
                               step_tokens=args.step_tokens),
@@ -178,7 +181,7 @@ def cmd_calibrate(args) -> None:
 
     world = _world(args, CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=32))
     cluster = ClusterSpec(2 if args.fabric else args.instances, 1, timeout_s=float(args.timeout), links=args.fabric,
-                          pin=not args.no_pin)
+                          pin=not args.no_pin, backend=args.backend)
     config = CalibrationConfig(cluster, world, args.quick, args.repeats, args.name, progress=not (args.quiet or args.json),
                                partial=f"{args.out}/calibration-{_stem(args)}.partial.json", device=_device(args))  # fmt: skip
     results = run_calibration(config)
@@ -237,7 +240,8 @@ def cmd_validate(args) -> None:
     device = _device(args)
     profile = args.profile or ("auto" if device else newest_profile(args.out))
     world = _world(args, CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=max(args.chunk_blocks)))
-    cluster = ClusterSpec(2 if args.fabric else 3, 1, timeout_s=float(args.timeout), links=args.fabric, pin=not args.no_pin)
+    cluster = ClusterSpec(2 if args.fabric else 3, 1, timeout_s=float(args.timeout), links=args.fabric, pin=not args.no_pin,
+                          backend=args.backend)
     config = ValidationConfig(profile, cluster, world, args.step_tokens, args.chunk_blocks, args.steps, args.reps,
                               max(args.max_reps, args.reps), args.ci, progress=not (args.quiet or args.json), device=device)  # fmt: skip
     calibrated = f"{args.out}/profile-{args.tag or socket.gethostname()}-auto-{dt.date.today():%Y-%m-%d}.json"

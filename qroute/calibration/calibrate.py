@@ -46,6 +46,7 @@ from qroute.runtime.world import WorldSpec, build_world, check_spec
 from qroute.workload.corpus import CorpusSpec
 
 LOOPBACK = "gloo-loopback"
+NCCL = "nccl-p2p"  # GPU to GPU (NVLink or PCIe, whichever NCCL picks)
 QUICK_SIZES = tuple(8 * 4**i for i in range(0, 11, 2))  # 8 B .. 8 MiB, every other size
 
 
@@ -121,7 +122,12 @@ def measure(instance: Instance, config: CalibrationConfig, world) -> dict:
         bandwidth_sweep(peer, BANDWIDTH_SIZES, reps=3 if config.quick else 5, group=group, on_size=advance,
                         rows=bandwidth.setdefault(name, []))  # fmt: skip
 
-    return measure_paths(config, world, paths.names() or [LOOPBACK], peer, sweeps)
+    return measure_paths(config, world, paths.names() or [world_path()], peer, sweeps)
+
+
+def world_path() -> str:
+    """The profile's name of the world group's path: NCCL point-to-point between GPUs, or gloo over loopback."""
+    return NCCL if dist.is_initialized() and dist.get_backend() == "nccl" else LOOPBACK
 
 
 def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int, sweeps, links: dict | None = None,
@@ -225,6 +231,8 @@ def _train(world, shapes, advance, seed: int, path: str, probes: list | None = N
 
 
 def _fabric(config) -> str:
+    if config.cluster.backend == "nccl":
+        return "NCCL point-to-point between GPUs, one instance per GPU"
     if not config.cluster.links:
         return "gloo (TCP) over loopback"
     return "; ".join(f"{link.name}: {link.kind}" + (f", tbf {link.rate_mbit} Mbit/s" if link.rate_mbit else "")

@@ -186,7 +186,7 @@ def sparse_mla(
 
 def _launch(q, cache, table, scale, v_dim, o, lse, num_splits, config) -> None:
     # q: [B, H, D], cache: [N, bs, D], table: [B, M], o: [B, H, V], lse: [B, H]
-    (B, H, D), M = q.shape, table.shape[1]
+    (B, H, _), M = q.shape, table.shape[1]
     if B * H == 0:
         return
     meta = {**default_config(q.dtype, H, B * M, q.device), **(config or {})}

@@ -49,11 +49,14 @@ class AttentionSpec:
         return cls(c.kv_lora_rank, c.rope, c.softmax_scale)
 
 
-def build_store(rank: int, corpus: Corpus, directory: Directory, model: MLATransformer) -> BlockStore:
-    """Prefill every chunk with a block held on `rank` at canonical positions; keep those blocks."""
+def build_store(rank: int, corpus: Corpus, directory: Directory, model: MLATransformer,
+                device: torch.device | str | None = None) -> BlockStore:  # fmt: skip
+    """Prefill every chunk with a block held on `rank` at canonical positions; keep those blocks on `device`
+    (default: the model's, a holder's GPU under NCCL)."""
     c = model.config
     held = set(directory.blocks_on(rank))
-    store = BlockStore(sorted(held), c.num_layers, corpus.block_size, c.latent_width, model.dtype)
+    store = BlockStore(sorted(held), c.num_layers, corpus.block_size, c.latent_width, model.dtype,
+                       model.device if device is None else device)  # fmt: skip
     for chunk in corpus.chunks:
         if held.intersection(chunk.blocks(corpus.block_size)):
             kv = model.reprefill(chunk.tokens, torch.arange(chunk.tokens.numel()))
@@ -139,12 +142,15 @@ def _serve_group(store: BlockStore, spec: AttentionSpec, requesters: Sequence[in
     stopped: set[int] = set()
     served = 0
     only = requesters[0] if len(requesters) == 1 else None  # a receive from one sender: ~75 us less per round trip
+    poller = transport.Poller(requesters, group) if only is None and transport.exact() else None  # NCCL: no any-source
     while stopped != set(requesters) and (limit is None or served < limit):
         served += 1
-        msg = transport.recv(only, group)
+        msg = poller.recv() if poller else transport.recv(only, group)
         stats.requesters.add(msg.src)
         if msg.kind == STOP:
             stopped.add(msg.src)
+            if poller:
+                poller.drop(msg.src)
         elif msg.kind == ROUTE:
             _serve_route(store, spec, msg, stats, group)
         elif msg.kind == FETCH:
@@ -163,6 +169,7 @@ def _serve_route(store: BlockStore, spec: AttentionSpec, msg: transport.Message,
     q, groups, blocks = msg.tensors
     t0 = time.perf_counter()
     state = route_states(store, spec, layer, q, groups, blocks)
+    _sync(store)
     elapsed = time.perf_counter() - t0
     stats.routed_rows += q.shape[0] * q.shape[1]
     stats.route_messages += 1
@@ -173,6 +180,13 @@ def _serve_fetch(store: BlockStore, msg: transport.Message, stats: ServeStats, g
     (blocks,) = msg.tensors
     t0 = time.perf_counter()
     kv = store.gather(blocks)
+    _sync(store)
     elapsed = time.perf_counter() - t0
     stats.fetched_blocks += blocks.numel()
     transport.send(msg.src, FETCHED, [int(elapsed * 1e9), stats.busy(elapsed)], [kv], group)
+
+
+def _sync(store: BlockStore) -> None:
+    """A GPU holder's compute is timed once it has run, not when it was queued."""
+    if store.kv.is_cuda:
+        torch.cuda.synchronize(store.kv.device)

@@ -145,7 +145,7 @@ def build_host_tier(spec: WorldSpec, device: str | torch.device = "auto") -> Hos
     device = resolve_device(device)
     world = build_world(spec, [HOST_HOLDER])
     world.model.to(device)
-    store = build_store(HOST_HOLDER, world.corpus, world.directory, world.model)
+    store = build_store(HOST_HOLDER, world.corpus, world.directory, world.model, device="cpu")  # host memory
     if device.type == "cuda":
         store.pin()
     return HostTier(world, HostLink(store, AttentionSpec.of(world.model), device), device)

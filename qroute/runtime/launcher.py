@@ -55,6 +55,7 @@ class ClusterSpec:
     threads: int = 1  # torch intra-op threads per instance
     links: tuple = ()  # qroute.fabric.LinkSpec: an emulated fabric between two instances
     pin: bool = True  # each instance on cores of its own, where the machine has PIN_CORES per instance (`cpu_set`)
+    frames: str = "auto"  # "auto": exact framing under NCCL, eager under gloo; "exact": exact under gloo too (tests)
 
     def __post_init__(self) -> None:
         if self.links and (self.world_size, self.requesters) != (2, 1):
@@ -65,6 +66,10 @@ class ClusterSpec:
             raise QrouteError(f"requesters={self.requesters}: expected <= instances={self.world_size}")
         if self.backend not in ("gloo", "nccl"):
             raise QrouteError(f"backend={self.backend!r}: expected 'gloo' or 'nccl'")
+        if self.frames not in ("auto", "exact"):
+            raise QrouteError(f"frames={self.frames!r}: expected 'auto' or 'exact'")
+        if self.backend == "nccl" and self.links:
+            raise QrouteError("backend nccl with an emulated fabric: expected gloo (the fabric's links are TCP)")
         if not self.timeout_s > 0:
             raise QrouteError(f"timeout={self.timeout_s!r}: expected > 0 seconds")
 
@@ -111,6 +116,23 @@ def cpu_set(rank: int, world_size: int, available, per: int = PIN_CORES) -> set[
 
 
 PINNED: list[int] | None = None  # this instance's cores, if `_pin` pinned it (the profile records them)
+DEVICE = torch.device("cpu")  # where this instance computes and keeps its blocks: its GPU under NCCL (`_use_device`)
+
+
+def _use_device(spec: ClusterSpec, local_rank: int) -> None:
+    """Under NCCL: this instance's GPU (one per instance) and exact framing on it; else the CPU (and the framing
+    `spec.frames` asks for)."""
+    global DEVICE
+    from qroute.runtime import transport
+
+    if spec.backend == "nccl":
+        if not torch.cuda.is_available() or local_rank >= torch.cuda.device_count():
+            found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            raise QrouteError(f"backend nccl: instance {local_rank} needs GPU {local_rank}, found {found} GPU(s): "
+                              "expected one GPU per instance")  # fmt: skip
+        DEVICE = torch.device("cuda", local_rank)
+        torch.cuda.set_device(DEVICE)
+    transport.set_exact(spec.backend == "nccl" or spec.frames == "exact", DEVICE)
 
 
 def _pin(rank: int, spec: ClusterSpec) -> None:
@@ -139,8 +161,7 @@ def _timeout(spec: ClusterSpec) -> dt.timedelta:
 
 def _run_under_torchrun(spec: ClusterSpec, fn: Callable[..., Any], args: tuple) -> Any:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if spec.backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    _use_device(spec, int(os.environ.get("LOCAL_RANK", 0)))
     try:
         dist.init_process_group(spec.backend, timeout=_timeout(spec))
     except (RuntimeError, TimeoutError) as exc:
@@ -164,6 +185,9 @@ def _run_embedded(spec: ClusterSpec, fn: Callable[..., Any], args: tuple) -> lis
 
 
 def _spawn(spec: ClusterSpec, fn: Callable[..., Any], args: tuple, endpoints: list) -> list[Any]:
+    if spec.backend == "nccl" and spec.world_size > torch.cuda.device_count():
+        raise QrouteError(f"backend nccl: {spec.world_size} instances on {torch.cuda.device_count()} GPU(s): expected "
+                          "one GPU per instance (NCCL refuses two ranks on one GPU)")  # fmt: skip
     host = "0.0.0.0" if spec.links else spec.host  # with a fabric, instances reach the store over control links
     store = dist.TCPStore(host, 0, spec.world_size + 1, True, timeout=_timeout(spec), wait_for_workers=False)
     ctx = mp.get_context("forkserver")
@@ -246,6 +270,7 @@ def _child(rank: int, spec: ClusterSpec, port: int, fn: Callable[..., Any], args
     _die_with_launcher(launcher)
     torch.set_num_threads(spec.threads)
     try:
+        _use_device(spec, rank)
         host = spec.host
         if endpoint is not None:  # first thing: this instance lives in its end of the fabric
             from qroute.fabric import enter_namespace

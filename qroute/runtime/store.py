@@ -94,9 +94,10 @@ class BlockStore:
     layers of a selection at once.
     """
 
-    def __init__(self, blocks: Sequence[int], layers: int, block_size: int, width: int, dtype: torch.dtype) -> None:
+    def __init__(self, blocks: Sequence[int], layers: int, block_size: int, width: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu") -> None:  # fmt: skip
         self.slot = {b: i for i, b in enumerate(blocks)}
-        self.kv = torch.zeros(layers, len(self.slot), block_size, width, dtype=dtype)
+        self.kv = torch.zeros(layers, len(self.slot), block_size, width, dtype=dtype, device=device)
         self.block_size = block_size
         self.filled = torch.zeros(len(self.slot), dtype=torch.bool)
 
@@ -111,12 +112,15 @@ class BlockStore:
                 self.filled[slot] = True
 
     def slots(self, blocks: Sequence[int] | Tensor) -> Tensor:
-        """Local slots of global block ids; an error names a block not held here."""
+        """Local slots of global block ids, on the store's device; an error names a block not held here."""
+        return torch.tensor(self._slot_ids(blocks), dtype=torch.long, device=self.kv.device)
+
+    def _slot_ids(self, blocks: Sequence[int] | Tensor) -> list[int]:
         ids = blocks.tolist() if isinstance(blocks, Tensor) else list(blocks)
         missing = [b for b in ids if b not in self.slot]
         if missing:
             raise QrouteError(f"block {missing[0]} is not held here: expected one of this holder's {len(self.slot)} blocks")
-        return torch.tensor([self.slot[b] for b in ids], dtype=torch.long)
+        return [self.slot[b] for b in ids]
 
     def layer_rows(self, layer: int, blocks: Sequence[int] | Tensor) -> Tensor:
         """Rows of the given blocks at one layer: `[n * block_size, D]`."""
@@ -133,11 +137,11 @@ class BlockStore:
         store, sent as it lies (no gather); any other selection is gathered into a new buffer
         (`pinned`: page-locked, from torch's caching host allocator, for a copy to a GPU).
         """
-        slots = self.slots(blocks)
-        L, D = self.kv.shape[0], self.kv.shape[-1]
-        n = slots.numel()
-        if n and bool((slots == torch.arange(int(slots[0]), int(slots[0]) + n)).all()):
-            return self.kv[:, int(slots[0]) : int(slots[0]) + n].reshape(L, -1, D)  # a view: [L, n * bs, D]
+        ids = self._slot_ids(blocks)
+        L, D, n = self.kv.shape[0], self.kv.shape[-1], len(ids)
+        if n and ids == list(range(ids[0], ids[0] + n)):
+            return self.kv[:, ids[0] : ids[0] + n].reshape(L, -1, D)  # a view: [L, n * bs, D]
+        slots = torch.tensor(ids, dtype=torch.long, device=self.kv.device)
         if not pinned:
             return self.kv.index_select(1, slots).reshape(L, -1, D)  # [L, n, bs, D] gathered
         out = torch.empty((L, n, *self.kv.shape[2:]), dtype=self.kv.dtype, pin_memory=True)

@@ -50,14 +50,15 @@ class World:
     geometry: geo.Geometry
 
 
-def build_model(spec: WorldSpec, vocab_size: int) -> MLATransformer:
+def build_model(spec: WorldSpec, vocab_size: int, device: torch.device | str = "cpu") -> MLATransformer:
+    """The model on `device` (random weights are drawn on the CPU: the same on every instance and device)."""
     if spec.is_checkpoint:
-        return load_pretrained(spec.model, dtype=DTYPES[spec.dtype]).eval()
+        return load_pretrained(spec.model, dtype=DTYPES[spec.dtype], device=device).eval()
     g = geo.preset(spec.model)
     rope = RopeSpec.from_hf(geo.preset_config(spec.model), g.rope_dim)
     config = ModelConfig.from_geometry(g, layers=spec.layers, hidden_size=spec.hidden, vocab_size=vocab_size,
                                        heads=spec.heads, rope=rope)  # fmt: skip
-    return MLATransformer.random(config, seed=spec.seed, dtype=DTYPES[spec.dtype])
+    return MLATransformer.random(config, seed=spec.seed, dtype=DTYPES[spec.dtype], device=device)
 
 
 def check_spec(spec: WorldSpec) -> None:
@@ -70,10 +71,13 @@ def check_spec(spec: WorldSpec) -> None:
         raise QrouteError(f"corpus dir {spec.corpus.root!r} is not a directory")
 
 
-def build_world(spec: WorldSpec, holders: Sequence[int]) -> World:
+def build_world(spec: WorldSpec, holders: Sequence[int], device: torch.device | str | None = None) -> World:
+    """This instance's world; the model on `device` (default: the instance's, `launcher.DEVICE`: its GPU under NCCL)."""
+    from qroute.runtime import launcher
+
     tokenizer = tokenizer_for(spec.model if spec.is_checkpoint else None)
     corpus = build_corpus(spec.corpus, tokenizer)
-    model = build_model(spec, corpus.vocab_size)
+    model = build_model(spec, corpus.vocab_size, launcher.DEVICE if device is None else device)
     if corpus.vocab_size > model.config.vocab_size:
         raise QrouteError(f"tokenizer vocab {corpus.vocab_size}: expected <= model vocab {model.config.vocab_size}")
     return World(model, corpus, place(corpus, holders, spec.placement), model.config.geometry(spec.model))

@@ -72,3 +72,14 @@ def test_several_tokens_per_step_route_as_one_group(tiny):
     assert route and all(t["rows"] % (3 * 4) == 0 for t in route)  # 3 tokens x 4 heads per session, sessions batched
     plans = [p for r in results["runs"] if r["mode"] == "predicate" for p in r["plans"] if p]
     assert all(p["holders"] for p in plans)
+
+
+def test_exact_framing_serves_several_requesters_exactly(tiny):
+    """The NCCL protocol (header then exact payload, named senders, a holder polling one receive per requester),
+    exercised over gloo on the CPU: what runs GPU to GPU under `backend="nccl"`."""
+    results = run_demo(tiny(instances=3, requesters=2, frames="exact", modes=("route", "fetch", "local")))
+    assert_exact(results)
+    (holder,) = results["holders"]
+    assert holder["requesters_served"] == [0, 1] and holder["route_messages"] > 0 and holder["fetched_blocks"] > 0
+    (other,) = results["other_requesters"]
+    assert all(m["exact"] for m in other["summary"].values())

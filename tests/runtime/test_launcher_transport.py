@@ -92,3 +92,84 @@ def test_instances_run_on_their_own_cores_only_when_asked_and_possible():
     expected = [cpu_set(r, 2, mine) for r in range(2)]
     assert pinned == [sorted(e) if e else sorted(mine) for e in expected]
     assert launch(ClusterSpec(world_size=2, pin=False, **SPEC), affinity) == [sorted(mine)] * 2
+
+
+def exact_echo(instance):
+    """Under exact framing: rank 0 and rank 1 each send rank 2 messages with and without tensors; rank 2 answers
+    whoever's header arrives first (a Poller: over gloo, one receive from any sender), until both stopped."""
+    transport.set_exact(True)
+    if instance.rank == 2:
+        with pytest.raises(Exception, match="expected a named sender"):
+            transport.recv(None)
+        poller, served, stopped = transport.Poller([0, 1]), [], set()
+        while stopped != {0, 1}:
+            msg = poller.recv()
+            served.append(msg.src)
+            if msg.kind == 9:
+                stopped.add(msg.src)
+                poller.drop(msg.src)
+            else:
+                transport.send(msg.src, 8, msg.meta, msg.tensors)
+        return sorted(set(served))
+    g = torch.Generator().manual_seed(instance.rank)
+    for i in range(3):
+        sent = [torch.randn(4, 3, generator=g).to(torch.bfloat16), torch.arange(5 + i)] if i != 1 else []
+        transport.send(2, 7, [instance.rank, i], sent)
+        back = transport.recv(2)
+        assert back.kind == 8 and back.meta == [instance.rank, i] and len(back.tensors) == len(sent)
+        assert all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(sent, back.tensors))
+    transport.send(2, 9)
+    return "ok"
+
+
+def test_exact_framing_with_a_polling_receiver():
+    assert launch(ClusterSpec(world_size=3, requesters=2, **SPEC), exact_echo) == ["ok", "ok", [0, 1]]
+
+
+def test_nccl_without_enough_gpus_is_one_clear_error():
+    if torch.cuda.is_available() and torch.cuda.device_count() >= 3:
+        pytest.skip("enough GPUs for 3 NCCL instances")
+    with pytest.raises(QrouteError, match="backend nccl: 3 instances on .* GPU\\(s\\): expected one GPU per instance"):
+        launch(ClusterSpec(world_size=3, backend="nccl", **SPEC), affinity)
+    with pytest.raises(QrouteError, match="frames='eager': expected 'auto' or 'exact'"):
+        ClusterSpec(frames="eager")
+
+
+class FakeWork:
+    def __init__(self, polls):
+        self.polls = polls
+
+    def is_completed(self):
+        self.polls -= 1
+        return self.polls < 0
+
+    def wait(self):
+        assert self.polls < 0, "waited on before it completed"
+
+
+def _poller(arrivals):
+    """A Poller over senders whose next headers arrive after the given numbers of polls, and the senders posted."""
+    posts = []
+
+    def post(header, src):
+        posts.append(src)
+        header.copy_(transport.encode_header(7, [src], [])[0])
+        return FakeWork(arrivals[src].pop(0))
+
+    return transport.Poller(sorted(arrivals), post=post), posts
+
+
+def test_poller_serves_ready_senders_in_turn():
+    """The NCCL polling path (a header receive posted per sender), with receives that complete after given polls."""
+    poller, posts = _poller({0: [0] * 3, 1: [0] * 3, 2: [0] * 2})
+    assert [poller.recv().src for _ in range(6)] == [0, 1, 2, 0, 1, 2]  # all ready: none served twice in a row
+    assert posts == [0, 1, 2, 0, 1, 2, 0, 1]  # a sender's next receive is posted once its message was taken
+
+
+def test_poller_is_not_held_up_by_a_late_sender_and_forgets_stopped_ones():
+    poller, posts = _poller({0: [5], 1: [0, 0, 0, 9], 2: [0]})
+    order = [poller.recv().src for _ in range(2)]
+    poller.drop(2)  # 2 stopped
+    order += [poller.recv().src for _ in range(3)]
+    assert order == [1, 2, 1, 1, 0]  # 0's header came after 5 polls; meanwhile 1 and 2 were served
+    assert posts == [0, 1, 2, 1, 1, 1]  # 2 never posted again after its STOP
