@@ -7,6 +7,7 @@ pytest.importorskip("triton", exc_type=ImportError)  # missing or broken install
 
 from qroute.errors import QrouteError  # noqa: E402
 from qroute.kernels import gather_store, gather_store_reference, scatter_store, scatter_store_reference  # noqa: E402
+from qroute.kernels import gather as gather_module  # noqa: E402
 from qroute.runtime.store import BlockStore  # noqa: E402
 from tests.kernels.helpers import DEVICE, gen, gpu, needs_compiled_cuda, poisoned  # noqa: E402
 
@@ -34,6 +35,45 @@ def test_scatter_writes_only_the_given_slots(slots):
     scatter_store_reference(expected, slots, buf)
     assert scatter_store(kv, torch.tensor(slots, dtype=torch.int32), buf, backend="triton") is kv
     assert torch.equal(kv, expected)
+
+
+def byte_store(seed, L, N, bs, D, dtype, shift=0):
+    """kv [L, N, bs, D] of random bytes (every bit pattern: NaN payloads, -0), `shift` elements into its storage."""
+    raw = torch.randint(0, 256, ((L * N * bs * D + shift) * dtype.itemsize,), dtype=torch.uint8, generator=gen(seed))
+    return raw.to(DEVICE).view(dtype)[shift:].view(L, N, bs, D)
+
+
+def bits(t):
+    return t.view(torch.uint8)  # bit-for-bit comparison, NaNs included
+
+
+# (dtype, bs, D, shift): the runtime's pages, fp8, odd page sizes, a store starting mid-storage
+PAGES = [
+    (torch.bfloat16, 16, 576, 0),
+    (torch.float8_e4m3fn, 1, 576, 0),
+    (torch.bfloat16, 1, 36, 0),
+    (torch.float32, 3, 17, 0),
+    (torch.bfloat16, 3, 17, 0),
+    (torch.float8_e5m2, 1, 17, 0),
+    (torch.bfloat16, 16, 8, 1),  # starts 2 bytes into its storage
+]
+
+
+@pytest.mark.parametrize("dtype, bs, D, shift", PAGES, ids=lambda v: str(v).removeprefix("torch."))
+@pytest.mark.parametrize("block", [None, 64], ids=["default", "64-element programs"])
+def test_any_bytes_round_trip_exactly(dtype, bs, D, shift, block, monkeypatch):
+    if block is not None:  # many programs per page, the last one partial
+        monkeypatch.setattr(gather_module, "BLOCK", block)
+    L, N, slots = 3, 5, [3, 0, 4]
+    kv = byte_store(bs * D, L, N, bs, D, dtype, shift)
+    out = poisoned((L, len(slots) * bs, D), dtype)
+    got = gather_store(kv, slots, out=out, backend="triton")
+    assert torch.equal(bits(got), bits(gather_store_reference(kv, slots)))
+    dst = byte_store(D, L, N, bs, D, dtype, shift)
+    expected = dst.clone()
+    scatter_store_reference(expected, slots, got)
+    scatter_store(dst, slots, got, backend="triton")
+    assert torch.equal(bits(dst), bits(expected))
 
 
 def test_round_trip_between_two_stores():
