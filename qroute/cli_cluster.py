@@ -219,6 +219,8 @@ def add_validate(sub) -> None:
                    "not yet known within --ci, up to this many runs (default: %(default)s; = --reps for a fixed count)")
     p.add_argument("--ci", type=float, default=0.03, help="target half-width of each measured median's ~95%% confidence "
                    "interval, relative (default: %(default)s)")
+    p.add_argument("--instances", type=int_at_least(2), choices=(2, 3), default=3, help="1 requester + 2 holders (1 holder "
+                   "with contiguous placement, then 2 with hashed), or 2 instances: the 1-holder setup only (default: %(default)s)")
     p.add_argument("--fabric", type=fabric_links, default=(), help=f"validate over {FABRIC_HELP}; one holder, every path")
     _host_args(p)
     _model_args(p)
@@ -239,9 +241,12 @@ def cmd_validate(args) -> None:
 
     device = _device(args)
     profile = args.profile or ("auto" if device else newest_profile(args.out))
-    world = _world(args, CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=max(args.chunk_blocks)))
-    cluster = ClusterSpec(2 if args.fabric else 3, 1, timeout_s=float(args.timeout), links=args.fabric, pin=not args.no_pin,
-                          backend=args.backend)
+    from qroute.calibration.shapes import PROBE
+
+    blocks = max(*args.chunk_blocks, PROBE[1])  # the speed probe's request needs a chunk of PROBE[1] blocks
+    world = _world(args, CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=blocks))
+    cluster = ClusterSpec(2 if args.fabric else args.instances, 1, timeout_s=float(args.timeout), links=args.fabric,
+                          pin=not args.no_pin, backend=args.backend)
     config = ValidationConfig(profile, cluster, world, args.step_tokens, args.chunk_blocks, args.steps, args.reps,
                               max(args.max_reps, args.reps), args.ci, progress=not (args.quiet or args.json), device=device)  # fmt: skip
     calibrated = f"{args.out}/profile-{args.tag or socket.gethostname()}-auto-{dt.date.today():%Y-%m-%d}.json"

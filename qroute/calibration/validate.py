@@ -83,14 +83,14 @@ class ValidationConfig:
             raise QrouteError(f"max reps={self.max_reps}: expected >= reps={self.reps}")
         if not 0 < self.ci < 1:
             raise QrouteError(f"ci={self.ci!r}: expected a fraction in (0, 1)")
-        if self.device is None and self.cluster.world_size < (2 if self.cluster.links else 3):
-            raise QrouteError(f"instances={self.cluster.world_size}: validation needs 3 (1 requester + 2 holders)")
+        if self.device is None and self.cluster.world_size < 2:
+            raise QrouteError(f"instances={self.cluster.world_size}: validation needs 2 (1 requester + 1 holder) or 3")
         if max(self.chunk_blocks) > self.world.corpus.chunk_blocks:
             raise QrouteError(f"chunk blocks {max(self.chunk_blocks)}: expected <= the corpus's {self.world.corpus.chunk_blocks}")
 
 
 def run_validation(config: ValidationConfig, calibrated: str | None = None) -> dict:
-    """Both setups (1 holder, 2 holders) on the live cluster; rows, metrics and wall time.
+    """Both setups (1 holder, 2 holders; only the first with 2 instances) on the live cluster; rows, metrics, wall time.
 
     With `profile="auto"` the first setup calibrates before its sweep; the fitted profile is
     written to `calibrated` (a path) and used by the second setup.
@@ -105,7 +105,8 @@ def run_validation(config: ValidationConfig, calibrated: str | None = None) -> d
     t0 = time.perf_counter()
     rows: list[dict] = []
     extra: dict = {}
-    setups = SETUPS[:1] if config.cluster.links else SETUPS  # a fabric joins one requester and one holder
+    # a fabric joins one requester and one holder; 2 instances (e.g. 2 GPUs under NCCL) have one holder too
+    setups = [(p, h) for p, h in SETUPS if h <= config.cluster.world_size - config.cluster.requesters]
     for placement, holders in setups:
         world = replace(config.world, placement=Placement(placement))
         out = launch(config.cluster, validate_instance, replace(config, world=world), holders)[0]

@@ -67,6 +67,11 @@ def test_validate_cli_small_grid_and_bad_profiles(tmp_path):
     assert {"median_ape", "p90_ape", "hit_rate", "regret", "per_path", "per_primitive", "per_phase"} <= set(out)
     assert out["per_path"]["gloo-loopback"]["n"] > 0 and 0 <= out["regret"] < 10
     assert any(Path(f).suffix == ".csv" for f in out["files"]) and sum(Path(f).suffix == ".png" for f in out["files"]) == 2
+    assert set(out["per_holders"]) == {"1", "2"}
+    r = run("validate", "--quiet", "--json", *small, "--instances", "2", "--step-tokens", "1", "--chunk-blocks", "4",
+            "--steps", "1", "--reps", "1", "--max-reps", "1", "--out", str(tmp_path), "--tag", "t2")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads(r.stdout)["per_holders"]) == {"1"}  # 2 instances (2 GPUs under NCCL): one holder only
     profile = json.loads(next(tmp_path.glob("profile-t-*.json")).read_text())
     corrupt, foreign = tmp_path / "corrupt.json", tmp_path / "foreign.json"
     corrupt.write_text(json.dumps(profile)[:-40])
