@@ -12,7 +12,7 @@ Messages are received from a given sender or from any (holders serve several req
 
 Exact framing (NCCL, or `set_exact(True)` to exercise it over gloo): a receive must name its
 sender and post exactly the size that was sent, and buffers live on this instance's device
-(`set_device`). Every message is then its header (`[HEADER_LEN]` int64) followed, when it has
+(`set_exact`). Every message is then its header (`[HEADER_LEN]` int64) followed, when it has
 tensors, by its payload; a holder serving several requesters posts one header receive per
 requester and polls them (`Poller`), since NCCL cannot receive from any sender.
 """
