@@ -154,7 +154,7 @@ def combine_batch(model: CostModel, sessions: Sequence[Session]) -> Phases:
     holders in parallel, each holder computing one partial attention per request); then on
     the requester an attention over each request's moved KV and a merge per request. Once:
     the routed holders' wake-up (`cold_s`), each request's fetches (its holders asked at once:
-    one fetch probe plus `per_holder_s` per extra holder; bytes serialised), splice or
+    one fetch probe plus `fetch_per_holder_s` per extra holder; bytes serialised), splice or
     gather, and re-prefills. All requests share `layers` and `steps`.
     """
     layers, steps = _common(sessions)
@@ -205,7 +205,7 @@ def _moved_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
         moved = sum(h.tokens for h in holders if h.primitive != "route")
         attend = model.attention_s(request.rows, moved, local=True) if moved else 0.0
         partials = 1 + routed + (1 if moved else 0)
-        total = total + Phases(compute=attend, merge=model.merge_s(request.rows, partials))
+        total = total + Phases(compute=attend, merge=model.merge_s(request.rows, partials, routed=routed > 0))
     return total
 
 
@@ -221,7 +221,7 @@ def _once(model: CostModel, request: Request, holders: Sequence[HolderPlan]) -> 
     moved = [model.fetch_bytes(h.tokens, layers) for h in fetched]
     # the holders are asked at once: one probe (they wake together), plus the extra of each further holder
     probe = max((p.fetch_alpha(n) for p, n in zip(paths, moved)), default=0.0)
-    probe += (len(paths) - 1) * max(p.per_holder_s for p in paths) if paths else 0.0
+    probe += (len(paths) - 1) * max(p.fetch_extra_s for p in paths) if paths else 0.0
     return Phases(
         probe=probe,
         transfer=sum(n / p.beta(n) for p, n in zip(paths, moved)),

@@ -32,14 +32,14 @@ import torch.distributed as dist
 
 from qroute.calibration.fit import fit_path
 from qroute.calibration.insitu import fit_compute_from_trace, fit_path_from_trace
-from qroute.calibration.shapes import serve, serve_together, shaped_request, speed_probe
+from qroute.calibration.shapes import serve, serve_together, shaped_request, spanning_request, speed_probe
 from qroute.calibration.sweeps import BANDWIDTH_SIZES, LATENCY_SIZES, bandwidth_sweep, latency_sweep
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import PRIMITIVES, path_flips
 from qroute.cost.profile import Profile
 from qroute.errors import QrouteError, positive_int
 from qroute.runtime import holder, launcher, paths
-from qroute.runtime.executor import Executor, stop_holders
+from qroute.runtime.executor import Executor, KeepAlive, stop_holders
 from qroute.runtime.holder import AttentionSpec, build_store
 from qroute.runtime.launcher import ClusterSpec, Instance, launch
 from qroute.runtime.world import WorldSpec, build_world, check_spec
@@ -143,7 +143,8 @@ def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int,
     with Progress(disable=not config.progress, transient=True) as bar:
         steps = len(names) * (len(sizes) + len(BANDWIDTH_SIZES) + repeats * len(shapes) * 2)
         task = bar.add_task("calibrating", total=steps)
-        advance = lambda *_: bar.advance(task)  # noqa: E731
+        alive = KeepAlive(0, sorted(set(world.directory.holders)), config.cluster.timeout_s / 4)
+        advance = lambda *_: (bar.advance(task), alive())  # noqa: E731
         for name in names:
             try:
                 sweeps(name, sizes, latency, bandwidth, advance)
@@ -208,7 +209,7 @@ def flips(latency: dict, profile: Profile) -> list[dict]:
 def _train(world, shapes, advance, seed: int, path: str, probes: list | None = None, links: dict | None = None) -> list[dict]:
     """Serve the training grid on `path`, the executor's trace: per shape every primitive forced on one holder, a
     scattered fetch (every other block: the gather), and with two holders or more a batch of two requests routed to
-    two holders at once (the parallel exchange)."""
+    two holders at once (the parallel exchange) and, for some shapes, a fetch from two holders at once."""
     cost = CostModel(world.geometry, load_profile("published-h100"))  # plans are forced: their predictions are unused
     executor = Executor(0, world.model, world.corpus, world.directory, cost, links=links)
     executor.force_path = path
@@ -226,6 +227,8 @@ def _train(world, shapes, advance, seed: int, path: str, probes: list | None = N
         if len(holders) > 1:
             pair = [shaped_request(world, 1, k, n, TRAIN_STEPS, seed=s + j, on=h) for j, h in enumerate(holders[:2])]
             serve_together(executor, pair, "route")
+            if k in TRAIN_LOCAL_STEP_TOKENS:  # a fetch from two holders at once (its size does not depend on k)
+                serve(executor, spanning_request(world, k, n, 1, seed=s), "fetch")
         advance()
     return [r for r in executor.trace if r.get("kind") not in ("route", "fetch") or r.get("path") == path]
 

@@ -51,8 +51,9 @@ def _of(trace: list[dict], kind: str) -> list[dict]:
 
 
 def _net(r: dict) -> float:
-    """An exchange's network time: its round trip less the holder's compute."""
-    return r["rtt_s"] - r["holder_compute_s"]
+    """An exchange's network time: its round trip (a route exchange: until its sends completed, as the decode step
+    pays it; 3% more than the reply's arrival on the dev VM) less the holder's compute."""
+    return r.get("wall_s", r["rtt_s"]) - r["holder_compute_s"]
 
 
 def _route_bytes(r: dict) -> int:
@@ -85,7 +86,7 @@ def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = N
     excess: dict[tuple, list[tuple[float, float, float]]] = {}  # shape -> (excess, others' compute, measured)
     for recs in exchanges.values():
         computes = [r["holder_compute_s"] for r in recs]
-        measured = max(r["rtt_s"] for r in recs) - max(computes)
+        measured = max(r.get("wall_s", r["rtt_s"]) for r in recs) - max(computes)
         sizes = [_route_bytes(r) for r in recs]
         predicted = max(path.alpha(b) for b in sizes) + sum(b / path.beta(b) for b in sizes)
         shape = (len(recs), tuple(sorted(sizes)))
@@ -102,6 +103,23 @@ def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = N
     return float(coef[0]), float(min(coef[1], 1.0))
 
 
+def fetch_per_holder_excess(trace: list[dict], path: PathSpec) -> float | None:
+    """`fetch_per_holder_s`: how much longer a fetch from several holders at once takes (its network time: the last
+    reply less the holders' gathers) than the path prices it without the extra (one fetch probe, bytes serialised),
+    per holder beyond the first; the robust median over fetches, never below 0; None without a parallel fetch."""
+    fetches: dict[tuple, list[dict]] = {}
+    for r in _of(trace, "fetch"):
+        if r["parallel"] > 1:
+            fetches.setdefault((r.get("run", 0), r["request"]), []).append(r)
+    excess = []
+    for recs in fetches.values():
+        if len(recs) == recs[0]["parallel"]:
+            measured = max(r.get("wall_s", r["rtt_s"]) for r in recs) - sum(r["holder_compute_s"] for r in recs)
+            predicted = max(path.fetch_alpha(r["bytes"]) for r in recs) + sum(r["bytes"] / path.beta(r["bytes"]) for r in recs)
+            excess.append((measured - predicted) / (len(recs) - 1))
+    return max(0.0, robust_median(excess)) if excess else None
+
+
 def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] | None = None) -> tuple[PathSpec, PathFit]:
     """alpha + bytes/beta (with a small-message regime if one line misses) over single-holder route and fetch
     exchanges, plus `sweep` points (exchange bytes -> median seconds of a ping-pong sweep) below and above the sizes
@@ -112,7 +130,7 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
     Route exchanges of a request's first decode step pay the holders' wake-up: they are left out of the line and
     price `cold_s` against later steps of the same shape. Fetches (one request message, a holder woken from idle)
     share the line's rate and price their own fixed cost, `fetch_offset_s` (`fetch_offset`). Parallel exchanges
-    (several holders at once) price `per_holder_s` and `holder_serial`.
+    (several holders at once) price `per_holder_s` and `holder_serial`; parallel fetches `fetch_per_holder_s`.
     """
     route = [r for r in _of(trace, "route") if r["parallel"] == 1]
     fetch = [r for r in _of(trace, "fetch") if r["parallel"] == 1]
@@ -130,7 +148,8 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
     spec = PathSpec(fit.alpha_s, fit.beta_Bps, source, _small(fit), cold_excess(route), fetch_offset_s=offset)
     parallel: dict = {}
     per_holder, serial = per_holder_excess(trace, spec, parallel) or (0.0, 0.0)
-    return replace(spec, per_holder_s=per_holder, holder_serial=serial), replace(fit, extra=(("parallel", parallel),))
+    spec = replace(spec, per_holder_s=per_holder, holder_serial=serial)
+    return replace(spec, fetch_per_holder_s=fetch_per_holder_excess(trace, spec)), replace(fit, extra=(("parallel", parallel),))
 
 
 def fetch_offset(routed: dict, fetched: dict) -> float:
@@ -158,11 +177,57 @@ def _small(fit: PathFit) -> SmallRegime | None:
     return SmallRegime(fit.knee_bytes, fit.small_alpha_s, fit.small_beta_Bps) if fit.knee_bytes else None
 
 
+SPAN = 4.0  # in-situ exchanges over sizes this far apart (largest / smallest) can fix the line on their own
+
+
 def _fit_points(routed: dict, fetched: dict, swept: dict) -> PathFit:
-    points = {**swept, **fetched, **routed}
+    """Of two fits, the one that prices the runtime's own exchanges best (median relative error over them): a line
+    through those exchanges alone (where they span `SPAN`), with the ping-pong sweep's points below them as the
+    small-message regime; or one fit through every point, sweep included (small regimes where one line misses).
+
+    A ping-pong in a loop runs faster than the same bytes inside a decode step (on the H100 host 0.72 ms against
+    0.97 ms at 70 KB): pooled into one line, the sweep's many small sizes pulled the in-situ range 10-15% low there.
+    A link whose cost is not one line over the exchanged sizes (a delay line with a regime near 1 MB) may be better
+    served by the pooled fit."""
+    insitu = {**fetched, **routed}
     origin = {**{k: "sweep" for k in swept}, **{k: "fetch" for k in fetched}, **{k: "route" for k in routed}}
+    pooled = _fit_pooled({**swept, **insitu}, origin)
+    sizes = sorted(insitu)
+    if len(sizes) < 3 or sizes[-1][0] < SPAN * sizes[0][0]:
+        return pooled
+    own = _fit_pooled(insitu, origin)
+    below = {k: t for k, t in swept.items() if k < sizes[0]}
+    if not own.knee_bytes and len(below) >= 2:  # a regime of the runtime's own exchanges outranks the sweep's
+        small = _fit_pooled(below, origin, regimes=False)
+        own = replace(own, small_alpha_s=small.alpha_s, small_beta_Bps=small.beta_Bps,
+                      knee_bytes=float(np.sqrt(max(below)[0] * sizes[0][0])),
+                      rel_residuals=np.concatenate([small.rel_residuals, own.rel_residuals]),
+                      points=small.points + own.points, origins=small.origins + own.origins)  # fmt: skip
+    return min((own, pooled), key=lambda fit: _insitu_ape(fit, insitu))  # ties: the runtime's own line
+
+
+def _insitu_ape(fit: PathFit, insitu: dict) -> float:
+    """Median relative error of `fit` over the in-situ points."""
+    line = _line(fit)
+    return float(np.median([abs(line.time(k[0]) - t) / t for k, t in insitu.items()]))
+
+
+def _fit_pooled(points: dict, origin: dict, regimes: bool = True) -> PathFit:
+    """fit_path over `points` (size tuple -> seconds); one line only unless `regimes`."""
     sizes = sorted(points)
-    return replace(fit_path([s[0] for s in sizes], [points[s] for s in sizes]), origins=tuple(origin[s] for s in sizes))
+    fit = fit_path([s[0] for s in sizes], [points[s] for s in sizes], floor=0.03 if regimes else float("inf"))
+    return replace(fit, origins=tuple(origin[s] for s in sizes))
+
+
+def _after_route(points: dict[tuple, float], m: np.ndarray, o: float, fits: dict) -> float:
+    """Seconds a merge that follows a route exchange takes beyond the other merges' fit `m` (robust median over its
+    shapes, never below 0); 0 without such merges."""
+    if not points:
+        return 0.0
+    excess = {k: t - (m[0] + k[0] * k[1] * o * m[1]) for k, t in points.items()}
+    fits["merge_after_route"] = {"shapes": [list(k) for k in sorted(points)], "seconds": [points[k] for k in sorted(points)],
+                                 "excess_s": [excess[k] for k in sorted(points)]}  # fmt: skip
+    return max(0.0, robust_median(list(excess.values())))
 
 
 def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, fits: dict) -> Compute:
@@ -173,8 +238,13 @@ def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, f
     a = _fit(holder, lambda k: [len(k), sum(t for _, t in k) * kv, sum(r * t for r, t in k) * f], "attention", fits)
     moved = _grouped(_of(trace, "moved"), lambda r: (r["rows"], r["tokens"]), lambda r: r["seconds"])
     la = _fit(moved, lambda k: [1.0, k[1] * kv, k[0] * k[1] * f], "local_attention", fits)
-    merge = _grouped(_of(trace, "merge"), lambda r: (r["rows"], r["partials"]), lambda r: r["seconds"])
-    m = _fit(merge, lambda k: [1.0, k[0] * k[1] * o], "merge", fits)
+    merges = _of(trace, "merge")
+    after = [r for r in merges if r.get("routed")]
+    others = [r for r in merges if not r.get("routed")]
+    merge_key = lambda r: (r["rows"], r["partials"])  # noqa: E731
+    base = _grouped(others, merge_key, lambda r: r["seconds"])
+    m = _fit(base if len(base) >= 2 else _grouped(merges, merge_key, lambda r: r["seconds"]), lambda k: [1.0, k[0] * k[1] * o], "merge", fits)
+    after_route = _after_route(_grouped(after, merge_key, lambda r: r["seconds"]), m, o, fits) if len(base) >= 2 else 0.0
     splice = _grouped(_of(trace, "splice"), lambda r: (r["tokens"], r["layers"]), lambda r: r["seconds"])
     s = _fit(splice, lambda k: [1.0, k[0] * k[1]], "splice", fits)
     scattered = [r for r in _of(trace, "fetch") if r.get("scattered")]  # a contiguous run is sent as stored
@@ -187,7 +257,7 @@ def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, f
     return Compute(
         attention=AttentionCoeffs(float(a[0]), rate(a[1]), rate(a[2]), src),
         local_attention=AttentionCoeffs(float(la[0]), rate(la[1]), rate(la[2]), src),
-        merge=MergeCoeffs(float(m[0]), rate(m[1]), src),
+        merge=MergeCoeffs(float(m[0]), rate(m[1]), src, after_route),
         splice=SpliceCoeffs(float(s[0]), 0.0, float(s[1]), src),
         gather=GatherCoeffs(float(gt[0]), 0.0, float(gt[1]), src),
         reprefill=ReprefillCoeffs(float(rp[0]), rate(rp[1]), rate(rp[2]), src),

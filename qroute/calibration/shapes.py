@@ -25,6 +25,25 @@ def shaped_request(world, holders: int, step_tokens: int, blocks: int, steps: in
     raise QrouteError(f"no chunk with {blocks} blocks (stride {stride}) on {holders} holders{where}: expected a larger corpus")
 
 
+def spanning_request(world, step_tokens: int, blocks: int, steps: int, seed: int) -> AgentRequest | None:
+    """A request whose selection spans two holders (the first `blocks // 2` blocks of a chunk on one holder and as many
+    of a later chunk on another): its fetch asks both at once, which whole-chunk placement gives no single chunk to
+    do. For calibration only (its attention is not that of any one chunk); None with fewer than 2 holders."""
+    half, bs = max(1, blocks // 2), world.corpus.block_size
+    firsts: dict[int, list[int]] = {}
+    for chunk in world.corpus.chunks:
+        ids = list(chunk.blocks(bs))[:half]
+        by_holder = world.directory.by_holder(ids)
+        if len(ids) == half and len(by_holder) == 1:
+            firsts.setdefault(next(iter(by_holder)), (chunk, ids))
+    if len(firsts) < 2:
+        return None
+    (chunk, a), (_, b) = sorted(firsts.values(), key=lambda c: c[0].first_block)[:2]
+    g = torch.Generator().manual_seed(seed)
+    task = torch.randint(0, world.model.config.vocab_size, (16,), generator=g)
+    return AgentRequest(seed, task, int(task[0]), chunk.id, (*a, *b), chunk.tokens.numel(), steps, False, step_tokens)
+
+
 def serve(executor: Executor, request: AgentRequest, primitive: str) -> Session:
     """Open the request with `primitive` forced (or the predicate's choice) and decode all its steps."""
     return serve_together(executor, [request], primitive)[0]

@@ -26,10 +26,14 @@ Metrics (pure functions of the rows, `metrics`):
                fixed small request per primitive, timed at calibration and before each pass):
                the model's error with the host's drift since calibration taken out. Reported
                beside the plain APE, never instead of it
+    online     APE of an online-rescaled profile (`cost.online`): the runs replayed in the
+               order they ran, each predicted with the median measured / predicted ratio per
+               phase group of the 16 runs of its primitive before it. Beside the plain APE
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -45,10 +49,11 @@ from qroute.calibration.calibrate import CalibrationConfig, measure
 from qroute.cost import CostModel, load_profile
 from qroute.cost.profile import from_dict
 from qroute.cost.model import PRIMITIVES
+from qroute.cost.online import online_predictions
 from qroute.calibration.shapes import serve, shaped_request, speed_probe
 from qroute.errors import QrouteError, positive_int
 from qroute.planner import combine_batch
-from qroute.runtime.executor import Executor, predicted_groups, stop_holders
+from qroute.runtime.executor import Executor, KeepAlive, predicted_groups, stop_holders
 from qroute.runtime import holder, paths
 from qroute.runtime.holder import AttentionSpec, build_store
 from qroute.runtime.launcher import ClusterSpec, Instance, launch
@@ -59,6 +64,7 @@ from qroute.workload.agents import AgentRequest
 from qroute.workload.corpus import CorpusSpec
 
 GROUPS = ("network_s", "compute_s", "merge_s", "total_s")
+ONLINE_WINDOW = 16  # runs of one primitive an online-rescaled profile learns from
 SETUPS = (("contiguous", 1), ("hashed", 2))
 
 
@@ -157,7 +163,8 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
     dtype = "fp32" if world.model.dtype == torch.float32 else "bf16"
     shapes = [(k, n, s) for k in config.step_tokens for n in config.chunk_blocks for s in config.steps]
     names = [n for n in profile.default_paths if not paths.names() or n in paths.names()]
-    rows = []
+    rows, order = [], itertools.count()
+    alive = KeepAlive(0, sorted(set(world.directory.holders)), config.cluster.timeout_s / 4)
     with Progress(disable=not config.progress, transient=True) as bar:
         label = f"validating ({holders} holder{'s' * (holders > 1)}, {len(names)} path{'s' * (len(names) > 1)})"
         task = bar.add_task(label, total=len(names) * len(shapes) * len(PRIMITIVES) * config.reps)
@@ -178,16 +185,19 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
                     bar.update(task, total=next(t.total for t in bar.tasks if t.id == task) + len(todo))
                 speed = _speed(executor, world, reference)
                 for (request, primitive), row in todo:
+                    alive()
                     session = serve(executor, request, primitive)
                     if rep == 0:
                         row.update(_describe(executor, world, request, primitive, session))
                     row["runs"] = row.get("runs", []) + [session.measured.as_dict()]
+                    row["run_order"] = row.get("run_order", []) + [next(order)]  # when it ran, on this path
                     row["speed"] = row.get("speed", []) + [speed[primitive]] if speed else None
                     bar.advance(task)
     for row in rows:
         runs = row.pop("runs")
         row["measured"] = {g: median(r[g] for r in runs) for g in GROUPS}
         row["measured_runs"] = [r["total_s"] for r in runs]
+        row["measured_phases"] = [{g: r[g] for g in GROUPS[:-1]} for r in runs]
         row["median_ci"] = median_ci(row["measured_runs"])
     return rows
 
@@ -256,6 +266,29 @@ def _corrected_ape(row: dict) -> float | None:
     return abs(row["predicted"]["total_s"] - m) / m
 
 
+def online(rows: list[dict], window: int = ONLINE_WINDOW) -> dict:
+    """APE of the predictions an online-rescaled profile (`cost.online`) would have made: each setup and path's runs
+    replayed in the order they ran, each predicted from the `window` runs of the same primitive before it; per
+    configuration the median of its runs' predictions against the median measured. Empty without run records."""
+    streams: dict[tuple, list[tuple[int, dict, int]]] = {}
+    for i, r in enumerate(rows):
+        for j, order in enumerate(r.get("run_order") or []):
+            streams.setdefault((r["holders"], r.get("pass")), []).append((order, r, j))
+    if not streams:
+        return {}
+    predicted: dict[int, list[float]] = {}
+    for runs in streams.values():
+        runs.sort(key=lambda x: x[0])
+        replay = [(r["primitive"], r["predicted"], r["measured_phases"][j]) for _, r, j in runs]
+        for (_, r, _), p in zip(runs, online_predictions(replay, window)):
+            predicted.setdefault(id(r), []).append(p["total_s"])
+    apes = {id(r): abs(median(predicted[id(r)]) - r["measured"]["total_s"]) / r["measured"]["total_s"]
+            for r in rows if id(r) in predicted and r["measured"]["total_s"] > 0}  # fmt: skip
+    by = lambda key: {v: _summary([apes[id(r)] for r in rows if r[key] == v and id(r) in apes])  # noqa: E731
+                      for v in sorted({r[key] for r in rows if r[key]}, key=str)}  # fmt: skip
+    return {**_summary(list(apes.values())), "window": window, "per_path": by("path"), "per_primitive": by("primitive")}
+
+
 def _summary(values: list[float]) -> dict:
     if not values:
         return {"median_ape": None, "p90_ape": None, "n": 0}
@@ -275,6 +308,7 @@ def metrics(rows: list[dict], margin: float = 0.10) -> dict:
     out["measurement"] = {"runs_median": float(np.median([len(r["measured_runs"]) for r in rows])) if rows else None,
                           "median_ci_median": float(np.median(cis)) if cis else None,
                           "median_ci_p90": float(np.percentile(cis, 90)) if cis else None}  # fmt: skip
+    out["online"] = online(rows)
     corrected = [a for r in rows if (a := _corrected_ape(r)) is not None]
     out["drift_corrected"] = {**_summary(corrected), "per_path": {
         v: _summary([a for r in rows if r["path"] == v and (a := _corrected_ape(r)) is not None])

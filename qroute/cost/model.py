@@ -13,9 +13,9 @@ route  per layer and step, all H holders at once: one probe (latencies overlap) 
        serialise on the requester's port), the holders' partial attention (in parallel, but
        for the path's `holder_serial` fraction of the others' compute),
        the states back, one merge of H + 1 partials (the requester's own state and one per
-       holder). Once per request: the path's `cold_s` (the first exchange wakes the holders).
+       holder; it follows a wait on the network: the merge's `after_route_s`). Once per request: the path's `cold_s` (the first exchange wakes the holders).
 fetch  once: all H holders asked at once (one probe, moved by the path's `fetch_offset_s`,
-       plus `per_holder_s` per extra holder), C*L KV rows from each (bytes serialise); then a splice
+       plus `fetch_per_holder_s` per extra holder), C*L KV rows from each (bytes serialise); then a splice
        (contiguous chunk reused at offset != 0) or a scattered gather (sparse selection);
        then per layer and step a local attention over the H*C moved tokens and a merge of 2
        partials (own + moved).
@@ -118,10 +118,10 @@ class CostModel:
         flops = rows * tokens * self.geometry.attn_flops_per_row_token / a.flops_per_s
         return a.fixed_s + read + flops
 
-    def merge_s(self, rows, partials):
-        """Merge of `partials` states of `rows` rows, one layer."""
+    def merge_s(self, rows, partials, routed: bool = False):
+        """Merge of `partials` states of `rows` rows, one layer; `routed`: it follows a route exchange."""
         m = self.profile.compute.merge
-        return m.fixed_s + rows * partials * self.coef.o_row_bytes / m.Bps
+        return m.fixed_s + rows * partials * self.coef.o_row_bytes / m.Bps + (m.after_route_s if routed else 0.0)
 
     def splice_s(self, tokens, layers):
         """RoPE re-rotation of every layer's rope part of `tokens` spliced tokens."""
@@ -162,7 +162,7 @@ class CostModel:
             transfer=s.holders * s.rows * c.q_row_bytes / beta,
             compute=self.attention_s(s.rows, s.tokens) * (1 + (s.holders - 1) * path.holder_serial),
             ret=s.holders * s.rows * c.o_row_bytes / beta,
-            merge=self.merge_s(s.rows, s.holders + 1),
+            merge=self.merge_s(s.rows, s.holders + 1, routed=True),
         )
         return per_layer.scaled(s.steps * s.layers) + Phases(probe=path.cold_s)
 
@@ -180,7 +180,7 @@ class CostModel:
         """All H holders fetched once, then N*L local attentions over the moved tokens."""
         nbytes = self.fetch_bytes(s.tokens, s.layers)
         once = Phases(
-            probe=path.fetch_alpha(nbytes) + (s.holders - 1) * path.per_holder_s,
+            probe=path.fetch_alpha(nbytes) + (s.holders - 1) * path.fetch_extra_s,
             transfer=s.holders * nbytes / path.beta(nbytes),
             compute=self.adapt_s(s),
         )

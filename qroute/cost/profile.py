@@ -65,6 +65,12 @@ class PathSpec:
     per_holder_s: float = 0.0  # per parallel exchange, for each holder beyond the first
     fetch_offset_s: float = 0.0  # a fetch exchange's fixed seconds beyond a route exchange of the same bytes
     holder_serial: float = 0.0  # fraction of the other holders' compute not overlapped in a parallel exchange
+    fetch_per_holder_s: float | None = None  # a parallel fetch's extra per further holder (None: `per_holder_s`)
+
+    @property
+    def fetch_extra_s(self) -> float:
+        """A parallel fetch's extra seconds for each holder beyond the first."""
+        return self.per_holder_s if self.fetch_per_holder_s is None else self.fetch_per_holder_s
 
     def fetch_alpha(self, nbytes):
         """Fixed seconds of one fetch exchange of `nbytes`: the probe moved by `fetch_offset_s`, never below 0."""
@@ -94,6 +100,8 @@ class PathSpec:
         d = {"alpha_s": self.alpha_s, "beta_Bps": self.beta_Bps, "source": self.source,
              "cold_s": self.cold_s, "per_holder_s": self.per_holder_s, "fetch_offset_s": self.fetch_offset_s,
              "holder_serial": self.holder_serial}  # fmt: skip
+        if self.fetch_per_holder_s is not None:
+            d["fetch_per_holder_s"] = self.fetch_per_holder_s
         if self.small is not None:
             d["small"] = asdict(self.small)
         return d
@@ -103,7 +111,7 @@ class PathSpec:
         small = d.get("small")
         return cls(d["alpha_s"], d["beta_Bps"], d.get("source", ""), SmallRegime(**small) if small else None,
                    d.get("cold_s", 0.0), d.get("per_holder_s", 0.0), d.get("fetch_offset_s", 0.0),
-                   d.get("holder_serial", 0.0))  # fmt: skip
+                   d.get("holder_serial", 0.0), d.get("fetch_per_holder_s"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -118,11 +126,13 @@ class AttentionCoeffs:
 
 @dataclass(frozen=True)
 class MergeCoeffs:
-    """Merge of P partial states of R rows: `fixed + R*P*state_bytes/Bps`."""
+    """Merge of P partial states of R rows: `fixed + R*P*state_bytes/Bps`; `after_route_s` more when it follows a
+    route exchange (the requester's first computation after waiting on the network: measured 30-80 us on CPUs)."""
 
     fixed_s: float
     Bps: float
     source: str = ""
+    after_route_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -202,6 +212,8 @@ class Profile:
             "default_paths": list(self.default_paths),
             "compute": asdict(self.compute),
         }
+        if not self.compute.merge.after_route_s:  # profiles that predate it read and write unchanged
+            del d["compute"]["merge"]["after_route_s"]
         if self.fits:
             d["fits"] = dict(self.fits)
         return d

@@ -35,6 +35,11 @@ def metrics_table(results: dict) -> Table:
     c = m.get("drift_corrected") or {}
     if c.get("n"):
         t.add_row("all, host drift taken out", _pct(c["median_ape"]), _pct(c["p90_ape"]), str(c["n"]))
+    o = m.get("online") or {}
+    if o.get("n"):
+        t.add_row(f"all, rescaled online (last {o['window']} runs)", _pct(o["median_ape"]), _pct(o["p90_ape"]), str(o["n"]))
+        for name, s in o["per_path"].items():
+            t.add_row(f"  path {name}, online", _pct(s["median_ape"]), _pct(s["p90_ape"]), str(s["n"]))
     d = m.get("drift") or {}
     if d.get("run_spread_p90") is not None:
         t.add_row("single runs around their median", "", _pct(d["run_spread_p90"]), "noise floor")

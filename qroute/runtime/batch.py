@@ -74,7 +74,7 @@ class BatchContext:
             t0 = time.perf_counter()
             m = _merge(part)
             merged.append((m.o.view(-1, heads, latent), m.lse.view(-1, heads)))
-            self._timed("merge", layer, t0, rows=m.lse.numel(), partials=len(part))
+            self._timed("merge", layer, t0, rows=m.lse.numel(), partials=len(part), routed=bool(self.sessions[b].routed))
         return AttentionState(torch.cat([o for o, _ in merged]), torch.cat([lse for _, lse in merged]))
 
     def _attend_moved(self, q: Tensor, keys: Tensor, scale: float) -> AttentionState:
@@ -121,7 +121,7 @@ class BatchContext:
         t_post = time.perf_counter()
         messages = {key: self._message(key[0], members, q) for key, members in by_holder.items()}
         posted = {key: links[key].isend(ROUTE, [layer], m) for key, m in messages.items()}
-        holder_compute = 0.0
+        holder_compute, first_record = 0.0, len(self.ex.trace)
         for key, members in by_holder.items():
             msg = links[key].recv()
             self.ex._note_load(key[0], msg)
@@ -138,6 +138,8 @@ class BatchContext:
             transport.wait_all(works)
         self.ex.sync()
         wall = time.perf_counter() - t_post if by_holder else 0.0
+        for record in self.ex.trace[first_record:]:  # the whole exchange as the step pays it (sends completed)
+            record["wall_s"] = wall
         self.measured.network += wall - holder_compute
         self.measured.compute += holder_compute
         self._inplace(layer, q, out)

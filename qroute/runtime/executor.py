@@ -23,7 +23,7 @@ from qroute.errors import QrouteError
 from qroute.model import MLATransformer
 from qroute.planner import HolderDemand, Plan, Request, forced_plan
 from qroute.runtime import transport
-from qroute.runtime.holder import FETCH, STOP, AttentionSpec
+from qroute.runtime.holder import FETCH, PING, PONG, STOP, AttentionSpec
 from qroute.policies import Decision, PolicyState, decide
 from qroute.runtime.cache import BlockCache
 from qroute.runtime.links import Link, RankLink
@@ -246,12 +246,15 @@ class Executor:
             transport.wait_all(works)
         received = time.perf_counter() - t_post
         s.measured.network += received - sum(msg.meta[0] / 1e9 for msg, _ in replies.values())
-        moved = []
+        moved, first_record = [], len(self.trace)
         for h, (msg, rtt) in replies.items():
             self._note_load(h, msg)
             if h in s.keep and self.cache.insert(wanted[h], msg.tensors[0]):  # a copy kept as stored (canonical)
                 self.cache.release(wanted[h])
             moved.append(self._splice_reply(s, h, msg, rtt, len(posted), kept=h in s.keep))
+        for record in self.trace[first_record:]:
+            if record["kind"] == "fetch":
+                record["wall_s"] = received  # the whole exchange as the request pays it (sends completed)
         return moved
 
     def _note_load(self, holder: int, msg: transport.Message) -> None:
@@ -333,3 +336,27 @@ def stop_holders(rank: int, holders: Sequence[int]) -> None:
         for h in holders:
             if h != rank:
                 transport.send(h, STOP, group=group)
+
+
+@dataclass
+class KeepAlive:
+    """Pings every holder on the world group once `every_s` seconds have passed since the last time it did (a no-op
+    without path groups). With an emulated fabric every request travels on the path groups, and a holder waiting on
+    the idle world group longer than the process group's timeout would fail (a fabric validation sweep takes minutes)."""
+
+    rank: int
+    holders: Sequence[int]
+    every_s: float
+    last: float = field(default_factory=time.monotonic)
+
+    def __call__(self, *_) -> None:
+        from qroute.runtime import paths
+
+        if not paths.names() or time.monotonic() - self.last < self.every_s:
+            return
+        for h in self.holders:
+            if h != self.rank:
+                transport.send(h, PING, [0], [])
+                if transport.recv(h).kind != PONG:
+                    raise QrouteError(f"holder {h} answered a keep-alive PING with another kind: expected PONG")
+        self.last = time.monotonic()

@@ -258,7 +258,7 @@ class Engine:
                        for h in groups if prims[h] == "route")  # fmt: skip
         moved = bs * (sum(len(groups[h]) for h in fetched + local) + len(hits))
         partials = 1 + len(routed) + (moved > 0)  # own state, one per routed holder, the moved KV's
-        moved_s = (m.attention_s(rows, moved, local=True) if moved else 0.0) + m.merge_s(rows, partials)
+        moved_s = (m.attention_s(rows, moved, local=True) if moved else 0.0) + m.merge_s(rows, partials, routed=bool(routed))
         cold = max((self.paths[p].cold_s for _, p, _, _ in routed), default=0.0)
         for p in prims.values():
             self.choices[p] += 1
@@ -272,7 +272,7 @@ class Engine:
         nbytes = [m.fetch_bytes(len(groups[h]) * bs, L) for h in fetched]
         specs = [self.paths[p] for p in paths]
         cursor = t + max(float(s.fetch_alpha(n)) for s, n in zip(specs, nbytes))
-        cursor += (len(fetched) - 1) * max(s.per_holder_s for s in specs)
+        cursor += (len(fetched) - 1) * max(s.fetch_extra_s for s in specs)
         for h, p, s, n in zip(fetched, paths, specs, nbytes):
             cursor = self.res.reserve((self.port(h, p), self.port(r.instance, p)), cursor, n / s.beta(n))
             self.bytes["fetch"] += n

@@ -98,3 +98,21 @@ def test_validation_config_rejects_bad_repetition_settings(bad, match):
 
     with pytest.raises(QrouteError, match=match):
         ValidationConfig("published-h100", **bad)
+
+
+def test_online_metric_replays_runs_in_the_order_they_ran():
+    from qroute.calibration.validate import online
+
+    def row(prim, order, measured_network):
+        predicted = {"network_s": 1e-3, "compute_s": 1e-3, "merge_s": 0.0, "total_s": 2e-3}
+        phases = [{"network_s": n, "compute_s": 1e-3, "merge_s": 0.0} for n in measured_network]
+        return {"holders": 1, "pass": "p", "path": "p", "primitive": prim, "predicted": predicted, "run_order": order,
+                "measured_phases": phases, "measured": {"total_s": 1e-3 + sorted(measured_network)[len(order) // 2]}}  # fmt: skip
+
+    # a machine 50% slower on the network than calibrated: the first run of each primitive is priced statically
+    rows = [row("route", [0, 2, 4], [1.5e-3] * 3), row("route", [1, 3, 5], [1.5e-3] * 3), row("fetch", [6], [1.5e-3])]
+    out = online(rows)
+    assert out["n"] == 3 and out["window"] == 16
+    assert out["per_primitive"]["route"]["median_ape"] == pytest.approx(0.0)  # medians of runs 2..5, all learned
+    assert out["per_primitive"]["fetch"]["median_ape"] == pytest.approx(0.5 / 2.5)  # nothing learned for fetch yet
+    assert online([{**r, "run_order": None} for r in rows]) == {}

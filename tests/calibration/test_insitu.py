@@ -92,3 +92,78 @@ def test_a_first_step_faster_than_later_ones_prices_no_negative_wake_up():
     rng = np.random.default_rng(1)
     trace = [_route(rng, s, 0, 8000, 1e-4 if s % 3 == 0 else 2e-4, s % 3 == 0) for s in range(12)]
     assert cold_excess(trace) == 0.0
+
+
+def _insitu_line(alpha, beta, seed):
+    """Warm single-holder route exchanges at five sizes spanning 32x (several layers each) and fetches among them."""
+    rng = np.random.default_rng(seed)
+    trace = []
+    for i, b in enumerate(np.geomspace(7e4, 2.2e6, 5).astype(int)):
+        for step in range(4):
+            trace.append(_route(rng, 10 * i + step, 0, int(b), (alpha + b / beta) * (1 + rng.normal(0, 0.005)), False))
+    for b in np.geomspace(1.5e5, 2e6, 4).astype(int):
+        trace.append({"kind": "fetch", "bytes": int(b), "parallel": 1, "holder_compute_s": 0.0, "rtt_s": alpha + b / beta})
+    return trace
+
+
+def test_a_faster_ping_pong_sweep_does_not_pull_the_runtimes_own_line():
+    # measured on the H100 host: a ping-pong in a loop took 0.72 ms where a route exchange of 70 KB took 0.97 ms
+    alpha, beta = 9e-4, 2e9
+    sweep = {int(b): 6e-4 + b / 5e9 for b in (16, 256, 4096, 65536)}  # below the runtime's sizes: faster
+    sweep |= {4 << 20: 1e-3 + (4 << 20) / 4e9, 16 << 20: 1e-3 + (16 << 20) / 4e9}  # above: another line
+    spec, fit = fit_path_from_trace(_insitu_line(alpha, beta, 0), "synthetic", sweep)
+    for b in (7e4, 3e5, 1.1e6, 2.2e6):
+        assert spec.time(b) == pytest.approx(alpha + b / beta, rel=0.01)
+    for b, t in sweep.items():
+        if b < 7e4:  # below, the sweep's own numbers (the small-message regime)
+            assert spec.time(b) == pytest.approx(t, rel=0.05)
+    assert spec.small is not None and 65536 < spec.small.below_bytes < 7e4
+    assert "sweep" in fit.origins and max(b for b, _ in fit.points) < 4 << 20  # the sweep above is not fitted
+
+
+def test_in_situ_sizes_too_close_together_pool_with_the_sweep():
+    rng = np.random.default_rng(3)
+    alpha, beta = 5e-4, 1e9
+    trace = [_route(rng, i, 0, int(b), alpha + b / beta, False) for i, b in enumerate((6e4, 8e4, 1e5) * 3)]
+    sweep = {int(b): alpha + b / beta for b in (16, 1024, 4 << 20, 16 << 20)}
+    spec, fit = fit_path_from_trace(trace, "synthetic", sweep)
+    assert len(fit.points) == 7 and spec.time(16 << 20) == pytest.approx(alpha + (16 << 20) / beta, rel=0.01)
+
+
+@settings(max_examples=10, deadline=None)
+@given(extra=st.floats(0, 2e-3), seed=st.integers(0, 2**32 - 1))
+def test_a_parallel_fetchs_extra_per_holder_is_recovered(extra, seed):
+    alpha, beta = 7e-4, 2e9
+    trace = _insitu_line(alpha, beta, seed)
+    rng = np.random.default_rng(seed)
+    for request in range(5):
+        sizes = rng.integers(1e5, 1e6, 2)
+        gathers = rng.uniform(0, 1e-4, 2)
+        wall = alpha + sizes.sum() / beta + extra + gathers.sum()
+        wall += 4e-3 if request == 0 else 0.0  # one stall: the median ignores it
+        for h in range(2):
+            trace.append({"kind": "fetch", "request": request, "bytes": int(sizes[h]), "parallel": 2,
+                          "holder_compute_s": gathers[h], "rtt_s": wall * (0.7 if h == 0 else 1.0), "wall_s": wall})  # fmt: skip
+    spec, _ = fit_path_from_trace(trace, "synthetic")
+    assert spec.fetch_per_holder_s == pytest.approx(extra, abs=0.03 * alpha)
+    assert spec.fetch_extra_s == spec.fetch_per_holder_s
+
+
+def test_without_parallel_fetches_a_fetch_takes_the_route_exchanges_extra():
+    spec, _ = fit_path_from_trace(_insitu_line(7e-4, 2e9, 1), "synthetic")
+    assert spec.fetch_per_holder_s is None
+    assert replace(spec, per_holder_s=3e-4).fetch_extra_s == 3e-4
+
+
+def test_a_spanning_request_asks_two_holders_and_none_with_one():
+    from qroute.calibration.shapes import spanning_request
+    from qroute.runtime.world import WorldSpec, build_world
+    from qroute.workload.corpus import CorpusSpec
+
+    spec = WorldSpec(corpus=CorpusSpec(max_tokens=2048, chunk_blocks=8))
+    world = build_world(spec, [1, 2], device="cpu")
+    r = spanning_request(world, 2, 6, 1, seed=5)
+    by_holder = world.directory.by_holder(r.blocks)
+    assert sorted(by_holder) == [1, 2] and [len(b) for b in by_holder.values()] == [3, 3]
+    assert all(b == blocks[0] + i for blocks in by_holder.values() for i, b in enumerate(blocks))  # contiguous runs
+    assert spanning_request(build_world(spec, [1], device="cpu"), 2, 6, 1, seed=5) is None

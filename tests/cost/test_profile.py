@@ -68,3 +68,17 @@ def test_not_json_and_unknown_name(tmp_path):
 def test_unknown_path_lists_known_ones():
     with pytest.raises(QrouteError, match="unknown path 'roce'.*ibgda"):
         prof.load("published-h100").path("roce")
+
+
+def test_measured_extras_roundtrip_and_old_profiles_read_and_write_unchanged(tmp_path):
+    from dataclasses import replace
+
+    p = prof.load("published-h100")
+    assert "after_route_s" not in published()["compute"]["merge"]
+    assert "fetch_per_holder_s" not in published()["paths"]["ibgda"]
+    ibgda = replace(p.path("ibgda"), fetch_per_holder_s=2e-4)
+    merge = replace(p.compute.merge, after_route_s=3e-5)
+    q = replace(p, paths={**p.paths, "ibgda": ibgda}, compute=replace(p.compute, merge=merge))
+    q.save(tmp_path / "q.json")
+    assert prof.load(tmp_path / "q.json") == q
+    assert q.path("ibgda").fetch_extra_s == 2e-4 and p.path("ibgda").fetch_extra_s == p.path("ibgda").per_holder_s

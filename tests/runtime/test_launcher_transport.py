@@ -173,3 +173,29 @@ def test_poller_is_not_held_up_by_a_late_sender_and_forgets_stopped_ones():
     order += [poller.recv().src for _ in range(3)]
     assert order == [1, 2, 1, 1, 0]  # 0's header came after 5 polls; meanwhile 1 and 2 were served
     assert posts == [0, 1, 2, 1, 1, 1]  # 2 never posted again after its STOP
+
+
+def keep_alive(instance):
+    from qroute.runtime import holder, paths
+    from qroute.runtime.executor import KeepAlive, stop_holders
+
+    if instance.rank == 1:
+        return holder.serve(None, None, [0], groups=[]).requesters  # the world group only, as a fabric's holder does
+    alive = KeepAlive(0, [1], every_s=0.0)
+    alive()  # no path groups: nothing to keep alive, no message
+    paths._GROUPS["emulated"] = None  # as if the traffic went on a fabric's path group
+    try:
+        pinged = [alive.last]
+        time.sleep(0.01)
+        alive()  # PING on the world group, PONG back
+        pinged.append(alive.last)
+        alive.every_s = 3600.0
+        alive()  # too soon: nothing
+        return pinged[1] > pinged[0] and alive.last == pinged[1]
+    finally:
+        paths._GROUPS.pop("emulated")
+        stop_holders(0, [1])
+
+
+def test_keep_alive_pings_the_idle_world_group_only_under_a_fabric_and_only_when_due():
+    assert launch(ClusterSpec(world_size=2, **SPEC), keep_alive) == [True, {0}]
