@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from qroute.calibration.fit import fit_path
-from qroute.calibration.insitu import fit_compute_from_trace, fit_path_from_trace
+from qroute.calibration.insitu import fit_compute_from_trace, fit_path_from_trace, path_line
 from qroute.calibration.shapes import serve, serve_together, shaped_request, spanning_request, speed_probe
 from qroute.calibration.sweeps import BANDWIDTH_SIZES, LATENCY_SIZES, bandwidth_sweep, latency_sweep
 from qroute.cost import CostModel, load_profile
@@ -247,12 +247,17 @@ def _kv_dtype(model) -> str:
 
 
 def spread(fits) -> dict:
-    """How far alpha and beta move between repeated calibrations: (max - min) / median."""
+    """How far alpha and beta move between repeated calibrations, (max - min) / median; and how far what they predict
+    moves, the same over each exchange size the repeats fitted (`time_rel_spread`: the largest over those sizes;
+    alpha and beta trade off against each other where the exchanges span a narrow range of sizes)."""
     alphas = np.array([f.alpha_s for f in fits])
     betas = np.array([f.beta_Bps for f in fits])
     rel = lambda x: float((x.max() - x.min()) / np.median(x)) if len(x) > 1 and np.median(x) > 0 else 0.0  # noqa: E731
+    sizes = sorted({b for f in fits for b, _ in f.points})
+    times = [rel(np.array([path_line(f).time(b) for f in fits])) for b in sizes]
     return {"repeats": len(fits), "alpha_s": alphas.tolist(), "beta_Bps": betas.tolist(),
-            "alpha_rel_spread": rel(alphas), "beta_rel_spread": rel(betas)}  # fmt: skip
+            "alpha_rel_spread": rel(alphas), "beta_rel_spread": rel(betas),
+            "time_rel_spread": max(times, default=0.0), "time_sizes": sizes, "time_rel_spreads": times}  # fmt: skip
 
 
 def _profile(config, world, specs: dict, compute, fits, fabric: str) -> Profile:

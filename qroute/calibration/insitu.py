@@ -143,7 +143,7 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
     offset = fetch_offset(routed, fetched)
     fit = _fit_points(routed, {k: t - offset for k, t in fetched.items()}, swept)
     if routed and fetched and fit.knee_bytes:  # the offset came from one line; recentre the fetches on the final fit
-        offset += _median_gap(fetched, offset, _line(fit))
+        offset += _median_gap(fetched, offset, path_line(fit))
         fit = _fit_points(routed, {k: t - offset for k, t in fetched.items()}, swept)
     spec = PathSpec(fit.alpha_s, fit.beta_Bps, source, _small(fit), cold_excess(route), fetch_offset_s=offset)
     parallel: dict = {}
@@ -164,7 +164,8 @@ def fetch_offset(routed: dict, fetched: dict) -> float:
     return float(coef[2])
 
 
-def _line(fit: PathFit) -> PathSpec:
+def path_line(fit: PathFit) -> PathSpec:
+    """The PathSpec of a path fit (its line and small regime), without the in-situ extras."""
     return PathSpec(fit.alpha_s, fit.beta_Bps, small=_small(fit))
 
 
@@ -208,7 +209,7 @@ def _fit_points(routed: dict, fetched: dict, swept: dict) -> PathFit:
 
 def _insitu_ape(fit: PathFit, insitu: dict) -> float:
     """Median relative error of `fit` over the in-situ points."""
-    line = _line(fit)
+    line = path_line(fit)
     return float(np.median([abs(line.time(k[0]) - t) / t for k, t in insitu.items()]))
 
 

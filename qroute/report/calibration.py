@@ -48,7 +48,8 @@ def fit_table(results: dict) -> Table:
         t.add_row(f"{name} fetch offset", fmt_s(path.get("fetch_offset_s", 0)), "", "")
         sp = results["spread"][name]
         if sp["repeats"] > 1:
-            t.add_row(f"{name} repeat spread ({sp['repeats']} runs)", f"alpha {sp['alpha_rel_spread']:.1%}, beta {sp['beta_rel_spread']:.1%}", "", "")
+            t.add_row(f"{name} repeat spread ({sp['repeats']} runs)", f"alpha {sp['alpha_rel_spread']:.1%}, beta {sp['beta_rel_spread']:.1%}, predicted exchange "
+                      f"{sp.get('time_rel_spread', 0):.1%}", "", "")
         ping = profile["fits"]["pingpong"][name]
         t.add_row(f"{name} ping-pong line (fabric alone)", f"{fmt_s(ping['alpha_s'])}, {ping['beta_Bps'] / 1e9:.3g} GB/s",
                   f"{ping['median_ape']:.1%}", f"{ping['p90_ape']:.1%}")  # fmt: skip

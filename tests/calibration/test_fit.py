@@ -57,3 +57,20 @@ def test_small_message_regime_found_when_present_and_not_invented(seed):
     assert fit.p90_ape < 0.03
     line = fit_path(sizes, (50e-6 + sizes / 2e9) * (1 + rng.normal(0, 0.01, sizes.size)))
     assert line.knee_bytes is None and line.beta_Bps == pytest.approx(2e9, rel=0.05)
+
+
+def test_repeat_spread_reports_constants_and_what_they_predict():
+    from qroute.calibration.calibrate import spread
+    from qroute.calibration.fit import PathFit
+
+    points = ((1e5, 1.0e-3), (1e6, 1.5e-3))
+    # two lines crossing between the points: beta moves by 13%, the predicted exchanges by under 5%
+    a = PathFit(0.90e-3, 1.8e9, None, None, None, np.zeros(2), points)
+    b = PathFit(0.95e-3, 2.05e9, None, None, None, np.zeros(2), points)
+    s = spread([a, b])
+    assert s["alpha_rel_spread"] == pytest.approx(0.05 / 0.925) and s["beta_rel_spread"] == pytest.approx(0.25 / 1.925)
+    t = [tuple(x.alpha_s + n / x.beta_Bps for x in (a, b)) for n in (1e5, 1e6)]
+    assert s["time_sizes"] == [1e5, 1e6]
+    assert s["time_rel_spreads"] == pytest.approx([abs(u - v) / ((u + v) / 2) for u, v in t])
+    assert s["time_rel_spread"] == max(s["time_rel_spreads"]) < 0.05
+    assert spread([a])["time_rel_spread"] == 0.0
