@@ -271,7 +271,7 @@ def online(rows: list[dict], window: int = ONLINE_WINDOW) -> dict:
     replayed in the order they ran, each predicted from the `window` runs of the same primitive before it; per
     configuration the median of its runs' predictions against the median measured. Empty without run records."""
     streams: dict[tuple, list[tuple[int, dict, int]]] = {}
-    for i, r in enumerate(rows):
+    for r in rows:
         for j, order in enumerate(r.get("run_order") or []):
             streams.setdefault((r["holders"], r.get("pass")), []).append((order, r, j))
     if not streams:
