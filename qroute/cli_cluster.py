@@ -241,9 +241,11 @@ def cmd_validate(args) -> None:
 
     device = _device(args)
     profile = args.profile or ("auto" if device else newest_profile(args.out))
+    from qroute.calibration.calibrate import TRAIN_CHUNK_BLOCKS
     from qroute.calibration.shapes import PROBE
 
-    blocks = max(*args.chunk_blocks, PROBE[1])  # the speed probe's request needs a chunk of PROBE[1] blocks
+    # the speed probe's request needs a chunk of PROBE[1] blocks; calibrating first, the training grid's largest
+    blocks = max(*args.chunk_blocks, PROBE[1], *(TRAIN_CHUNK_BLOCKS if profile == "auto" else ()))
     world = _world(args, CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=blocks))
     cluster = ClusterSpec(2 if args.fabric else args.instances, 1, timeout_s=float(args.timeout), links=args.fabric,
                           pin=not args.no_pin, backend=args.backend)

@@ -116,3 +116,12 @@ def test_online_metric_replays_runs_in_the_order_they_ran():
     assert out["per_primitive"]["route"]["median_ape"] == pytest.approx(0.0)  # medians of runs 2..5, all learned
     assert out["per_primitive"]["fetch"]["median_ape"] == pytest.approx(0.5 / 2.5)  # nothing learned for fetch yet
     assert online([{**r, "run_order": None} for r in rows]) == {}
+
+
+def test_validate_auto_builds_a_corpus_the_training_grid_fits(tmp_path):
+    # the sweep's chunks (4 blocks) are smaller than calibration's training grid needs: the corpus fits both
+    r = run("validate", "--profile", "auto", "--quiet", "--json", "--layers", "1", "--hidden", "64", "--block-size", "8",
+            "--instances", "2", "--step-tokens", "1", "--chunk-blocks", "4", "--steps", "1", "--reps", "1",
+            "--max-reps", "1", "--out", str(tmp_path), "--tag", "a")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["n"] == 3 and next(tmp_path.glob("profile-a-auto-*.json"))
