@@ -143,7 +143,7 @@ def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int,
     with Progress(disable=not config.progress, transient=True) as bar:
         steps = len(names) * (len(sizes) + len(BANDWIDTH_SIZES) + repeats * len(shapes) * 2)
         task = bar.add_task("calibrating", total=steps)
-        alive = KeepAlive(0, sorted(set(world.directory.holders)), config.cluster.timeout_s / 4)
+        alive = KeepAlive.of(world, config.cluster.timeout_s)
         advance = lambda *_: (bar.advance(task), alive())  # noqa: E731
         for name in names:
             try:

@@ -18,9 +18,7 @@ def shaped_request(world, holders: int, step_tokens: int, blocks: int, steps: in
         ids = list(chunk.blocks(bs))[: blocks * stride : stride]
         by_holder = world.directory.by_holder(ids)
         if len(ids) == blocks and len(by_holder) == holders and (on is None or set(by_holder) == {on}):
-            g = torch.Generator().manual_seed(seed)
-            task = torch.randint(0, world.model.config.vocab_size, (16,), generator=g)
-            return AgentRequest(seed, task, int(task[0]), chunk.id, tuple(ids), chunk.tokens.numel(), steps, False, step_tokens)
+            return _request(world, chunk, ids, step_tokens, steps, seed)
     where = f" on holder {on}" if on is not None else ""
     raise QrouteError(f"no chunk with {blocks} blocks (stride {stride}) on {holders} holders{where}: expected a larger corpus")
 
@@ -30,7 +28,7 @@ def spanning_request(world, step_tokens: int, blocks: int, steps: int, seed: int
     of a later chunk on another): its fetch asks both at once, which whole-chunk placement gives no single chunk to
     do. For calibration only (its attention is not that of any one chunk); None with fewer than 2 holders."""
     half, bs = max(1, blocks // 2), world.corpus.block_size
-    firsts: dict[int, list[int]] = {}
+    firsts: dict[int, tuple] = {}  # holder -> (its first chunk with `half` blocks, those blocks)
     for chunk in world.corpus.chunks:
         ids = list(chunk.blocks(bs))[:half]
         by_holder = world.directory.by_holder(ids)
@@ -39,9 +37,14 @@ def spanning_request(world, step_tokens: int, blocks: int, steps: int, seed: int
     if len(firsts) < 2:
         return None
     (chunk, a), (_, b) = sorted(firsts.values(), key=lambda c: c[0].first_block)[:2]
+    return _request(world, chunk, a + b, step_tokens, steps, seed)
+
+
+def _request(world, chunk, blocks: list[int], step_tokens: int, steps: int, seed: int) -> AgentRequest:
+    """An agent request over `blocks` (attributed to `chunk`) with a 16-token task drawn from `seed`."""
     g = torch.Generator().manual_seed(seed)
     task = torch.randint(0, world.model.config.vocab_size, (16,), generator=g)
-    return AgentRequest(seed, task, int(task[0]), chunk.id, (*a, *b), chunk.tokens.numel(), steps, False, step_tokens)
+    return AgentRequest(seed, task, int(task[0]), chunk.id, tuple(blocks), chunk.tokens.numel(), steps, False, step_tokens)
 
 
 def serve(executor: Executor, request: AgentRequest, primitive: str) -> Session:

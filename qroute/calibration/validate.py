@@ -164,7 +164,7 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
     shapes = [(k, n, s) for k in config.step_tokens for n in config.chunk_blocks for s in config.steps]
     names = [n for n in profile.default_paths if not paths.names() or n in paths.names()]
     rows, order = [], itertools.count()
-    alive = KeepAlive(0, sorted(set(world.directory.holders)), config.cluster.timeout_s / 4)
+    alive = KeepAlive.of(world, config.cluster.timeout_s)
     with Progress(disable=not config.progress, transient=True) as bar:
         label = f"validating ({holders} holder{'s' * (holders > 1)}, {len(names)} path{'s' * (len(names) > 1)})"
         task = bar.add_task(label, total=len(names) * len(shapes) * len(PRIMITIVES) * config.reps)

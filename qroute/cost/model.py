@@ -13,7 +13,8 @@ route  per layer and step, all H holders at once: one probe (latencies overlap) 
        serialise on the requester's port), the holders' partial attention (in parallel, but
        for the path's `holder_serial` fraction of the others' compute),
        the states back, one merge of H + 1 partials (the requester's own state and one per
-       holder; it follows a wait on the network: the merge's `after_route_s`). Once per request: the path's `cold_s` (the first exchange wakes the holders).
+       holder; it follows a wait on the network: the merge's `after_route_s`). Once per
+       request: the path's `cold_s` (the first exchange wakes the holders).
 fetch  once: all H holders asked at once (one probe, moved by the path's `fetch_offset_s`,
        plus `fetch_per_holder_s` per extra holder), C*L KV rows from each (bytes serialise); then a splice
        (contiguous chunk reused at offset != 0) or a scattered gather (sparse selection);

@@ -349,6 +349,11 @@ class KeepAlive:
     every_s: float
     last: float = field(default_factory=time.monotonic)
 
+    @classmethod
+    def of(cls, world, timeout_s: float) -> "KeepAlive":
+        """Rank 0 keeping `world`'s holders alive, 4 times per process-group timeout."""
+        return cls(0, sorted(set(world.directory.holders)), timeout_s / 4)
+
     def __call__(self, *_) -> None:
         from qroute.runtime import paths
 
