@@ -6,7 +6,7 @@ import argparse
 import json
 
 from qroute.cli_args import add_agent_workload_args, int_at_least, names
-from qroute.cli_cluster import _model_args, _output_args, _world
+from qroute.cli_cluster import _model_args, _output_args, _world, cluster_spec
 from qroute.report import console
 
 EPILOG = """\
@@ -45,7 +45,6 @@ def add_bench_agents(sub) -> None:
 
 def bench_config(args):
     from qroute.bench_agents import AgentBenchConfig
-    from qroute.runtime.launcher import ClusterSpec
     from qroute.workload.corpus import CorpusSpec
     from qroute.workload.generator import AgentWorkloadSpec
 
@@ -54,8 +53,7 @@ def bench_config(args):
                                  decode_steps=args.decode_steps, step_tokens=args.step_tokens, topk_blocks=args.topk_blocks,
                                  sparse=args.sparse, zipf=args.zipf, persistence=args.persistence, seed=args.seed)  # fmt: skip
     return AgentBenchConfig(
-        cluster=ClusterSpec(args.instances, args.requesters, timeout_s=float(args.timeout), pin=not args.no_pin,
-                            backend=args.backend),
+        cluster=cluster_spec(args, args.instances, args.requesters),
         world=_world(args, corpus),
         workload=workload, policies=tuple(args.policy), trace=args.trace, record=args.record, concurrency=args.concurrency,
         cache_blocks=args.cache_blocks, check_every=args.check_every, repeats=args.repeats, profile=args.profile,

@@ -38,10 +38,21 @@ def _output_args(g, timeout: int, what: str) -> None:
     g.add_argument("--timeout", type=int_at_least(1), default=timeout, help="process-group timeout in seconds (default: %(default)s)")
     g.add_argument("--no-pin", action="store_true", help="leave the instances to the scheduler (default: each on cores of "
                    "its own where the machine has 2 per instance)")  # fmt: skip
+    g.add_argument("--default-heap", action="store_true", help="leave glibc's heap settings as they are (default: each "
+                   "instance keeps freed memory, so large tensors reuse warm pages instead of page-faulting fresh ones; "
+                   "docs/cost-model.md)")  # fmt: skip
     g.add_argument("--backend", choices=("gloo", "nccl"), default="gloo", help="gloo: CPU instances over TCP; nccl: one "
                    "instance per GPU, GPU to GPU (needs as many GPUs as instances; default: %(default)s)")  # fmt: skip
     g.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     g.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def cluster_spec(args, instances: int, requesters: int, links: tuple = ()):
+    """The embedded cluster the output arguments (`_output_args`) ask for."""
+    from qroute.runtime.launcher import ClusterSpec
+
+    return ClusterSpec(instances, requesters, timeout_s=float(args.timeout), links=links, pin=not args.no_pin,
+                       backend=args.backend, retain_heap=not args.default_heap)  # fmt: skip
 
 
 HOST_TIER_HELP = ("the host-memory tier instead of a launched cluster: one process, the requester on --device, a holder "
@@ -115,7 +126,6 @@ def add_demo(sub) -> None:
 
 def demo_config(args):
     from qroute.demo import DemoConfig
-    from qroute.runtime.launcher import ClusterSpec
     from qroute.runtime.store import Placement
     from qroute.workload.agents import WorkloadSpec
     from qroute.workload.corpus import CorpusSpec
@@ -123,8 +133,7 @@ def demo_config(args):
     corpus = CorpusSpec(args.corpus_dir, max_tokens=args.corpus_tokens, block_size=args.block_size, chunk_blocks=args.chunk_blocks)
     world = _world(args, corpus)
     return DemoConfig(
-        cluster=ClusterSpec(args.instances, args.requesters, timeout_s=float(args.timeout), pin=not args.no_pin,
-                            backend=args.backend),
+        cluster=cluster_spec(args, args.instances, args.requesters),
         world=replace(world, placement=Placement(args.placement, args.replicas)),
         workload=WorkloadSpec(args.requests, args.task_tokens, args.steps, args.topk_blocks, args.sparse, seed=args.seed,
                               step_tokens=args.step_tokens),
@@ -176,12 +185,10 @@ def add_calibrate(sub) -> None:
 def cmd_calibrate(args) -> None:
     from qroute.calibration.calibrate import CalibrationConfig, run_calibration
     from qroute.report import calibration as report
-    from qroute.runtime.launcher import ClusterSpec
     from qroute.workload.corpus import CorpusSpec
 
     world = _world(args, CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=32))
-    cluster = ClusterSpec(2 if args.fabric else args.instances, 1, timeout_s=float(args.timeout), links=args.fabric,
-                          pin=not args.no_pin, backend=args.backend)
+    cluster = cluster_spec(args, 2 if args.fabric else args.instances, 1, args.fabric)
     config = CalibrationConfig(cluster, world, args.quick, args.repeats, args.name, progress=not (args.quiet or args.json),
                                partial=f"{args.out}/calibration-{_stem(args)}.partial.json", device=_device(args))  # fmt: skip
     results = run_calibration(config)
@@ -236,7 +243,6 @@ def newest_profile(out: str) -> str:
 def cmd_validate(args) -> None:
     from qroute.calibration.validate import ValidationConfig, run_validation
     from qroute.report import validation as report
-    from qroute.runtime.launcher import ClusterSpec
     from qroute.workload.corpus import CorpusSpec
 
     device = _device(args)
@@ -247,8 +253,7 @@ def cmd_validate(args) -> None:
     # the speed probe's request needs a chunk of PROBE[1] blocks; calibrating first, the training grid's largest
     blocks = max(*args.chunk_blocks, PROBE[1], *(TRAIN_CHUNK_BLOCKS if profile == "auto" else ()))
     world = _world(args, CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=blocks))
-    cluster = ClusterSpec(2 if args.fabric else args.instances, 1, timeout_s=float(args.timeout), links=args.fabric,
-                          pin=not args.no_pin, backend=args.backend)
+    cluster = cluster_spec(args, 2 if args.fabric else args.instances, 1, args.fabric)
     config = ValidationConfig(profile, cluster, world, args.step_tokens, args.chunk_blocks, args.steps, args.reps,
                               max(args.max_reps, args.reps), args.ci, progress=not (args.quiet or args.json), device=device)  # fmt: skip
     calibrated = f"{args.out}/profile-{args.tag or socket.gethostname()}-auto-{dt.date.today():%Y-%m-%d}.json"

@@ -104,7 +104,7 @@ TRAIN_STEP_TOKENS = (1, 2, 8, 24)  # route exchanges from the smallest a decode 
 TRAIN_LOCAL_STEP_TOKENS = (2, 8)  # local re-prefills the chunk whatever the rows: fewer shapes suffice
 TRAIN_CHUNK_BLOCKS = (2, 6, 12, 20, 30)  # spans the sizes validation uses (4, 16, 32): re-prefill extrapolates badly
 QUICK_CHUNK_BLOCKS = (2, 14, 30)
-TRAIN_STEPS = 2  # validation uses 1 and 4
+TRAIN_STEPS = 4  # validation uses 1 and 4; 4 steps give 3 warm route exchanges per layer and shape (2 gave 1)
 FETCH_SAMPLES = 3  # a request makes one fetch record but steps x layers route records: fetches are served 3 times,
 # so that each shape's median resists a stall (beta moved 18.6% between repeats on the dev VM with one)
 

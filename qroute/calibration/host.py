@@ -26,6 +26,7 @@ from qroute.calibration.calibrate import BANDWIDTH_SIZES, CalibrationConfig, mea
 from qroute.calibration.sweeps import SweepRow, _row
 from qroute.cost import load_profile
 from qroute.cost.profile import from_dict
+from qroute.runtime import heap
 from qroute.runtime.hosttier import HOST_HOLDER, HostTier, build_host_tier, sync
 
 
@@ -97,9 +98,16 @@ def measure_host(config: CalibrationConfig, tier: HostTier) -> dict:
     return out
 
 
+def _heap(cluster) -> None:
+    """The tier runs in this process: its heap retained as a launched instance's is (`ClusterSpec.retain_heap`)."""
+    if cluster.retain_heap:
+        heap.retain()
+
+
 def run_host_calibration(config: CalibrationConfig) -> dict:
     """`qroute calibrate --host-tier`: build the tier on `config.device`, measure, return rank 0's results."""
     t0 = time.perf_counter()
+    _heap(config.cluster)
     out = measure_host(config, build_host_tier(config.world, config.device))
     out["wall_s"] = time.perf_counter() - t0
     return out
@@ -111,6 +119,7 @@ def run_host_validation(config, calibrated: str | None = None) -> dict:
     from qroute.calibration.validate import _sweep, metrics
 
     t0 = time.perf_counter()
+    _heap(config.cluster)
     tier = build_host_tier(config.world, config.device)
     extra: dict = {}
     profile_file = config.profile

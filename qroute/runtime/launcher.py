@@ -39,6 +39,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from qroute.errors import QrouteError, positive_int
+from qroute.runtime import heap
 
 PR_SET_PDEATHSIG = 1
 
@@ -56,6 +57,7 @@ class ClusterSpec:
     links: tuple = ()  # qroute.fabric.LinkSpec: an emulated fabric between two instances
     pin: bool = True  # each instance on cores of its own, where the machine has PIN_CORES per instance (`cpu_set`)
     frames: str = "auto"  # "auto": exact framing under NCCL, eager under gloo; "exact": exact under gloo too (tests)
+    retain_heap: bool = True  # freed host memory stays in each instance's heap (`runtime.heap`): no page faults per step
 
     def __post_init__(self) -> None:
         if self.links and (self.world_size, self.requesters) != (2, 1):
@@ -162,6 +164,8 @@ def _timeout(spec: ClusterSpec) -> dt.timedelta:
 def _run_under_torchrun(spec: ClusterSpec, fn: Callable[..., Any], args: tuple) -> Any:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     _use_device(spec, int(os.environ.get("LOCAL_RANK", 0)))
+    if spec.retain_heap:
+        heap.retain()
     try:
         dist.init_process_group(spec.backend, timeout=_timeout(spec))
     except (RuntimeError, TimeoutError) as exc:
@@ -269,6 +273,8 @@ def _child(rank: int, spec: ClusterSpec, port: int, fn: Callable[..., Any], args
     _pin(rank, spec)
     _die_with_launcher(launcher)
     torch.set_num_threads(spec.threads)
+    if spec.retain_heap:
+        heap.retain()
     try:
         _use_device(spec, rank)
         host = spec.host

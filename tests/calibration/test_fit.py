@@ -59,6 +59,25 @@ def test_small_message_regime_found_when_present_and_not_invented(seed):
     assert line.knee_bytes is None and line.beta_Bps == pytest.approx(2e9, rel=0.05)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_rate_shaped_link_priced_by_its_rate_despite_token_bucket_bursts(seed):
+    """A tbf link: beyond its bucket an exchange costs bytes / rate; below it, exchanges that find the bucket full
+    run 2-3x faster, others not. The p90 stays high whatever the split; the large exchanges must still get the rate."""
+    from qroute.calibration.fit import fit_path
+
+    rng = np.random.default_rng(seed)
+    sizes = np.geomspace(7e4, 2.2e6, 12)
+    rate_Bps = 25e6
+    true = 0.7e-3 + sizes / rate_Bps
+    burst = (sizes < 5e5) & (np.arange(sizes.size) % 2 == 0)  # every other small exchange finds the bucket full
+    seconds = np.where(burst, true / rng.uniform(2.0, 3.0, sizes.size), true) * (1 + rng.normal(0, 0.02, sizes.size))
+    fit = fit_path(sizes, seconds)
+    assert fit.beta_Bps == pytest.approx(rate_Bps, rel=0.1)
+    assert fit.knee_bytes is not None and 2e5 < fit.knee_bytes < 1.2e6
+    one = nonneg_lstsq(np.stack([np.ones_like(sizes), sizes], axis=1), seconds)  # what one line would price them at
+    assert np.median(np.abs(one.rel_residuals)) > 0.10  # the case the median rule is for
+
+
 def test_repeat_spread_reports_constants_and_what_they_predict():
     from qroute.calibration.calibrate import spread
     from qroute.calibration.fit import PathFit
