@@ -69,6 +69,7 @@ def latency_sweep(
         for i in range(warmup + reps):
             if between is not None:
                 between()
+                _settle()
             t = ping_pong(peer, payload, group)
             if i >= warmup:
                 samples.append(t)
@@ -76,6 +77,13 @@ def latency_sweep(
         if on_size:
             on_size(size)
     return rows
+
+
+def _settle() -> None:
+    """Wait for the GPU work `between` queued: an exchange's first copy or NCCL call waits for it on the stream, and
+    the round trip would be timed with it (no-op without CUDA). The runtime's exchanges start synchronized too."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def stream(peer: int, payload: torch.Tensor, window: int, group=None) -> float:

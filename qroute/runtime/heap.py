@@ -47,4 +47,13 @@ def retain(mmap_threshold: int = MMAP_THRESHOLD_MAX, trim_threshold: int = TRIM_
     mallopt = _mallopt()
     if mallopt is None:
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+    _STATE["retained"] = bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+    return _STATE["retained"]
+
+
+def retained() -> bool:
+    """Whether this process's heap was retained (`retain` succeeded here)."""
+    return _STATE["retained"]
+
+
+_STATE = {"retained": False}

@@ -8,7 +8,7 @@ import pytest
 
 from qroute.calibration.calibrate import CalibrationConfig, run_calibration
 from qroute.calibration.host import copy_bandwidth_sweep, copy_latency_sweep
-from qroute.calibration.validate import ValidationConfig, run_validation
+from qroute.calibration.validate import ValidationConfig, median_ci, run_validation
 from qroute.cost import profile as prof
 from qroute.runtime.world import WorldSpec
 from qroute.workload.corpus import CorpusSpec
@@ -71,8 +71,10 @@ def test_further_passes_rerun_only_the_uncertain_configurations(tmp_path):
     prof.from_dict(run_calibration(CalibrationConfig(world=SMALL, quick=True, progress=False, device="cpu"))["profile"],
                    "calibration").save(file)  # fmt: skip
     base = dict(world=SMALL, step_tokens=(1,), chunk_blocks=(4,), steps=(1,), reps=3, max_reps=6, progress=False, device="cpu")
-    loose = run_validation(ValidationConfig(str(file), ci=0.99, **base))["rows"]
-    assert all(len(r["measured_runs"]) == 3 for r in loose)  # every median known within 99% after the first passes
+    loose = run_validation(ValidationConfig(str(file), ci=0.5, **base))["rows"]
+    for r in loose:  # rerun only where the first passes left the median uncertain (a stall can, on a busy machine)
+        known = median_ci(r["measured_runs"][:3]) <= 0.5
+        assert len(r["measured_runs"]) == 3 if known else len(r["measured_runs"]) > 3
     tight = run_validation(ValidationConfig(str(file), ci=1e-9, **base))["metrics"]
     assert tight["measurement"]["runs_median"] == 6  # never within 1e-9: every configuration runs max_reps times
     assert tight["measurement"]["median_ci_p90"] > 0
