@@ -121,6 +121,8 @@ def add_demo(sub) -> None:
     g = p.add_argument_group("planning and output")
     g.add_argument("--profile", default="auto", help="'auto' (calibrate this cluster first), a built-in profile, or a profile JSON (default: %(default)s)")
     g.add_argument("--modes", type=names, default=("predicate", "route", "fetch", "local"), help="comma-separated modes (default: predicate,route,fetch,local)")
+    g.add_argument("--online", action="store_true", help="plan and predict with the profile rescaled online: per primitive "
+                   "and phase group, the median measured / predicted of the last 16 batches served with that primitive")
     _output_args(g, 120, "the JSON results and PNG plots")  # fmt: skip
 
 
@@ -138,6 +140,7 @@ def demo_config(args):
         workload=WorkloadSpec(args.requests, args.task_tokens, args.steps, args.topk_blocks, args.sparse, seed=args.seed,
                               step_tokens=args.step_tokens),
         batch=args.batch, profile=args.profile, modes=tuple(args.modes), progress=not (args.quiet or args.json),
+        online=args.online,
     )  # fmt: skip
 
 

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from qroute.calibration.compute import quick_profile
 from qroute.cost import CostModel, load_profile
+from qroute.cost.online import OnlineScale
 from qroute.errors import QrouteError, positive_int
 from qroute.indexer import BlockIndexer
 from qroute.planner import combine_batch
@@ -39,6 +40,7 @@ class DemoConfig:
     profile: str = "auto"
     modes: tuple[str, ...] = ("predicate", "route", "fetch", "local")
     progress: bool = True
+    online: bool = False  # plan with the profile rescaled by the batches served so far (`cost.online`)
 
     def __post_init__(self) -> None:
         positive_int("batch", self.batch)
@@ -132,7 +134,8 @@ def _requester(instance: Instance, config: DemoConfig, world, store) -> dict:
     _say(config, instance, "calibrating this cluster (--profile auto)" if config.profile == "auto" else f"profile {config.profile}")
     profile = _profile(config, world, instance)
     calibrate_s = time.perf_counter() - t0
-    cost = CostModel(world.geometry, profile, _dtype_name(world.model), _dtype_name(world.model))
+    online = OnlineScale() if config.online else None
+    cost = CostModel(world.geometry, profile, _dtype_name(world.model), _dtype_name(world.model), online)
     executor = Executor(instance.rank, world.model, world.corpus, world.directory, cost, store)
     indexer = BlockIndexer(world.corpus, seed=config.world.seed)
     spec = WorkloadSpec(**{**asdict(config.workload), "seed": config.workload.seed + instance.rank})
@@ -183,6 +186,9 @@ def run_batch(executor: Executor, world, mode: str, index: int, batch, tol: floa
         measured.add(s.measured)
     planned = [(s.plan.request, s.plan.holders) for s in sessions if s.plan is not None]
     predicted = predicted_groups(combine_batch(executor.cost, planned)) if planned else predicted_groups_zero()
+    static = {"predicted_static": predicted_groups(combine_batch(executor.cost.static(), planned))} if (
+        planned and executor.cost.online is not None) else {}  # fmt: skip
+    executor.learn(sessions, measured.as_dict())  # after its prediction: a batch never predicts itself
     errors = [relative_error(torch.cat(s.logits), reference_logits(world.model, world.corpus, s.request, s.inputs))
               for s in sessions]  # fmt: skip
     choices: dict[str, int] = {}
@@ -192,7 +198,7 @@ def run_batch(executor: Executor, world, mode: str, index: int, batch, tol: floa
     return {"mode": mode, "batch": index, "requests": [s.request.id for s in sessions], "wall_s": wall,
             "predicted": predicted, "measured": measured.as_dict(), "choices": choices,
             "plans": [_plan_dict(s.plan) for s in sessions], "trace": executor.trace[first:],
-            "max_rel_err": max(errors), "exact": max(errors) <= tol}  # fmt: skip
+            "max_rel_err": max(errors), "exact": max(errors) <= tol, **static}  # fmt: skip
 
 
 def _plan_dict(p) -> dict | None:

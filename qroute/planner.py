@@ -123,9 +123,9 @@ def holder_options(model: CostModel, request: Request, demand: HolderDemand) -> 
     route_name, route_path = best_path(paths, model.route_bytes(request.rows))
     fetch_name, fetch_path = best_path(paths, model.fetch_bytes(demand.tokens, request.layers), fetch=True)
     return {
-        "route": (route_name, model.route(shape, route_path)),
-        "fetch": (fetch_name, model.fetch(shape, fetch_path)),
-        "local": (None, model.local(shape)),
+        "route": (route_name, model.rescaled("route", model.route(shape, route_path))),
+        "fetch": (fetch_name, model.rescaled("fetch", model.fetch(shape, fetch_path))),
+        "local": (None, model.rescaled("local", model.local(shape))),
     }
 
 
@@ -155,11 +155,16 @@ def combine_batch(model: CostModel, sessions: Sequence[Session]) -> Phases:
     the requester an attention over each request's moved KV and a merge per request. Once:
     the routed holders' wake-up (`cold_s`), each request's fetches (its holders asked at once:
     one fetch probe plus `fetch_per_holder_s` per extra holder; bytes serialised), splice or
-    gather, and re-prefills. All requests share `layers` and `steps`.
+    gather, and re-prefills. All requests share `layers` and `steps`. With an online scale
+    (`CostModel.online`), each part is rescaled by the primitive it belongs to: the exchanges
+    and the holders' attention by route's, fetches and splices by fetch's, re-prefills by
+    local's, a request's attention over moved KV and its merge by its fetch's or local's (by
+    route's when all its holders are routed).
     """
     layers, steps = _common(sessions)
-    per_layer = _routed_per_layer(model, sessions) + _moved_per_layer(model, sessions)
-    once = sum((_once(model, r, hp) for r, hp in sessions), _route_cold(model, sessions))
+    routed = model.rescaled("route", _routed_per_layer(model, sessions))
+    per_layer = routed + _moved_per_layer(model, sessions)
+    once = sum((_once(model, r, hp) for r, hp in sessions), model.rescaled("route", _route_cold(model, sessions)))
     return per_layer.scaled(steps * layers) + once
 
 
@@ -205,7 +210,9 @@ def _moved_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
         moved = sum(h.tokens for h in holders if h.primitive != "route")
         attend = model.attention_s(request.rows, moved, local=True) if moved else 0.0
         partials = 1 + routed + (1 if moved else 0)
-        total = total + Phases(compute=attend, merge=model.merge_s(request.rows, partials, routed=routed > 0))
+        owner = "fetch" if any(h.primitive == "fetch" for h in holders) else "local" if moved else "route"
+        part = Phases(compute=attend, merge=model.merge_s(request.rows, partials, routed=routed > 0))
+        total = total + model.rescaled(owner, part)
     return total
 
 
@@ -222,11 +229,8 @@ def _once(model: CostModel, request: Request, holders: Sequence[HolderPlan]) -> 
     # the holders are asked at once: one probe (they wake together), plus the extra of each further holder
     probe = max((p.fetch_alpha(n) for p, n in zip(paths, moved)), default=0.0)
     probe += (len(paths) - 1) * max(p.fetch_extra_s for p in paths) if paths else 0.0
-    return Phases(
-        probe=probe,
-        transfer=sum(n / p.beta(n) for p, n in zip(paths, moved)),
-        compute=adapt + rebuild,
-    )
+    fetch = Phases(probe=probe, transfer=sum(n / p.beta(n) for p, n in zip(paths, moved)), compute=adapt)
+    return model.rescaled("fetch", fetch) + model.rescaled("local", Phases(compute=rebuild))
 
 
 def plan(model: CostModel, request: Request) -> Plan:
@@ -297,9 +301,9 @@ def decide_batch(
     shape = Shape(rows, tokens, layers, steps, 1, sparse, offset)
     names = tuple(paths) or model.profile.default_paths
     specs = [model.profile.path(n) for n in names]
-    route = np.stack([model.route(shape, p).total for p in specs])  # [P, n]
-    fetch = np.stack([model.fetch(shape, p).total for p in specs])
-    local = np.broadcast_to(model.local(shape).total, rows.shape)
+    route = np.stack([model.rescaled("route", model.route(shape, p)).total for p in specs])  # [P, n]
+    fetch = np.stack([model.rescaled("fetch", model.fetch(shape, p)).total for p in specs])
+    local = np.broadcast_to(model.rescaled("local", model.local(shape)).total, rows.shape)
     route_path, fetch_path = route.argmin(axis=0), fetch.argmin(axis=0)
     totals = np.stack([route.min(axis=0), fetch.min(axis=0), local])  # [3, n]
     return BatchDecision(

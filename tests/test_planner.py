@@ -86,3 +86,66 @@ def test_bad_requests_rejected():
         HolderDemand(3, 0)
     with pytest.raises(QrouteError, match="holders=0"):
         uniform_request(4, 4, 0, 2)
+
+
+def _learned(route=(1.0, 1.0, 1.0), fetch=(1.0, 1.0, 1.0), local=(1.0, 1.0, 1.0)):
+    """An online scale that has seen each primitive run at these measured / predicted ratios (network, compute,
+    merge)."""
+    from qroute.cost.online import GROUPS, OnlineScale
+
+    scale = OnlineScale()
+    for key, ratios in (("route", route), ("fetch", fetch), ("local", local)):
+        scale.observe(key, dict.fromkeys(GROUPS, 1.0), dict(zip(GROUPS, ratios)))
+    return scale
+
+
+def test_an_online_scale_that_learned_nothing_plans_as_the_profile(model):
+    from qroute.cost.online import OnlineScale
+
+    online = dataclasses.replace(model, online=OnlineScale())
+    for request in (uniform_request(64, 512, 3, 27, steps=3, offset=9), uniform_request(4000, 128, 2, 27, sparse=True)):
+        a, b = plan(model, request), plan(online, request)
+        assert a.strategy == b.strategy and float(a.phases.total) == pytest.approx(float(b.phases.total))
+
+
+@pytest.mark.parametrize("prim", PRIMITIVES)
+def test_a_uniform_plan_is_rescaled_by_its_primitives_factors(model, prim):
+    factors = {"route": (1.8, 1.3, 0.7), "fetch": (1.2, 0.9, 1.5), "local": (1.0, 1.4, 1.1)}
+    online = dataclasses.replace(model, online=_learned(**factors))
+    request = uniform_request(64, 512, 3, 27, steps=3, offset=9)
+    static, scaled = uniform_phases(model, request, prim), uniform_phases(online, request, prim)
+    n, c, m = factors[prim]
+    assert float(scaled.probe + scaled.transfer + scaled.ret) == pytest.approx(float(static.probe + static.transfer + static.ret) * n)
+    assert float(scaled.compute) == pytest.approx(float(static.compute) * c)
+    assert float(scaled.merge) == pytest.approx(float(static.merge) * m)
+
+
+def test_a_slower_route_learned_online_turns_a_close_choice_into_fetch(model):
+    request = next(uniform_request(r, 2048, 1, 27) for r in range(1, 4000)
+                   if plan(model, uniform_request(r, 2048, 1, 27)).strategy == "fetch")  # the smallest fetch
+    close = uniform_request(request.rows - 1, 2048, 1, 27)  # just below the break-even: route
+    assert plan(model, close).strategy == "route"
+    slow = dataclasses.replace(model, online=_learned(route=(2.0, 2.0, 2.0)))
+    assert plan(slow, close).strategy == "fetch"
+    batch = decide_batch(slow, np.array([close.rows]), np.array([2048]), 27)
+    assert PRIMITIVES[batch.choice[0]] == "fetch"
+
+
+def test_the_executor_learns_uniform_batches_against_the_static_prediction(model):
+    from types import SimpleNamespace
+
+    from qroute.cost.online import OnlineScale
+    from qroute.runtime.executor import Executor, predicted_groups
+
+    online = dataclasses.replace(model, online=OnlineScale())
+    executor = SimpleNamespace(cost=online)
+    request = uniform_request(64, 512, 2, 27, steps=3)
+    route = plan(dataclasses.replace(model, online=_learned(route=(1.5, 1.5, 1.5))), request)  # planned while scaled
+    static = predicted_groups(combine(model, request, route.holders))
+    measured = {g: 2 * static[g] for g in ("network_s", "compute_s", "merge_s")}
+    for _ in range(3):
+        Executor.learn(executor, [SimpleNamespace(plan=route)], measured)
+    assert online.online.factor(route.strategy, "network_s") == pytest.approx(2.0)  # against the static, not the scaled
+    mixed = dataclasses.replace(route, holders=(route.holders[0], dataclasses.replace(route.holders[1], primitive="local")))
+    Executor.learn(executor, [SimpleNamespace(plan=mixed)], {g: 9.0 for g in measured})  # mixed: nothing learned
+    assert online.online.factor("local", "compute_s") == 1.0

@@ -28,7 +28,7 @@ The requester's attention over its own context is common to all three and not pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -102,6 +102,7 @@ class CostModel:
     profile: Profile
     kv_dtype: str = "bf16"
     row_dtype: str = "bf16"
+    online: Any = field(default=None, compare=False)  # cost.online.OnlineScale: the planner rescales by it
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_coef", self.geometry.coefficients(self.kv_dtype, self.row_dtype))
@@ -109,6 +110,14 @@ class CostModel:
     @property
     def coef(self) -> Coefficients:
         return self._coef
+
+    def rescaled(self, primitive: str, phases: Phases) -> Phases:
+        """`phases` that `primitive` contributes, as the online scale has them (unchanged without one)."""
+        return phases if self.online is None else self.online.phases(primitive, phases)
+
+    def static(self) -> "CostModel":
+        """This model without its online scale: the profile's own prediction."""
+        return self if self.online is None else replace(self, online=None)
 
     # -- compute-side coefficients (vectorisable in rows / tokens) --------------------
 

@@ -9,7 +9,9 @@ from requests already finished, never from the one it predicts.
 
 Pure bookkeeping: no clocks, no torch. `qroute validate` replays its own runs through it in
 the order they ran (`online_predictions`) and reports the error beside the static
-profile's.
+profile's. Attached to a `CostModel` (`CostModel.online`), it rescales what the planner
+prices for each primitive (`phases`), and the executor feeds it the requests it serves
+(`Executor.learn`): `qroute demo --online` plans with it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from statistics import median
 
+from qroute.cost.model import Phases
 from qroute.errors import QrouteError, positive_int
 
 GROUPS = ("network_s", "compute_s", "merge_s")
@@ -50,6 +53,12 @@ class OnlineScale:
             return 1.0
         lo, hi = self.clip
         return min(hi, max(lo, median(ratios)))
+
+    def phases(self, key: str, phases: Phases) -> Phases:
+        """`phases` of primitive `key` rescaled: probe, transfer and return by the network factor, compute and merge
+        by theirs (scalars or arrays alike)."""
+        n, c, m = (self.factor(key, g) for g in GROUPS)
+        return Phases(phases.probe * n, phases.transfer * n, phases.compute * c, phases.ret * n, phases.merge * m)
 
     def predict(self, key: str, predicted: dict[str, float]) -> dict[str, float]:
         """`predicted` (seconds per phase group) rescaled; `total_s` their sum."""

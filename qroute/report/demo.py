@@ -20,6 +20,7 @@ def summary_table(results: dict) -> Table:
     title = (
         f"{cfg['cluster']['world_size']} instances, {results['model']['name']} ({results['model']['layers']} layers), "
         f"{corpus['blocks']} blocks of {corpus['block_size']} tokens, profile {results['profile']['name']}"
+        + (" rescaled online" if cfg.get("online") else "")
     )
     t = Table(title=title)
     for col in ("mode", "holder choices", "predicted", "measured", "error", "vs always-fetch", "exact (max rel err)"):

@@ -21,7 +21,7 @@ from qroute.attention import splice
 from qroute.cost.model import CostModel, Phases
 from qroute.errors import QrouteError
 from qroute.model import MLATransformer
-from qroute.planner import HolderDemand, Plan, Request, forced_plan
+from qroute.planner import HolderDemand, Plan, Request, combine_batch, forced_plan
 from qroute.runtime import transport
 from qroute.runtime.holder import FETCH, PING, PONG, STOP, AttentionSpec
 from qroute.policies import Decision, PolicyState, decide
@@ -162,6 +162,18 @@ class Executor:
             return Decision(forced_plan(self.cost, request, mode))
         blocks = self._remote(r) if remote is None else remote
         return decide(mode, self.cost, request, blocks, self.policy_state)
+
+    def learn(self, sessions: Sequence[Session], measured: dict) -> None:
+        """Feed the cost model's online scale (if it has one) a batch that has finished: its measured phase groups
+        (`Measured.as_dict`) against the profile's own prediction, under the primitive all its holders ran; a batch
+        that mixed primitives teaches nothing (its error cannot be told apart)."""
+        if self.cost.online is None:
+            return
+        plans = [s.plan for s in sessions if s.plan is not None]
+        kinds = {h.primitive for p in plans for h in p.holders}
+        if len(kinds) == 1:
+            static = combine_batch(self.cost.static(), [(p.request, p.holders) for p in plans])
+            self.cost.online.observe(kinds.pop(), predicted_groups(static), measured)
 
     # ------------------------------------------------------------------ sessions
 

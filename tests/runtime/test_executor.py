@@ -83,3 +83,18 @@ def test_exact_framing_serves_several_requesters_exactly(tiny):
     assert holder["requesters_served"] == [0, 1] and holder["route_messages"] > 0 and holder["fetched_blocks"] > 0
     (other,) = results["other_requesters"]
     assert all(m["exact"] for m in other["summary"].values())
+
+
+def test_online_planning_predicts_each_batch_from_the_ones_before_it(tiny):
+    results = run_demo(tiny(modes=("route", "fetch"), requests=6, online=True))
+    assert_exact(results)
+    groups = ("network_s", "compute_s", "merge_s")
+    for mode in ("route", "fetch"):
+        runs = [r for r in results["runs"] if r["mode"] == mode]
+        assert len(runs) == 3
+        first, second = runs[0], runs[1]
+        assert first["predicted"]["total_s"] == pytest.approx(first["predicted_static"]["total_s"])  # nothing learned
+        for g in groups:  # one batch learned: the static prediction times its measured / predicted, clipped
+            if first["predicted_static"][g] > 0 and first["measured"][g] > 0:
+                ratio = min(2.0, max(0.5, first["measured"][g] / first["predicted_static"][g]))
+                assert second["predicted"][g] == pytest.approx(second["predicted_static"][g] * ratio, rel=1e-9)
