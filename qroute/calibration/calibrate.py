@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from qroute.calibration.fit import fit_path
 from qroute.calibration.insitu import fit_compute_from_trace, fit_path_from_trace, path_line
-from qroute.calibration.shapes import serve, serve_together, shaped_request, spanning_request, speed_probe
+from qroute.calibration.shapes import serve, serve_together, shaped_request, spanning_request, speed_probe, warm_up
 from qroute.calibration.sweeps import BANDWIDTH_SIZES, LATENCY_SIZES, bandwidth_sweep, latency_sweep
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import PRIMITIVES, path_flips
@@ -213,6 +213,8 @@ def _train(world, shapes, advance, seed: int, path: str, probes: list | None = N
     cost = CostModel(world.geometry, load_profile("published-h100"))  # plans are forced: their predictions are unused
     executor = Executor(0, world.model, world.corpus, world.directory, cost, links=links)
     executor.force_path = path
+    warm_up(executor, world)
+    executor.trace.clear()  # the warm-up's records are no measurement
     if probes is not None:
         probes.append(speed_probe(executor, world))
     holders = sorted(set(world.directory.holders))

@@ -49,6 +49,8 @@ def ping_pong(peer: int, payload: list[torch.Tensor], group=None) -> float:
     t0 = time.perf_counter()
     transport.send(peer, PING, [], payload, group)
     msg = transport.recv(peer, group)
+    if msg.tensors and msg.tensors[0].is_cuda:
+        torch.cuda.synchronize()  # the reply's payload frame has landed, not only been posted
     elapsed = time.perf_counter() - t0
     if msg.kind != PONG:
         raise RuntimeError(f"expected PONG from {peer}, got kind {msg.kind}")

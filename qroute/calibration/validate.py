@@ -50,7 +50,7 @@ from qroute.cost import CostModel, load_profile
 from qroute.cost.profile import from_dict
 from qroute.cost.model import PRIMITIVES
 from qroute.cost.online import online_predictions
-from qroute.calibration.shapes import serve, shaped_request, speed_probe
+from qroute.calibration.shapes import serve, shaped_request, speed_probe, warm_up
 from qroute.errors import QrouteError, positive_int
 from qroute.planner import combine_batch
 from qroute.runtime.executor import Executor, KeepAlive, predicted_groups, stop_holders
@@ -172,6 +172,7 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
             cost = CostModel(world.geometry, replace(profile, default_paths=(name,)), dtype, dtype)
             executor = Executor(0, world.model, world.corpus, world.directory, cost, links=links)
             executor.force_path = name if paths.names() else None
+            warm_up(executor, world)
             configs = [(shaped_request(world, holders, k, n, s, seed=i), p) for i, (k, n, s) in enumerate(shapes)
                        for p in PRIMITIVES]  # fmt: skip
             rows += [{"holders": holders, "pass": name} for _ in configs]

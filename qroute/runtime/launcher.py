@@ -137,6 +137,13 @@ def _use_device(spec: ClusterSpec, local_rank: int) -> None:
     transport.set_exact(spec.backend == "nccl" or spec.frames == "exact", DEVICE)
 
 
+def _device_id(spec: ClusterSpec) -> torch.device | None:
+    """Under NCCL, this instance's GPU: the process group then connects eagerly, and point-to-point messages
+    between two instances use its communicator instead of creating a new one at the first message, inside
+    whatever was being timed."""
+    return DEVICE if spec.backend == "nccl" else None
+
+
 def _pin(rank: int, spec: ClusterSpec) -> None:
     global PINNED
     if spec.pin and hasattr(os, "sched_setaffinity"):
@@ -167,7 +174,7 @@ def _run_under_torchrun(spec: ClusterSpec, fn: Callable[..., Any], args: tuple) 
     if spec.retain_heap:
         heap.retain()
     try:
-        dist.init_process_group(spec.backend, timeout=_timeout(spec))
+        dist.init_process_group(spec.backend, timeout=_timeout(spec), device_id=_device_id(spec))
     except (RuntimeError, TimeoutError) as exc:
         where = f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '?')}"
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
@@ -286,7 +293,8 @@ def _child(rank: int, spec: ClusterSpec, port: int, fn: Callable[..., Any], args
             os.environ["GLOO_SOCKET_IFNAME"] = next(iter(endpoint["links"].values()))["interface"]
         store = dist.TCPStore(host, port, spec.world_size + 1, False, timeout=_timeout(spec))
         dist.init_process_group(
-            spec.backend, store=store, rank=rank, world_size=spec.world_size, timeout=_timeout(spec)
+            spec.backend, store=store, rank=rank, world_size=spec.world_size, timeout=_timeout(spec),
+            device_id=_device_id(spec),
         )
         if endpoint is not None:
             from qroute.runtime import paths

@@ -94,10 +94,11 @@ def test_instances_run_on_their_own_cores_only_when_asked_and_possible():
     assert launch(ClusterSpec(world_size=2, pin=False, **SPEC), affinity) == [sorted(mine)] * 2
 
 
-def exact_echo(instance):
-    """Under exact framing: rank 0 and rank 1 each send rank 2 messages with and without tensors; rank 2 answers
-    whoever's header arrives first (a Poller: over gloo, one receive from any sender), until both stopped."""
-    transport.set_exact(True)
+def exact_echo(instance, first):
+    """Under exact framing with first frames of `first` bytes: rank 0 and rank 1 each send rank 2 messages without
+    tensors, with a payload inline and with one past the first frame; rank 2 answers whoever's first frame arrives
+    first (a Poller: over gloo, one receive from any sender), until both stopped."""
+    transport.set_exact(True, first=first)
     if instance.rank == 2:
         with pytest.raises(Exception, match="expected a named sender"):
             transport.recv(None)
@@ -112,8 +113,9 @@ def exact_echo(instance):
                 transport.send(msg.src, 8, msg.meta, msg.tensors)
         return sorted(set(served))
     g = torch.Generator().manual_seed(instance.rank)
-    for i in range(3):
+    for i in range(4):
         sent = [torch.randn(4, 3, generator=g).to(torch.bfloat16), torch.arange(5 + i)] if i != 1 else []
+        sent += [torch.randn(transport.FIRST // 4 + 3, generator=g)] if i == 3 else []
         transport.send(2, 7, [instance.rank, i], sent)
         back = transport.recv(2)
         assert back.kind == 8 and back.meta == [instance.rank, i] and len(back.tensors) == len(sent)
@@ -122,8 +124,9 @@ def exact_echo(instance):
     return "ok"
 
 
-def test_exact_framing_with_a_polling_receiver():
-    assert launch(ClusterSpec(world_size=3, requesters=2, **SPEC), exact_echo) == ["ok", "ok", [0, 1]]
+@pytest.mark.parametrize("first", [transport.HEADER_BYTES, transport.FIRST])
+def test_exact_framing_with_a_polling_receiver(first):
+    assert launch(ClusterSpec(world_size=3, requesters=2, **SPEC), exact_echo, first) == ["ok", "ok", [0, 1]]
 
 
 def test_nccl_without_enough_gpus_is_one_clear_error():
@@ -151,9 +154,9 @@ def _poller(arrivals):
     """A Poller over senders whose next headers arrive after the given numbers of polls, and the senders posted."""
     posts = []
 
-    def post(header, src):
+    def post(frame, src):
         posts.append(src)
-        header.copy_(transport.encode_header(7, [src], [])[0])
+        frame[: transport.HEADER_BYTES].view(torch.int64).copy_(transport.encode_header(7, [src], [])[0])
         return FakeWork(arrivals[src].pop(0))
 
     return transport.Poller(sorted(arrivals), post=post), posts
@@ -199,3 +202,10 @@ def keep_alive(instance):
 
 def test_keep_alive_pings_the_idle_world_group_only_under_a_fabric_and_only_when_due():
     assert launch(ClusterSpec(world_size=2, **SPEC), keep_alive) == [True, {0}]
+
+
+def test_nccl_process_groups_connect_eagerly_on_the_instance_gpu():
+    from qroute.runtime import launcher
+
+    assert launcher._device_id(ClusterSpec(world_size=2)) is None  # gloo: no device
+    assert launcher._device_id(ClusterSpec(world_size=2, backend="nccl")) == launcher.DEVICE

@@ -24,6 +24,26 @@ def test_large_messages_are_not_inline():
     assert header[transport.INLINE_WORD] == 0
 
 
+def test_exact_first_frames_hold_what_fits_and_their_size_is_checked():
+    small, big = [torch.arange(10)], [torch.zeros(transport.FIRST, dtype=torch.uint8)]
+    try:
+        transport.set_exact(True)
+        assert transport.encode_header(1, [], small)[0][transport.INLINE_WORD] == 1
+        assert transport.encode_header(1, [], big)[0][transport.INLINE_WORD] == 0
+        (frame, tag), = transport._frames(1, [3], small)[0]
+        assert frame.numel() == transport.FIRST and tag == transport.HEADER
+        message = transport._payload(frame, 0, None)
+        assert message.meta == [3] and torch.equal(message.tensors[0], small[0])
+        assert [f.numel() for f, _ in transport._frames(1, [], big)[0]] == [transport.FIRST, transport.FIRST]
+        transport.set_exact(True, first=transport.HEADER_BYTES)
+        assert [f.numel() for f, _ in transport._frames(1, [], small)[0]] == [transport.HEADER_BYTES, 80]
+        for bad in (transport.HEADER_BYTES - 8, transport.FIRST + 1, 4096.0):
+            with pytest.raises(QrouteError, match=f"first frame of {bad!r} bytes: expected a multiple of 8, at least 768"):
+                transport.set_exact(True, first=bad)
+    finally:
+        transport.set_exact(False)
+
+
 def test_limits_and_bad_headers():
     with pytest.raises(QrouteError, match="expected <= 24 / 8"):
         transport.encode_header(1, [], [torch.zeros(1)] * 9)

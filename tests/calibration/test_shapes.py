@@ -1,0 +1,41 @@
+"""The warm-up before timed work: speed probes until two in a row agree, bounded in rounds and seconds."""
+
+import pytest
+
+from qroute.calibration import shapes
+
+
+def probes(monkeypatch, seq, seconds_each=0.0):
+    """Make `speed_probe` return the given route seconds in turn (fetch and local steady), advancing a fake clock."""
+    seen, clock = [], [0.0]
+
+    def probe(executor, world, reps=3):
+        assert reps == 1  # the warm-up times nothing: one run per probe
+        clock[0] += seconds_each
+        seen.append(seq[len(seen)])
+        return {"route": seen[-1], "fetch": 1.0, "local": 2.0}
+
+    monkeypatch.setattr(shapes, "speed_probe", probe)
+    monkeypatch.setattr(shapes.time, "perf_counter", lambda: clock[0])
+    return seen
+
+
+@pytest.mark.parametrize(
+    "seq, rounds",
+    [
+        ([1.0, 1.02], 2),  # warm from the start: two probes
+        ([3.0, 1.8, 1.2, 1.01, 1.0], 5),  # a cold GPU speeding up: until two agree within 5%
+        ([3.0, 2.0, 1.0, 1.5, 1.2, 1.4, 1.1, 1.3, 9.9], 8),  # never steady: at most 8 probes
+    ],
+)
+def test_warm_up_probes_until_two_in_a_row_agree(monkeypatch, seq, rounds):
+    seen = probes(monkeypatch, seq)
+    out = shapes.warm_up(None, None)
+    assert len(out) == len(seen) == rounds
+    assert [p["route"] for p in out] == seq[:rounds]
+
+
+def test_warm_up_stops_at_its_time_budget(monkeypatch):
+    seen = probes(monkeypatch, [3.0, 2.0, 1.0, 0.5, 0.25, 0.1], seconds_each=8.0)
+    shapes.warm_up(None, None)
+    assert len(seen) == 3  # 8 s, 16 s, 24 s: past the 20 s budget after the third probe
