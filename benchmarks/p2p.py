@@ -7,9 +7,12 @@ Methods (each message is `size` bytes each way; rank 0 times, rank 1 echoes):
             first frame per small message (`transport.FIRST`)
   qroute-2  the same with every payload in a frame of its own (header frame, then payload frame)
   put       one-sided copies into the peer's symmetric memory over NVLink, then a signal
-            (torch.distributed._symmetric_memory; `--symm-backend NVSHMEM` allocates it from NVSHMEM); the echo
-            is enqueued on the peer's GPU ahead of time, so no CPU is in the peer's loop
+            (torch.distributed._symmetric_memory; `--symm-backend NVSHMEM` allocates it from NVSHMEM, whose
+            payloads failed the check on two H100s); the echo is enqueued on the peer's GPU ahead of time, so no
+            CPU is in the peer's loop
   put-cpu   the same, but the peer's CPU waits for each arrival before it replies
+  nvshmem   NVSHMEM (nvshmem4py: `pip install -e '.[nvshmem]'`) put-with-signal on the stream both ways; the echo
+            waits for the signal on the peer's GPU (nvshmem-cpu: on its CPU); not in the default set
   cuda      what one CUDA step costs here (kernel launch and wait, 768 B to and from the device), for context
 The effective rate is the bytes one way over half the round trip. Default sizes are MLA rows of 1152 B (576
 bf16 values): 1, 16, 64, 256 and 1024 rows, then 4 and 16 MiB. NVLink multicast stays off.
@@ -126,6 +129,71 @@ def put(rank: int, peer: int, device, sizes, reps: int, cpu_echo: bool = False, 
     return rows
 
 
+class _StreamHandle:
+    """A torch stream under the CUDA stream protocol (what nvshmem4py's on-stream calls take)."""
+
+    def __init__(self, stream: torch.cuda.Stream) -> None:
+        self.stream = stream
+
+    def __cuda_stream__(self):
+        return (0, self.stream.cuda_stream)
+
+
+def nvshmem(rank: int, peer: int, device, sizes, reps: int, cpu_echo: bool = False, **_) -> dict:
+    """NVSHMEM (nvshmem4py, bootstrapped by a unique id sent over torch.distributed): rank 0 puts each request with
+    a signal into the peer's symmetric request buffer (`putmem_signal_on_stream`: the put and the signal are issued
+    by the GPU, in stream order); the peer waits for the signal on its stream and puts the request back into rank
+    0's reply buffer with a signal of its own. Checked like `put`: the reply buffer is cleared before and compared
+    after every round trip (untimed)."""
+    os.environ.setdefault("NVSHMEM_REMOTE_TRANSPORT", "none")  # one host: NVLink only, no network transport
+    import nvshmem.core as nv
+    from cuda.core import Device
+
+    dev = Device(device.index)
+    dev.set_current()
+    uid = [nv.get_unique_id(empty=rank != 0)]
+    dist.broadcast_object_list(uid, src=0)
+    nv.init(device=dev, uid=uid[0], rank=rank, nranks=2, initializer_method="uid")
+    stream = _StreamHandle(torch.cuda.current_stream())
+    flags = [nv.tensor((1,), dtype=torch.int64) for _ in range(2)]  # request arrived, reply arrived
+    for f in flags:
+        f.zero_()
+    request_flag, reply_flag = (nv.tensor_get_buffer(f)[0] for f in flags)
+    rows, wrong, count, tensors = {}, 0, 0, list(flags)
+    for size in sizes:
+        src, request, reply = (nv.tensor((size,), dtype=torch.uint8) for _ in range(3))
+        tensors += [src, request, reply]
+        _sync()
+        dist.barrier()
+        ts = []
+        for i in range(reps + WARMUP):
+            count += 1
+            if rank == 0:
+                src.fill_(i % 250 + 1)
+                reply.zero_()
+                _sync()
+                t0 = time.perf_counter()
+                nv.put_signal(request, src, request_flag, count, nv.SignalOp.SIGNAL_SET, remote_pe=peer, stream=stream)
+                nv.signal_wait(reply_flag, count, nv.ComparisonType.CMP_GE, stream=stream)
+                _sync()
+                ts.append(time.perf_counter() - t0)
+                wrong += not torch.equal(reply, src)
+            else:
+                nv.signal_wait(request_flag, count, nv.ComparisonType.CMP_GE, stream=stream)
+                if cpu_echo:
+                    _sync()
+                nv.put_signal(reply, request, reply_flag, count, nv.SignalOp.SIGNAL_SET, remote_pe=peer, stream=stream)
+        _sync()
+        rows[size] = ts[WARMUP:]
+    dist.barrier()
+    for t in tensors:
+        nv.free_tensor(t)
+    nv.finalize()
+    if wrong:
+        return {"error": f"{wrong} of {len(sizes) * (reps + WARMUP)} echoed payloads differ from what was sent"}
+    return rows
+
+
 def cuda_steps(rank: int, peer: int, device, sizes, reps: int, **_) -> dict:
     """Seconds of single CUDA steps on this GPU (rank 0 only), keyed by a name instead of a size."""
     if rank != 0:
@@ -153,6 +221,8 @@ METHODS = {
     "put": put,
     "put-cpu": lambda *a, **k: put(*a, cpu_echo=True, **k),
     "cuda": cuda_steps,
+    "nvshmem": nvshmem,
+    "nvshmem-cpu": lambda *a, **k: nvshmem(*a, cpu_echo=True, **k),
 }
 
 
@@ -164,8 +234,21 @@ def instance_main(instance, methods, sizes, reps, symm_backend):
             out[name] = METHODS[name](instance.rank, peer, launcher.DEVICE, sizes, reps, symm_backend=symm_backend)
         except Exception as exc:  # one method failing (e.g. no symmetric memory) leaves the others' results
             out[name] = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"}
-            if name.startswith("put"):
+            if name.startswith(("put", "nvshmem")):
                 break  # a half-set-up symmetric memory can leave the peer waiting: stop here
+    return out
+
+
+def _versions(*names: str) -> dict[str, str]:
+    """Installed versions of the named distributions (those installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
     return out
 
 
@@ -236,7 +319,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tag", default=None, help="machine tag in the file name (default: the host name)")
     args = ap.parse_args(argv)
     runnable = list(METHODS) if args.backend == "nccl" else ["nccl", "qroute", "qroute-2"]  # gloo: the CPU's
-    args.methods = args.methods.split(",") if args.methods else runnable[:2] if args.backend == "gloo" else runnable
+    default = [m for m in runnable if not m.startswith("nvshmem")]  # nvshmem4py is an extra install
+    args.methods = args.methods.split(",") if args.methods else default[:2] if args.backend == "gloo" else default
     bad = [m for m in args.methods if m not in runnable]
     if bad:
         ap.error(f"method {bad[0]!r}: expected one of {', '.join(runnable)}")
@@ -252,7 +336,8 @@ def main() -> None:
     rows = _rows(results)
     env = {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "TORCH_NCCL", "NVSHMEM_", "TORCH_SYMM", "CUDA_"))}
     config = {"backend": args.backend, "methods": methods, "sizes": sizes, "reps": args.reps, "warmup": WARMUP,
-              "symm_backend": args.symm_backend, "first_frame_bytes": transport.FIRST, "env": env}  # fmt: skip
+              "symm_backend": args.symm_backend, "first_frame_bytes": transport.FIRST, "env": env,
+              "packages": _versions("nvshmem4py-cu13", "cuda-core", "cuda-bindings", "nvidia-nvshmem-cu13")}  # fmt: skip
     fits = _fits(rows)
     path = write_result("p2p", {"config": config, "rows": rows, "fits": fits}, args.tag)
     with open(path.with_suffix(".csv"), "w", newline="") as f:

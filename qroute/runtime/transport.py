@@ -15,7 +15,7 @@ sender and post exactly the size that was sent, and buffers live on this instanc
 (`set_exact`). Every message then starts with a first frame of a fixed size (`first`, default
 FIRST bytes): the header, and the payload too when it fits (inline); a larger payload follows
 as a second frame. One NCCL operation per small message instead of two; the padding costs
-about a microsecond over NVLink. A holder serving several requesters posts one first-frame
+nothing measurable (NCCL round trips of 1 KB and 72 KB took the same 111-128 us over NVLink). A holder serving several requesters posts one first-frame
 receive per requester and polls them (`Poller`), since NCCL cannot receive from any sender.
 """
 
@@ -120,11 +120,10 @@ def pack(tensors: Sequence[Tensor], nbytes: int, header: Tensor | None = None, d
     copied once."""
     start = 0 if header is None else HEADER_BYTES
     used = start + nbytes
-    if device is not None and torch.device(device).type != "cpu" and all(t.device.type == "cpu" for t in tensors):
-        buf = torch.empty(max(size, used), dtype=torch.uint8, device=device)
+    buf = torch.empty(max(size, used), dtype=torch.uint8, device=device)
+    if buf.device.type != "cpu" and all(t.device.type == "cpu" for t in tensors):
         buf[:used].copy_(pack(tensors, nbytes, header))
         return buf
-    buf = torch.empty(max(size, used), dtype=torch.uint8, device=device)
     if header is not None:
         buf[:HEADER_BYTES] = header.view(torch.uint8)
     offset = start
