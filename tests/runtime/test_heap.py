@@ -23,7 +23,7 @@ def rounds(n):
         xs = [torch.ones(2 << 20) for _ in range(10)]  # 10 x 8 MiB live at once, then freed, last first
         while xs:
             xs.pop()
-rounds(2)
+rounds(2)  # (more warm-up rounds let glibc's own dynamic thresholds settle too: then the defaults fault 0 as well)
 f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 rounds(3)
 print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0}))
@@ -39,9 +39,11 @@ def fresh(mode: str) -> dict:
 def test_retained_heap_reuses_pages():
     retained = fresh("retain")
     assert retained["applied"] is True
-    # the 80 MiB stay in the heap: measured 0 or one tensor's 2048 pages; glibc's defaults gave most of them back and
-    # faulted them in again (measured 20448 in most runs; in some a small allocation above them kept them in place)
-    assert retained["faults"] <= 2 * TENSOR_PAGES
+    # the 80 MiB stay in the heap: measured 0 or one tensor's 2048 pages, once three tensors' (a small allocation
+    # splitting a freed chunk grows the heap); glibc's defaults gave most of them back and faulted them in again
+    # (measured 20448 in most runs, of the 61440 pages the 3 rounds allocate; in some a small allocation above them
+    # kept them in place)
+    assert retained["faults"] <= 4 * TENSOR_PAGES
 
 
 def retained_in_instance(instance):
