@@ -45,7 +45,7 @@ from qroute.runtime.launcher import ClusterSpec, Instance, launch
 from qroute.runtime.world import WorldSpec, build_world, check_spec
 from qroute.workload.corpus import CorpusSpec
 
-LOOPBACK = "gloo-loopback"
+LOOPBACK = paths.LOOPBACK
 NCCL = "nccl-p2p"  # GPU to GPU (NVLink or PCIe, whichever NCCL picks)
 QUICK_SIZES = tuple(8 * 4**i for i in range(0, 11, 2))  # 8 B .. 8 MiB, every other size
 
@@ -238,6 +238,8 @@ def _train(world, shapes, advance, seed: int, path: str, probes: list | None = N
 def _fabric(config) -> str:
     if config.cluster.backend == "nccl":
         return "NCCL point-to-point between GPUs, one instance per GPU"
+    if config.cluster.shm:
+        return "gloo (TCP) over loopback and shared memory"
     if not config.cluster.links:
         return "gloo (TCP) over loopback"
     return "; ".join(f"{link.name}: {link.kind}" + (f", tbf {link.rate_mbit} Mbit/s" if link.rate_mbit else "")

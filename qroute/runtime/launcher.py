@@ -58,6 +58,7 @@ class ClusterSpec:
     pin: bool = True  # each instance on cores of its own, where the machine has PIN_CORES per instance (`cpu_set`)
     frames: str = "auto"  # "auto": exact framing under NCCL, eager under gloo; "exact": exact under gloo too (tests)
     retain_heap: bool = True  # freed host memory stays in each instance's heap (`runtime.heap`): no page faults per step
+    shm: bool = False  # a second path beside the world group: shared memory on this host (`runtime.shm`)
 
     def __post_init__(self) -> None:
         if self.links and (self.world_size, self.requesters) != (2, 1):
@@ -72,6 +73,9 @@ class ClusterSpec:
             raise QrouteError(f"frames={self.frames!r}: expected 'auto' or 'exact'")
         if self.backend == "nccl" and self.links:
             raise QrouteError("backend nccl with an emulated fabric: expected gloo (the fabric's links are TCP)")
+        if self.shm and (self.backend != "gloo" or self.links):
+            raise QrouteError("the shared-memory path: expected backend gloo without an emulated fabric (its messages "
+                              "are host memory between the instances of one host)")  # fmt: skip
         if not self.timeout_s > 0:
             raise QrouteError(f"timeout={self.timeout_s!r}: expected > 0 seconds")
 
@@ -137,6 +141,14 @@ def _use_device(spec: ClusterSpec, local_rank: int) -> None:
     transport.set_exact(spec.backend == "nccl" or spec.frames == "exact", DEVICE)
 
 
+def _open_shm(rank: int, spec: ClusterSpec) -> None:
+    """Register the world group and the shared-memory path as this instance's two paths (a collective)."""
+    from qroute.runtime import paths, shm
+
+    paths.register(paths.LOOPBACK, None)  # the world group: gloo over loopback
+    paths.register(shm.NAME, shm.ShmGroup.open(rank, spec.world_size, spec.timeout_s))
+
+
 def _device_id(spec: ClusterSpec) -> torch.device | None:
     """Under NCCL, this instance's GPU: the process group then connects eagerly, and point-to-point messages
     between two instances use its communicator instead of creating a new one at the first message, inside
@@ -170,6 +182,8 @@ def _timeout(spec: ClusterSpec) -> dt.timedelta:
 
 def _run_under_torchrun(spec: ClusterSpec, fn: Callable[..., Any], args: tuple) -> Any:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if spec.shm:
+        raise QrouteError("the shared-memory path under torchrun: expected the embedded launcher (one host)")
     _use_device(spec, int(os.environ.get("LOCAL_RANK", 0)))
     if spec.retain_heap:
         heap.retain()
@@ -300,6 +314,8 @@ def _child(rank: int, spec: ClusterSpec, port: int, fn: Callable[..., Any], args
             from qroute.runtime import paths
 
             paths.open_paths({n: link["interface"] for n, link in endpoint["links"].items()}, list(range(spec.world_size)))
+        if spec.shm:
+            _open_shm(rank, spec)
         value = fn(Instance(rank, spec.world_size, spec.requesters), *args)
         results.put((rank, "ok", value))
     except BaseException as exc:  # report, then exit non-zero so the launcher stops the rest

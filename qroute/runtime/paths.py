@@ -4,6 +4,8 @@ Without an emulated fabric there are none and every message travels on the world
 (the profile's path, e.g. `gloo-loopback`, names it). With one (`ClusterSpec.links`), the
 launcher opens a gloo group per link, bound to that link's interface in each namespace,
 and registers it here under the link's name, which is the path's name in the profile.
+With `ClusterSpec.shm` it registers two: the world group (`gloo-loopback`) and the
+shared-memory path (`shm`, `runtime.shm`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import os
 
 import torch.distributed as dist
 
-_GROUPS: dict[str, object] = {}
+LOOPBACK = "gloo-loopback"  # the world group's path under gloo without a fabric
+_GROUPS: dict[str, object] = {}  # None: the world group itself, registered as a path beside the others
 
 
 def open_paths(interfaces: dict[str, str], ranks: list[int]) -> None:
@@ -29,14 +32,19 @@ def open_paths(interfaces: dict[str, str], ranks: list[int]) -> None:
             os.environ["GLOO_SOCKET_IFNAME"] = before
 
 
+def register(name: str, group) -> None:
+    """Add path `name` reached over `group` (None: the world group; a `direct` group: `runtime.shm`)."""
+    _GROUPS[name] = group
+
+
 def group(name: str | None):
     """The process group of path `name`, or None (the world group) when no such path was opened."""
     return _GROUPS.get(name) if name else None
 
 
 def groups() -> list:
-    """Every opened path group."""
-    return list(_GROUPS.values())
+    """Every opened path group besides the world group."""
+    return [g for g in _GROUPS.values() if g is not None]
 
 
 def names() -> list[str]:

@@ -166,6 +166,8 @@ def _frames(kind: int, meta: Sequence[int], tensors: Sequence[Tensor]) -> tuple[
 
 def send(dst: int, kind: int, meta: Sequence[int] = (), tensors: Sequence[Tensor] = (), group=None) -> int:
     """Send one message to `dst` (blocking) over `group` (a path's process group; default: the world); returns the payload bytes."""
+    if getattr(group, "direct", False):  # a path that moves whole messages itself (runtime.shm)
+        return group.send_message(dst, kind, meta, tensors)
     frames, nbytes = _frames(kind, meta, tensors)
     for buf, tag in frames:
         dist.send(buf, dst, group=group, tag=tag)
@@ -174,6 +176,9 @@ def send(dst: int, kind: int, meta: Sequence[int] = (), tensors: Sequence[Tensor
 
 def isend(dst: int, kind: int, meta: Sequence[int] = (), tensors: Sequence[Tensor] = (), group=None) -> list:
     """Post one message to `dst` without waiting; returns the work handles to wait on."""
+    if getattr(group, "direct", False):  # copied out before this returns: nothing to wait on
+        group.send_message(dst, kind, meta, tensors)
+        return []
     frames, _ = _frames(kind, meta, tensors)
     works = [dist.isend(buf, dst, group=group, tag=tag) for buf, tag in frames]
     works.append(_Keep(*[buf for buf, _ in frames]))  # keep the buffers alive until waited on
@@ -190,6 +195,8 @@ class _Keep:
 
 def recv(src: int | None = None, group=None) -> Message:
     """Receive one message from `src`, or from any instance when `src` is None (eager framing only), over `group`."""
+    if getattr(group, "direct", False):
+        return group.recv_message(src)
     if _MODE["exact"]:
         if src is None:
             raise QrouteError("a receive from any sender under exact framing (NCCL): expected a named sender (see Poller)")
@@ -237,12 +244,14 @@ class Poller:
 
     def __init__(self, sources: Sequence[int], group=None, post=None) -> None:
         self.sources, self.group = list(sources), group
-        self.anysource = post is None and dist.get_backend(group) != "nccl"
+        self.anysource = post is None and (getattr(group, "direct", False) or dist.get_backend(group) != "nccl")
         self.post = post or (lambda frame, src: dist.irecv(frame, src, group=group, tag=HEADER))
         self.posted: dict[int, tuple[Tensor, object]] = {}
         self.turn = 0
 
     def recv(self) -> Message:
+        if self.anysource and getattr(self.group, "direct", False):
+            return self.group.recv_message(None)
         if self.anysource:
             frame = _first_frame()
             src = dist.recv(frame, None, group=self.group, tag=HEADER)

@@ -1,0 +1,112 @@
+"""The shared-memory path on real processes: messages of every size and dtype, route / fetch / local over it exact
+against the single-instance reference, nothing left in /dev/shm, and a silent peer a clear error."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from qroute.calibration.shapes import serve, shaped_request
+from qroute.cost import CostModel, load_profile
+from qroute.cost.model import PRIMITIVES
+from qroute.errors import QrouteError
+from qroute.runtime import holder, paths, shm, transport
+from qroute.runtime.executor import Executor, stop_holders
+from qroute.runtime.launcher import ClusterSpec, launch
+from qroute.runtime.reference import reference_logits, relative_error
+from qroute.runtime.store import Placement
+from qroute.runtime.world import WorldSpec, build_world
+from qroute.workload.corpus import CorpusSpec
+
+pytestmark = pytest.mark.timeout(180)
+SPEC = dict(timeout_s=60.0, shm=True)
+SIZES = (0, 8, 1000, shm.SLOT - transport.HEADER_BYTES, shm.SLOT, 2 * shm.SLOT + 123)  # inline to 3 chunks
+
+
+def ours() -> set[str]:
+    d = shm._dir()
+    return {f for f in os.listdir(d) if f.startswith("qroute-")}
+
+
+def echo(instance):
+    """Rank 0 sends each holder messages of every size and dtype over the shared-memory path and checks the echo;
+    the holders answer whoever sent first."""
+    group = paths.group(shm.NAME)
+    assert paths.names() == [paths.LOOPBACK, shm.NAME] and paths.group(paths.LOOPBACK) is None
+    if instance.rank != 0:
+        seen = []
+        while (msg := transport.recv(None, group)).kind != 9:
+            seen.append(msg.nbytes)
+            transport.send(msg.src, 8, msg.meta, msg.tensors, group)
+        return seen
+    g = torch.Generator().manual_seed(0)
+    for size in SIZES:
+        sent = [torch.randint(0, 255, (size,), dtype=torch.uint8, generator=g), torch.randn(3, 5, generator=g).to(torch.bfloat16),
+                torch.arange(7), torch.rand(2, 2, generator=g) > 0.5] if size else []  # fmt: skip
+        for dst in (1, 2):
+            assert transport.isend(dst, 7, [size, -dst], sent, group) == []  # copied out before it returned
+            back = transport.recv(dst, group)
+            assert back.kind == 8 and back.src == dst and back.meta == [size, -dst]
+            assert len(back.tensors) == len(sent) and all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(sent, back.tensors))
+    for dst in (1, 2):
+        transport.send(dst, 9, [], [], group)
+    return "ok"
+
+
+def test_messages_of_every_size_round_trip_and_leave_nothing_behind():
+    before = ours()
+    out = launch(ClusterSpec(world_size=3, **SPEC), echo)
+    assert out[0] == "ok" and out[1] == out[2] and len(out[1]) == len(SIZES)
+    assert ours() == before
+
+
+SMALL = WorldSpec(layers=2, hidden=64, heads=4, corpus=CorpusSpec(max_tokens=2048, block_size=8, chunk_blocks=8),
+                  placement=Placement("hashed"))  # a chunk's blocks on both holders
+
+
+def primitives_over_shm(instance):
+    world = build_world(SMALL, instance.holders)
+    if not instance.is_requester:
+        store = holder.build_store(instance.rank, world.corpus, world.directory, world.model)
+        dist.barrier()
+        holder.serve(store, holder.AttentionSpec.of(world.model), instance.requester_ranks)
+        return None
+    dist.barrier()
+    try:
+        executor = Executor(0, world.model, world.corpus, world.directory, CostModel(world.geometry, load_profile("published-h100")))
+        executor.force_path = shm.NAME
+        errors = {}
+        for primitive in PRIMITIVES:
+            request = shaped_request(world, 2, 2, 6, 3, seed=7)
+            session = serve(executor, request, primitive)
+            want = reference_logits(world.model, world.corpus, request, session.inputs)
+            errors[primitive] = relative_error(torch.cat(session.logits), want)
+        used = {r.get("path") for r in executor.trace if r.get("kind") in ("route", "fetch")}
+        return errors, used
+    finally:
+        stop_holders(0, instance.holders)
+
+
+def test_route_fetch_and_local_over_shared_memory_match_the_reference():
+    errors, used = launch(ClusterSpec(world_size=3, **SPEC), primitives_over_shm)[0]
+    assert set(errors) == set(PRIMITIVES) and max(errors.values()) < 1e-5, errors
+    assert used == {shm.NAME}
+
+
+def silent(instance):
+    if instance.rank == 0:
+        transport.recv(1, paths.group(shm.NAME))  # rank 1 never sends
+    return "done"
+
+
+def test_a_silent_peer_is_a_clear_error_after_the_timeout():
+    with pytest.raises(QrouteError, match=r"instance 0 failed: shared-memory path: waited \d+ s for a message from "
+                                          r"instance 1: expected it within the cluster timeout \(2 s\)"):  # fmt: skip
+        launch(ClusterSpec(world_size=2, timeout_s=2.0, shm=True), silent)
+
+
+@pytest.mark.parametrize("bad", [dict(backend="nccl"), dict(links=("veth",), world_size=2)])
+def test_shared_memory_only_between_gloo_instances_of_one_host(bad):
+    with pytest.raises(QrouteError, match="the shared-memory path: expected backend gloo without an emulated fabric"):
+        ClusterSpec(**{"world_size": 3, "shm": True, **bad})
