@@ -6,6 +6,7 @@ Methods (each message is `size` bytes each way; rank 0 times, rank 1 echoes):
   qroute    qroute's framed PING / PONG served by the holder's loop (what `qroute calibrate` sweeps), with one
             first frame per small message (`transport.FIRST`)
   qroute-2  the same with every payload in a frame of its own (header frame, then payload frame)
+  shm       qroute's PING / PONG over the shared-memory path (`--shm`; CPU instances of one host)
   put       one-sided copies into the peer's symmetric memory over NVLink, then a signal
             (torch.distributed._symmetric_memory; `--symm-backend NVSHMEM` allocates it from NVSHMEM, whose
             payloads failed the check on two H100s); the echo is enqueued on the peer's GPU ahead of time, so no
@@ -69,21 +70,25 @@ def nccl(rank: int, peer: int, device, sizes, reps: int, **_) -> dict:
     return rows
 
 
-def framed(rank: int, peer: int, device, sizes, reps: int, first: int = transport.FIRST, **_) -> dict:
+def framed(rank: int, peer: int, device, sizes, reps: int, first: int = transport.FIRST, path: str | None = None,
+           **_) -> dict:  # fmt: skip
     from qroute.calibration.sweeps import ping_pong
-    from qroute.runtime import holder
+    from qroute.runtime import holder, paths
 
+    group = paths.group(path)  # None: the world group
     if transport.exact():
         transport.set_exact(True, device, first)
     if rank == 1:
-        holder.serve(None, None, [0], groups=[])  # PONG every PING until STOP
+        holder.serve(None, None, [0], groups=[group] if group is not None else [])  # PONG every PING until STOP
         return {}
     rows = {}
     for size in sizes:
         payload = [torch.zeros(size, dtype=torch.uint8, device=device)]
         _sync()
-        rows[size] = [ping_pong(peer, payload) for _ in range(reps + WARMUP)][WARMUP:]
+        rows[size] = [ping_pong(peer, payload, group) for _ in range(reps + WARMUP)][WARMUP:]
     transport.send(peer, holder.STOP)
+    if group is not None:
+        transport.send(peer, holder.STOP, group=group)
     return rows
 
 
@@ -218,6 +223,7 @@ METHODS = {
     "nccl": nccl,
     "qroute": framed,
     "qroute-2": lambda *a, **k: framed(*a, first=transport.HEADER_BYTES, **k),
+    "shm": lambda *a, **k: framed(*a, path="shm", **k),
     "put": put,
     "put-cpu": lambda *a, **k: put(*a, cpu_echo=True, **k),
     "cuda": cuda_steps,
@@ -318,9 +324,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                     help="symmetric memory for the put methods (default: %(default)s)")  # fmt: skip
     ap.add_argument("--tag", default=None, help="machine tag in the file name (default: the host name)")
     args = ap.parse_args(argv)
-    runnable = list(METHODS) if args.backend == "nccl" else ["nccl", "qroute", "qroute-2"]  # gloo: the CPU's
+    runnable = [m for m in METHODS if m != "shm"] if args.backend == "nccl" else ["nccl", "qroute", "qroute-2", "shm"]
     default = [m for m in runnable if not m.startswith("nvshmem")]  # nvshmem4py is an extra install
-    args.methods = args.methods.split(",") if args.methods else default[:2] if args.backend == "gloo" else default
+    args.methods = args.methods.split(",") if args.methods else ["nccl", "qroute", "shm"] if args.backend == "gloo" else default
     bad = [m for m in args.methods if m not in runnable]
     if bad:
         ap.error(f"method {bad[0]!r}: expected one of {', '.join(runnable)}")
@@ -331,7 +337,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse()
     methods, sizes = args.methods, args.sizes
-    spec = ClusterSpec(world_size=2, backend=args.backend, timeout_s=120.0, frames="exact" if "qroute-2" in methods else "auto")
+    spec = ClusterSpec(world_size=2, backend=args.backend, timeout_s=120.0, frames="exact" if "qroute-2" in methods else "auto",
+                       shm="shm" in methods)  # fmt: skip
     results = launch(spec, instance_main, methods, sizes, args.reps, args.symm_backend)[0]
     rows = _rows(results)
     env = {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "TORCH_NCCL", "NVSHMEM_", "TORCH_SYMM", "CUDA_"))}
