@@ -11,9 +11,10 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def test_cpu_methods_time_every_size_over_gloo():
-    methods, sizes = ["nccl", "qroute", "qroute-2"], [8, 3000, transport.FIRST + 8]
-    out = launch(ClusterSpec(world_size=2, timeout_s=60.0, frames="exact"), p2p.instance_main, methods, sizes, 4, "CUDA")
-    assert out[1] == {"nccl": {s: [] for s in sizes}, "qroute": {}, "qroute-2": {}}  # rank 1 echoes, times nothing
+    methods, sizes = ["nccl", "qroute", "qroute-2", "shm"], [8, 3000, transport.FIRST + 8]
+    out = launch(ClusterSpec(world_size=2, timeout_s=60.0, frames="exact", shm=True), p2p.instance_main, methods, sizes, 4,
+                 "CUDA")  # fmt: skip
+    assert out[1] == {"nccl": {s: [] for s in sizes}, "qroute": {}, "qroute-2": {}, "shm": {}}  # rank 1 echoes only
     for method in methods:
         assert sorted(out[0][method]) == sizes
         assert all(len(ts) == 4 and all(0 < t < 5 for t in ts) for ts in out[0][method].values())
@@ -40,4 +41,4 @@ def test_put_needs_gpus_and_bad_methods_are_refused(capsys):
         pytest.skip("two GPUs: every method runs")
     with pytest.raises(SystemExit):
         p2p.parse(["--backend", "gloo", "--methods", "put"])
-    assert "method 'put': expected one of nccl, qroute, qroute-2" in capsys.readouterr().err
+    assert "method 'put': expected one of nccl, qroute, qroute-2, shm" in capsys.readouterr().err
