@@ -45,3 +45,16 @@ def test_bad_demo_input_is_one_line_exit_2(args, needle):
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.timeout(300)
+def test_demo_over_shared_memory_measures_both_paths_and_stays_exact(tmp_path):
+    r = run(*SMALL, "--instances", "2", "--modes", "route,fetch", "--shm", "--json", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert all(m["exact"] for m in out["summary"].values())
+    saved = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert set(saved["profile"]["paths"]) == {"gloo-loopback", "shm"}  # the quick calibration measured both
+    used = {t.get("path") for run in saved["runs"] for t in run["trace"] if t.get("kind") in ("route", "fetch")}
+    planned = {h["path"] for run in saved["runs"] for p in run["plans"] if p for h in p["holders"]}
+    assert used and used == planned <= {"gloo-loopback", "shm"}  # every message went where its plan said

@@ -37,22 +37,23 @@ from qroute.runtime.store import BlockStore
 PATH = "gloo-loopback"
 
 
-def route_exchange(holder: int, q: torch.Tensor, blocks: list[int]) -> float:
-    """One ROUTE round trip as the executor does it; returns its network time (RTT - holder compute)."""
+def route_exchange(holder: int, q: torch.Tensor, blocks: list[int], group=None) -> float:
+    """One ROUTE round trip as the executor does it, over `group` (a path; None: the world group); returns its
+    network time (RTT - holder compute)."""
     t0 = time.perf_counter()
     groups = torch.tensor([(0, q.shape[0], 1000, len(blocks))], dtype=torch.long)
     ids = torch.tensor(blocks, dtype=torch.long)
-    works = transport.isend(holder, ROUTE, [0], [q.contiguous(), groups, ids])
-    msg = transport.recv(holder)
+    works = transport.isend(holder, ROUTE, [0], [q.contiguous(), groups, ids], group)
+    msg = transport.recv(holder, group)
     transport.wait_all(works)
     return time.perf_counter() - t0 - msg.meta[0] / 1e9
 
 
-def fetch_exchange(holder: int, blocks: list[int]) -> float:
-    """One FETCH round trip; returns its network time (RTT - holder gather)."""
+def fetch_exchange(holder: int, blocks: list[int], group=None) -> float:
+    """One FETCH round trip over `group`; returns its network time (RTT - holder gather)."""
     t0 = time.perf_counter()
-    works = transport.isend(holder, FETCH, [], [torch.tensor(blocks)])
-    msg = transport.recv(holder)
+    works = transport.isend(holder, FETCH, [], [torch.tensor(blocks)], group)
+    msg = transport.recv(holder, group)
     transport.wait_all(works)
     return time.perf_counter() - t0 - msg.meta[0] / 1e9
 
@@ -131,18 +132,18 @@ class QuickCalibration:
         fixed, last = self._fit(name, grid, [[r[0], r[2]] for r in rows], times)
         return float(fixed), 0.0, float(last)
 
-    def path(self, holder: int, held: list[int], reps: int = 15) -> PathSpec:
-        """alpha + bytes/beta from ROUTE exchanges of 1..8 tokens and FETCH of 4..64 blocks."""
+    def path(self, holder: int, held: list[int], reps: int = 15, group=None) -> PathSpec:
+        """alpha + bytes/beta from ROUTE exchanges of 1..8 tokens and FETCH of 4..64 blocks, over `group`."""
         c = self.model.config
         grid, rows, times = [], [], []
         for tokens in (1, 2, 4, 8):
             q = self._rand(tokens, c.num_heads, c.latent_width)
-            samples = self._exchanges(lambda q=q: route_exchange(holder, q, held[:4]), reps)
+            samples = self._exchanges(lambda q=q: route_exchange(holder, q, held[:4], group), reps)
             grid.append(("route", tokens))
             rows.append([1.0, tokens * c.num_heads * (self.coef.q_row_bytes + self.coef.o_row_bytes)])
             times.append(robust_median(samples))
         for n in (4, 16, 64):
-            samples = self._exchanges(lambda n=n: fetch_exchange(holder, held[:n]), reps)
+            samples = self._exchanges(lambda n=n: fetch_exchange(holder, held[:n], group), reps)
             grid.append(("fetch", n))
             rows.append([1.0, n * self.block_size * c.num_layers * self.coef.kv_token_layer_bytes])
             times.append(robust_median(samples))
@@ -249,13 +250,19 @@ class QuickCalibration:
         return Compute(self.attention(), self.local_attention(), self.merge(), self.splice(), self.gather(), self.reprefill())
 
     def profile(self, holder: int | None, held: list[int]) -> Profile:
-        """Every constant, as a measured profile (a single instance has a free, infinitely fast path)."""
-        path = self.path(holder, held) if holder is not None else PathSpec(0.0, 1e18, "single instance: no fabric")
+        """Every constant, as a measured profile: each opened path (`runtime.paths`; else the world group as PATH)
+        measured to `holder` (a single instance has a free, infinitely fast path)."""
+        from qroute.runtime import paths
+
+        if holder is None:
+            specs = {PATH: PathSpec(0.0, 1e18, "single instance: no fabric")}
+        else:
+            specs = {name: self.path(holder, held, group=paths.group(name)) for name in paths.names() or [PATH]}
         compute = self.compute()
         return Profile(
             name=f"auto-{socket.gethostname()}", provenance="measured",
             description="quick calibration on the live embedded cluster (qroute demo --profile auto)",
-            paths={PATH: path}, default_paths=(PATH,), compute=compute,
+            paths=specs, default_paths=tuple(specs), compute=compute,
             machine={"host": socket.gethostname(), "platform": platform.platform(), "threads": torch.get_num_threads()},
             created=dt.datetime.now(dt.timezone.utc).isoformat(), fits=self.fits,
         )  # fmt: skip
