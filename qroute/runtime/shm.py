@@ -21,8 +21,10 @@ holder, the executor, calibration and validation reach a holder over it as over 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import platform
 import select
 import tempfile
 import time
@@ -53,7 +55,7 @@ class ShmGroup:
 
     def __init__(self, rank: int, world: int, boxes: list[Tensor], bells: list[int], slot: int, timeout_s: float) -> None:
         self.rank, self.world, self.slot, self.timeout_s, self.bells = rank, world, slot, timeout_s, bells
-        self.ctrl = [b[:, :CTRL].view(torch.int64).numpy() for b in boxes]  # [world, CTRL / 8] per owner (numpy: ~0.1 us a word)
+        self.ctrl = [b[:, :CTRL].view(torch.int64).numpy() for b in boxes]  # [world, CTRL / 8] per owner; numpy: fast
         self.data = [b[:, CTRL:] for b in boxes]  # [world, slot] per owner
         self.written = [0] * world  # chunks this instance wrote into each peer's slot for it
         self.consumed = [0] * world  # chunks this instance read from each sender's slot
@@ -62,21 +64,25 @@ class ShmGroup:
     @classmethod
     def open(cls, rank: int, world: int, timeout_s: float, slot: int = SLOT) -> "ShmGroup":
         """Collective over the world group: every instance's inbox created, mapped by all, and unlinked."""
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            raise QrouteError(f"the shared-memory path on {platform.machine()}: expected x86-64 (its counters rely on "
+                              "x86's store order)")  # fmt: skip
         name = [uuid.uuid4().hex if rank == 0 else None]
         dist.broadcast_object_list(name, src=0)
         paths = [os.path.join(_dir(), f"qroute-{name[0]}-{r}") for r in range(world)]
-        size = world * (CTRL + slot)
-        with open(paths[rank], "wb") as f:
-            f.truncate(size)  # zeros: every counter starts at 0
-        os.mkfifo(paths[rank] + ".bell")
+        size, own = world * (CTRL + slot), paths[rank]
         try:
+            with open(own, "wb") as f:
+                f.truncate(size)  # zeros: every counter starts at 0
+            os.mkfifo(own + ".bell")
             dist.barrier()
             boxes = [torch.from_file(p, shared=True, size=size, dtype=torch.uint8).view(world, CTRL + slot) for p in paths]
             bells = [os.open(p + ".bell", os.O_RDWR | os.O_NONBLOCK) for p in paths]  # O_RDWR: never blocks on a FIFO
             dist.barrier()
         finally:
-            os.unlink(paths[rank])
-            os.unlink(paths[rank] + ".bell")
+            for f in (own, own + ".bell"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f)
         return cls(rank, world, boxes, bells, slot, timeout_s)
 
     # ------------------------------------------------------------------ sending
