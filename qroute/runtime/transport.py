@@ -164,9 +164,14 @@ def _frames(kind: int, meta: Sequence[int], tensors: Sequence[Tensor]) -> tuple[
     return [(header.view(torch.uint8), HEADER), (pack(tensors, nbytes), PAYLOAD)], nbytes
 
 
+def _direct(group) -> bool:
+    """A path that moves whole messages itself (`runtime.shm`) rather than a torch.distributed process group."""
+    return getattr(group, "direct", False)
+
+
 def send(dst: int, kind: int, meta: Sequence[int] = (), tensors: Sequence[Tensor] = (), group=None) -> int:
     """Send one message to `dst` (blocking) over `group` (a path's process group; default: the world); returns the payload bytes."""
-    if getattr(group, "direct", False):  # a path that moves whole messages itself (runtime.shm)
+    if _direct(group):
         return group.send_message(dst, kind, meta, tensors)
     frames, nbytes = _frames(kind, meta, tensors)
     for buf, tag in frames:
@@ -176,7 +181,7 @@ def send(dst: int, kind: int, meta: Sequence[int] = (), tensors: Sequence[Tensor
 
 def isend(dst: int, kind: int, meta: Sequence[int] = (), tensors: Sequence[Tensor] = (), group=None) -> list:
     """Post one message to `dst` without waiting; returns the work handles to wait on."""
-    if getattr(group, "direct", False):  # copied out before this returns: nothing to wait on
+    if _direct(group):  # copied out before this returns: nothing to wait on
         group.send_message(dst, kind, meta, tensors)
         return []
     frames, _ = _frames(kind, meta, tensors)
@@ -195,7 +200,7 @@ class _Keep:
 
 def recv(src: int | None = None, group=None) -> Message:
     """Receive one message from `src`, or from any instance when `src` is None (eager framing only), over `group`."""
-    if getattr(group, "direct", False):
+    if _direct(group):
         return group.recv_message(src)
     if _MODE["exact"]:
         if src is None:
@@ -244,13 +249,13 @@ class Poller:
 
     def __init__(self, sources: Sequence[int], group=None, post=None) -> None:
         self.sources, self.group = list(sources), group
-        self.anysource = post is None and (getattr(group, "direct", False) or dist.get_backend(group) != "nccl")
+        self.anysource = post is None and (_direct(group) or dist.get_backend(group) != "nccl")
         self.post = post or (lambda frame, src: dist.irecv(frame, src, group=group, tag=HEADER))
         self.posted: dict[int, tuple[Tensor, object]] = {}
         self.turn = 0
 
     def recv(self) -> Message:
-        if self.anysource and getattr(self.group, "direct", False):
+        if self.anysource and _direct(self.group):
             return self.group.recv_message(None)
         if self.anysource:
             frame = _first_frame()
