@@ -162,7 +162,8 @@ def sparse_case(K, B, cache, backends, workspace):
     nbytes = B * M * BS * D * 2 + B * H * (D + V) * 2 + B * H * 4 + B * M * 4
     sets = [sparse_inputs(B, H, D, N, M) for _ in range(n_sets(nbytes))]
     impls = {
-        "qroute_triton": (lambda q, t: K.sparse_mla(q, cache, t, scale, V, check=False), sets),
+        "qroute": (lambda q, t: K.sparse_mla(q, cache, t, scale, V, check=False), sets),  # the default kernel
+        "qroute_triton": (lambda q, t: K.sparse_mla(q, cache, t, scale, V, check=False, config={"kernel": "triton"}), sets),
         "torch_eager": (lambda q, t: K.sparse_mla_reference(q, cache, t, scale, V, check=False), sets),
     }
     errors = {}

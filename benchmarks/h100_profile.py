@@ -2,7 +2,7 @@
 
     python -m benchmarks.h100_profile [benchmarks/results/kernels-<gpu>-<date>.json]
 
-Fits the cost model's compute coefficients to qroute's own Triton kernels as measured (GPU
+Fits the cost model's compute coefficients to qroute's own kernels as measured (GPU
 time of CUDA-graph replays: what a decode step captured in a graph pays; an eager launch
 adds the `launch_us - gpu_us` of the result file):
 
@@ -46,7 +46,8 @@ def coefficients(result: dict) -> tuple[dict, dict]:
     g = preset("deepseek-v3")  # 576-wide latent rows, 512-wide values: the benchmark's geometry
     o_bytes = g.coefficients("bf16", "bf16").o_row_bytes
     gpu = lambda c: c["gpu_us"]["median"] * 1e-6  # noqa: E731
-    where = f"measured: qroute's Triton kernel on {result['machine'].get('gpu', 'a GPU')}, {result['date'][:10]}, "
+    kernels = sorted({c["shape"].get("kernel", "triton") for c in _cases(result, "sparse_mla")})
+    where = f"measured: qroute's kernels on {result['machine'].get('gpu', 'a GPU')}, {result['date'][:10]}, "
     # Each benchmark query reads its own 2048 tokens, so bytes and FLOPs grow together and one fit cannot split
     # them: the bytes are priced at the measured copy rate, the rest of the time is per-row work (FLOPs), which
     # is how a request of many rows over one selection scales (the kernel re-reads the tokens per query).
@@ -62,7 +63,7 @@ def coefficients(result: dict) -> tuple[dict, dict]:
     gt, g_err = _fit([[1.0, c["shape"]["blocks"] * c["shape"]["block_size"] * c["shape"]["L"]] for c in gather],
                      [gpu(c) for c in gather])  # fmt: skip
     attention = {"fixed_s": float(a[0]), "read_Bps": rate(a[1]), "flops_per_s": rate(a[2]),
-                 "source": where + "sparse MLA decode, B = 1..128 x 128 heads x top-2048: fixed + FLOPs "
+                 "source": where + f"sparse MLA decode ({' / '.join(kernels)}), B = 1..128 x 128 heads x top-2048: fixed + FLOPs "
                  "(bytes at the measured copy rate; the two grow together in this sweep)"}  # fmt: skip
     compute = {
         "attention": attention,
@@ -83,8 +84,9 @@ def build(result: dict, source_file: str) -> dict:
     paths = {n: {**p, "source": "from published-h100 (not measured here): " + p["source"]} for n, p in base["paths"].items()}
     data = {
         "schema": SCHEMA_ID, "name": "h100-kernels", "provenance": "measured",
-        "description": "published-h100 with the compute coefficients of qroute's own Triton kernels measured on an H100 "
-        "(attention, merge, splice, gather; GPU time of CUDA-graph replays). Paths and re-prefill are the paper's "
+        "description": "published-h100 with the compute coefficients of qroute's own kernels measured on an H100 "
+        "(attention, merge, splice, gather; GPU time of CUDA-graph replays; attention's flops_per_s is what is left after the "
+        "bytes at the measured copy rate, not a tensor-core rate). Paths and re-prefill are the paper's "
         "published or assumed figures, copied from published-h100: not measured here.",
         "machine": {**result["machine"], "benchmark": source_file}, "created": result["date"],
         "paths": paths, "default_paths": base["default_paths"], "compute": {**compute, "reprefill": reprefill},

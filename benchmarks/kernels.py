@@ -80,18 +80,26 @@ def sparse_inputs(B, H, D, N, M):
 
 
 def sparse_cases(K):
+    """The issue's decode cases with the default kernel (the Hopper one on an H100 from B=8), and the Triton kernel
+    again from B=8 (`sparse_mla-triton`), for the comparison in one run."""
+    from qroute.kernels.sparse_mla import default_config, resolve_kernel
+
     H, D, V, bs, M, N = 128, 576, 512, 64, 32, 4096
     cache = torch.randn(N, bs, D, dtype=torch.bfloat16, device="cuda")
-    for B in (1, 8, 32, 64, 128):
+    for B, config in [(B, None) for B in (1, 8, 32, 64, 128)] + [(B, {"kernel": "triton"}) for B in (8, 32, 64, 128)]:
         nbytes = B * M * bs * D * 2 + B * H * (D + V) * 2 + B * H * 4 + B * M * 4
         flops = 2 * B * H * M * bs * (D + V)
         sets = [sparse_inputs(B, H, D, N, M) for _ in range(n_sets(nbytes))]
-        tri = lambda q, t: K.sparse_mla(q, cache, t, D**-0.5, V, check=False)  # noqa: E731
+        tri = lambda q, t, c=config: K.sparse_mla(q, cache, t, D**-0.5, V, check=False, config=c)  # noqa: E731
         ref = lambda q, t: K.sparse_mla_reference(q, cache, t, D**-0.5, V, check=False)  # noqa: E731
         target = ("pct_roofline>=60", lambda r, t: r["pct_roofline"] >= 60) if B >= 32 else None
         target = ("gpu_us<=20", lambda r, t: t <= 20) if B == 1 else target
-        shape = {"B": B, "H": H, "D": D, "v_dim": V, "block_size": bs, "blocks": M, "cache_blocks": N}
-        yield (f"sparse_mla B={B}", shape, sets, tri, ref, nbytes, flops, target, _state_check(tri, ref, sets[0]))
+        used = resolve_kernel({**default_config(torch.bfloat16, H, B * M, q_device()), **(config or {})}, sets[0][0],
+                              cache, V, config or {})  # fmt: skip
+        shape = {"B": B, "H": H, "D": D, "v_dim": V, "block_size": bs, "blocks": M, "cache_blocks": N, "kernel": used}
+        name = "sparse_mla" if config is None else "sparse_mla-triton"
+        yield (f"{name} B={B}", shape, sets, tri, ref, nbytes, flops, target if config is None else None,
+               _state_check(tri, ref, sets[0]))  # fmt: skip
 
 
 def merge_inputs(P, B, H, V):
@@ -192,7 +200,7 @@ def run_case(case, ceil, do_check):
     if "same_size_copy_gpu_us" in shape:
         row["pct_same_size_copy"] = 100 * shape["same_size_copy_gpu_us"] / t
         row["pct_same_size_cold_copy"] = 100 * shape["same_size_cold_copy_gpu_us"] / t
-    if row["kernel"] == "sparse_mla":
+    if row["kernel"].startswith("sparse_mla"):
         from qroute.kernels.sparse_mla import default_config
 
         row["kernel_config"] = default_config(torch.bfloat16, shape["H"], shape["B"] * shape["blocks"], q_device())
@@ -257,14 +265,14 @@ def print_table(result):
     c = result["ceilings"]
     print(f"\n{result['machine']['gpu']}: copy {c['copy_GBps']:.0f} GB/s, bf16 matmul {c['matmul_TFLOPs']:.0f} TFLOP/s")
     head = f"{'gpu us (p20-p80)':>22s} {'launch us':>10s} {'eager us':>9s} {'GB/s':>6s} {'%roof':>6s}"
-    print(f"{'case':20s} {head}  target (on gpu us)")
+    print(f"{'case':24s} {head}  target (on gpu us)")
     for r in result["cases"]:
         if "error" in r:
-            print(f"{r['case']:20s} ERROR {r['error'][:90]}")
+            print(f"{r['case']:24s} ERROR {r['error'][:90]}")
             continue
         g = r["gpu_us"] if "median" in r["gpu_us"] else r["launch_us"]
         tgt = f"{r['target']} {'met' if r['target_met'] else 'MISSED'}" if "target" in r else ""
-        print(f"{r['case']:20s} {g['median']:8.1f} ({g['p20']:.1f}-{g['p80']:.1f}) {r['launch_us']['median']:10.1f} "
+        print(f"{r['case']:24s} {g['median']:8.1f} ({g['p20']:.1f}-{g['p80']:.1f}) {r['launch_us']['median']:10.1f} "
               f"{r['eager_us']['median']:9.1f} {r['achieved_GBps']:6.0f} {r['pct_roofline']:6.1f}  {tgt}")  # fmt: skip
 
 

@@ -4,7 +4,8 @@ Dispatch (every wrapper's `backend="auto"`): the Triton kernel when the tensors 
 or on CPU under `TRITON_INTERPRET=1`; otherwise the plain-torch reference, which is also the
 tests' oracle. Importing this package never needs Triton.
 
-    sparse_mla      partial attention of absorbed MLA rows over per-query selected blocks (split-K)
+    sparse_mla      partial attention of absorbed MLA rows over per-query selected blocks (split-K; on Hopper
+                    a Gluon kernel, sparse_mla_hopper, from 8 queries up)
     merge_partials  exact merge of P stacked attention states
     splice_rope_    re-rotate the rope part of every layer of a chunk by +offset, in place
     gather_store    selected blocks of a paged store, all layers, into one send buffer (scatter_store: back)

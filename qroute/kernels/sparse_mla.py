@@ -28,6 +28,7 @@ from qroute.errors import QrouteError
 from qroute.kernels.checks import FLOATS, INDEX, dense_last, expect_dtype, expect_ndim, expect_out
 from qroute.kernels.dispatch import LazyKernel, interpreting, same_device, tl, triton, use_triton
 from qroute.kernels.merge import launch_merge
+from qroute.kernels import sparse_mla_hopper as hopper
 
 try:  # host-side TMA descriptors (triton >= 3.4)
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -41,12 +42,16 @@ LOG2E = 1.0 / math.log(2.0)
 # (more programs) was 10% faster. TMA page slabs took 20-24% less time than per-token gathers at B >= 32
 # and 10-12% less than pointer page slabs; 32-token tiles with 3-4 stages were slower (smaller MMAs), 3 stages
 # of 64 tokens exceed shared memory. fp32 tiles are twice as big: fewer tokens per step.
+# "kernel": "gluon" = `sparse_mla_hopper` (Hopper, bf16/fp16, D=576: 1.3x faster than this file's kernel at B >= 32 on
+# an H100) where it applies, else this file's Triton kernel; the other keys configure the Triton kernel.
 CONFIGS = {
-    "half": {"BLOCK_H": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "tiles": "tma"},
-    "fp32": {"BLOCK_H": 32, "BLOCK_N": 32, "num_warps": 8, "num_stages": 1, "tiles": "pages"},
-    "interpreter": {"BLOCK_H": 16, "BLOCK_N": 32, "tiles": "tma"},
+    "half": {"BLOCK_H": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "tiles": "tma", "kernel": "gluon"},
+    "fp32": {"BLOCK_H": 32, "BLOCK_N": 32, "num_warps": 8, "num_stages": 1, "tiles": "pages", "kernel": "triton"},
+    "interpreter": {"BLOCK_H": 16, "BLOCK_N": 32, "tiles": "tma", "kernel": "triton"},
 }
 TILES = ("gather", "pages", "tma")  # how a K tile is fetched, simplest first (see the kernel)
+KERNELS = ("triton", "gluon")
+TRITON_KNOBS = ("BLOCK_H", "BLOCK_N", "num_warps", "num_stages", "tiles")
 
 if triton is not None:
 
@@ -160,8 +165,10 @@ def sparse_mla(
     scale        softmax scale applied to q . k
     v_dim        value width, <= D (absorbed MLA: the 512-wide latent)
     num_splits   programs per (query, head group) over parts of the table row; None = fill the device
-    config       overrides of `default_config`: BLOCK_H, BLOCK_N, num_warps, num_stages, tiles (how a K tile
-                 is fetched: "gather" per token, "pages" / "tma" one page slab; see `resolve_tiles`)
+    config       overrides of `default_config`: kernel ("gluon": the Hopper kernel, an error where it does not
+                 apply; "triton"), and the Triton kernel's BLOCK_H, BLOCK_N, num_warps, num_stages, tiles (how a
+                 K tile is fetched: "gather" per token, "pages" / "tma" one page slab; see `resolve_tiles`);
+                 any of those five without "kernel" selects the Triton kernel
     check        validate block ids: in range, no duplicate in a row (syncs the device; unchecked
                  duplicates are counted twice by the softmax)
     out          optional (o [B, H, v_dim] dtype of q, lse [B, H] float32), contiguous
@@ -189,9 +196,12 @@ def _launch(q, cache, table, scale, v_dim, o, lse, num_splits, config) -> None:
     (B, H, _), M = q.shape, table.shape[1]
     if B * H == 0:
         return
-    meta = {**default_config(q.dtype, H, B * M, q.device), **(config or {})}
-    meta["tiles"] = resolve_tiles(meta, cache, v_dim, explicit="tiles" in (config or {}))
-    splits = num_splits or default_splits(B, H, M, q.device, meta["BLOCK_H"])
+    config = config or {}
+    meta = {**default_config(q.dtype, H, B * M, q.device), **config}
+    gluon = resolve_kernel(meta, q, cache, v_dim, config) == "gluon"
+    if not gluon:
+        meta["tiles"] = resolve_tiles(meta, cache, v_dim, explicit="tiles" in config)
+    splits = num_splits or default_splits(B, H, M, q.device, hopper.BLOCK_H if gluon else meta["BLOCK_H"])
     per_split = max(1, triton.cdiv(M, max(1, min(splits, M))))
     splits = max(1, triton.cdiv(M, per_split))
     if splits == 1:
@@ -199,10 +209,25 @@ def _launch(q, cache, table, scale, v_dim, o, lse, num_splits, config) -> None:
     else:  # partials in q's dtype (fp32 for fp32 q): half the combine's traffic for bf16
         part_o = torch.empty(splits, B, H, v_dim, device=q.device, dtype=q.dtype)
         part_lse = torch.empty(splits, B, H, device=q.device, dtype=torch.float32)
-    _run_kernel(q, cache, table, scale, v_dim, part_o, part_lse, per_split, meta)
+    if gluon:
+        hopper.launch(q, cache, table, scale, part_o, part_lse, per_split)
+    else:
+        _run_kernel(q, cache, table, scale, v_dim, part_o, part_lse, per_split, meta)
     if splits > 1:
         R = B * H
         launch_merge(part_o.view(splits, R, v_dim), part_lse.view(splits, R), o.view(R, v_dim), lse.view(R))
+
+
+def resolve_kernel(meta: dict, q: Tensor, cache: Tensor, v_dim: int, config: dict) -> str:
+    """"gluon" (`sparse_mla_hopper`) or "triton": `meta["kernel"]`, unless Triton knobs in `config` ask for the Triton
+    kernel, or the Hopper kernel does not apply (an error when `config` asked for it by name)."""
+    want = meta.pop("kernel")
+    if want == "triton" or ("kernel" not in config and any(k in config for k in TRITON_KNOBS)):
+        return "triton"
+    why = hopper.reason_not(q, cache, v_dim, _usable_tiles(cache, v_dim, hopper.BLOCK_N))
+    if why is not None and "kernel" in config:
+        raise QrouteError(f"{WHAT}: config kernel='gluon' does not apply: {why}")
+    return "triton" if why is not None else "gluon"
 
 
 def _run_kernel(q, cache, table, scale, v_dim, part_o, part_lse, per_split, meta) -> None:
@@ -265,11 +290,13 @@ def default_config(dtype: torch.dtype, H: int, entries: int = 1 << 30, device: t
     """Block sizes, warps and stages for `dtype`.
 
     BLOCK_H shrinks to H (but stays >= 16, what tl.dot needs), and to 32 heads when even one
-    block-table entry per program (`entries` = B * max_blocks) would leave SMs idle (B = 1).
+    block-table entry per program (`entries` = B * max_blocks) would leave SMs idle (B = 1); the
+    Triton kernel takes those small batches (the Hopper kernel's 64 heads are fixed).
     """
     cfg = dict(CONFIGS["interpreter" if interpreting() else "fp32" if dtype == torch.float32 else "half"])
     if device is not None and entries * triton.cdiv(H, cfg["BLOCK_H"]) < _sm_count(device):
         cfg["BLOCK_H"] = min(cfg["BLOCK_H"], 32)
+        cfg["kernel"] = "triton"
     cfg["BLOCK_H"] = min(cfg["BLOCK_H"], max(16, triton.next_power_of_2(H)))
     return cfg
 
@@ -330,10 +357,10 @@ def _check_knobs(scale: float, num_splits: int | None, config: dict | None) -> N
         raise QrouteError(f"{WHAT}: scale={scale!r}: expected a finite number")
     if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1):
         raise QrouteError(f"{WHAT}: num_splits={num_splits!r}: expected None or an integer >= 1")
-    if config is not None and set(config) - {"BLOCK_H", "BLOCK_N", "num_warps", "num_stages", "tiles"}:
-        raise QrouteError(
-            f"{WHAT}: config={config!r}: expected keys among BLOCK_H, BLOCK_N, num_warps, num_stages, tiles"
-        )
+    if config is not None and set(config) - {"kernel", *TRITON_KNOBS}:
+        raise QrouteError(f"{WHAT}: config={config!r}: expected keys among kernel, {', '.join(TRITON_KNOBS)}")
+    if config is not None and config.get("kernel", "triton") not in KERNELS:
+        raise QrouteError(f"{WHAT}: config kernel={config['kernel']!r}: expected one of {', '.join(KERNELS)}")
     if config is not None and config.get("tiles", "gather") not in TILES:
         raise QrouteError(f"{WHAT}: config tiles={config['tiles']!r}: expected one of {', '.join(TILES)}")
 
