@@ -107,38 +107,50 @@ if gluon is not None:
             else:
                 nxt = page
             mbarrier.wait(bars.index(s), (j // 2) & 1)
-            k_s = k_smem.index(s)
-            zero = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, S_L)
-            sc = warpgroup_mma(q_smem, k_s.permute((1, 0)), zero, use_acc=False, is_async=True)
-            sc = warpgroup_mma(qpe_smem, pe_smem.index(s).permute((1, 0)), sc, is_async=True)
-            sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
-            sc = gl.where(page >= 0, sc * qk_scale, float("-inf"))
-            m_new = gl.maximum(m_i, gl.max(sc, axis=1))
-            m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: keep exp2 finite
-            alpha = gl.exp2(m_i - m_safe)
-            p = gl.exp2(sc - m_safe[:, None])  # 0 where masked
-            l_t = l_t * alpha[:, None] + p
-            m_i = m_new
-            p_smem.store(p.to(dtype))
-            fence_async_shared()
-            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
-            acc = warpgroup_mma(p_smem, k_s, acc)  # values = the first DV columns of the same tile
+            m_i, l_t, acc = _tile(q_smem, qpe_smem, k_smem.index(s), pe_smem.index(s), p_smem, page, m_i, l_t, acc,
+                                  qk_scale, S_L, O_L)  # fmt: skip
             page = nxt
 
         for i in gl.static_range(3):
             mbarrier.invalidate(bars.index(i))
+        o_base = o_ptr + split.to(gl.int64) * stride_os + b.to(gl.int64) * stride_ob
+        lse_base = lse_ptr + split.to(gl.int64) * stride_ls + b.to(gl.int64) * stride_lb
+        _write_state(acc, m_i, l_t, o_base, lse_base, hg * BLOCK_H, H, stride_oh, S_L, O_L)
+
+    @gluon.jit
+    def _tile(q_smem, qpe_smem, k_s, pe_s, p_smem, page, m_i, l_t, acc, qk_scale, S_L: gl.constexpr, O_L: gl.constexpr):
+        # one K tile: scores (latent + rope dots), online softmax in base 2, O += P V; returns (m_i, l_t, acc)
+        zero = gl.zeros(l_t.shape, gl.float32, S_L)
+        sc = warpgroup_mma(q_smem, k_s.permute((1, 0)), zero, use_acc=False, is_async=True)
+        sc = warpgroup_mma(qpe_smem, pe_s.permute((1, 0)), sc, is_async=True)
+        sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
+        sc = gl.where(page >= 0, sc * qk_scale, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(sc, axis=1))
+        m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: keep exp2 finite
+        alpha = gl.exp2(m_i - m_safe)
+        p = gl.exp2(sc - m_safe[:, None])  # 0 where masked
+        p_smem.store(p.to(p_smem.dtype))
+        fence_async_shared()
+        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
+        acc = warpgroup_mma(p_smem, k_s, acc)  # values = the first DV columns of the same tile
+        return m_new, l_t * alpha[:, None] + p, acc
+
+    @gluon.jit
+    def _write_state(acc, m_i, l_t, o_base, lse_base, h0, H, stride_oh, S_L: gl.constexpr, O_L: gl.constexpr):
+        # o = acc / l into o_base[h, :], lse (natural log) into lse_base[h], for heads h0 + [0, BLOCK_H) below H
+        BLOCK_H: gl.constexpr = acc.shape[0]
+        DV: gl.constexpr = acc.shape[1]
         l_i = gl.sum(l_t, axis=1)
         empty = l_i == 0.0
         l_safe = gl.where(empty, 1.0, l_i)
         lse = gl.where(empty, float("-inf"), (m_i + gl.log2(l_safe)) * 0.6931471805599453)  # base 2 -> natural
         o = acc / gl.convert_layout(l_safe, gl.SliceLayout(1, O_L))[:, None]
-        h = hg * BLOCK_H + gl.arange(0, BLOCK_H, gl.SliceLayout(1, O_L))
+        h = h0 + gl.arange(0, BLOCK_H, gl.SliceLayout(1, O_L))
         dv = gl.arange(0, DV, gl.SliceLayout(0, O_L))
-        o_rows = o_ptr + split.to(gl.int64) * stride_os + b.to(gl.int64) * stride_ob + h[:, None] * stride_oh
-        gl.store(o_rows + dv[None, :], o.to(o_ptr.dtype.element_ty), mask=(h[:, None] < H) & (dv[None, :] < DV))
-        hs = hg * BLOCK_H + gl.arange(0, BLOCK_H, gl.SliceLayout(1, S_L))
-        gl.store(lse_ptr + split.to(gl.int64) * stride_ls + b.to(gl.int64) * stride_lb + hs, lse, mask=hs < H)
-
+        o_ptrs = o_base + h[:, None] * stride_oh + dv[None, :]
+        gl.store(o_ptrs, o.to(o_base.dtype.element_ty), mask=(h[:, None] < H) & (dv[None, :] < DV))
+        hs = h0 + gl.arange(0, BLOCK_H, gl.SliceLayout(1, S_L))
+        gl.store(lse_base + hs, lse, mask=hs < H)
 
 def available() -> bool:
     """True when this Triton has Gluon with Hopper's TMA and wgmma."""
