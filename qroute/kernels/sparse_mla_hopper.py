@@ -1,4 +1,4 @@
-"""Sparse MLA decode on Hopper, written in Gluon: the `sparse_mla` kernel with its warps laid out by hand.
+"""Sparse MLA decode on Hopper, written in Gluon: the `sparse_mla` kernel with warps given their own jobs.
 
 Same contract as `sparse_mla._sparse_mla_kernel` (one program = 64 heads of one query x one split of
 its block-table row, writing a partial state that `merge.launch_merge` combines), restricted to what
@@ -7,18 +7,18 @@ multiple of 64, on sm_90. `reason_not(...)` says why it does not apply; `sparse_
 Triton kernel.
 
 Why Gluon: with `tl.dot`, Triton lays the score dot that feeds the PV dot out as `[num_warps, 1]`,
-so with 64 heads and 8 warps both warpgroups compute the same 64 x 64 scores. Here the layouts are
-explicit (`[4, 2]` warps for both dots):
-  - scores S = Q K^T [64, 64]: each warpgroup computes 32 of the 64 tokens (wgmma m64n32, Q and K
-    read from shared memory; the rope part is a second, 64-deep dot into the same accumulator);
-  - online softmax in base 2; the row max is reduced across the two warpgroups, the row sums are
-    kept per element and reduced once at the end;
-  - O += P V [64, 512]: P goes through shared memory, each warpgroup owns 256 of the 512 value
-    columns (wgmma m64n256, V = the first 512 columns of the same K tile).
-K tiles (64 tokens = one page slab, 73.7 KB) come in by TMA, two stages: the next tile is issued
-before the current one is waited for, and a padded table entry points past the last row, so the
-copy fills zeros without reading memory (its scores are masked). Q (72 KB) + two K stages + P use
-225 KB of the 227 KB of shared memory, which is what caps the pipeline at two stages.
+so with 64 heads and 8 warps both warpgroups compute the same 64 x 64 scores. Here two warpgroups
+are warp-specialized (`gl.warp_specialize`), in the manner of FlashMLA / FlashInfer's Hopper MLA:
+  - warpgroup 0 (the default partition): scores S = Q K^T [64, 64] alone (wgmma m64n64 over the 512
+    latent + 64 rope columns, Q and K from shared memory), the online softmax in base 2 (row max and
+    sum inside its warps), then P into the tile's rope slot (read only by its own score dot) and the
+    rescale factors into shared memory, a "P ready" signal, and O[:, :256] += P V[:, :256];
+  - warpgroup 1 (the worker): the TMA loads, and O[:, 256:] += P V[:, 256:] once P is ready, so its
+    half of the value dot runs while warpgroup 0 computes the next tile's scores.
+K tiles (64 tokens = one page slab, 73.7 KB) come by TMA into two stages; a stage is refilled once
+both warpgroups have released it (an mbarrier of count 2). A padded table entry points past the
+last row, so the copy fills zeros without reading memory (its scores are masked). Q (72 KB) and two
+K stages take 216 KB of the 227 KB of shared memory, which caps the pipeline at two stages.
 """
 
 from functools import lru_cache
@@ -28,7 +28,7 @@ from torch import Tensor
 
 from qroute.kernels.dispatch import interpreting, triton
 
-try:  # Gluon ships with triton >= 3.5; its TMA load was renamed in 3.7 (async_copy_global_to_shared -> async_load)
+try:  # Gluon ships with triton >= 3.5; its TMA load was renamed after 3.6 (async_copy_global_to_shared -> async_load)
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (
@@ -41,10 +41,11 @@ try:  # Gluon ships with triton >= 3.5; its TMA load was renamed in 3.7 (async_c
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
 
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    _barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # renamed after 3.6 too: a barrier of the partition's warps
 except (ImportError, AttributeError):
     gluon = None
 
-BLOCK_H, BLOCK_N, NUM_WARPS = 64, 64, 8
+BLOCK_H, BLOCK_N, NUM_WARPS, WORKER_REGS = 64, 64, 4, 232  # warps of the default partition
 SHAPE = (576, 512)  # (D, v_dim): absorbed MLA, the only shape this kernel takes
 LOG2E = 1.4426950408889634
 
@@ -64,93 +65,132 @@ if gluon is not None:
         H, M, bs, entries_per_split, qk_scale,  # qk_scale = scale * log2(e)
         stride_tb, stride_te, stride_os, stride_ob, stride_oh, stride_ls, stride_lb,  # o [S, B, H, DV], lse [S, B, H]
         BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, DV: gl.constexpr, DR: gl.constexpr, num_warps: gl.constexpr,
+        WORKER_REGS: gl.constexpr,
     ):  # fmt: skip
         hg, split, b = gl.program_id(0), gl.program_id(1), gl.program_id(2)
         dtype: gl.constexpr = k_desc.dtype
-        S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, BLOCK_N // 2, 16])
-        O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, DV // 2, 16])
-        P_SL: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], dtype)
-        q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DV], q_desc.layout)
-        qpe_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DR], qpe_desc.layout)
-        k_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, DV], k_desc.layout)
-        pe_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, DR], pe_desc.layout)
-        p_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], P_SL)
-        bars = gl.allocate_shared_memory(gl.int64, [3, 1], mbarrier.MBarrierLayout())  # K stage 0, 1; Q
-        for i in gl.static_range(3):
-            mbarrier.init(bars.index(i), count=1)
-
+        VEC: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0])
+        smem = (
+            gl.allocate_shared_memory(dtype, [BLOCK_H, DV], q_desc.layout),
+            gl.allocate_shared_memory(dtype, [BLOCK_H, DR], qpe_desc.layout),
+            gl.allocate_shared_memory(dtype, [2, BLOCK_N, DV], k_desc.layout),  # K latent (= V) per stage
+            gl.allocate_shared_memory(dtype, [2, BLOCK_N, DR], pe_desc.layout),  # K rope per stage, then P
+            gl.allocate_shared_memory(gl.float32, [2, BLOCK_H], VEC),  # softmax rescale per stage
+            gl.allocate_shared_memory(gl.float32, [2, BLOCK_H], VEC),  # final row max, row sum
+        )
+        # 0, 1: stage full (TMA bytes); 2, 3: stage free (both warpgroups); 4, 5: P ready; 6: row sums final; 7: Q
+        bars = gl.allocate_shared_memory(gl.int64, [8, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(8):
+            mbarrier.init(bars.index(i), count=2 if i == 2 or i == 3 else 1)
         row0 = b * H + hg * BLOCK_H  # rows past H belong to the next query (or are zero-filled): not stored
-        mbarrier.expect(bars.index(2), q_desc.block_type.nbytes + qpe_desc.block_type.nbytes)
-        _tma_load(q_desc, [row0, 0], bars.index(2), q_smem)
-        _tma_load(qpe_desc, [row0, DV], bars.index(2), qpe_smem)
+        mbarrier.expect(bars.index(7), q_desc.block_type.nbytes + qpe_desc.block_type.nbytes)
+        _tma_load(q_desc, [row0, 0], bars.index(7), smem[0])
+        _tma_load(qpe_desc, [row0, DV], bars.index(7), smem[1])
 
         e0 = split * entries_per_split
         t0 = e0 * bs
         n_t = (gl.minimum(e0 + entries_per_split, M) * bs - t0) // BLOCK_N  # tiles of this split
-        rows_total = k_desc.shape[0]
-        table_row = table_ptr + b.to(gl.int64) * stride_tb
-        page = gl.load(table_row + (t0 // bs) * stride_te, mask=n_t > 0, other=-1).to(gl.int32)
-        if n_t > 0:
-            _load_tile(k_desc, pe_desc, k_smem.index(0), pe_smem.index(0), bars.index(0), page, t0, bs, rows_total, DV)
-
-        m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(1, S_L))
-        l_t = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, S_L)  # row sums per element: one cross-warp sum at the end
-        acc = gl.zeros([BLOCK_H, DV], gl.float32, O_L)
-        mbarrier.wait(bars.index(2), 0)
-        for j in range(n_t):
-            s = j % 2
-            t1 = t0 + (j + 1) * BLOCK_N
-            if j + 1 < n_t:  # the other stage was freed by the previous tile's PV: fetch the next tile into it
-                nxt = gl.load(table_row + (t1 // bs) * stride_te).to(gl.int32)
-                _load_tile(k_desc, pe_desc, k_smem.index(1 - s), pe_smem.index(1 - s), bars.index(1 - s), nxt, t1, bs,
-                           rows_total, DV)  # fmt: skip
-            else:
-                nxt = page
-            mbarrier.wait(bars.index(s), (j // 2) & 1)
-            m_i, l_t, acc = _tile(q_smem, qpe_smem, k_smem.index(s), pe_smem.index(s), p_smem, page, m_i, l_t, acc,
-                                  qk_scale, S_L, O_L)  # fmt: skip
-            page = nxt
-
-        for i in gl.static_range(3):
-            mbarrier.invalidate(bars.index(i))
+        tiles = (table_ptr + b.to(gl.int64) * stride_tb, stride_te, t0, bs, n_t)
         o_base = o_ptr + split.to(gl.int64) * stride_os + b.to(gl.int64) * stride_ob
         lse_base = lse_ptr + split.to(gl.int64) * stride_ls + b.to(gl.int64) * stride_lb
-        _write_state(acc, m_i, l_t, o_base, lse_base, hg * BLOCK_H, H, stride_oh, S_L, O_L)
+        out = (o_base, hg * BLOCK_H, H, stride_oh)
+        gl.warp_specialize(
+            [(_scores_and_left, (smem, bars, tiles, qk_scale, out, lse_base, BLOCK_N)),
+             (_loads_and_right, (k_desc, pe_desc, smem, bars, tiles, out, BLOCK_N))],
+            [4], [WORKER_REGS],
+        )  # fmt: skip
 
     @gluon.jit
-    def _tile(q_smem, qpe_smem, k_s, pe_s, p_smem, page, m_i, l_t, acc, qk_scale, S_L: gl.constexpr, O_L: gl.constexpr):
-        # one K tile: scores (latent + rope dots), online softmax in base 2, O += P V; returns (m_i, l_t, acc)
-        zero = gl.zeros(l_t.shape, gl.float32, S_L)
-        sc = warpgroup_mma(q_smem, k_s.permute((1, 0)), zero, use_acc=False, is_async=True)
-        sc = warpgroup_mma(qpe_smem, pe_s.permute((1, 0)), sc, is_async=True)
-        sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
-        sc = gl.where(page >= 0, sc * qk_scale, float("-inf"))
-        m_new = gl.maximum(m_i, gl.max(sc, axis=1))
-        m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: keep exp2 finite
-        alpha = gl.exp2(m_i - m_safe)
-        p = gl.exp2(sc - m_safe[:, None])  # 0 where masked
-        p_smem.store(p.to(p_smem.dtype))
-        fence_async_shared()
-        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
-        acc = warpgroup_mma(p_smem, k_s, acc)  # values = the first DV columns of the same tile
-        return m_new, l_t * alpha[:, None] + p, acc
-
-    @gluon.jit
-    def _write_state(acc, m_i, l_t, o_base, lse_base, h0, H, stride_oh, S_L: gl.constexpr, O_L: gl.constexpr):
-        # o = acc / l into o_base[h, :], lse (natural log) into lse_base[h], for heads h0 + [0, BLOCK_H) below H
-        BLOCK_H: gl.constexpr = acc.shape[0]
-        DV: gl.constexpr = acc.shape[1]
-        l_i = gl.sum(l_t, axis=1)
+    def _scores_and_left(smem, bars, tiles, qk_scale, out, lse_base, BLOCK_N: gl.constexpr):
+        # warpgroup 0: per tile, scores + softmax, P and the rescale into shared memory, O[:, :DV/2] += P V
+        q_smem, qpe_smem, k_smem, pe_smem, alpha_smem, stat_smem = smem
+        table_row, stride_te, t0, bs, n_t = tiles
+        BLOCK_H: gl.constexpr = q_smem.shape[0]
+        HALF: gl.constexpr = q_smem.shape[1] // 2
+        S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16])
+        O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HALF, 16])
+        m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(1, S_L))
+        l_i = gl.zeros([BLOCK_H], gl.float32, gl.SliceLayout(1, S_L))
+        acc = gl.zeros([BLOCK_H, HALF], gl.float32, O_L)
+        mbarrier.wait(bars.index(7), 0)
+        for j in range(n_t):
+            s = j % 2
+            page = gl.load(table_row + ((t0 + j * BLOCK_N) // bs) * stride_te).to(gl.int32)
+            mbarrier.wait(bars.index(s), (j // 2) & 1)
+            k_s, p_s = k_smem.index(s), pe_smem.index(s)
+            zero = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, S_L)
+            sc = warpgroup_mma(q_smem, k_s.permute((1, 0)), zero, use_acc=False, is_async=True)
+            sc = warpgroup_mma(qpe_smem, p_s.permute((1, 0)), sc, is_async=True)
+            sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
+            sc = gl.where(page >= 0, sc * qk_scale, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(sc, axis=1))
+            m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: keep exp2 finite
+            alpha = gl.exp2(m_i - m_safe)
+            p = gl.exp2(sc - m_safe[:, None])  # 0 where masked
+            l_i = l_i * alpha + gl.sum(p, axis=1)
+            m_i = m_new
+            _barrier()  # every warp's score dot is done with the rope slot P overwrites
+            p_s.store(p.to(p_s.dtype))
+            alpha_smem.index(s).store(alpha)
+            fence_async_shared()
+            _barrier()
+            mbarrier.arrive(bars.index(4 + s))  # P ready
+            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
+            acc = warpgroup_mma(p_s, k_s.slice(0, HALF, dim=1), acc)
+            _barrier()
+            mbarrier.arrive(bars.index(2 + s))  # stage free, as far as warpgroup 0 goes
+        stat_smem.index(0).store(m_i)
+        stat_smem.index(1).store(l_i)
+        _barrier()
+        mbarrier.arrive(bars.index(6))
         empty = l_i == 0.0
-        l_safe = gl.where(empty, 1.0, l_i)
-        lse = gl.where(empty, float("-inf"), (m_i + gl.log2(l_safe)) * 0.6931471805599453)  # base 2 -> natural
-        o = acc / gl.convert_layout(l_safe, gl.SliceLayout(1, O_L))[:, None]
-        h = h0 + gl.arange(0, BLOCK_H, gl.SliceLayout(1, O_L))
-        dv = gl.arange(0, DV, gl.SliceLayout(0, O_L))
-        o_ptrs = o_base + h[:, None] * stride_oh + dv[None, :]
-        gl.store(o_ptrs, o.to(o_base.dtype.element_ty), mask=(h[:, None] < H) & (dv[None, :] < DV))
-        hs = h0 + gl.arange(0, BLOCK_H, gl.SliceLayout(1, S_L))
-        gl.store(lse_base + hs, lse, mask=hs < H)
+        lse = gl.where(empty, float("-inf"), (m_i + gl.log2(gl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+        hs = out[1] + gl.arange(0, BLOCK_H, gl.SliceLayout(1, S_L))
+        gl.store(lse_base + hs, lse, mask=hs < out[2])
+        _write_half(acc, gl.convert_layout(l_i, gl.SliceLayout(1, O_L)), out, 0)
+
+    @gluon.jit
+    def _loads_and_right(k_desc, pe_desc, smem, bars, tiles, out, BLOCK_N: gl.constexpr):
+        # warpgroup 1: the TMA loads of every tile, and O[:, DV/2:] += P V once warpgroup 0 has P ready
+        _, _, k_smem, pe_smem, alpha_smem, stat_smem = smem
+        table_row, stride_te, t0, bs, n_t = tiles
+        BLOCK_H: gl.constexpr = alpha_smem.shape[1]
+        HALF: gl.constexpr = k_smem.shape[2] // 2
+        O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HALF, 16])
+        rows_total = k_desc.shape[0]
+        acc = gl.zeros([BLOCK_H, HALF], gl.float32, O_L)
+        for j in gl.static_range(2):  # both stages start free
+            if j < n_t:
+                t = t0 + j * BLOCK_N
+                page = gl.load(table_row + (t // bs) * stride_te).to(gl.int32)  # TMA rows are int32
+                _load_tile(k_desc, pe_desc, k_smem.index(j), pe_smem.index(j), bars.index(j), page, t, bs, rows_total,
+                           2 * HALF)  # fmt: skip
+        for j in range(n_t):
+            s = j % 2
+            mbarrier.wait(bars.index(4 + s), (j // 2) & 1)  # P ready
+            acc = acc * alpha_smem.index(s).load(gl.SliceLayout(1, O_L))[:, None]
+            acc = warpgroup_mma(pe_smem.index(s), k_smem.index(s).slice(HALF, HALF, dim=1), acc)
+            _barrier()
+            mbarrier.arrive(bars.index(2 + s))  # stage free, as far as warpgroup 1 goes
+            if j + 2 < n_t:  # refill it with tile j + 2 once warpgroup 0 has released it too
+                mbarrier.wait(bars.index(2 + s), (j // 2) & 1)
+                t = t0 + (j + 2) * BLOCK_N
+                page = gl.load(table_row + (t // bs) * stride_te).to(gl.int32)  # TMA rows are int32
+                _load_tile(k_desc, pe_desc, k_smem.index(s), pe_smem.index(s), bars.index(s), page, t, bs, rows_total,
+                           2 * HALF)  # fmt: skip
+        mbarrier.wait(bars.index(6), 0)  # warpgroup 0's final row sums
+        _write_half(acc, stat_smem.index(1).load(gl.SliceLayout(1, O_L)), out, HALF)
+
+    @gluon.jit
+    def _write_half(acc, l_i, out, col0):
+        # o[h, col0 : col0 + HALF] = acc / l for heads h0 + [0, BLOCK_H) below H (an empty row: 0)
+        o_base, h0, H, stride_oh = out
+        BLOCK_H: gl.constexpr = acc.shape[0]
+        HALF: gl.constexpr = acc.shape[1]
+        o = acc / gl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        h = h0 + gl.arange(0, BLOCK_H, gl.SliceLayout(1, acc.type.layout))
+        dv = col0 + gl.arange(0, HALF, gl.SliceLayout(0, acc.type.layout))
+        gl.store(o_base + h[:, None] * stride_oh + dv[None, :], o.to(o_base.dtype.element_ty), mask=h[:, None] < H)
 
 def available() -> bool:
     """True when this Triton has Gluon with Hopper's TMA and wgmma."""
@@ -192,7 +232,7 @@ def launch(q: Tensor, cache: Tensor, table: Tensor, scale: float, part_o: Tensor
         qd, qpd, kd, ped, table, part_o, part_lse,
         H, table.shape[1], cache.shape[1], per_split, scale * LOG2E,
         *table.stride(), *part_o.stride()[:3], *part_lse.stride()[:2],
-        BLOCK_H=BLOCK_H, BLOCK_N=BLOCK_N, DV=v_dim, DR=D - v_dim, num_warps=NUM_WARPS,
+        BLOCK_H=BLOCK_H, BLOCK_N=BLOCK_N, DV=v_dim, DR=D - v_dim, num_warps=NUM_WARPS, WORKER_REGS=WORKER_REGS,
     )  # fmt: skip
 
 
@@ -225,7 +265,8 @@ def compile_sm90():
 
     q, cache = torch.empty(4, 128, 576, dtype=torch.bfloat16), torch.empty(16, 64, 576, dtype=torch.bfloat16)
     descs = dict(zip(("q_desc", "qpe_desc", "k_desc", "pe_desc"), _descriptors(q, cache, SHAPE[1])))
-    consts = dict(BLOCK_H=BLOCK_H, BLOCK_N=BLOCK_N, DV=SHAPE[1], DR=SHAPE[0] - SHAPE[1], num_warps=NUM_WARPS)
+    consts = dict(BLOCK_H=BLOCK_H, BLOCK_N=BLOCK_N, DV=SHAPE[1], DR=SHAPE[0] - SHAPE[1], num_warps=NUM_WARPS,
+                  WORKER_REGS=WORKER_REGS)
     types = {"table_ptr": "*i32", "o_ptr": "*bf16", "lse_ptr": "*fp32", "qk_scale": "fp32"}
     fn = _sparse_mla_hopper
     sig = {n: mangle_type(descs[n]) if n in descs else types.get(n, "constexpr" if n in consts else "i32") for n in fn.arg_names}

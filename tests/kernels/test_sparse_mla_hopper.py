@@ -43,11 +43,11 @@ def test_triton_knobs_or_a_cpu_device_select_the_triton_kernel():
 @needs_gluon
 def test_compiles_for_sm90_to_split_score_and_value_wgmmas():
     """Built for sm_90a without a GPU (Triton's ptxas), in a fresh process without TRITON_INTERPRET: per 64-token tile
-    each warpgroup issues 32 + 4 score MMAs of 64 x 32 (its 32 of the 64 tokens: no duplicated scores) and 4 value
+    the score warpgroup issues 32 + 4 MMAs of 64 x 64 (the scores once, not per warpgroup) and each warpgroup 4 value
     MMAs of 64 x 256 (its half of the 512 value columns), with no local memory, in the shared memory sm_90 has."""
     code = (
         "import json; from qroute.kernels.sparse_mla_hopper import compile_sm90; c = compile_sm90(); p = c.asm['ptx']; "
-        "print(json.dumps({'n32': p.count('wgmma.mma_async.sync.aligned.m64n32k16'), "
+        "print(json.dumps({'n64': p.count('wgmma.mma_async.sync.aligned.m64n64k16'), "
         "'n256': p.count('wgmma.mma_async.sync.aligned.m64n256k16'), 'local': p.count('.local'), "
         "'cubin': len(c.asm['cubin']), 'shared': c.metadata.shared}))"
     )
@@ -55,7 +55,7 @@ def test_compiles_for_sm90_to_split_score_and_value_wgmmas():
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])
-    assert (got["n32"], got["n256"], got["local"]) == (36, 4, 0) and got["cubin"] > 0
+    assert (got["n64"], got["n256"], got["local"]) == (36, 8, 0) and got["cubin"] > 0
     assert got["shared"] <= 232448  # sm_90's opt-in shared memory per block
 
 
@@ -69,6 +69,7 @@ def test_compiles_for_sm90_to_split_score_and_value_wgmmas():
         (2, 8, 16, 100, 64, 5, 0.2, None, torch.bfloat16),  # H < 64: a head group past the query's heads
         (3, 4, 96, 50, 128, 6, 0.25, 2, torch.float16),  # H not a multiple of 64, block size 128, fp16
         (4, 9, 128, 30, 64, 7, 0.5, 3, torch.bfloat16),  # splits of unequal length
+        (6, 64, 128, 4096, 64, 32, 0.05, None, torch.bfloat16),  # int64 table, padding, one split of 32 tiles
         (5, 5, 128, 40, 64, 4, 1.0, None, torch.bfloat16),  # every entry padding
     ],
 )
@@ -78,7 +79,8 @@ def test_hopper_kernel_equals_reference(seed, B, H, N, bs, M, pad, splits, dtype
         table[1] = -1  # one empty row
     assert hopper.reason_not(q, cache, 512, _usable_tiles(cache, 512, 64)) is None
     out = (poisoned((B, H, 512), dtype, "cuda"), poisoned((B, H), torch.float32, "cuda"))
-    got = sparse_mla(q, cache, table.int(), 576**-0.5, num_splits=splits, config={"kernel": "gluon"}, out=out)
+    ids = table if seed == 6 else table.int()  # block ids as int64 or int32
+    got = sparse_mla(q, cache, ids, 576**-0.5, num_splits=splits, config={"kernel": "gluon"}, out=out)
     ref = sparse_mla_reference(q, cache, table, 576**-0.5)
     o64, lse64 = oracle64(q, cache, table, 576**-0.5, 512)
     assert rel_err(got.o, ref.o) <= TOL[torch.bfloat16] and rel_err(got.o, o64) <= TOL[torch.bfloat16]
