@@ -51,6 +51,11 @@ LOG2E = 1.4426950408889634
 
 if gluon is not None:
 
+    @triton.constexpr_function
+    def _wgmma_layout(n):
+        # one warpgroup's accumulator of 64 x n (wgmma m64 n k16), as both partitions lay theirs out
+        return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, n, 16])
+
     @gluon.jit
     def _load_tile(k_desc, pe_desc, k_smem, pe_smem, bar, page, t, bs, rows_total, DV: gl.constexpr):
         # one K tile = BLOCK_N consecutive rows of one page; a padded entry (-1) points past the last row
@@ -106,12 +111,11 @@ if gluon is not None:
         q_smem, qpe_smem, k_smem, pe_smem, alpha_smem, stat_smem = smem
         table_row, stride_te, t0, bs, n_t = tiles
         BLOCK_H: gl.constexpr = q_smem.shape[0]
-        HALF: gl.constexpr = q_smem.shape[1] // 2
-        S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16])
-        O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HALF, 16])
+        S_L: gl.constexpr = _wgmma_layout(BLOCK_N)
+        O_L: gl.constexpr = _wgmma_layout(q_smem.shape[1] // 2)
         m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(1, S_L))
         l_i = gl.zeros([BLOCK_H], gl.float32, gl.SliceLayout(1, S_L))
-        acc = gl.zeros([BLOCK_H, HALF], gl.float32, O_L)
+        acc = gl.zeros([BLOCK_H, q_smem.shape[1] // 2], gl.float32, O_L)
         mbarrier.wait(bars.index(7), 0)
         for j in range(n_t):
             s = j % 2
@@ -136,7 +140,7 @@ if gluon is not None:
             _barrier()
             mbarrier.arrive(bars.index(4 + s))  # P ready
             acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
-            acc = warpgroup_mma(p_s, k_s.slice(0, HALF, dim=1), acc)
+            acc = warpgroup_mma(p_s, k_s.slice(0, acc.shape[1], dim=1), acc)
             _barrier()
             mbarrier.arrive(bars.index(2 + s))  # stage free, as far as warpgroup 0 goes
         stat_smem.index(0).store(m_i)
@@ -154,9 +158,9 @@ if gluon is not None:
         # warpgroup 1: the TMA loads of every tile, and O[:, DV/2:] += P V once warpgroup 0 has P ready
         _, _, k_smem, pe_smem, alpha_smem, stat_smem = smem
         table_row, stride_te, t0, bs, n_t = tiles
-        BLOCK_H: gl.constexpr = alpha_smem.shape[1]
         HALF: gl.constexpr = k_smem.shape[2] // 2
-        O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HALF, 16])
+        O_L: gl.constexpr = _wgmma_layout(HALF)
+        BLOCK_H: gl.constexpr = alpha_smem.shape[1]
         rows_total = k_desc.shape[0]
         acc = gl.zeros([BLOCK_H, HALF], gl.float32, O_L)
         for j in gl.static_range(2):  # both stages start free
