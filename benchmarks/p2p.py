@@ -7,6 +7,9 @@ Methods (each message is `size` bytes each way; rank 0 times, rank 1 echoes):
             first frame per small message (`transport.FIRST`)
   qroute-2  the same with every payload in a frame of its own (header frame, then payload frame)
   shm       qroute's PING / PONG over the shared-memory path (`--shm`; CPU instances of one host)
+  qroute-symm  qroute's PING / PONG over the symmetric-memory path (`--symm`; GPUs of one host): the payload
+            copied into the peer GPU's inbox and signalled there, the header through host memory (its own launch:
+            that path carries every message of its cluster)
   put       one-sided copies into the peer's symmetric memory over NVLink, then a signal
             (torch.distributed._symmetric_memory; `--symm-backend NVSHMEM` allocates it from NVSHMEM, whose
             payloads failed the check on two H100s); the echo is enqueued on the peer's GPU ahead of time, so no
@@ -86,8 +89,8 @@ def framed(rank: int, peer: int, device, sizes, reps: int, first: int = transpor
         payload = [torch.zeros(size, dtype=torch.uint8, device=device)]
         _sync()
         rows[size] = [ping_pong(peer, payload, group) for _ in range(reps + WARMUP)][WARMUP:]
-    transport.send(peer, holder.STOP)
-    if group is not None:
+    transport.send(peer, holder.STOP, group=paths.group(None))  # the world group, or the one path that carries everything
+    if group is not None and paths.world_carries_messages():
         transport.send(peer, holder.STOP, group=group)
     return rows
 
@@ -224,6 +227,7 @@ METHODS = {
     "qroute": framed,
     "qroute-2": lambda *a, **k: framed(*a, first=transport.HEADER_BYTES, **k),
     "shm": lambda *a, **k: framed(*a, path="shm", **k),
+    "qroute-symm": lambda *a, **k: framed(*a, path="nvlink-symm", **k),
     "put": put,
     "put-cpu": lambda *a, **k: put(*a, cpu_echo=True, **k),
     "cuda": cuda_steps,
@@ -339,7 +343,11 @@ def main() -> None:
     methods, sizes = args.methods, args.sizes
     spec = ClusterSpec(world_size=2, backend=args.backend, timeout_s=120.0, frames="exact" if "qroute-2" in methods else "auto",
                        shm="shm" in methods)  # fmt: skip
-    results = launch(spec, instance_main, methods, sizes, args.reps, args.symm_backend)[0]
+    rest = [m for m in methods if m != "qroute-symm"]
+    results = launch(spec, instance_main, rest, sizes, args.reps, args.symm_backend)[0] if rest else {}
+    if "qroute-symm" in methods:  # the symmetric-memory path carries every message of its cluster: a launch of its own
+        symm = ClusterSpec(world_size=2, backend="nccl", timeout_s=120.0, symm=True)
+        results.update(launch(symm, instance_main, ["qroute-symm"], sizes, args.reps, args.symm_backend)[0])
     rows = _rows(results)
     env = {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "TORCH_NCCL", "NVSHMEM_", "TORCH_SYMM", "CUDA_"))}
     config = {"backend": args.backend, "methods": methods, "sizes": sizes, "reps": args.reps, "warmup": WARMUP,

@@ -45,6 +45,9 @@ def _output_args(g, timeout: int, what: str) -> None:
                    "instance per GPU, GPU to GPU (needs as many GPUs as instances; default: %(default)s)")  # fmt: skip
     g.add_argument("--shm", action="store_true", help="a second path between the instances: shared memory on this host "
                    "beside gloo over loopback; calibration measures both and the planner picks per message (gloo only)")  # fmt: skip
+    g.add_argument("--symm", action="store_true", help="every message between the GPUs by one-sided copies into each "
+                   "GPU's symmetric memory (NVLink), headers through host memory, instead of NCCL point-to-point: the "
+                   "path 'nvlink-symm' (nccl only, one host)")  # fmt: skip
     g.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     g.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -54,7 +57,7 @@ def cluster_spec(args, instances: int, requesters: int, links: tuple = ()):
     from qroute.runtime.launcher import ClusterSpec
 
     return ClusterSpec(instances, requesters, timeout_s=float(args.timeout), links=links, pin=not args.no_pin,
-                       backend=args.backend, retain_heap=not args.default_heap, shm=args.shm)  # fmt: skip
+                       backend=args.backend, retain_heap=not args.default_heap, shm=args.shm, symm=args.symm)  # fmt: skip
 
 
 HOST_TIER_HELP = ("the host-memory tier instead of a launched cluster: one process, the requester on --device, a holder "

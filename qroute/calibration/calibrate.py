@@ -46,7 +46,7 @@ from qroute.runtime.world import WorldSpec, build_world, check_spec
 from qroute.workload.corpus import CorpusSpec
 
 LOOPBACK = paths.LOOPBACK
-NCCL = "nccl-p2p"  # GPU to GPU (NVLink or PCIe, whichever NCCL picks)
+NCCL = paths.NCCL
 QUICK_SIZES = tuple(8 * 4**i for i in range(0, 11, 2))  # 8 B .. 8 MiB, every other size
 
 
@@ -237,6 +237,8 @@ def _train(world, shapes, advance, seed: int, path: str, probes: list | None = N
 
 def _fabric(config) -> str:
     if config.cluster.backend == "nccl":
+        if config.cluster.symm:
+            return "one-sided writes into symmetric memory between GPUs (headers through host memory), one instance per GPU"
         return "NCCL point-to-point between GPUs, one instance per GPU"
     if config.cluster.shm:
         return "gloo (TCP) over loopback and shared memory"

@@ -66,7 +66,7 @@ def latency_sweep(
     (so a caller keeps what was measured when a later size fails)."""
     rows = [] if rows is None else rows
     for size in sizes:
-        payload = [torch.zeros(size, dtype=torch.uint8)] if size else []
+        payload = [torch.zeros(size, dtype=torch.uint8, device=transport.device())] if size else []
         samples = []
         for i in range(warmup + reps):
             if between is not None:
@@ -108,7 +108,7 @@ def bandwidth_sweep(
     """Streaming rate per message size: `{size, MBps (median), MBps_p10, MBps_p90, n}`, appended to `rows`."""
     out = [] if rows is None else rows
     for size in sizes:
-        payload = torch.zeros(size, dtype=torch.uint8)
+        payload = torch.zeros(size, dtype=torch.uint8, device=transport.device())
         stream(peer, payload, window, group)  # warm-up
         times = np.array([stream(peer, payload, window, group) for _ in range(reps)])
         rates = window * size / times / 1e6

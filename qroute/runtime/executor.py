@@ -344,7 +344,7 @@ def stop_holders(rank: int, holders: Sequence[int]) -> None:
     """Tell every holder this requester needs nothing more, on the world and on every path group."""
     from qroute.runtime import paths
 
-    for group in (None, *paths.groups()):
+    for group in (None, *paths.groups()) if paths.world_carries_messages() else paths.groups():
         for h in holders:
             if h != rank:
                 transport.send(h, STOP, group=group)
@@ -369,7 +369,7 @@ class KeepAlive:
     def __call__(self, *_) -> None:
         from qroute.runtime import paths
 
-        if not paths.names() or time.monotonic() - self.last < self.every_s:
+        if not paths.names() or not paths.world_carries_messages() or time.monotonic() - self.last < self.every_s:
             return
         for h in self.holders:
             if h != self.rank:

@@ -126,6 +126,9 @@ def serve(store: BlockStore, spec: AttentionSpec, requesters: Sequence[int], gro
 
     groups = paths.groups() if groups is None else groups
     stats = ServeStats()
+    if not paths.world_carries_messages():  # one path carries everything: serve it here, nothing on the world group
+        _serve_group(store, spec, requesters, paths.group(None), stats, limit)
+        return stats
     threads = [threading.Thread(target=_serve_group, args=(store, spec, requesters, g, stats), daemon=True) for g in groups]
     for t in threads:
         t.start()
@@ -159,6 +162,7 @@ def _serve_group(store: BlockStore, spec: AttentionSpec, requesters: Sequence[in
             transport.send(msg.src, PONG, msg.meta, msg.tensors, group)
         elif msg.kind == STREAM:
             if msg.meta[0] == 0:
+                _landed(msg)  # acknowledge data that is here, not data that is on its way (a one-sided path)
                 transport.send(msg.src, ACK, [], [], group)
         else:
             raise QrouteError(f"holder got message kind {msg.kind} from {msg.src}: expected ROUTE, FETCH, PING, STREAM or STOP")
@@ -187,6 +191,14 @@ def _serve_fetch(store: BlockStore, msg: transport.Message, stats: ServeStats, g
 
 
 def _sync(store: BlockStore) -> None:
-    """A GPU holder's compute is timed once it has run, not when it was queued."""
+    """A GPU holder's compute is timed once it has run, not when it was queued (on this thread's stream)."""
     if store.kv.is_cuda:
-        torch.cuda.synchronize(store.kv.device)
+        torch.cuda.current_stream(store.kv.device).synchronize()
+
+
+def _landed(msg: transport.Message) -> None:
+    """Wait until the message's GPU tensors are in this instance's memory."""
+    for t in msg.tensors:
+        if t.is_cuda:
+            torch.cuda.current_stream(t.device).synchronize()
+            return

@@ -59,6 +59,7 @@ class ClusterSpec:
     frames: str = "auto"  # "auto": exact framing under NCCL, eager under gloo; "exact": exact under gloo too (tests)
     retain_heap: bool = True  # freed host memory stays in each instance's heap (`runtime.heap`): no page faults per step
     shm: bool = False  # a second path beside the world group: shared memory on this host (`runtime.shm`)
+    symm: bool = False  # every message by one-sided writes into the GPUs' symmetric memory instead of NCCL (`runtime.symm`)
 
     def __post_init__(self) -> None:
         if self.links and (self.world_size, self.requesters) != (2, 1):
@@ -76,6 +77,9 @@ class ClusterSpec:
         if self.shm and (self.backend != "gloo" or self.links):
             raise QrouteError("the shared-memory path: expected backend gloo without an emulated fabric (its messages "
                               "are host memory between the instances of one host)")  # fmt: skip
+        if self.symm and (self.backend != "nccl" or self.world_size < 2):
+            raise QrouteError(f"the symmetric-memory path with backend {self.backend!r} and {self.world_size} instance(s): "
+                              "expected backend nccl and 2 or more instances (one GPU each, on one host)")  # fmt: skip
         if not self.timeout_s > 0:
             raise QrouteError(f"timeout={self.timeout_s!r}: expected > 0 seconds")
 
@@ -125,6 +129,9 @@ PINNED: list[int] | None = None  # this instance's cores, if `_pin` pinned it (t
 DEVICE = torch.device("cpu")  # where this instance computes and keeps its blocks: its GPU under NCCL (`_use_device`)
 
 
+NO_MULTICAST = ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS")  # NVLink multicast off
+
+
 def _use_device(spec: ClusterSpec, local_rank: int) -> None:
     """Under NCCL: this instance's GPU (one per instance) and exact framing on it; else the CPU (and the framing
     `spec.frames` asks for)."""
@@ -132,6 +139,8 @@ def _use_device(spec: ClusterSpec, local_rank: int) -> None:
     from qroute.runtime import transport
 
     if spec.backend == "nccl":
+        for var in NO_MULTICAST:  # before NCCL or symmetric memory starts; a value the user set wins
+            os.environ.setdefault(var, "0" if var == "NCCL_NVLS_ENABLE" else "1")
         if not torch.cuda.is_available() or local_rank >= torch.cuda.device_count():
             found = torch.cuda.device_count() if torch.cuda.is_available() else 0
             raise QrouteError(f"backend nccl: instance {local_rank} needs GPU {local_rank}, found {found} GPU(s): "
@@ -147,6 +156,13 @@ def _open_shm(rank: int, spec: ClusterSpec) -> None:
 
     paths.register(paths.LOOPBACK, None)  # the world group: gloo over loopback
     paths.register(shm.NAME, shm.ShmGroup.open(rank, spec.world_size, spec.timeout_s))
+
+
+def _open_symm(rank: int, spec: ClusterSpec) -> None:
+    """Make the symmetric-memory path this instance's only path (a collective; `paths.only` says why only)."""
+    from qroute.runtime import paths, symm
+
+    paths.only(symm.NAME, symm.SymmGroup.open(rank, spec.world_size, DEVICE, spec.timeout_s))
 
 
 def _device_id(spec: ClusterSpec) -> torch.device | None:
@@ -182,8 +198,9 @@ def _timeout(spec: ClusterSpec) -> dt.timedelta:
 
 def _run_under_torchrun(spec: ClusterSpec, fn: Callable[..., Any], args: tuple) -> Any:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if spec.shm:
-        raise QrouteError("the shared-memory path under torchrun: expected the embedded launcher (one host)")
+    if spec.shm or spec.symm:
+        raise QrouteError("the shared-memory and symmetric-memory paths under torchrun: expected the embedded launcher "
+                          "(one host)")  # fmt: skip
     _use_device(spec, int(os.environ.get("LOCAL_RANK", 0)))
     if spec.retain_heap:
         heap.retain()
@@ -293,6 +310,10 @@ def _child(rank: int, spec: ClusterSpec, port: int, fn: Callable[..., Any], args
            endpoint: dict | None) -> None:  # fmt: skip
     _pin(rank, spec)
     _die_with_launcher(launcher)
+    if os.environ.get("QROUTE_DUMP_AFTER"):  # debugging a hang: every thread's stack on stderr after that many seconds
+        import faulthandler
+
+        faulthandler.dump_traceback_later(float(os.environ["QROUTE_DUMP_AFTER"]), repeat=True)
     torch.set_num_threads(spec.threads)
     if spec.retain_heap:
         heap.retain()
@@ -316,6 +337,8 @@ def _child(rank: int, spec: ClusterSpec, port: int, fn: Callable[..., Any], args
             paths.open_paths({n: link["interface"] for n, link in endpoint["links"].items()}, list(range(spec.world_size)))
         if spec.shm:
             _open_shm(rank, spec)
+        if spec.symm:
+            _open_symm(rank, spec)
         value = fn(Instance(rank, spec.world_size, spec.requesters), *args)
         results.put((rank, "ok", value))
     except BaseException as exc:  # report, then exit non-zero so the launcher stops the rest

@@ -5,7 +5,14 @@ Without an emulated fabric there are none and every message travels on the world
 launcher opens a gloo group per link, bound to that link's interface in each namespace,
 and registers it here under the link's name, which is the path's name in the profile.
 With `ClusterSpec.shm` it registers two: the world group (`gloo-loopback`) and the
-shared-memory path (`shm`, `runtime.shm`).
+shared-memory path (`shm`, `runtime.shm`). With `ClusterSpec.symm` (NCCL) the
+symmetric-memory path between the GPUs (`nvlink-symm`, `runtime.symm`) is the only one and
+carries every message (`only`): the world group then carries none, so no holder keeps an
+NCCL receive pending (a kernel that runs until a message comes) while it launches others.
+Under CUDA's lazy module loading, the first launch of a kernel may wait for the kernels
+running on the device; beside a pending NCCL receive it would wait for ever (measured on
+two H200s: the symmetric-memory path's first signal kernel, launched while the world
+group's receive was posted, hung the holder).
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ import os
 import torch.distributed as dist
 
 LOOPBACK = "gloo-loopback"  # the world group's path under gloo without a fabric
+NCCL = "nccl-p2p"  # the world group's path under NCCL: GPU to GPU (NVLink or PCIe, whichever NCCL picks)
 _GROUPS: dict[str, object] = {}  # None: the world group itself, registered as a path beside the others
+_DEFAULT: list = [None]  # the group of a message on no path or an unopened one: the world group, unless `only`
 
 
 def open_paths(interfaces: dict[str, str], ranks: list[int]) -> None:
@@ -37,9 +46,21 @@ def register(name: str, group) -> None:
     _GROUPS[name] = group
 
 
+def only(name: str, group) -> None:
+    """Make `group` this instance's one path: every message travels on it, none on the world group."""
+    _GROUPS.clear()
+    _GROUPS[name] = group
+    _DEFAULT[0] = group
+
+
+def world_carries_messages() -> bool:
+    """False once `only` made another group carry every message (no message, STOP or keep-alive on the world)."""
+    return _DEFAULT[0] is None
+
+
 def group(name: str | None):
-    """The process group of path `name`, or None (the world group) when no such path was opened."""
-    return _GROUPS.get(name) if name else None
+    """The process group of path `name`; the default (the world group, None) when no such path was opened."""
+    return _GROUPS.get(name, _DEFAULT[0]) if name else _DEFAULT[0]
 
 
 def groups() -> list:

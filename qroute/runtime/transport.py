@@ -74,6 +74,11 @@ def exact() -> bool:
     return _MODE["exact"]
 
 
+def device() -> torch.device:
+    """Where this instance's messages live: its GPU under NCCL, else the CPU."""
+    return _MODE["device"]
+
+
 def _align(n: int) -> int:
     return (n + 7) // 8 * 8
 
