@@ -22,6 +22,7 @@ holder, the executor, calibration and validation reach a holder over it as over 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import platform
@@ -57,6 +58,8 @@ class ShmGroup:
         self.rank, self.world, self.slot, self.timeout_s, self.bells = rank, world, slot, timeout_s, bells
         self.ctrl = [b[:, :CTRL].view(torch.int64).numpy() for b in boxes]  # [world, CTRL / 8] per owner; numpy: fast
         self.data = [b[:, CTRL:] for b in boxes]  # [world, slot] per owner
+        self.base = [b.data_ptr() + CTRL for b in boxes]  # address of each owner's first slot's data
+        self.boxes = boxes  # keep the mappings alive beside the addresses
         self.written = [0] * world  # chunks this instance wrote into each peer's slot for it
         self.consumed = [0] * world  # chunks this instance read from each sender's slot
         self.turn = 0
@@ -92,8 +95,15 @@ class ShmGroup:
         from qroute.runtime import transport
 
         header, nbytes = transport.encode_header(kind, meta, tensors)
-        buf = transport.pack(tensors, nbytes, header)  # [header | payload] on the CPU
         ctrl, data = self.ctrl[dst][self.rank], self.data[dst][self.rank]
+        if transport.HEADER_BYTES + nbytes <= self.slot and all(t.device.type == "cpu" for t in tensors):
+            self._wait(lambda: int(ctrl[CONSUMED]) == self.written[dst], f"instance {dst} to read its slot")
+            self._write(self.base[dst] + self.rank * (CTRL + self.slot), header, tensors)
+            self.written[dst] += 1
+            ctrl[WRITTEN] = self.written[dst]  # after the message: the reader sees both or neither
+            self._ring(dst)
+            return nbytes
+        buf = transport.pack(tensors, nbytes, header)  # [header | payload] on the CPU
         for start in range(0, buf.numel(), self.slot):
             self._wait(lambda: int(ctrl[CONSUMED]) == self.written[dst], f"instance {dst} to read its slot")
             chunk = buf[start : start + self.slot]
@@ -103,6 +113,21 @@ class ShmGroup:
             self._ring(dst)
         return nbytes
 
+    @staticmethod
+    def _write(at: int, header: Tensor, tensors: Sequence[Tensor]) -> None:
+        """The header and every tensor's bytes, 8-byte aligned as `transport.unpack` reads them, from address `at`
+        (a message that fits one slot: straight into it, no staging buffer)."""
+        from qroute.runtime import transport
+
+        ctypes.memmove(at, header.data_ptr(), transport.HEADER_BYTES)
+        offset = transport.HEADER_BYTES
+        for t in tensors:
+            size = t.numel() * t.element_size()
+            if size:
+                src = t.detach() if t.is_contiguous() else t.detach().contiguous()
+                ctypes.memmove(at + offset, src.data_ptr(), size)
+            offset += (size + 7) // 8 * 8
+
     # ------------------------------------------------------------------ receiving
 
     def recv_message(self, src: int | None):
@@ -111,7 +136,18 @@ class ShmGroup:
 
         src = self._ready(src)
         first = self.data[self.rank][src]
-        kind, meta, specs, nbytes = transport.decode_header(first[: transport.HEADER_BYTES].view(torch.int64).clone())
+        kind, meta, specs, nbytes = transport.decode_header(first[: transport.HEADER_BYTES].view(torch.int64))
+        if transport.HEADER_BYTES + nbytes <= self.slot:  # one slot: each tensor copied out into its own storage
+            at, tensors = self.base[self.rank] + src * (CTRL + self.slot) + transport.HEADER_BYTES, []
+            for dtype, shape in specs:
+                t = torch.empty(shape, dtype=dtype)
+                size = t.numel() * t.element_size()
+                if size:
+                    ctypes.memmove(t.data_ptr(), at, size)
+                tensors.append(t)
+                at += (size + 7) // 8 * 8
+            self._consume(src)
+            return transport.Message(kind, src, meta, tensors, nbytes)
         out = torch.empty(nbytes, dtype=torch.uint8)
         got = min(nbytes, self.slot - transport.HEADER_BYTES)
         out[:got].copy_(first[transport.HEADER_BYTES : transport.HEADER_BYTES + got])

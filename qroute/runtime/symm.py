@@ -71,7 +71,7 @@ def payload_bytes(specs: Sequence[tuple[torch.dtype, tuple[int, ...]]]) -> int:
         numel = 1
         for d in shape:
             numel *= d
-        total += (numel * torch.empty(0, dtype=dtype).element_size() + 7) // 8 * 8
+        total += (numel * dtype.itemsize + 7) // 8 * 8
     return total
 
 

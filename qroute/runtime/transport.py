@@ -149,7 +149,7 @@ def unpack(buf: Tensor, specs: Sequence[tuple[torch.dtype, tuple[int, ...]]]) ->
         numel = 1
         for d in shape:
             numel *= d
-        size = numel * torch.empty(0, dtype=dtype).element_size()
+        size = numel * dtype.itemsize
         out.append(buf[offset : offset + size].view(dtype).reshape(shape))
         offset += _align(size)
     return out
