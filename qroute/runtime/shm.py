@@ -98,7 +98,7 @@ class ShmGroup:
         ctrl, data = self.ctrl[dst][self.rank], self.data[dst][self.rank]
         if transport.HEADER_BYTES + nbytes <= self.slot and all(t.device.type == "cpu" for t in tensors):
             self._wait(lambda: int(ctrl[CONSUMED]) == self.written[dst], f"instance {dst} to read its slot")
-            self._write(self.base[dst] + self.rank * (CTRL + self.slot), header, tensors)
+            transport.write_host(self.base[dst] + self.rank * (CTRL + self.slot), tensors, header)  # straight into the slot
             self.written[dst] += 1
             ctrl[WRITTEN] = self.written[dst]  # after the message: the reader sees both or neither
             self._ring(dst)
@@ -112,21 +112,6 @@ class ShmGroup:
             ctrl[WRITTEN] = self.written[dst]  # after the chunk: the reader sees both or neither
             self._ring(dst)
         return nbytes
-
-    @staticmethod
-    def _write(at: int, header: Tensor, tensors: Sequence[Tensor]) -> None:
-        """The header and every tensor's bytes, 8-byte aligned as `transport.unpack` reads them, from address `at`
-        (a message that fits one slot: straight into it, no staging buffer)."""
-        from qroute.runtime import transport
-
-        ctypes.memmove(at, header.data_ptr(), transport.HEADER_BYTES)
-        offset = transport.HEADER_BYTES
-        for t in tensors:
-            size = t.numel() * t.element_size()
-            if size:
-                src = t.detach() if t.is_contiguous() else t.detach().contiguous()
-                ctypes.memmove(at + offset, src.data_ptr(), size)
-            offset += (size + 7) // 8 * 8
 
     # ------------------------------------------------------------------ receiving
 

@@ -21,6 +21,7 @@ receive per requester and polls them (`Poller`), since NCCL cannot receive from 
 
 from __future__ import annotations
 
+import ctypes
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -126,8 +127,12 @@ def pack(tensors: Sequence[Tensor], nbytes: int, header: Tensor | None = None, d
     start = 0 if header is None else HEADER_BYTES
     used = start + nbytes
     buf = torch.empty(max(size, used), dtype=torch.uint8, device=device)
-    if buf.device.type != "cpu" and all(t.device.type == "cpu" for t in tensors):
+    on_host = all(t.device.type == "cpu" for t in tensors)
+    if buf.device.type != "cpu" and on_host:
         buf[:used].copy_(pack(tensors, nbytes, header))
+        return buf
+    if on_host:  # a host buffer from host tensors: byte copies, no tensor views (a few us less per tensor)
+        write_host(buf.data_ptr(), tensors, header)
         return buf
     if header is not None:
         buf[:HEADER_BYTES] = header.view(torch.uint8)
@@ -140,6 +145,21 @@ def pack(tensors: Sequence[Tensor], nbytes: int, header: Tensor | None = None, d
             buf[offset : offset + size] = t.detach().contiguous().cpu().reshape(-1).view(torch.uint8)
         offset += _align(size)
     return buf
+
+
+def write_host(at: int, tensors: Sequence[Tensor], header: Tensor | None = None) -> None:
+    """Copy (the header and) every tensor, all in host memory, to host address `at`, each at the 8-byte aligned
+    offset `unpack` reads it from. The caller owns at least HEADER_BYTES (with a header) + the payload bytes there."""
+    offset = 0
+    if header is not None:
+        ctypes.memmove(at, header.data_ptr(), HEADER_BYTES)
+        offset = HEADER_BYTES
+    for t in tensors:
+        size = t.numel() * t.element_size()
+        if size:
+            src = t.detach() if t.is_contiguous() else t.detach().contiguous()
+            ctypes.memmove(at + offset, src.data_ptr(), size)
+        offset += _align(size)
 
 
 def unpack(buf: Tensor, specs: Sequence[tuple[torch.dtype, tuple[int, ...]]]) -> list[Tensor]:
