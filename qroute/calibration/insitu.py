@@ -236,9 +236,10 @@ def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, f
     kv, f, o = coef.kv_token_layer_bytes, g.attn_flops_per_row_token, coef.o_row_bytes
 
     holder = _grouped(_of(trace, "route"), lambda r: tuple(map(tuple, r["groups"])), lambda r: r["holder_compute_s"])
-    a = _fit(holder, lambda k: [len(k), sum(t for _, t in k) * kv, sum(r * t for r, t in k) * f], "attention", fits)
+    a = _fit(holder, lambda k: [len(k), sum(t for _, t in k) * kv, sum(r * t for r, t in k) * f, sum(r for r, _ in k)],
+             "attention", fits)  # fmt: skip
     moved = _grouped(_of(trace, "moved"), lambda r: (r["rows"], r["tokens"]), lambda r: r["seconds"])
-    la = _fit(moved, lambda k: [1.0, k[1] * kv, k[0] * k[1] * f], "local_attention", fits)
+    la = _fit(moved, lambda k: [1.0, k[1] * kv, k[0] * k[1] * f, k[0]], "local_attention", fits)
     merges = _of(trace, "merge")
     after = [r for r in merges if r.get("routed")]
     others = [r for r in merges if not r.get("routed")]
@@ -256,8 +257,8 @@ def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, f
                                 g.layers * k[0] * (k[0] + 1) / 2 * g.attn_flops_per_token_pair], "reprefill", fits)  # fmt: skip
     src = "measured in situ: fitted to the runtime's trace"
     return Compute(
-        attention=AttentionCoeffs(float(a[0]), rate(a[1]), rate(a[2]), src),
-        local_attention=AttentionCoeffs(float(la[0]), rate(la[1]), rate(la[2]), src),
+        attention=AttentionCoeffs(float(a[0]), rate(a[1]), rate(a[2]), src, float(a[3])),
+        local_attention=AttentionCoeffs(float(la[0]), rate(la[1]), rate(la[2]), src, float(la[3])),
         merge=MergeCoeffs(float(m[0]), rate(m[1]), src, after_route),
         splice=SpliceCoeffs(float(s[0]), 0.0, float(s[1]), src),
         gather=GatherCoeffs(float(gt[0]), 0.0, float(gt[1]), src),

@@ -126,7 +126,7 @@ class CostModel:
         a = self.profile.compute.local_attention if local else self.profile.compute.attention
         read = tokens * self.coef.kv_token_layer_bytes / a.read_Bps
         flops = rows * tokens * self.geometry.attn_flops_per_row_token / a.flops_per_s
-        return a.fixed_s + read + flops
+        return a.fixed_s + read + flops + rows * a.per_row_s
 
     def merge_s(self, rows, partials, routed: bool = False):
         """Merge of `partials` states of `rows` rows, one layer; `routed`: it follows a route exchange."""

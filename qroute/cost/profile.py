@@ -1,6 +1,6 @@
 """Profiles: the measured (or published, or what-if) constants of one cluster.
 
-A profile is a JSON file, schema `qroute.profile/2` (`profile.schema.json` beside this
+A profile is a JSON file, schema `qroute.profile/3` (`profile.schema.json` beside this
 module; `qroute.profile/1` files still load, their new fields taken as 0), validated on
 load and never pickled. Calibration is the only code that writes
 measured profiles; everything else reads them. Built-in profiles live in `profiles/`:
@@ -33,8 +33,8 @@ import numpy as np
 
 from qroute.errors import QrouteError
 
-SCHEMA_ID = "qroute.profile/2"
-READABLE = ("qroute.profile/1", SCHEMA_ID)
+SCHEMA_ID = "qroute.profile/3"
+READABLE = ("qroute.profile/1", "qroute.profile/2", SCHEMA_ID)
 
 
 @dataclass(frozen=True)
@@ -116,12 +116,13 @@ class PathSpec:
 
 @dataclass(frozen=True)
 class AttentionCoeffs:
-    """Partial attention of R rows over T keys: `fixed + T*kv_bytes/read + R*T*flops/flop_rate`."""
+    """Partial attention of R rows over T keys: `fixed + T*kv_bytes/read + R*T*flops/flop_rate + R*per_row`."""
 
     fixed_s: float
     read_Bps: float
     flops_per_s: float
     source: str = ""
+    per_row_s: float = 0.0  # profile/3: each row's own cost (its rope shift, copies, merge), whatever the keys
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,9 @@ class Profile:
         }
         if not self.compute.merge.after_route_s:  # profiles that predate it read and write unchanged
             del d["compute"]["merge"]["after_route_s"]
+        for name in ("attention", "local_attention"):  # the same for the per-row term (profile/3)
+            if not d["compute"][name]["per_row_s"]:
+                del d["compute"][name]["per_row_s"]
         if self.fits:
             d["fits"] = dict(self.fits)
         return d
@@ -231,9 +235,10 @@ def _schema() -> dict[str, Any]:
 
 
 def validate(data: Any, origin: str) -> None:
-    """Validate a profile dict against schema `qroute.profile/2` (or /1); one-line error on failure."""
+    """Validate a profile dict against schema `qroute.profile/3` (or /1, /2); one-line error on failure."""
     if isinstance(data, dict) and data.get("schema") not in READABLE:
-        raise QrouteError(f"profile {origin}: schema={data.get('schema')!r}: expected {SCHEMA_ID!r} (or {READABLE[0]!r})")
+        raise QrouteError(f"profile {origin}: schema={data.get('schema')!r}: expected {SCHEMA_ID!r} (or one of "
+                          f"{', '.join(map(repr, READABLE[:-1]))})")  # fmt: skip
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(data))
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "(top level)"

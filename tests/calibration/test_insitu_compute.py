@@ -14,7 +14,7 @@ from qroute.geometry import preset
 
 GEOMETRY = preset("deepseek-v2-lite")
 TRUE = Compute(
-    attention=AttentionCoeffs(3e-4, 8e9, 6e10), local_attention=AttentionCoeffs(1e-4, 9e9, 8e10),
+    attention=AttentionCoeffs(3e-4, 8e9, 6e10, per_row_s=1.5e-6), local_attention=AttentionCoeffs(1e-4, 9e9, 8e10, per_row_s=4e-7),
     merge=MergeCoeffs(8e-5, 4e9, after_route_s=4e-5), splice=SpliceCoeffs(1.2e-4, 0.0, 1.5e-7),
     gather=GatherCoeffs(5e-5, 0.0, 2e-8), reprefill=ReprefillCoeffs(2e-3, 5e10, 3e10),
 )  # fmt: skip
@@ -56,6 +56,8 @@ def test_compute_coefficients_are_recovered_with_noise_and_stalls():
         for routed in (False, True):
             assert got.merge_s(rows, 3, routed) == pytest.approx(true.merge_s(rows, 3, routed), rel=0.03)
     assert fitted.merge.after_route_s == pytest.approx(4e-5, abs=4e-6)
+    assert fitted.attention.per_row_s == pytest.approx(1.5e-6, rel=0.15)  # each row's own cost, apart from its keys
+    assert fitted.local_attention.per_row_s == pytest.approx(4e-7, rel=0.15)
     assert got.splice_s(200, 4) == pytest.approx(true.splice_s(200, 4), rel=0.03)
     assert got.gather_s(200, 1, 4) == pytest.approx(true.gather_s(200, 1, 4), rel=0.03)
     assert got.reprefill_s(256, GEOMETRY.layers) == pytest.approx(true.reprefill_s(256, GEOMETRY.layers), rel=0.03)
