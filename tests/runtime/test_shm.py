@@ -5,19 +5,12 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
 
-from qroute.calibration.shapes import serve, shaped_request
-from qroute.cost import CostModel, load_profile
 from qroute.cost.model import PRIMITIVES
 from qroute.errors import QrouteError
-from qroute.runtime import holder, paths, shm, transport
-from qroute.runtime.executor import Executor, stop_holders
+from qroute.runtime import paths, shm, transport
 from qroute.runtime.launcher import ClusterSpec, launch
-from qroute.runtime.reference import reference_logits, relative_error
-from qroute.runtime.store import Placement
-from qroute.runtime.world import WorldSpec, build_world
-from qroute.workload.corpus import CorpusSpec
+from tests.runtime.primitives import primitives_over
 
 pytestmark = pytest.mark.timeout(180)
 SPEC = dict(timeout_s=60.0, shm=True)
@@ -61,35 +54,8 @@ def test_messages_of_every_size_round_trip_and_leave_nothing_behind():
     assert ours() == before
 
 
-SMALL = WorldSpec(layers=2, hidden=64, heads=4, corpus=CorpusSpec(max_tokens=2048, block_size=8, chunk_blocks=8),
-                  placement=Placement("hashed"))  # a chunk's blocks on both holders
-
-
-def primitives_over_shm(instance):
-    world = build_world(SMALL, instance.holders)
-    if not instance.is_requester:
-        store = holder.build_store(instance.rank, world.corpus, world.directory, world.model)
-        dist.barrier()
-        holder.serve(store, holder.AttentionSpec.of(world.model), instance.requester_ranks)
-        return None
-    dist.barrier()
-    try:
-        executor = Executor(0, world.model, world.corpus, world.directory, CostModel(world.geometry, load_profile("published-h100")))
-        executor.force_path = shm.NAME
-        errors = {}
-        for primitive in PRIMITIVES:
-            request = shaped_request(world, 2, 2, 6, 3, seed=7)
-            session = serve(executor, request, primitive)
-            want = reference_logits(world.model, world.corpus, request, session.inputs)
-            errors[primitive] = relative_error(torch.cat(session.logits), want)
-        used = {r.get("path") for r in executor.trace if r.get("kind") in ("route", "fetch")}
-        return errors, used
-    finally:
-        stop_holders(0, instance.holders)
-
-
 def test_route_fetch_and_local_over_shared_memory_match_the_reference():
-    errors, used = launch(ClusterSpec(world_size=3, **SPEC), primitives_over_shm)[0]
+    errors, used, _ = launch(ClusterSpec(world_size=3, **SPEC), primitives_over, shm.NAME)[0]
     assert set(errors) == set(PRIMITIVES) and max(errors.values()) < 1e-5, errors
     assert used == {shm.NAME}
 

@@ -8,19 +8,12 @@ the single-instance reference.
 
 import pytest
 import torch
-import torch.distributed as dist
 
-from qroute.calibration.shapes import serve, shaped_request
-from qroute.cost import CostModel, load_profile
 from qroute.cost.model import PRIMITIVES
 from qroute.errors import QrouteError
-from qroute.runtime import holder, paths, symm, transport
-from qroute.runtime.executor import Executor, stop_holders
+from qroute.runtime import paths, symm, transport
 from qroute.runtime.launcher import ClusterSpec, launch
-from qroute.runtime.reference import reference_logits, relative_error
-from qroute.runtime.store import Placement
-from qroute.runtime.world import WorldSpec, build_world
-from qroute.workload.corpus import CorpusSpec
+from tests.runtime.primitives import primitives_over
 
 gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
 two_gpus = pytest.mark.skipif(gpus < 2, reason="needs 2 CUDA devices (one per instance)")
@@ -114,37 +107,11 @@ def test_messages_of_every_size_and_device_round_trip_over_symmetric_memory():
     assert launch(ClusterSpec(world_size=2, backend="nccl", symm=True, timeout_s=60.0), echo) == ["ok", "served"]
 
 
-SMALL = WorldSpec(layers=2, hidden=64, heads=4, corpus=CorpusSpec(max_tokens=2048, block_size=8, chunk_blocks=8),
-                  placement=Placement("hashed"))  # fmt: skip
-
-
-def primitives_over_symm(instance):
-    world = build_world(SMALL, instance.holders)
-    if not instance.is_requester:
-        store = holder.build_store(instance.rank, world.corpus, world.directory, world.model)
-        dist.barrier()
-        holder.serve(store, holder.AttentionSpec.of(world.model), instance.requester_ranks)
-        return None
-    dist.barrier()
-    try:
-        executor = Executor(0, world.model, world.corpus, world.directory, CostModel(world.geometry, load_profile("published-h100")))
-        errors = {}
-        for primitive in PRIMITIVES:  # on the plan's path (the published profile's), which maps to the only one
-            request = shaped_request(world, len(instance.holders), 2, 6, 3, seed=7)
-            session = serve(executor, request, primitive)
-            want = reference_logits(world.model, world.corpus, request, session.inputs)
-            errors[primitive] = relative_error(torch.cat(session.logits).cpu(), want.cpu())
-        used = {type(paths.group(r.get("path"))).__name__ for r in executor.trace if r.get("kind") in ("route", "fetch")}
-        return errors, used
-    finally:
-        stop_holders(0, instance.holders)
-
-
 @two_gpus
 @pytest.mark.gpu
 @pytest.mark.timeout(300)
 def test_route_fetch_and_local_over_symmetric_memory_match_the_reference():
-    errors, used = launch(ClusterSpec(world_size=min(gpus, 3), backend="nccl", symm=True, timeout_s=60.0),
-                          primitives_over_symm)[0]  # fmt: skip
+    errors, _, via = launch(ClusterSpec(world_size=min(gpus, 3), backend="nccl", symm=True, timeout_s=60.0),
+                            primitives_over)[0]  # on the plan's path, which maps to the only one  # fmt: skip
     assert set(errors) == set(PRIMITIVES) and max(errors.values()) < 1e-5, errors
-    assert used == {"SymmGroup"}  # every exchange went over the symmetric memory
+    assert via == {"SymmGroup"}  # every exchange went over the symmetric memory
