@@ -130,7 +130,7 @@ class ShmGroup:
                 if size:
                     ctypes.memmove(t.data_ptr(), at, size)
                 tensors.append(t)
-                at += (size + 7) // 8 * 8
+                at += transport.align(size)
             self._consume(src)
             return transport.Message(kind, src, meta, tensors, nbytes)
         out = torch.empty(nbytes, dtype=torch.uint8)

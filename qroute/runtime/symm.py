@@ -71,7 +71,7 @@ def payload_bytes(specs: Sequence[tuple[torch.dtype, tuple[int, ...]]]) -> int:
         numel = 1
         for d in shape:
             numel *= d
-        total += (numel * dtype.itemsize + 7) // 8 * 8
+        total += transport.align(numel * dtype.itemsize)
     return total
 
 
@@ -129,7 +129,7 @@ class SymmGroup:
                 size = t.numel() * t.element_size()
                 if size:
                     region[offset : offset + size].view(t.dtype).view(t.shape).copy_(t.detach())
-                offset += (size + 7) // 8 * 8
+                offset += transport.align(size)
             self.handle.put_signal(dst, DATA, self.timeout_ms)
             return
         packed = transport.pack(tensors, total, device=self.device)  # contiguous, then slot by slot

@@ -80,7 +80,8 @@ def device() -> torch.device:
     return _MODE["device"]
 
 
-def _align(n: int) -> int:
+def align(n: int) -> int:
+    """`n` bytes rounded up to the 8-byte boundary each tensor of a message starts at."""
     return (n + 7) // 8 * 8
 
 
@@ -94,7 +95,7 @@ def encode_header(kind: int, meta: Sequence[int], tensors: Sequence[Tensor]) -> 
         if t.dim() > MAX_DIMS or t.dtype not in _CODE:
             raise QrouteError(f"tensor {tuple(t.shape)} {t.dtype}: expected <= {MAX_DIMS} dims of a supported dtype")
         words += [_CODE[t.dtype], t.dim(), *t.shape]
-        nbytes += _align(t.numel() * t.element_size())
+        nbytes += align(t.numel() * t.element_size())
     words[5] = nbytes
     words[INLINE_WORD] = int(HEADER_BYTES + nbytes <= (_MODE["first"] if _MODE["exact"] else EAGER))
     header = np.zeros(HEADER_LEN, dtype=np.int64)  # numpy: a few us less than torch ops per message
@@ -143,7 +144,7 @@ def pack(tensors: Sequence[Tensor], nbytes: int, header: Tensor | None = None, d
             buf[offset : offset + size].view(t.dtype).view(t.shape).copy_(t.detach())
         else:
             buf[offset : offset + size] = t.detach().contiguous().cpu().reshape(-1).view(torch.uint8)
-        offset += _align(size)
+        offset += align(size)
     return buf
 
 
@@ -159,7 +160,7 @@ def write_host(at: int, tensors: Sequence[Tensor], header: Tensor | None = None)
         if size:
             src = t.detach() if t.is_contiguous() else t.detach().contiguous()
             ctypes.memmove(at + offset, src.data_ptr(), size)
-        offset += _align(size)
+        offset += align(size)
 
 
 def unpack(buf: Tensor, specs: Sequence[tuple[torch.dtype, tuple[int, ...]]]) -> list[Tensor]:
@@ -171,7 +172,7 @@ def unpack(buf: Tensor, specs: Sequence[tuple[torch.dtype, tuple[int, ...]]]) ->
             numel *= d
         size = numel * dtype.itemsize
         out.append(buf[offset : offset + size].view(dtype).reshape(shape))
-        offset += _align(size)
+        offset += align(size)
     return out
 
 
