@@ -162,7 +162,7 @@ def cmd_demo(args) -> None:
     results = run_demo(config)
     if results.get("rank") != 0:  # under torchrun, rank 0 reports
         return
-    files = demo_report.write_results(results, args.out)
+    files = demo_report.write_results(results, args.out, args.tag)
     if args.json:
         print(json.dumps({"summary": results["summary"], "wall_s": results["wall_s"], "files": [str(f) for f in files]}, indent=2))
         return

@@ -17,9 +17,10 @@ def run(*args, cwd=None):
 @pytest.mark.timeout(300)
 def test_small_demo_json(tmp_path):
     r = run(*SMALL, "--instances", "2", "--modes", "predicate,route,fetch", "--profile", "published-h100", "--json",
-            "--out", str(tmp_path))  # fmt: skip
+            "--out", str(tmp_path), "--tag", "box-7")  # fmt: skip
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
+    assert all(p.split("/")[-1].startswith("demo-box-7-") for p in out["files"]), out["files"]
     assert set(out["summary"]) == {"predicate", "route", "fetch"}
     assert all(m["exact"] for m in out["summary"].values())
     names = sorted(p.split("/")[-1].split("-", 2)[-1] for p in out["files"])

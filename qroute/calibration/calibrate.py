@@ -45,8 +45,6 @@ from qroute.runtime.launcher import ClusterSpec, Instance, launch
 from qroute.runtime.world import WorldSpec, build_world, check_spec
 from qroute.workload.corpus import CorpusSpec
 
-LOOPBACK = paths.LOOPBACK
-NCCL = paths.NCCL
 QUICK_SIZES = tuple(8 * 4**i for i in range(0, 11, 2))  # 8 B .. 8 MiB, every other size
 
 
@@ -122,12 +120,7 @@ def measure(instance: Instance, config: CalibrationConfig, world) -> dict:
         bandwidth_sweep(peer, BANDWIDTH_SIZES, reps=3 if config.quick else 5, group=group, on_size=advance,
                         rows=bandwidth.setdefault(name, []))  # fmt: skip
 
-    return measure_paths(config, world, paths.names() or [world_path()], peer, sweeps)
-
-
-def world_path() -> str:
-    """The profile's name of the world group's path: NCCL point-to-point between GPUs, or gloo over loopback."""
-    return NCCL if dist.is_initialized() and dist.get_backend() == "nccl" else LOOPBACK
+    return measure_paths(config, world, paths.names() or [paths.world_path()], peer, sweeps)
 
 
 def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int, sweeps, links: dict | None = None,

@@ -46,6 +46,7 @@ def route_exchange(holder: int, q: torch.Tensor, blocks: list[int], group=None) 
     works = transport.isend(holder, ROUTE, [0], [q.contiguous(), groups, ids], group)
     msg = transport.recv(holder, group)
     transport.wait_all(works)
+    _landed(msg)
     return time.perf_counter() - t0 - msg.meta[0] / 1e9
 
 
@@ -55,7 +56,19 @@ def fetch_exchange(holder: int, blocks: list[int], group=None) -> float:
     works = transport.isend(holder, FETCH, [], [torch.tensor(blocks)], group)
     msg = transport.recv(holder, group)
     transport.wait_all(works)
+    _landed(msg)
     return time.perf_counter() - t0 - msg.meta[0] / 1e9
+
+
+def _landed(msg: transport.Message) -> None:
+    """A reply's GPU payload may still be in flight on the stream: wait for it before the clock stops."""
+    if any(t.is_cuda for t in msg.tensors):
+        torch.cuda.synchronize()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _report(grid, times, fit) -> dict:
@@ -101,9 +114,10 @@ class QuickCalibration:
         self.coef = geometry.coefficients(kv_dtype, row_dtype)
         self.filler = torch.randint(0, model.config.vocab_size, (4,))
         self.fits: dict = {}
+        self.device = model.device  # every operand on the model's device (a GPU under NCCL), timed to completion
 
     def _rand(self, *shape) -> torch.Tensor:
-        return torch.randn(*shape).to(self.model.dtype)
+        return torch.randn(*shape, device=self.device).to(self.model.dtype)
 
     def sample(self, fn: Callable[[], object], reps: int | None = None, back_to_back: bool = False) -> list[float]:
         """Seconds of `fn()` per call, a model forward before each unless `back_to_back` (warm-up calls dropped).
@@ -114,8 +128,10 @@ class QuickCalibration:
         for _ in range((reps or self.reps) + 2):
             if not back_to_back:
                 self.model.prefill(self.filler)
+            _sync(self.device)
             t0 = time.perf_counter()
             fn()
+            _sync(self.device)
             out.append(time.perf_counter() - t0)
         return out[2:]
 
@@ -154,6 +170,7 @@ class QuickCalibration:
         out = []
         for _ in range(reps + 2):
             self.model.prefill(self.filler)
+            _sync(self.device)
             out.append(exchange())
         return out[2:]
 
@@ -161,7 +178,7 @@ class QuickCalibration:
         """What a holder runs per routed request: shift the rows, read the blocks, attend (`route_states`)."""
         c, bs = self.model.config, self.block_size
         most = max(self.grids.route_blocks)
-        store = BlockStore(range(most), c.num_layers, bs, c.latent_width, self.model.dtype)
+        store = BlockStore(range(most), c.num_layers, bs, c.latent_width, self.model.dtype, self.device)
         store.kv.copy_(self._rand(*store.kv.shape))
         spec = AttentionSpec.of(self.model)
         grid = [(k * self.g.heads, n * bs) for k in self.grids.row_heads for n in self.grids.route_blocks]
@@ -193,7 +210,7 @@ class QuickCalibration:
         grid = [(k * heads, p) for k in self.grids.merge_row_heads for p in self.grids.merge_partials]
         rows, times = [], []
         for r, p in grid:
-            states = [AttentionState(self._rand(r, latent), torch.randn(r)) for _ in range(p)]
+            states = [AttentionState(self._rand(r, latent), torch.randn(r, device=self.device)) for _ in range(p)]
 
             def run(states=states):
                 merged = [merge_states(states, check=False)]
@@ -224,7 +241,7 @@ class QuickCalibration:
         grid = [(n, h) for n in self.grids.gather_blocks for h in self.grids.gather_holders]
         rows, times = [], []
         for n, h in grid:
-            ids = [torch.randperm(256)[: max(1, n // h)] for _ in range(h)]
+            ids = [torch.randperm(256, device=self.device)[: max(1, n // h)] for _ in range(h)]
 
             def run(ids=ids):
                 return [store.index_select(1, i).reshape(c.num_layers, -1, c.latent_width) for i in ids]
@@ -250,14 +267,14 @@ class QuickCalibration:
         return Compute(self.attention(), self.local_attention(), self.merge(), self.splice(), self.gather(), self.reprefill())
 
     def profile(self, holder: int | None, held: list[int]) -> Profile:
-        """Every constant, as a measured profile: each opened path (`runtime.paths`; else the world group as PATH)
+        """Every constant, as a measured profile: each opened path (`runtime.paths`; else the world group's)
         measured to `holder` (a single instance has a free, infinitely fast path)."""
         from qroute.runtime import paths
 
         if holder is None:
             specs = {PATH: PathSpec(0.0, 1e18, "single instance: no fabric")}
         else:
-            specs = {name: self.path(holder, held, group=paths.group(name)) for name in paths.names() or [PATH]}
+            specs = {name: self.path(holder, held, group=paths.group(name)) for name in paths.names() or [paths.world_path()]}
         compute = self.compute()
         return Profile(
             name=f"auto-{socket.gethostname()}", provenance="measured",

@@ -34,11 +34,11 @@ def summary_table(results: dict) -> Table:
     return t
 
 
-def write_results(results: dict, out_dir: str | Path) -> list[Path]:
-    """`demo-<host>-<date>.json` and the plots, under `out_dir`."""
+def write_results(results: dict, out_dir: str | Path, tag: str | None = None) -> list[Path]:
+    """`demo-<tag or host>-<date>.json` and the plots, under `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"demo-{socket.gethostname()}-{dt.date.today():%Y-%m-%d}"
+    stem = f"demo-{tag or socket.gethostname()}-{dt.date.today():%Y-%m-%d}"
     data = out / f"{stem}.json"
     data.write_text(json.dumps(results, indent=2, default=str) + "\n")
     return [

@@ -141,6 +141,10 @@ def _use_device(spec: ClusterSpec, local_rank: int) -> None:
     if spec.backend == "nccl":
         for var in NO_MULTICAST:  # before NCCL or symmetric memory starts; a value the user set wins
             os.environ.setdefault(var, "0" if var == "NCCL_NVLS_ENABLE" else "1")
+        # Every kernel loaded when the GPU context starts: a holder polling several requesters keeps NCCL receives
+        # posted (kernels that run until a message comes) while it launches compute, and under lazy loading (torch's
+        # default) a kernel's first launch can wait for the running ones: for ever (seen on 4 H200s, 2 requesters).
+        os.environ.setdefault("CUDA_MODULE_LOADING", "EAGER")
         if not torch.cuda.is_available() or local_rank >= torch.cuda.device_count():
             found = torch.cuda.device_count() if torch.cuda.is_available() else 0
             raise QrouteError(f"backend nccl: instance {local_rank} needs GPU {local_rank}, found {found} GPU(s): "
@@ -165,11 +169,28 @@ def _open_symm(rank: int, spec: ClusterSpec) -> None:
     paths.only(symm.NAME, symm.SymmGroup.open(rank, spec.world_size, DEVICE, spec.timeout_s))
 
 
-def _device_id(spec: ClusterSpec) -> torch.device | None:
-    """Under NCCL, this instance's GPU: the process group then connects eagerly, and point-to-point messages
-    between two instances use its communicator instead of creating a new one at the first message, inside
-    whatever was being timed."""
-    return DEVICE if spec.backend == "nccl" else None
+def _connect_pairs(rank: int, spec: ClusterSpec) -> None:
+    """Under NCCL (without `symm`, whose world group carries no messages): one message between every pair of
+    instances, all in one global order, before anything else runs, so no first message is timed with a connection.
+
+    The process group starts lazily (no `device_id`): torch then gives each pair its own NCCL communicator, on a
+    stream of its own, created inside the pair's first point-to-point call, in which both must take part. On one
+    shared communicator (eager start) a holder's receive posted for a quiet requester blocked the stream its reply to
+    another requester was queued on; created at first use, a holder polling a requester that had not sent to it
+    yet waited inside that receive while another requester waited on it (both seen with 2 requesters calibrating
+    against 2 holders on 4 H200s: deadlocks). In one order, the earliest pair not yet connected always has both
+    of its ranks at it."""
+    if spec.backend != "nccl" or spec.symm:
+        return
+    token = torch.zeros(1, device=DEVICE)
+    for peer, send in connection_order(rank, spec.world_size):
+        (dist.send if send else dist.recv)(token, peer)
+    torch.cuda.synchronize(DEVICE)
+
+
+def connection_order(rank: int, world: int) -> list[tuple[int, bool]]:
+    """`rank`'s part of the pairs (a, b), a < b, taken in lexicographic order: (peer, whether it sends)."""
+    return [(b if rank == a else a, rank == a) for a in range(world) for b in range(a + 1, world) if rank in (a, b)]
 
 
 def _pin(rank: int, spec: ClusterSpec) -> None:
@@ -205,12 +226,13 @@ def _run_under_torchrun(spec: ClusterSpec, fn: Callable[..., Any], args: tuple) 
     if spec.retain_heap:
         heap.retain()
     try:
-        dist.init_process_group(spec.backend, timeout=_timeout(spec), device_id=_device_id(spec))
+        dist.init_process_group(spec.backend, timeout=_timeout(spec))
     except (RuntimeError, TimeoutError) as exc:
         where = f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '?')}"
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise QrouteError(f"rank {rank} could not reach the other {world - 1} instance(s) at {where} "
                           f"within {spec.timeout_s:.0f} s: {first}") from None  # fmt: skip
+    _connect_pairs(rank, spec)
     try:
         return fn(Instance(rank, world, spec.requesters), *args)
     finally:
@@ -329,8 +351,8 @@ def _child(rank: int, spec: ClusterSpec, port: int, fn: Callable[..., Any], args
         store = dist.TCPStore(host, port, spec.world_size + 1, False, timeout=_timeout(spec))
         dist.init_process_group(
             spec.backend, store=store, rank=rank, world_size=spec.world_size, timeout=_timeout(spec),
-            device_id=_device_id(spec),
         )
+        _connect_pairs(rank, spec)
         if endpoint is not None:
             from qroute.runtime import paths
 

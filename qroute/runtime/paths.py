@@ -70,3 +70,8 @@ def groups() -> list:
 
 def names() -> list[str]:
     return list(_GROUPS)
+
+
+def world_path() -> str:
+    """The profile's name of the world group's path: NCCL point-to-point between GPUs, or gloo over loopback."""
+    return NCCL if dist.is_initialized() and dist.get_backend() == "nccl" else LOOPBACK

@@ -204,8 +204,16 @@ def test_keep_alive_pings_the_idle_world_group_only_under_a_fabric_and_only_when
     assert launch(ClusterSpec(world_size=2, **SPEC), keep_alive) == [True, {0}]
 
 
-def test_nccl_process_groups_connect_eagerly_on_the_instance_gpu():
-    from qroute.runtime import launcher
+@pytest.mark.parametrize("world", range(1, 8))
+def test_pair_connections_in_one_order_never_wait_on_each_other(world):
+    """Each rank's first pending pair blocks until its peer reaches the same pair: the order must always progress
+    (a rank waiting on a peer that waits on a third, round the circle, is the deadlock it prevents)."""
+    from qroute.runtime.launcher import connection_order
 
-    assert launcher._device_id(ClusterSpec(world_size=2)) is None  # gloo: no device
-    assert launcher._device_id(ClusterSpec(world_size=2, backend="nccl")) == launcher.DEVICE
+    todo = {r: connection_order(r, world) for r in range(world)}
+    assert all(len(t) == world - 1 for t in todo.values())  # every peer once
+    while any(todo.values()):
+        ready = [r for r, t in todo.items() if t and todo[t[0][0]] and todo[t[0][0]][0] == (r, not t[0][1])]
+        assert ready, todo
+        for r in ready:
+            todo[r].pop(0)
