@@ -103,6 +103,7 @@ TRAIN_LOCAL_STEP_TOKENS = (2, 8)  # local re-prefills the chunk whatever the row
 TRAIN_CHUNK_BLOCKS = (2, 6, 12, 20, 30)  # spans the sizes validation uses (4, 16, 32): re-prefill extrapolates badly
 QUICK_CHUNK_BLOCKS = (2, 14, 30)
 TRAIN_STEPS = 4  # validation uses 1 and 4; 4 steps give 3 warm route exchanges per layer and shape (2 gave 1)
+PROBE_REPS = 7  # runs per primitive of each speed probe, median taken (a second or so per path on 2 cores)
 FETCH_SAMPLES = 3  # a request makes one fetch record but steps x layers route records: fetches are served 3 times,
 # so that each shape's median resists a stall (beta moved 18.6% between repeats on the dev VM with one)
 
@@ -166,7 +167,8 @@ def _results(config, world, peer, latency, bandwidth, traces, probes, fabric: st
     fits: dict = {"pingpong": {n: fit_path([2 * r.size for r in rows], [r.median_s for r in rows]).report()
                                for n, rows in latency.items()}, "path": {},
                   "speed_probe": {n: {p: float(np.median([x[p] for x in runs])) for p in PRIMITIVES}
-                                  for n, runs in probes.items() if runs}}  # fmt: skip
+                                  for n, runs in probes.items() if runs},
+                  "speed_probes": {n: runs for n, runs in probes.items() if runs}}  # before and after each training repeat  # fmt: skip
     specs, spreads = {}, {}
     for name, runs in traces.items():
         pooled = [{**r, "run": i} for i, t in enumerate(runs) for r in t]  # step numbers restart in each run
@@ -175,6 +177,7 @@ def _results(config, world, peer, latency, bandwidth, traces, probes, fabric: st
         specs[name], fit = fit_path_from_trace(pooled, source, sweep)
         fits["path"][name] = [fit.report()]
         spreads[name] = spread([fit_path_from_trace(t, "", sweep)[1] for t in runs])
+        spreads[name]["speed_rel_spread"] = speed_spread(probes.get(name, []))
     everything = [r for runs in traces.values() for t in runs for r in t]
     compute = fit_compute_from_trace(everything, world.geometry, world.geometry.coefficients(dtype, dtype), fits)
     profile = _profile(config, world, specs, compute, fits, fabric)
@@ -209,7 +212,7 @@ def _train(world, shapes, advance, seed: int, path: str, probes: list | None = N
     warm_up(executor, world)
     executor.trace.clear()  # the warm-up's records are no measurement
     if probes is not None:
-        probes.append(speed_probe(executor, world))
+        probes.append(speed_probe(executor, world, reps=PROBE_REPS))
     holders = sorted(set(world.directory.holders))
     for i, (k, n) in enumerate(shapes):
         s = 1000 * (seed + 1) + i
@@ -225,6 +228,8 @@ def _train(world, shapes, advance, seed: int, path: str, probes: list | None = N
             if k in TRAIN_LOCAL_STEP_TOKENS:  # a fetch from two holders at once (its size does not depend on k)
                 serve(executor, spanning_request(world, k, n, 1, seed=s), "fetch")
         advance()
+    if probes is not None:  # and after: a machine whose speed moved during the training is told (`speed_spread`)
+        probes.append(speed_probe(executor, world, reps=PROBE_REPS))
     return [r for r in executor.trace if r.get("kind") not in ("route", "fetch") or r.get("path") == path]
 
 
@@ -257,6 +262,19 @@ def spread(fits) -> dict:
     return {"repeats": len(fits), "alpha_s": alphas.tolist(), "beta_Bps": betas.tolist(),
             "alpha_rel_spread": rel(alphas), "beta_rel_spread": rel(betas),
             "time_rel_spread": max(times, default=0.0), "time_sizes": sizes, "time_rel_spreads": times}  # fmt: skip
+
+
+UNSTEADY = 0.10  # speed probes spread wider than this during one calibration: its constants describe no one speed
+
+
+def speed_spread(probes: list[dict[str, float]]) -> float:
+    """How far the machine's speed moved during a calibration: the speed probes' seconds, taken before and after
+    each training repeat, (max - min) / median per primitive, the largest (0 with fewer than 2 probes).
+    The fitted constants mix every speed the training ran at; validation's drift correction compares against
+    the probes' median."""
+    spreads = [(max(v) - min(v)) / float(np.median(v)) for v in ([p[k] for p in probes] for k in (probes[0] if probes else {}))
+               if len(v) > 1 and np.median(v) > 0]  # fmt: skip
+    return max(spreads, default=0.0)
 
 
 def _profile(config, world, specs: dict, compute, fits, fabric: str) -> Profile:

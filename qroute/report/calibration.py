@@ -11,6 +11,8 @@ from rich.table import Table
 
 from qroute.report.console import fmt_bytes, fmt_s
 
+UNSTEADY = 0.10  # as `calibration.calibrate.UNSTEADY` (the report stays free of the runtime's imports)
+
 
 def latency_table(sweep: list[dict], path: str) -> Table:
     t = Table(title=f"# qroute ping-pong latency ({path}), OSU style: one-way = round trip / 2")
@@ -50,6 +52,9 @@ def fit_table(results: dict) -> Table:
         if sp["repeats"] > 1:
             t.add_row(f"{name} repeat spread ({sp['repeats']} runs)", f"alpha {sp['alpha_rel_spread']:.1%}, beta {sp['beta_rel_spread']:.1%}, predicted exchange "
                       f"{sp.get('time_rel_spread', 0):.1%}", "", "")
+        if sp.get("speed_rel_spread") is not None:
+            moved = sp["speed_rel_spread"]
+            t.add_row(f"{name} speed probes' spread", f"{moved:.1%}" + (" [bold red](unsteady)[/]" if moved > UNSTEADY else ""), "", "")
         ping = profile["fits"]["pingpong"][name]
         t.add_row(f"{name} ping-pong line (fabric alone)", f"{fmt_s(ping['alpha_s'])}, {ping['beta_Bps'] / 1e9:.3g} GB/s",
                   f"{ping['median_ape']:.1%}", f"{ping['p90_ape']:.1%}")  # fmt: skip

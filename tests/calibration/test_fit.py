@@ -93,3 +93,13 @@ def test_repeat_spread_reports_constants_and_what_they_predict():
     assert s["time_rel_spreads"] == pytest.approx([abs(u - v) / ((u + v) / 2) for u, v in t])
     assert s["time_rel_spread"] == max(s["time_rel_spreads"]) < 0.05
     assert spread([a])["time_rel_spread"] == 0.0
+
+
+def test_speed_spread_is_the_widest_primitive_move_between_probes():
+    from qroute.calibration.calibrate import speed_spread
+
+    steady = {"route": 2.0e-3, "fetch": 1.0e-3, "local": 4.0e-3}
+    assert speed_spread([]) == 0.0 and speed_spread([steady]) == 0.0
+    assert speed_spread([steady, dict(steady)]) == 0.0
+    slower = {"route": 2.1e-3, "fetch": 1.3e-3, "local": 4.0e-3}  # fetch moved 30%: route's 5% does not count
+    assert speed_spread([steady, slower, steady]) == pytest.approx(0.3e-3 / 1.0e-3)
