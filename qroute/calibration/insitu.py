@@ -72,6 +72,11 @@ def cold_excess(route: list[dict]) -> float:
     return max(0.0, robust_median(list(steps.values()))) if steps else 0.0
 
 
+def _tokens(r: dict) -> int:
+    """Tokens a route record's rows attended at the holder (its groups' keys; 0 where a trace does not say)."""
+    return sum(int(g[1]) for g in r.get("groups", ()))
+
+
 def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = None) -> tuple[float, float] | None:
     """(`per_holder_s`, `holder_serial`): how much longer a warm parallel route exchange (several holders at once,
     one record per holder) takes than the path's prediction (one probe, bytes serialised, the slowest holder's
@@ -89,14 +94,17 @@ def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = N
         measured = max(r.get("wall_s", r["rtt_s"]) for r in recs) - max(computes)
         sizes = [_route_bytes(r) for r in recs]
         predicted = max(path.alpha(b) for b in sizes) + sum(b / path.beta(b) for b in sizes)
-        shape = (len(recs), tuple(sorted(sizes)))
+        # keyed by bytes and attended tokens: pooling the chunk sizes of one message size would average away the
+        # variation in the others' compute that `holder_serial` is read from
+        shape = (len(recs), tuple(sorted(zip(sizes, (_tokens(r) for r in recs)))))
         excess.setdefault(shape, []).append((measured - predicted, sum(computes) - max(computes), measured))
     keys = sorted(excess)
     X = np.array([[k[0] - 1.0, robust_median([x[1] for x in excess[k]])] for k in keys])
     y = np.array([robust_median([x[0] for x in excess[k]]) for k in keys])
     w = np.array([robust_median([x[2] for x in excess[k]]) for k in keys])  # noise grows with the exchange
     if report is not None:  # per shape: holders, exchange bytes, samples, median excess and others' compute (s)
-        report.update(shapes=[[k[0], list(k[1]), len(excess[k])] for k in keys], excess_s=y.tolist(), others_s=X[:, 1].tolist())
+        report.update(shapes=[[k[0], [list(p) for p in k[1]], len(excess[k])] for k in keys], excess_s=y.tolist(),
+                      others_s=X[:, 1].tolist())  # fmt: skip
     if len(keys) < 2:
         return max(0.0, float(y[0] / X[0, 0])), 0.0
     coef = nonneg_lstsq(X / w[:, None], np.maximum(y, 1e-12) / w, relative=False).coef

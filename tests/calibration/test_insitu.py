@@ -167,3 +167,25 @@ def test_a_spanning_request_asks_two_holders_and_none_with_one():
     assert sorted(by_holder) == [1, 2] and [len(b) for b in by_holder.values()] == [3, 3]
     assert all(b == blocks[0] + i for blocks in by_holder.values() for i, b in enumerate(blocks))  # contiguous runs
     assert spanning_request(build_world(spec, [1], device="cpu"), 2, 6, 1, seed=5) is None
+
+
+@pytest.mark.parametrize("serial", [0.0, 0.4, 0.9])
+def test_holder_serial_is_read_from_chunks_of_one_message_size(serial):
+    """Parallel exchanges of two message sizes whose holders' compute varies with the chunk they attend, not with
+    the rows: keyed by bytes alone, the chunks' medians pooled into two near-equal points and hid the slope."""
+    rng = np.random.default_rng(7)
+    path, per_holder = PathSpec(3e-4, 2e9), 4e-4
+    trace, step = [], 0
+    for b in (20_000, 80_000):
+        for tokens in (64, 256, 512, 1024):
+            for _ in range(6):
+                hcs = rng.uniform(0.9, 1.1, 2) * tokens * 2e-6  # holders' compute grows with the chunk
+                wall = (path.alpha(b) + 2 * b / path.beta(b) + per_holder + serial * hcs.min()) * (1 + rng.normal(0, 0.01))
+                for h in range(2):
+                    rec = _route(rng, step, 0, b, 0.0, False, parallel=2, hc=hcs[h])
+                    rec["rtt_s"], rec["groups"] = wall + hcs.max(), [[16, tokens]]
+                    trace.append(rec)
+                step += 1
+    fixed, fraction = per_holder_excess(trace, path)
+    assert fraction == pytest.approx(serial, abs=0.05)
+    assert fixed == pytest.approx(per_holder, abs=5e-5)
