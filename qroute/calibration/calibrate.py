@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from qroute.calibration.fit import fit_path
+from qroute.calibration.fit import fit_path, speed_spread
 from qroute.calibration.insitu import fit_compute_from_trace, fit_path_from_trace, path_line
 from qroute.calibration.shapes import serve, serve_together, shaped_request, spanning_request, speed_probe, warm_up
 from qroute.calibration.sweeps import BANDWIDTH_SIZES, LATENCY_SIZES, bandwidth_sweep, latency_sweep
@@ -262,19 +262,6 @@ def spread(fits) -> dict:
     return {"repeats": len(fits), "alpha_s": alphas.tolist(), "beta_Bps": betas.tolist(),
             "alpha_rel_spread": rel(alphas), "beta_rel_spread": rel(betas),
             "time_rel_spread": max(times, default=0.0), "time_sizes": sizes, "time_rel_spreads": times}  # fmt: skip
-
-
-UNSTEADY = 0.10  # speed probes spread wider than this during one calibration: its constants describe no one speed
-
-
-def speed_spread(probes: list[dict[str, float]]) -> float:
-    """How far the machine's speed moved during a calibration: the speed probes' seconds, taken before and after
-    each training repeat, (max - min) / median per primitive, the largest (0 with fewer than 2 probes).
-    The fitted constants mix every speed the training ran at; validation's drift correction compares against
-    the probes' median."""
-    spreads = [(max(v) - min(v)) / float(np.median(v)) for v in ([p[k] for p in probes] for k in (probes[0] if probes else {}))
-               if len(v) > 1 and np.median(v) > 0]  # fmt: skip
-    return max(spreads, default=0.0)
 
 
 def _profile(config, world, specs: dict, compute, fits, fabric: str) -> Profile:

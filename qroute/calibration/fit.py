@@ -135,3 +135,16 @@ def fit_path(exchange_bytes, seconds, min_points: int = 3, floor: float = 0.03, 
     if best.p90_ape <= (1 - gain) * line.p90_ape:
         return best
     return typical if line.median_ape > MEDIAN_MISS and typical.median_ape <= (1 - gain) * line.median_ape else line
+
+
+UNSTEADY = 0.10  # speed probes spread wider than this during one calibration: its constants describe no one speed
+
+
+def speed_spread(probes: list[dict[str, float]]) -> float:
+    """How far the machine's speed moved during a calibration: the speed probes' seconds, taken before and after
+    each training repeat, (max - min) / median per primitive, the largest (0 with fewer than 2 probes).
+    The fitted constants mix every speed the training ran at; validation's drift correction compares against
+    the probes' median."""
+    spreads = [(max(v) - min(v)) / float(np.median(v)) for v in ([p[k] for p in probes] for k in (probes[0] if probes else {}))
+               if len(v) > 1 and np.median(v) > 0]  # fmt: skip
+    return max(spreads, default=0.0)

@@ -46,6 +46,7 @@ import torch
 import torch.distributed as dist
 
 from qroute.calibration.calibrate import CalibrationConfig, measure
+from qroute.calibration.fit import speed_spread
 from qroute.cost import CostModel, load_profile
 from qroute.cost.profile import from_dict
 from qroute.cost.model import PRIMITIVES
@@ -125,8 +126,17 @@ def run_validation(config: ValidationConfig, calibrated: str | None = None) -> d
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(out["calibration"]["profile"], indent=2) + "\n")
             config = replace(config, profile=str(path))
-    return {"rank": 0, "profile": load_profile(config.profile).to_dict(), "profile_file": config.profile, "rows": rows,
-            "metrics": metrics(rows, config.margin), "wall_s": time.perf_counter() - t0, **extra}  # fmt: skip
+    profile = load_profile(config.profile).to_dict()
+    return {"rank": 0, "profile": profile, "profile_file": config.profile, "rows": rows,
+            "metrics": {**metrics(rows, config.margin), "calibration_speed_spread": calibration_speed_spread(profile)},
+            "wall_s": time.perf_counter() - t0, **extra}  # fmt: skip
+
+
+def calibration_speed_spread(profile: dict) -> dict[str, float]:
+    """Per path, how far the profile's calibration saw the machine's speed move (`fit.speed_spread`; none recorded
+    by profiles older than the probes before and after each training repeat)."""
+    probes = profile.get("fits", {}).get("speed_probes", {})
+    return {name: speed_spread(runs) for name, runs in probes.items()}
 
 
 def validate_instance(instance: Instance, config: ValidationConfig, holders: int) -> dict:

@@ -9,9 +9,8 @@ from pathlib import Path
 
 from rich.table import Table
 
+from qroute.calibration.fit import UNSTEADY
 from qroute.report.console import fmt_bytes, fmt_s
-
-UNSTEADY = 0.10  # as `calibration.calibrate.UNSTEADY` (the report stays free of the runtime's imports)
 
 
 def latency_table(sweep: list[dict], path: str) -> Table:

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from qroute.calibration.fit import UNSTEADY  # noqa: E402
 from qroute.report.plots import COLORS  # noqa: E402
 
 LETTER = {"route": "R", "fetch": "F", "local": "L"}
@@ -47,6 +48,9 @@ def metrics_table(results: dict) -> Table:
     if e.get("median_ci_p90") is not None:
         t.add_row("measured medians' ~95% CI half-width", _pct(e["median_ci_median"]), _pct(e["median_ci_p90"]),
                   f"{e['runs_median']:.0f} runs (median)")  # fmt: skip
+    for name, moved in (m.get("calibration_speed_spread") or {}).items():
+        t.add_row(f"calibration's speed probes, path {name}", _pct(moved), "",
+                  "[bold red]unsteady: recalibrate[/]" if moved > UNSTEADY else "spread")  # fmt: skip
     t.add_row("predicate hit rate", _pct(m["hit_rate"]), "", f"{m['decisive_configs']} decisive of {m['configs']}")
     t.add_row("regret", _pct(m["regret"]), "", "")
     return t

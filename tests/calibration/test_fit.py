@@ -96,10 +96,18 @@ def test_repeat_spread_reports_constants_and_what_they_predict():
 
 
 def test_speed_spread_is_the_widest_primitive_move_between_probes():
-    from qroute.calibration.calibrate import speed_spread
+    from qroute.calibration.fit import speed_spread
 
     steady = {"route": 2.0e-3, "fetch": 1.0e-3, "local": 4.0e-3}
     assert speed_spread([]) == 0.0 and speed_spread([steady]) == 0.0
     assert speed_spread([steady, dict(steady)]) == 0.0
     slower = {"route": 2.1e-3, "fetch": 1.3e-3, "local": 4.0e-3}  # fetch moved 30%: route's 5% does not count
     assert speed_spread([steady, slower, steady]) == pytest.approx(0.3e-3 / 1.0e-3)
+
+
+def test_validation_reports_the_calibrations_speed_spread_per_path():
+    from qroute.calibration.validate import calibration_speed_spread
+
+    probes = [{"route": 1.0, "local": 3.0}, {"route": 1.2, "local": 3.0}]
+    assert calibration_speed_spread({"fits": {"speed_probes": {"shm": probes}}}) == {"shm": pytest.approx(0.2 / 1.1)}
+    assert calibration_speed_spread({"fits": {}}) == {} and calibration_speed_spread({}) == {}  # older profiles
