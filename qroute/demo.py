@@ -117,7 +117,10 @@ def _profile(config: DemoConfig, world, instance: Instance):
         return quick_profile(world.model, world.geometry, None, [], world.corpus.block_size, _dtype_name(world.model))
     holder = instance.holders[instance.rank % len(instance.holders)]
     held = world.directory.blocks_on(holder)
-    return quick_profile(world.model, world.geometry, holder, held, world.corpus.block_size, _dtype_name(world.model))
+    others = [h for h in instance.holders if h != holder]
+    other = (others[0], world.directory.blocks_on(others[0])) if others else None  # asking two holders at once
+    return quick_profile(world.model, world.geometry, holder, held, world.corpus.block_size, _dtype_name(world.model),
+                         other)  # fmt: skip
 
 
 def _dtype_name(model) -> str:

@@ -16,7 +16,7 @@ import datetime as dt
 import platform
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -25,6 +25,7 @@ import torch
 from qroute.attention import attend, merge_states, splice
 from qroute.attention.states import AttentionState
 from qroute.calibration.fit import nonneg_lstsq, rate, robust_median
+from qroute.calibration.insitu import per_holder_excess
 from qroute.cost.profile import (
     AttentionCoeffs, Compute, GatherCoeffs, MergeCoeffs, PathSpec, Profile, ReprefillCoeffs, SpliceCoeffs,
 )  # fmt: skip
@@ -48,6 +49,26 @@ def route_exchange(holder: int, q: torch.Tensor, blocks: list[int], group=None) 
     transport.wait_all(works)
     _landed(msg)
     return time.perf_counter() - t0 - msg.meta[0] / 1e9
+
+
+def parallel_route_exchange(targets: list[tuple[int, torch.Tensor, list[int]]], block_size: int, group=None) -> list[dict]:
+    """One ROUTE exchange with several holders at once, each `(holder, q, blocks)`, as a batch does it: every message
+    posted, then every reply taken. One trace record per holder, in the form `insitu.per_holder_excess` reads (the
+    caller numbers the exchange with `step`)."""
+    t0 = time.perf_counter()
+    works, sent = [], []
+    for holder, q, blocks in targets:
+        groups = torch.tensor([(0, q.shape[0], 1000, len(blocks))], dtype=torch.long)
+        works += transport.isend(holder, ROUTE, [0], [q.contiguous(), groups, torch.tensor(blocks, dtype=torch.long)], group)
+        sent.append((q, len(blocks)))
+    replies = [transport.recv(holder, group) for holder, _, _ in targets]
+    transport.wait_all(works)
+    for msg in replies:
+        _landed(msg)
+    wall = time.perf_counter() - t0
+    return [{"kind": "route", "parallel": len(targets), "first_step": False, "layer": 0, "rtt_s": wall,
+             "holder_compute_s": msg.meta[0] / 1e9, "payload_out": q.numel() * q.element_size(), "payload_back": msg.nbytes,
+             "groups": [[q.shape[0] * q.shape[1], n * block_size]]} for (q, n), msg in zip(sent, replies)]  # fmt: skip
 
 
 def fetch_exchange(holder: int, blocks: list[int], group=None) -> float:
@@ -166,6 +187,26 @@ class QuickCalibration:
         alpha, inv_beta = self._fit("path", grid, rows, times)
         return PathSpec(float(alpha), rate(inv_beta), f"measured: ROUTE and FETCH exchanges with rank {holder}")
 
+    def parallel(self, name: str, spec: PathSpec, targets: list[tuple[int, list[int]]], reps: int = 15,
+                 group=None) -> PathSpec:  # fmt: skip
+        """Path `name`'s `spec` with its per-holder terms (`per_holder_s`, `holder_serial`): one row of ROUTE exchanges with two
+        holders at once, over a small and a large chunk (the holders' compute varies), fitted as calibration does."""
+        c = self.model.config
+        q = self._rand(1, c.num_heads, c.latent_width)
+        trace: list[dict] = []
+        for n in (4, 32):
+            for i in range(reps + 2):
+                self.model.prefill(self.filler)
+                _sync(self.device)
+                records = parallel_route_exchange([(h, q, held[:n]) for h, held in targets], self.block_size, group)
+                if i >= 2:  # warm-up exchanges dropped
+                    trace += [{**r, "step": len(trace)} for r in records]
+        report: dict = {}
+        per_holder, serial = per_holder_excess(trace, spec, report) or (0.0, 0.0)
+        self.fits.setdefault("parallel", {})[name] = report
+        self.on_step("parallel")
+        return replace(spec, per_holder_s=per_holder, holder_serial=serial)
+
     def _exchanges(self, exchange: Callable[[], float], reps: int) -> list[float]:
         out = []
         for _ in range(reps + 2):
@@ -266,15 +307,19 @@ class QuickCalibration:
     def compute(self) -> Compute:
         return Compute(self.attention(), self.local_attention(), self.merge(), self.splice(), self.gather(), self.reprefill())
 
-    def profile(self, holder: int | None, held: list[int]) -> Profile:
+    def profile(self, holder: int | None, held: list[int], other: tuple[int, list[int]] | None = None) -> Profile:
         """Every constant, as a measured profile: each opened path (`runtime.paths`; else the world group's)
-        measured to `holder` (a single instance has a free, infinitely fast path)."""
+        measured to `holder` (a single instance has a free, infinitely fast path); with `other` (a second holder
+        and its blocks), each path's per-holder terms from exchanges with both at once."""
         from qroute.runtime import paths
 
         if holder is None:
             specs = {PATH: PathSpec(0.0, 1e18, "single instance: no fabric")}
         else:
             specs = {name: self.path(holder, held, group=paths.group(name)) for name in paths.names() or [paths.world_path()]}
+        if holder is not None and other is not None:
+            both = [(holder, held), other]
+            specs = {name: self.parallel(name, spec, both, group=paths.group(name)) for name, spec in specs.items()}
         compute = self.compute()
         return Profile(
             name=f"auto-{socket.gethostname()}", provenance="measured",
@@ -286,6 +331,7 @@ class QuickCalibration:
 
 
 def quick_profile(model: MLATransformer, geometry: Geometry, holder: int | None, held: list[int], block_size: int,
-                  kv_dtype: str = "fp32") -> Profile:  # fmt: skip
-    """Measure every constant the cost model needs, on this instance and its path to `holder` (holding `held`)."""
-    return QuickCalibration(model, geometry, block_size, kv_dtype).profile(holder, held)
+                  kv_dtype: str = "fp32", other: tuple[int, list[int]] | None = None) -> Profile:  # fmt: skip
+    """Measure every constant the cost model needs, on this instance and its path to `holder` (holding `held`), and
+    with `other` (a second holder, its blocks) what asking both at once adds."""
+    return QuickCalibration(model, geometry, block_size, kv_dtype).profile(holder, held, other)

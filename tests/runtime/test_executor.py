@@ -64,6 +64,16 @@ def test_calibrated_profile_and_bfloat16(tiny):
         assert run["exact"], run["max_rel_err"]
 
 
+def test_the_quick_calibration_asks_two_holders_at_once(tiny):
+    """With two holders, `--profile auto` prices asking both at once: exchanges with both over a small and a large
+    chunk, fitted as calibration fits its parallel exchanges (the demo's always-route had missed by 11-23% without)."""
+    results = run_demo(tiny(instances=3, profile="auto", modes=("route",)))
+    report = results["profile"]["fits"]["parallel"]["gloo-loopback"]
+    assert [s[0] for s in report["shapes"]] == [2, 2] and [s[2] for s in report["shapes"]] == [15, 15]
+    assert [t for _, t in report["shapes"][0][1]] == [4 * 8, 4 * 8] and [t for _, t in report["shapes"][1][1]] == [32 * 8] * 2
+    assert all(run["exact"] for run in results["runs"])
+
+
 def test_several_tokens_per_step_route_as_one_group(tiny):
     """rows = tokens x heads: 3 new tokens per step (the greedy one and 2 drafts), causal among themselves."""
     results = run_demo(tiny(step_tokens=3, placement="hashed", modes=("route", "fetch", "local", "predicate")))
