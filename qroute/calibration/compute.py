@@ -32,7 +32,7 @@ from qroute.cost.profile import (
 from qroute.geometry import Geometry
 from qroute.model import MLATransformer
 from qroute.runtime import transport
-from qroute.runtime.holder import FETCH, ROUTE, AttentionSpec, route_states
+from qroute.runtime.holder import FETCH, ROUTE, AttentionSpec, landed, route_states
 from qroute.runtime.store import BlockStore
 
 PATH = "gloo-loopback"
@@ -41,20 +41,15 @@ PATH = "gloo-loopback"
 def route_exchange(holder: int, q: torch.Tensor, blocks: list[int], group=None) -> float:
     """One ROUTE round trip as the executor does it, over `group` (a path; None: the world group); returns its
     network time (RTT - holder compute)."""
-    t0 = time.perf_counter()
-    groups = torch.tensor([(0, q.shape[0], 1000, len(blocks))], dtype=torch.long)
-    ids = torch.tensor(blocks, dtype=torch.long)
-    works = transport.isend(holder, ROUTE, [0], [q.contiguous(), groups, ids], group)
-    msg = transport.recv(holder, group)
-    transport.wait_all(works)
-    _landed(msg)
-    return time.perf_counter() - t0 - msg.meta[0] / 1e9
+    (record,) = parallel_route_exchange([(holder, q, blocks)], group=group)
+    return record["rtt_s"] - record["holder_compute_s"]
 
 
-def parallel_route_exchange(targets: list[tuple[int, torch.Tensor, list[int]]], block_size: int, group=None) -> list[dict]:
-    """One ROUTE exchange with several holders at once, each `(holder, q, blocks)`, as a batch does it: every message
-    posted, then every reply taken. One trace record per holder, in the form `insitu.per_holder_excess` reads (the
-    caller numbers the exchange with `step`)."""
+def parallel_route_exchange(targets: list[tuple[int, torch.Tensor, list[int]]], block_size: int = 0,
+                            group=None) -> list[dict]:  # fmt: skip
+    """One ROUTE exchange with one or several holders at once, each `(holder, q, blocks)`, as a batch does it:
+    every message posted, then every reply taken. One trace record per holder, in the form
+    `insitu.per_holder_excess` reads (the caller numbers the exchange with `step`)."""
     t0 = time.perf_counter()
     works, sent = [], []
     for holder, q, blocks in targets:
@@ -64,7 +59,7 @@ def parallel_route_exchange(targets: list[tuple[int, torch.Tensor, list[int]]], 
     replies = [transport.recv(holder, group) for holder, _, _ in targets]
     transport.wait_all(works)
     for msg in replies:
-        _landed(msg)
+        landed(msg)
     wall = time.perf_counter() - t0
     return [{"kind": "route", "parallel": len(targets), "first_step": False, "layer": 0, "rtt_s": wall,
              "holder_compute_s": msg.meta[0] / 1e9, "payload_out": q.numel() * q.element_size(), "payload_back": msg.nbytes,
@@ -77,14 +72,8 @@ def fetch_exchange(holder: int, blocks: list[int], group=None) -> float:
     works = transport.isend(holder, FETCH, [], [torch.tensor(blocks)], group)
     msg = transport.recv(holder, group)
     transport.wait_all(works)
-    _landed(msg)
+    landed(msg)
     return time.perf_counter() - t0 - msg.meta[0] / 1e9
-
-
-def _landed(msg: transport.Message) -> None:
-    """A reply's GPU payload may still be in flight on the stream: wait for it before the clock stops."""
-    if any(t.is_cuda for t in msg.tensors):
-        torch.cuda.synchronize()
 
 
 def _sync(device: torch.device) -> None:
@@ -189,8 +178,9 @@ class QuickCalibration:
 
     def parallel(self, name: str, spec: PathSpec, targets: list[tuple[int, list[int]]], reps: int = 15,
                  group=None) -> PathSpec:  # fmt: skip
-        """Path `name`'s `spec` with its per-holder terms (`per_holder_s`, `holder_serial`): one row of ROUTE exchanges with two
-        holders at once, over a small and a large chunk (the holders' compute varies), fitted as calibration does."""
+        """Path `name`'s `spec` with its per-holder terms (`per_holder_s`, `holder_serial`): ROUTE exchanges with
+        two holders at once, over a small and a large chunk (the holders' compute varies), fitted as calibration
+        fits its parallel exchanges."""
         c = self.model.config
         q = self._rand(1, c.num_heads, c.latent_width)
         trace: list[dict] = []

@@ -162,7 +162,7 @@ def _serve_group(store: BlockStore, spec: AttentionSpec, requesters: Sequence[in
             transport.send(msg.src, PONG, msg.meta, msg.tensors, group)
         elif msg.kind == STREAM:
             if msg.meta[0] == 0:
-                _landed(msg)  # acknowledge data that is here, not data that is on its way (a one-sided path)
+                landed(msg)  # acknowledge data that is here, not data that is on its way (a one-sided path)
                 transport.send(msg.src, ACK, [], [], group)
         else:
             raise QrouteError(f"holder got message kind {msg.kind} from {msg.src}: expected ROUTE, FETCH, PING, STREAM or STOP")
@@ -196,8 +196,8 @@ def _sync(store: BlockStore) -> None:
         torch.cuda.current_stream(store.kv.device).synchronize()
 
 
-def _landed(msg: transport.Message) -> None:
-    """Wait until the message's GPU tensors are in this instance's memory."""
+def landed(msg: transport.Message) -> None:
+    """Wait until the message's GPU tensors are in this instance's memory (a reply's too, before a clock stops)."""
     for t in msg.tensors:
         if t.is_cuda:
             torch.cuda.current_stream(t.device).synchronize()
