@@ -145,6 +145,12 @@ def speed_spread(probes: list[dict[str, float]]) -> float:
     each training repeat, (max - min) / median per primitive, the largest (0 with fewer than 2 probes).
     The fitted constants mix every speed the training ran at; validation's drift correction compares against
     the probes' median."""
-    spreads = [(max(v) - min(v)) / float(np.median(v)) for v in ([p[k] for p in probes] for k in (probes[0] if probes else {}))
-               if len(v) > 1 and np.median(v) > 0]  # fmt: skip
+    if len(probes) < 2:
+        return 0.0
+    spreads = []
+    for primitive in probes[0]:
+        seconds = [p[primitive] for p in probes]
+        middle = float(np.median(seconds))
+        if middle > 0:
+            spreads.append((max(seconds) - min(seconds)) / middle)
     return max(spreads, default=0.0)
