@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from qroute.cost.model import PRIMITIVES, CostModel, Phases, Shape, best_path
-from qroute.cost.profile import PathSpec
+from qroute.cost.profile import PathSpec, overlapped
 from qroute.errors import QrouteError, non_negative_int, positive_int
 
 
@@ -189,11 +189,12 @@ def _routed_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
     beta = {h: paths[h].beta(exchange[h]) for h in rows}
     extra = (len(rows) - 1) * max(p.per_holder_s for p in paths.values())
     serial = max(p.holder_serial for p in paths.values())  # the others' compute that does not overlap
+    ports = max(p.bytes_serial for p in paths.values())  # the others' bytes that move after the largest's
     return Phases(
         probe=max(paths[h].alpha(exchange[h]) for h in rows) + extra,
-        transfer=sum(rows[h] * c.q_row_bytes / beta[h] for h in rows),
-        compute=max(compute.values()) + serial * (sum(compute.values()) - max(compute.values())),
-        ret=sum(rows[h] * c.o_row_bytes / beta[h] for h in rows),
+        transfer=overlapped([rows[h] * c.q_row_bytes / beta[h] for h in rows], ports),
+        compute=overlapped(list(compute.values()), serial),
+        ret=overlapped([rows[h] * c.o_row_bytes / beta[h] for h in rows], ports),
     )
 
 

@@ -28,10 +28,13 @@ def two_path_model(model):
 
 @pytest.mark.parametrize("holders", [1, 3, 7])
 @pytest.mark.parametrize("prim", PRIMITIVES)
-def test_uniform_combination_equals_the_homogeneous_formula(model, holders, prim):
+@pytest.mark.parametrize("ports, serial", [(1.0, 0.0), (0.3, 0.5)])
+def test_uniform_combination_equals_the_homogeneous_formula(model, holders, prim, ports, serial):
+    ibgda = dataclasses.replace(model.profile.path("ibgda"), bytes_serial=ports, holder_serial=serial)
+    model = dataclasses.replace(model, profile=dataclasses.replace(model.profile, paths={**model.profile.paths, "ibgda": ibgda}))
     request = uniform_request(64, 512, holders, 27, steps=3, offset=9)
     shape = Shape(64, 512, 27, 3, holders, False, 9)
-    expected = model.primitive(prim, shape, model.profile.path("ibgda"))
+    expected = model.primitive(prim, shape, ibgda)
     assert float(uniform_phases(model, request, prim).total) == pytest.approx(float(expected.total))
 
 

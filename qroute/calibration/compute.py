@@ -180,7 +180,7 @@ class QuickCalibration:
                  group=None) -> PathSpec:  # fmt: skip
         """Path `name`'s `spec` with its per-holder terms (`per_holder_s`, `holder_serial`): ROUTE exchanges with
         two holders at once, over a small and a large chunk (the holders' compute varies), fitted as calibration
-        fits its parallel exchanges."""
+        fits its parallel exchanges (of one row each: `bytes_serial` stays 1)."""
         c = self.model.config
         q = self._rand(1, c.num_heads, c.latent_width)
         trace: list[dict] = []
@@ -192,10 +192,10 @@ class QuickCalibration:
                 if i >= 2:  # warm-up exchanges dropped
                     trace += [{**r, "step": len(trace)} for r in records]
         report: dict = {}
-        per_holder, serial = per_holder_excess(trace, spec, report) or (0.0, 0.0)
+        per_holder, serial, ports = per_holder_excess(trace, spec, report) or (0.0, 0.0, 1.0)
         self.fits.setdefault("parallel", {})[name] = report
         self.on_step("parallel")
-        return replace(spec, per_holder_s=per_holder, holder_serial=serial)
+        return replace(spec, per_holder_s=per_holder, holder_serial=serial, bytes_serial=ports)
 
     def _exchanges(self, exchange: Callable[[], float], reps: int) -> list[float]:
         out = []

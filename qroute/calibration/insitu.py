@@ -77,38 +77,47 @@ def _tokens(r: dict) -> int:
     return sum(int(g[1]) for g in r.get("groups", ()))
 
 
-def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = None) -> tuple[float, float] | None:
-    """(`per_holder_s`, `holder_serial`): how much longer a warm parallel route exchange (several holders at once,
-    one record per holder) takes than the path's prediction (one probe, bytes serialised, the slowest holder's
-    compute), fitted as a fixed extra per holder beyond the first plus a fraction of the other holders' compute
-    (non-negative least squares over robust medians per shape); None if the trace has no parallel exchange."""
+def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = None) -> tuple[float, float, float] | None:
+    """(`per_holder_s`, `holder_serial`, `bytes_serial`): how much longer a warm parallel route exchange (several
+    holders at once, one record per holder) takes than the path's price for its largest holder alone (one probe, that
+    holder's bytes, the slowest holder's compute), fitted as a fixed extra per holder beyond the first, a fraction of
+    the other holders' compute and a fraction of the other holders' bytes (non-negative least squares over robust
+    medians per shape). Where the shapes do not vary the bytes apart from the holders' count (fewer than 3 shapes or
+    one message size), the bytes are taken to serialise (`bytes_serial` 1). None if the trace has no parallel
+    exchange."""
     exchanges: dict[tuple, list[dict]] = {}
     for r in _of(trace, "route"):
         if r["parallel"] > 1 and not r.get("first_step"):
             exchanges.setdefault((r.get("run", 0), r["step"], r["layer"]), []).append(r)
     if not exchanges:
         return None
-    excess: dict[tuple, list[tuple[float, float, float]]] = {}  # shape -> (excess, others' compute, measured)
+    excess: dict[tuple, list[tuple[float, float, float, float]]] = {}  # shape -> (excess, others' compute, bytes, measured)
     for recs in exchanges.values():
         computes = [r["holder_compute_s"] for r in recs]
         measured = max(r.get("wall_s", r["rtt_s"]) for r in recs) - max(computes)
         sizes = [_route_bytes(r) for r in recs]
-        predicted = max(path.alpha(b) for b in sizes) + sum(b / path.beta(b) for b in sizes)
+        moves = [b / path.beta(b) for b in sizes]
+        largest = max(path.alpha(b) for b in sizes) + max(moves)
         # keyed by bytes and attended tokens: pooling the chunk sizes of one message size would average away the
         # variation in the others' compute that `holder_serial` is read from
         shape = (len(recs), tuple(sorted(zip(sizes, (_tokens(r) for r in recs)))))
-        excess.setdefault(shape, []).append((measured - predicted, sum(computes) - max(computes), measured))
+        excess.setdefault(shape, []).append((measured - largest, sum(computes) - max(computes), sum(moves) - max(moves), measured))
     keys = sorted(excess)
-    X = np.array([[k[0] - 1.0, robust_median([x[1] for x in excess[k]])] for k in keys])
-    y = np.array([robust_median([x[0] for x in excess[k]]) for k in keys])
-    w = np.array([robust_median([x[2] for x in excess[k]]) for k in keys])  # noise grows with the exchange
-    if report is not None:  # per shape: holders, exchange bytes, samples, median excess and others' compute (s)
+    med = {k: [robust_median([x[i] for x in excess[k]]) for i in range(4)] for k in keys}
+    X = np.array([[k[0] - 1.0, med[k][1], med[k][2]] for k in keys])
+    y = np.array([med[k][0] for k in keys])
+    w = np.array([med[k][3] for k in keys])  # noise grows with the exchange
+    if report is not None:  # per shape: holders, exchange bytes, samples, median excess, others' compute and bytes (s)
         report.update(shapes=[[k[0], [list(p) for p in k[1]], len(excess[k])] for k in keys], excess_s=y.tolist(),
-                      others_s=X[:, 1].tolist())  # fmt: skip
-    if len(keys) < 2:
-        return max(0.0, float(y[0] / X[0, 0])), 0.0
+                      others_s=X[:, 1].tolist(), others_bytes_s=X[:, 2].tolist())  # fmt: skip
+    if len(keys) < 3 or len({b for k in keys for b, _ in k[1]}) < 2:  # the bytes' share is not identifiable
+        y = y - X[:, 2]
+        if len(keys) < 2:
+            return max(0.0, float(y[0] / X[0, 0])), 0.0, 1.0
+        coef = nonneg_lstsq(X[:, :2] / w[:, None], np.maximum(y, 1e-12) / w, relative=False).coef
+        return float(coef[0]), float(min(coef[1], 1.0)), 1.0
     coef = nonneg_lstsq(X / w[:, None], np.maximum(y, 1e-12) / w, relative=False).coef
-    return float(coef[0]), float(min(coef[1], 1.0))
+    return float(coef[0]), float(min(coef[1], 1.0)), float(min(coef[2], 1.0))
 
 
 def fetch_per_holder_excess(trace: list[dict], path: PathSpec) -> float | None:
@@ -138,7 +147,8 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
     Route exchanges of a request's first decode step pay the holders' wake-up: they are left out of the line and
     price `cold_s` against later steps of the same shape. Fetches (one request message, a holder woken from idle)
     share the line's rate and price their own fixed cost, `fetch_offset_s` (`fetch_offset`). Parallel exchanges
-    (several holders at once) price `per_holder_s` and `holder_serial`; parallel fetches `fetch_per_holder_s`.
+    (several holders at once) price `per_holder_s`, `holder_serial` and `bytes_serial`; parallel fetches
+    `fetch_per_holder_s`.
     """
     route = [r for r in _of(trace, "route") if r["parallel"] == 1]
     fetch = [r for r in _of(trace, "fetch") if r["parallel"] == 1]
@@ -155,8 +165,8 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
         fit = _fit_points(routed, {k: t - offset for k, t in fetched.items()}, swept)
     spec = PathSpec(fit.alpha_s, fit.beta_Bps, source, _small(fit), cold_excess(route), fetch_offset_s=offset)
     parallel: dict = {}
-    per_holder, serial = per_holder_excess(trace, spec, parallel) or (0.0, 0.0)
-    spec = replace(spec, per_holder_s=per_holder, holder_serial=serial)
+    per_holder, serial, ports = per_holder_excess(trace, spec, parallel) or (0.0, 0.0, 1.0)
+    spec = replace(spec, per_holder_s=per_holder, holder_serial=serial, bytes_serial=ports)
     return replace(spec, fetch_per_holder_s=fetch_per_holder_excess(trace, spec)), replace(fit, extra=(("parallel", parallel),))
 
 

@@ -9,9 +9,10 @@ Request shape, per holder group (DESIGN.md section 3):
     L  layers;  N decode steps the moved or recomputed KV serves (reuse)
 
 route  per layer and step, all H holders at once: one probe (latencies overlap) plus
-       `per_holder_s` for each holder beyond the first, the rows out to every holder (bytes
-       serialise on the requester's port), the holders' partial attention (in parallel, but
-       for the path's `holder_serial` fraction of the others' compute),
+       `per_holder_s` for each holder beyond the first, the rows out to every holder (the
+       path's `bytes_serial` fraction of the other holders' bytes moves after the first's: 1 on
+       one port), the holders' partial attention (in parallel, but for the path's
+       `holder_serial` fraction of the others' compute),
        the states back, one merge of H + 1 partials (the requester's own state and one per
        holder; it follows a wait on the network: the merge's `after_route_s`). Once per
        request: the path's `cold_s` (the first exchange wakes the holders).
@@ -167,11 +168,12 @@ class CostModel:
         c = self.coef
         exchange = self.route_bytes(s.rows)
         beta = path.beta(exchange)
+        ports = 1 + (s.holders - 1) * path.bytes_serial  # the holders' bytes, as one holder's
         per_layer = Phases(
             probe=path.alpha(exchange) + (s.holders - 1) * path.per_holder_s,
-            transfer=s.holders * s.rows * c.q_row_bytes / beta,
+            transfer=ports * s.rows * c.q_row_bytes / beta,
             compute=self.attention_s(s.rows, s.tokens) * (1 + (s.holders - 1) * path.holder_serial),
-            ret=s.holders * s.rows * c.o_row_bytes / beta,
+            ret=ports * s.rows * c.o_row_bytes / beta,
             merge=self.merge_s(s.rows, s.holders + 1, routed=True),
         )
         return per_layer.scaled(s.steps * s.layers) + Phases(probe=path.cold_s)

@@ -15,7 +15,9 @@ one alpha-beta line misses). Four terms price what one exchange in a loop does n
 sleeping process or core waking up), `per_holder_s`, added to a parallel exchange for each
 holder beyond the first (the requester posts, receives and unpacks one message per holder),
 `holder_serial`, the fraction of the other holders' compute that does not overlap (holders
-sharing cores or copy engines), and `fetch_offset_s`, what a fetch exchange costs beyond a route exchange of the same bytes
+sharing cores or copy engines), `bytes_serial`, the fraction of the other holders' route bytes
+that move after the largest holder's rather than beside them (1: one port, as a NIC; lower
+where the holders' copies overlap, as over loopback or shared memory with cores to spare), and `fetch_offset_s`, what a fetch exchange costs beyond a route exchange of the same bytes
 (one request message, no per-layer framing, a holder woken from idle).
 """
 
@@ -53,6 +55,12 @@ def _pick(small, cond, big):
     return small if cond else big
 
 
+def overlapped(times, fraction: float):
+    """Seconds of per-holder `times` (a sequence) spent at once: the longest plus `fraction` of the others'."""
+    top = max(times)
+    return top + fraction * (sum(times) - top)
+
+
 @dataclass(frozen=True)
 class PathSpec:
     """One fabric between two instances: probe latency `alpha_s` (s), rate `beta_Bps` (B/s), optional small regime."""
@@ -66,6 +74,7 @@ class PathSpec:
     fetch_offset_s: float = 0.0  # a fetch exchange's fixed seconds beyond a route exchange of the same bytes
     holder_serial: float = 0.0  # fraction of the other holders' compute not overlapped in a parallel exchange
     fetch_per_holder_s: float | None = None  # a parallel fetch's extra per further holder (None: `per_holder_s`)
+    bytes_serial: float = 1.0  # fraction of the other holders' route bytes moved after the largest's (1: one port)
 
     @property
     def fetch_extra_s(self) -> float:
@@ -99,7 +108,7 @@ class PathSpec:
     def to_dict(self) -> dict:
         d = {"alpha_s": self.alpha_s, "beta_Bps": self.beta_Bps, "source": self.source,
              "cold_s": self.cold_s, "per_holder_s": self.per_holder_s, "fetch_offset_s": self.fetch_offset_s,
-             "holder_serial": self.holder_serial}  # fmt: skip
+             "holder_serial": self.holder_serial, "bytes_serial": self.bytes_serial}  # fmt: skip
         if self.fetch_per_holder_s is not None:
             d["fetch_per_holder_s"] = self.fetch_per_holder_s
         if self.small is not None:
@@ -111,7 +120,7 @@ class PathSpec:
         small = d.get("small")
         return cls(d["alpha_s"], d["beta_Bps"], d.get("source", ""), SmallRegime(**small) if small else None,
                    d.get("cold_s", 0.0), d.get("per_holder_s", 0.0), d.get("fetch_offset_s", 0.0),
-                   d.get("holder_serial", 0.0), d.get("fetch_per_holder_s"))  # fmt: skip
+                   d.get("holder_serial", 0.0), d.get("fetch_per_holder_s"), d.get("bytes_serial", 1.0))  # fmt: skip
 
 
 @dataclass(frozen=True)

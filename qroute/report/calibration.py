@@ -45,7 +45,8 @@ def fit_table(results: dict) -> Table:
             s = path["small"]
             t.add_row(f"{name} small (< {fmt_bytes(s['below_bytes'])})", f"{fmt_s(s['alpha_s'])}, {s['beta_Bps'] / 1e9:.3g} GB/s", "", "")
         t.add_row(f"{name} wake-up, per extra holder", f"{fmt_s(path.get('cold_s', 0))}, {fmt_s(path.get('per_holder_s', 0))}"
-                  f" (+{path.get('holder_serial', 0):.0%} of their compute)", "", "")  # fmt: skip
+                  f" (+{path.get('holder_serial', 0):.0%} of their compute, {path.get('bytes_serial', 1):.0%} of their bytes)",
+                  "", "")  # fmt: skip
         t.add_row(f"{name} fetch offset", fmt_s(path.get("fetch_offset_s", 0)), "", "")
         sp = results["spread"][name]
         if sp["repeats"] > 1:

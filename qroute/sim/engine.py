@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from qroute.cost.model import CostModel
+from qroute.cost.profile import overlapped
 from qroute.planner import HolderDemand, Request
 from qroute.policies import PolicyState, decide
 from qroute.sim.cache import LruCache, merge_caches
@@ -211,21 +212,23 @@ class Engine:
                 rows[h], comp[h], path[h] = rows.get(h, 0) + n, comp.get(h, 0.0) + c, p
         if not rows:
             return moved, (), 0.0
-        probe = transfer = ret = total = 0.0
-        routed = []
+        probe = total = 0.0
+        routed, out, back = [], [], []
         q, o = m.coef.q_row_bytes, m.coef.o_row_bytes
         for h in rows:
             spec = self.paths[path[h]]
             nbytes = m.route_bytes(rows[h])
             beta = spec.beta(nbytes)
             probe = max(probe, spec.alpha(nbytes))
-            transfer, ret, total = transfer + rows[h] * q / beta, ret + rows[h] * o / beta, total + nbytes
+            out.append(rows[h] * q / beta)
+            back.append(rows[h] * o / beta)
+            total += nbytes
             routed.append((h, comp[h], self.port(h, path[h]), nbytes / beta))
         used = [self.paths[p] for p in set(path.values())]
         probe += (len(rows) - 1) * max(p.per_holder_s for p in used)
-        top = max(comp.values())
-        compute = top + max(p.holder_serial for p in used) * (sum(comp.values()) - top)
-        return probe + transfer + compute + ret + moved, tuple(routed), total
+        ports = max(p.bytes_serial for p in used)
+        compute = overlapped(list(comp.values()), max(p.holder_serial for p in used))
+        return probe + overlapped(out, ports) + compute + overlapped(back, ports) + moved, tuple(routed), total
 
     # ------------------------------------------------------------------ opening a session
 

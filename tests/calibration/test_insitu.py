@@ -20,10 +20,11 @@ def _route(rng, step, layer, nbytes, seconds, first, parallel=1, hc=None):
             "rtt_s": seconds + hc, "holder_compute_s": hc, "parallel": parallel, "first_step": first}  # fmt: skip
 
 
-def synthetic_trace(alpha, beta, cold, per_holder, seed, layers=2, steps=3, stall=4e-3, fetch_offset=None, serial=0.0):
+def synthetic_trace(alpha, beta, cold, per_holder, seed, layers=2, steps=3, stall=4e-3, fetch_offset=None, serial=0.0,
+                    ports=1.0):  # fmt: skip
     """Requests as calibration serves them: per size one request of `steps` steps x `layers` layers (the first step
     pays `cold` on its first layer), fetches (`fetch_offset` beyond a route exchange of their size, default
-    `cold`), and pairs of holders asked at once."""
+    `cold`), and pairs of holders asked at once over two chunks (the second holder's bytes `ports` serialised)."""
     fetch_offset = cold if fetch_offset is None else fetch_offset
     rng = np.random.default_rng(seed)
     noise = lambda: 1 + rng.normal(0, 0.01)  # noqa: E731
@@ -37,14 +38,15 @@ def synthetic_trace(alpha, beta, cold, per_holder, seed, layers=2, steps=3, stal
                     t += stall if rng.random() < 0.08 else 0.0  # the scheduler's 4 ms mode
                     trace.append(_route(rng, step, layer, int(b), t, s == 0))
                 step += 1
-            for layer in range(layers):  # two holders at once, warm; their compute grows with the rows
-                hcs = rng.uniform(0.8, 1.2, 2) * (5e-5 + b / 2e8)
-                wall = (alpha + 2 * b / beta + per_holder + serial * hcs.min()) * noise() + hcs.max()
-                for h in range(2):
-                    rec = _route(rng, step, layer, int(b), 0.0, False, parallel=2, hc=hcs[h])
-                    rec["rtt_s"] = wall if h == 1 else wall * 0.8
-                    trace.append(rec)
-            step += 1
+            for chunk in (1, 4):  # two holders at once, warm; their compute grows with the rows and the chunk
+                for layer in range(layers):
+                    hcs = rng.uniform(0.8, 1.2, 2) * chunk * (5e-5 + b / 2e9)
+                    wall = (alpha + (1 + ports) * b / beta + per_holder + serial * hcs.min()) * noise() + hcs.max()
+                    for h in range(2):
+                        rec = _route(rng, step, layer, int(b), 0.0, False, parallel=2, hc=hcs[h])
+                        rec["rtt_s"], rec["groups"] = (wall if h == 1 else wall * 0.8), [[1, 64 * chunk]]
+                        trace.append(rec)
+                step += 1
         for b in sizes[::2] * 8:
             gather = rng.uniform(0, 1e-4)
             trace.append({"kind": "fetch", "bytes": int(b), "parallel": 1, "holder_compute_s": gather,
@@ -54,10 +56,10 @@ def synthetic_trace(alpha, beta, cold, per_holder, seed, layers=2, steps=3, stal
 
 @settings(max_examples=20, deadline=None)
 @given(alpha=st.floats(2e-5, 1e-3), beta=st.floats(3e8, 2e10), cold=st.floats(0, 2e-3),
-       per_holder=st.floats(0, 5e-4), offset=st.floats(-1e-5, 1e-3), serial=st.floats(0, 1),
+       per_holder=st.floats(0, 5e-4), offset=st.floats(-1e-5, 1e-3), serial=st.floats(0, 1), ports=st.floats(0, 1),
        seed=st.integers(0, 2**32 - 1))  # fmt: skip
-def test_path_constants_and_wake_up_recovered_from_a_trace(alpha, beta, cold, per_holder, offset, serial, seed):
-    trace = synthetic_trace(alpha, beta, cold, per_holder, seed, fetch_offset=offset, serial=serial)
+def test_path_constants_and_wake_up_recovered_from_a_trace(alpha, beta, cold, per_holder, offset, serial, ports, seed):
+    trace = synthetic_trace(alpha, beta, cold, per_holder, seed, fetch_offset=offset, serial=serial, ports=ports)
     spec, fit = fit_path_from_trace(trace, "synthetic")
     assert spec.alpha(4e3) + 4e3 / spec.beta(4e3) == pytest.approx(alpha + 4e3 / beta, rel=0.05)
     assert spec.time(2e6) == pytest.approx(alpha + 2e6 / beta, rel=0.05)
@@ -66,6 +68,8 @@ def test_path_constants_and_wake_up_recovered_from_a_trace(alpha, beta, cold, pe
     assert spec.per_holder_s == pytest.approx(per_holder, abs=0.1 * scale + 0.05 * per_holder)
     assert spec.fetch_offset_s == pytest.approx(offset, abs=0.1 * scale + 0.02 * abs(offset))  # 5% failed at 5.1%
     assert spec.holder_serial == pytest.approx(serial, abs=0.1)
+    big = 2e6 / beta  # the second holder's bytes at the largest size: priced within 10% of that exchange
+    assert abs(spec.bytes_serial - ports) * big <= 0.1 * (alpha + big)
     assert spec.fetch_time(1e6) == pytest.approx(alpha + offset + 1e6 / beta, rel=0.05)
     assert fit.median_ape < 0.03
 
@@ -186,6 +190,6 @@ def test_holder_serial_is_read_from_chunks_of_one_message_size(serial):
                     rec["rtt_s"], rec["groups"] = wall + hcs.max(), [[16, tokens]]
                     trace.append(rec)
                 step += 1
-    fixed, fraction = per_holder_excess(trace, path)
+    fixed, fraction, ports = per_holder_excess(trace, path)
     assert fraction == pytest.approx(serial, abs=0.05)
     assert fixed == pytest.approx(per_holder, abs=5e-5)

@@ -30,6 +30,15 @@ def test_route_phases_by_hand(model):
     assert ph.merge == pytest.approx(m.fixed_s + 100 * 2 * 1028 / m.Bps)
 
 
+@pytest.mark.parametrize("ports", [0.0, 0.5, 1.0])
+def test_the_other_holders_bytes_move_by_the_paths_serial_fraction(model, ports):
+    p = dataclasses.replace(model.profile.path("ibgda"), bytes_serial=ports)
+    ph = model.route(Shape(rows=100, tokens=512, layers=1, holders=3), p)
+    assert ph.transfer == pytest.approx((1 + 2 * ports) * 100 * 1152 / 25e9)
+    assert ph.ret == pytest.approx((1 + 2 * ports) * 100 * 1028 / 25e9)
+    assert ph.probe == pytest.approx(model.route(Shape(rows=100, tokens=512, layers=1, holders=3), model.profile.path("ibgda")).probe)
+
+
 def test_fetch_pays_once_and_route_every_layer_and_step(model):
     p = model.profile.path("ibgda")
     one = Shape(16, 2048, 27, steps=1)

@@ -52,12 +52,15 @@ def test_one_requester_one_holder_matches_the_plan(policy, chunk_blocks, steps, 
     assert out["throughput"] == pytest.approx(steps * step_tokens / want.total_s, rel=1e-9)
 
 
-def test_many_holders_and_a_batch_match_combine_batch():
+@pytest.mark.parametrize("ports, serial", [(1.0, 0.0), (0.3, 0.5)])
+def test_many_holders_and_a_batch_match_combine_batch(ports, serial):
     """Two sessions decoded together, each spread over three holders (hashed placement): every step as priced."""
+    nvlink = dataclasses.replace(PROFILE.path("nvlink4"), bytes_serial=ports, holder_serial=serial)
+    profile = dataclasses.replace(PROFILE, paths={**PROFILE.paths, "nvlink4": nvlink})
     layout = Layout.uniform(2, 16, 64)
     reqs = [SimRequest(0, 0.0, c, range(16 * c, 16 * c + 16), 6, 100) for c in (0, 1)]
     cfg = config(reqs, layout, Topology(nodes=1, gpus_per_node=4, inter=None), requesters=1, concurrency=2,
-                 placement="hashed", policies=("always-route",))  # fmt: skip
+                 placement="hashed", policies=("always-route",), profile=profile)  # fmt: skip
     out = simulate(cfg)["policies"]["always-route"]
     copies = place(layout, (1, 2, 3), "hashed")
     sessions = []
@@ -67,9 +70,9 @@ def test_many_holders_and_a_batch_match_combine_batch():
             by.setdefault(copies[b][0], []).append(b)
         demands = tuple(HolderDemand(h, len(b) * 64, ("nvlink4",), (max(b) - r.blocks[0] + 1) * 64) for h, b in sorted(by.items()))
         request = Request(HEADS, L, demands, 6, True, 100)  # hashed: each holder's run is scattered
-        sessions.append((request, forced_plan(MODEL, request, "route").holders))
+        sessions.append((request, forced_plan(CostModel(GEOMETRY, profile), request, "route").holders))
     assert len(sessions[0][0].demands) > 1
-    want = combine_batch(MODEL, sessions)
+    want = combine_batch(CostModel(GEOMETRY, profile), sessions)
     assert out["mean_s"] * 6 == pytest.approx(float(want.total), rel=1e-9)
 
 
