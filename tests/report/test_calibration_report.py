@@ -1,0 +1,33 @@
+"""The calibration fit table: each path's constants, its per-holder terms and the self-checks, as fitted."""
+
+import io
+
+from rich.console import Console
+
+from qroute.report.calibration import fit_table
+
+
+def _results(spread: float) -> dict:
+    path = {"alpha_s": 5e-4, "beta_Bps": 2e9, "cold_s": 6e-5, "per_holder_s": 1.7e-4, "fetch_offset_s": 1.5e-4,
+            "holder_serial": 0.25, "bytes_serial": 0.4}  # fmt: skip
+    fit = {"median_ape": 0.063, "p90_ape": 0.09}
+    profile = {"name": "measured-test", "paths": {"shm": path}, "compute": {},
+               "fits": {"path": {"shm": [fit]}, "pingpong": {"shm": {"alpha_s": 2e-4, "beta_Bps": 3e9, **fit}}}}  # fmt: skip
+    sp = {"repeats": 3, "alpha_rel_spread": 0.1, "beta_rel_spread": 0.2, "time_rel_spread": 0.05, "speed_rel_spread": spread}
+    return {"profile": profile, "spread": {"shm": sp}}
+
+
+def _text(results: dict) -> str:
+    out = io.StringIO()
+    Console(file=out, width=200).print(fit_table(results))
+    return out.getvalue()
+
+
+def test_the_table_names_both_serial_fractions_of_a_parallel_exchange():
+    text = _text(_results(0.05))
+    assert "170 us (+25% of their compute, 40% of their bytes)" in text
+    assert "unsteady" not in text
+
+
+def test_a_calibration_whose_speed_moved_is_flagged_unsteady():
+    assert "60.0% (unsteady)" in _text(_results(0.6))
