@@ -10,14 +10,15 @@ Path model: an exchange of `b` bytes on a path costs `alpha_s + b / beta_Bps`, w
 `alpha_s` is the probe latency (the zero-byte round trip, paid once per exchange). A
 path may add a small-message regime: exchanges under `small.below_bytes` cost
 `small.alpha_s + b / small.beta_Bps` instead (the fixed turnaround of small messages that
-one alpha-beta line misses). Four terms price what one exchange in a loop does not see:
+one alpha-beta line misses). Five terms price what one exchange in a loop does not see:
 `cold_s`, paid once by a routed request's first exchange with holders that sat idle (a
 sleeping process or core waking up), `per_holder_s`, added to a parallel exchange for each
 holder beyond the first (the requester posts, receives and unpacks one message per holder),
 `holder_serial`, the fraction of the other holders' compute that does not overlap (holders
 sharing cores or copy engines), `bytes_serial`, the fraction of the other holders' route bytes
 that move after the largest holder's rather than beside them (1: one port, as a NIC; lower
-where the holders' copies overlap, as over loopback or shared memory with cores to spare), and `fetch_offset_s`, what a fetch exchange costs beyond a route exchange of the same bytes
+where the holders' copies overlap, as over loopback or shared memory with cores to spare),
+and `fetch_offset_s`, what a fetch exchange costs beyond a route exchange of the same bytes
 (one request message, no per-layer framing, a holder woken from idle).
 """
 
