@@ -1,7 +1,7 @@
 """Profiles: the measured (or published, or what-if) constants of one cluster.
 
-A profile is a JSON file, schema `qroute.profile/3` (`profile.schema.json` beside this
-module; `qroute.profile/1` files still load, their new fields taken as 0), validated on
+A profile is a JSON file, schema `qroute.profile/4` (`profile.schema.json` beside this
+module; `qroute.profile/1` to `/3` files still load, their newer fields taken as 0, `bytes_serial` as 1), validated on
 load and never pickled. Calibration is the only code that writes
 measured profiles; everything else reads them. Built-in profiles live in `profiles/`:
 `published-h100` carries the paper's published figures, labelled as such.
@@ -36,8 +36,8 @@ import numpy as np
 
 from qroute.errors import QrouteError
 
-SCHEMA_ID = "qroute.profile/3"
-READABLE = ("qroute.profile/1", "qroute.profile/2", SCHEMA_ID)
+SCHEMA_ID = "qroute.profile/4"
+READABLE = ("qroute.profile/1", "qroute.profile/2", "qroute.profile/3", SCHEMA_ID)
 
 
 @dataclass(frozen=True)
@@ -245,7 +245,7 @@ def _schema() -> dict[str, Any]:
 
 
 def validate(data: Any, origin: str) -> None:
-    """Validate a profile dict against schema `qroute.profile/3` (or /1, /2); one-line error on failure."""
+    """Validate a profile dict against schema `qroute.profile/4` (or /1, /2, /3); one-line error on failure."""
     if isinstance(data, dict) and data.get("schema") not in READABLE:
         raise QrouteError(f"profile {origin}: schema={data.get('schema')!r}: expected {SCHEMA_ID!r} (or one of "
                           f"{', '.join(map(repr, READABLE[:-1]))})")  # fmt: skip
