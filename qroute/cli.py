@@ -11,7 +11,7 @@ import sys
 
 from qroute import cli_agents, cli_cluster, cli_sim, queries
 from qroute import geometry as geo
-from qroute.cli_args import int_any, int_at_least, names
+from qroute.cli_args import fraction, int_any, int_at_least, int_list, names
 from qroute.cost import CostModel, builtin_names, load_profile
 from qroute.errors import QrouteError
 from qroute.report import console
@@ -59,12 +59,48 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text, epilog=EPILOG_PLAN,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_request_args(p)  # fmt: skip
+    _add_compare(sub)
     cli_cluster.add_demo(sub)
     cli_cluster.add_calibrate(sub)
     cli_cluster.add_validate(sub)
     cli_agents.add_bench_agents(sub)
     cli_sim.add_simulate(sub)
     return parser
+
+
+EPILOG_COMPARE = """\
+Repeated calibrations agree when each path's alpha, beta and the exchange times they price
+are within the tolerance. Alpha and beta trade off where a calibration's exchanges span few
+sizes, so compare the exchange times too; the route speed probe each calibration recorded
+tells how fast the machine ran, and alpha over it takes that drift out. Example:
+  qroute calibrate --tag run1 && qroute calibrate --tag run2
+  qroute compare qroute-results/profile-run1-*.json qroute-results/profile-run2-*.json
+"""
+
+
+def _add_compare(sub) -> None:
+    text = "compare profiles (repeated calibrations): each path's constants and exchange times side by side, with spread"
+    p = sub.add_parser("compare", help=text, description=text, epilog=EPILOG_COMPARE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("profiles", nargs="+", help="two or more built-in profile names or profile JSON files")
+    p.add_argument("--sizes", type=int_list, default=queries.COMPARE_SIZES,
+                   help="exchange bytes (out + back), comma-separated (default: 1024,65536,1048576,16777216)")
+    p.add_argument("--tolerance", type=fraction, default=0.10, help="largest spread that agrees (default: 0.10)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def cmd_compare(args) -> None:
+    if len(args.profiles) < 2:
+        raise QrouteError(f"compare got {len(args.profiles)} profile: expected 2 or more")
+    result = queries.compare_profiles([load_profile(p) for p in args.profiles], args.profiles, args.sizes, args.tolerance)
+    if not result["paths"]:
+        raise QrouteError(f"profiles {', '.join(args.profiles)} have no path in common: expected at least one")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    from qroute.report.calibration import compare_table
+
+    console.print_tables(compare_table(result))
 
 
 def _cost_model(args) -> CostModel:
@@ -109,7 +145,7 @@ def cmd_explain(args) -> None:
 
 
 COMMANDS = {
-    "models": cmd_models, "plan": cmd_plan, "explain": cmd_explain,
+    "models": cmd_models, "plan": cmd_plan, "explain": cmd_explain, "compare": cmd_compare,
     "demo": cli_cluster.cmd_demo, "calibrate": cli_cluster.cmd_calibrate, "validate": cli_cluster.cmd_validate,
     "bench-agents": cli_agents.cmd_bench_agents,
     "simulate": cli_sim.cmd_simulate,

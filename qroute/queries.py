@@ -80,3 +80,41 @@ def explain_summary(model: CostModel, request: Request) -> dict:
         "model": model.geometry.name, "profile": model.profile.name, "provenance": model.profile.provenance,
         "request": _request_dict(model, request), "breakevens": table, "path_crossovers": crossovers,
     }  # fmt: skip
+
+
+COMPARE_SIZES = (1024, 64 << 10, 1 << 20, 16 << 20)  # exchange bytes (out + back) at which `compare` prices each path
+PATH_CONSTANTS = ("alpha_s", "beta_Bps", "cold_s", "per_holder_s", "holder_serial", "bytes_serial", "fetch_offset_s")
+
+
+def rel_spread(values) -> float | None:
+    """(max - min) / median, as calibration reports its repeats; None for fewer than 2 values or a median of 0."""
+    values = sorted(values)
+    middle = values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+    return (values[-1] - values[0]) / middle if len(values) > 1 and middle > 0 else None
+
+
+def compare_profiles(profiles, names, sizes=COMPARE_SIZES, tolerance: float = 0.10) -> dict:
+    """How far profiles (repeated calibrations of one machine, or two machines) agree, per path they all have: each
+    constant's values and spread, the seconds of one exchange each prices at `sizes` (alpha and beta trade off where
+    a calibration's exchanges span few sizes, so these are what to compare), the route speed probe each calibration
+    recorded and alpha over it (the machine's drift between calibrations taken out). `agree`: alpha, beta and every
+    exchange time within `tolerance`."""
+    common = sorted(set.intersection(*(set(p.paths) for p in profiles)))
+    paths = {}
+    for name in common:
+        specs = [p.paths[name] for p in profiles]
+        constants = {c: _spread([getattr(s, c) for s in specs]) for c in PATH_CONSTANTS}
+        exchange = {str(b): _spread([float(s.time(b)) for s in specs]) for b in sizes}
+        probes = [p.fits.get("speed_probe", {}).get(name, {}).get("route") for p in profiles]
+        probe = _spread(probes) if all(probes) else None
+        per_probe = _spread([s.alpha_s / t for s, t in zip(specs, probes)]) if probe else None
+        within = [constants["alpha_s"]["rel_spread"], constants["beta_Bps"]["rel_spread"],
+                  *(e["rel_spread"] for e in exchange.values())]  # fmt: skip
+        paths[name] = {"constants": constants, "exchange_s": exchange, "route_probe_s": probe, "alpha_per_probe": per_probe,
+                       "agree": all(x is not None and x <= tolerance for x in within)}  # fmt: skip
+    return {"profiles": list(names), "tolerance": tolerance, "sizes": list(sizes), "paths": paths,
+            "not_in_all": sorted(set().union(*(set(p.paths) for p in profiles)) - set(common))}  # fmt: skip
+
+
+def _spread(values) -> dict:
+    return {"values": list(values), "rel_spread": rel_spread(values)}

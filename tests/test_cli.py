@@ -96,6 +96,9 @@ def bad_config(tmp_path):
         (lambda t: ["plan", "--rows", "4", "--chunk-tokens", "8", "--layers", "x"], "'x' is not an integer"),
         (lambda t: ["plan", "--rows", "4", "--chunk-tokens", "8", "--paths", "roce"], "unknown path 'roce'"),
         (lambda t: ["plan", "--rows", "4", "--chunk-tokens", "8", "--profile", "nope"], "unknown profile 'nope'"),
+        (lambda t: ["compare", "published-h100"], "compare got 1 profile: expected 2 or more"),
+        (lambda t: ["compare", "published-h100", bad_profile(t)], "required property"),
+        (lambda t: ["compare", "published-h100", "h100-kernels", "--tolerance", "2"], "expected a number between 0 and 1"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, make_args, needle):

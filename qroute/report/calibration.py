@@ -99,3 +99,55 @@ def write_calibration(results: dict, out_dir: str | Path, tag: str | None = None
     full = out / f"calibration-{stem}.json"
     full.write_text(json.dumps(results, indent=2, default=str) + "\n")
     return [profile, full]
+
+
+def short_labels(names: list[str]) -> list[str]:
+    """Column labels for profiles: file stems less the dash-separated words they all start and end with
+    (`profile-h100-repeat1-2026-11-26.json`, `...-repeat2-...` -> `repeat1`, `repeat2`); the stems where that leaves
+    a label empty or two alike."""
+    stems = [Path(n).stem if n.endswith(".json") else n for n in names]
+    words = [s.split("-") for s in stems]
+    head = 0
+    while all(len(w) > head + 1 for w in words) and len({w[head] for w in words}) == 1:
+        head += 1
+    tail = 0
+    while all(len(w) > head + tail + 1 for w in words) and len({w[-1 - tail] for w in words}) == 1:
+        tail += 1
+    labels = ["-".join(w[head : len(w) - tail]) for w in words]
+    return labels if all(labels) and len(set(labels)) == len(labels) else stems
+
+
+_COMPARED = {"alpha_s": ("alpha", fmt_s), "beta_Bps": ("beta", lambda v: f"{v / 1e9:.3g} GB/s"),
+             "cold_s": ("wake-up", fmt_s), "per_holder_s": ("per extra holder", fmt_s),
+             "holder_serial": ("holders' compute serial", lambda v: f"{v:.0%}"),
+             "bytes_serial": ("holders' bytes serial", lambda v: f"{v:.0%}"), "fetch_offset_s": ("fetch offset", fmt_s)}  # fmt: skip
+_CHECKED = ("alpha_s", "beta_Bps")  # with the exchange times: what `agree` looks at
+
+
+def compare_table(result: dict) -> Table:
+    """`qroute compare`: per path, each profile's constants and exchange times side by side, with their spread."""
+    tol = result["tolerance"]
+    t = Table(title=f"Profiles compared: values and spread (max - min) / median; over {tol:.0%} in red where it counts")
+    t.add_column("path: quantity")
+    for label in short_labels(result["profiles"]):
+        t.add_column(label, justify="right")
+    t.add_column("spread", justify="right")
+
+    def row(label: str, entry: dict | None, fmt, checked: bool) -> None:
+        if entry is None:
+            return
+        spread = entry["rel_spread"]
+        text = "-" if spread is None else f"{spread:.1%}"
+        if checked and (spread is None or spread > tol):
+            text = f"[bold red]{text}[/]"
+        t.add_row(label, *(fmt(v) for v in entry["values"]), text)
+
+    for path, r in result["paths"].items():
+        for key, (label, fmt) in _COMPARED.items():
+            row(f"{path}: {label}", r["constants"][key], fmt, key in _CHECKED)
+        for size, entry in r["exchange_s"].items():
+            row(f"{path}: exchange of {fmt_bytes(int(size))}", entry, fmt_s, True)
+        row(f"{path}: route speed probe", r["route_probe_s"], fmt_s, False)
+        row(f"{path}: alpha / probe", r["alpha_per_probe"], lambda v: f"{v:.3f}", False)
+        t.add_row(f"{path}: agree within {tol:.0%}", *("" for _ in result["profiles"]), "yes" if r["agree"] else "[bold red]no[/]")
+    return t
