@@ -70,3 +70,15 @@ def test_labels_drop_what_every_name_shares():
     assert short_labels(["r/profile-vm-repeat1-2026-11-26.json", "profile-vm-repeat2-2026-11-26.json"]) == ["repeat1", "repeat2"]
     assert short_labels(["published-h100", "h100-kernels"]) == ["published-h100", "h100-kernels"]
     assert short_labels(["a.json", "a.json"]) == ["a", "a"]
+
+
+def test_profiles_without_a_common_path_are_an_error(tmp_path, capsys):
+    base = load_profile("published-h100")
+    files = []
+    for name in ("ibgda", "nvlink4"):
+        f = tmp_path / f"{name}.json"
+        f.write_text(json.dumps(dataclasses.replace(base, paths={name: base.path(name)}, default_paths=(name,)).to_dict()))
+        files.append(str(f))
+    assert main(["compare", *files]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "have no path in common" in err and len(err.splitlines()) == 1
