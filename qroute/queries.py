@@ -7,6 +7,7 @@ and `qroute explain` (documented in docs/cli.md).
 from __future__ import annotations
 
 from qroute import geometry as geo
+from qroute.calibration.fit import rel_spread
 from qroute.cost.model import PRIMITIVES, CostModel
 from qroute.cost.predicate import breakevens, path_crossovers
 from qroute.planner import Request, holder_options, plan, uniform_phases, uniform_request
@@ -84,13 +85,6 @@ def explain_summary(model: CostModel, request: Request) -> dict:
 
 COMPARE_SIZES = (1024, 64 << 10, 1 << 20, 16 << 20)  # exchange bytes (out + back) at which `compare` prices each path
 PATH_CONSTANTS = ("alpha_s", "beta_Bps", "cold_s", "per_holder_s", "holder_serial", "bytes_serial", "fetch_offset_s")
-
-
-def rel_spread(values) -> float | None:
-    """(max - min) / median, as calibration reports its repeats; None for fewer than 2 values or a median of 0."""
-    values = sorted(values)
-    middle = values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
-    return (values[-1] - values[0]) / middle if len(values) > 1 and middle > 0 else None
 
 
 def compare_profiles(profiles, names, sizes=COMPARE_SIZES, tolerance: float = 0.10) -> dict:

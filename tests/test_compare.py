@@ -5,9 +5,10 @@ import json
 
 import pytest
 
+from qroute.calibration.fit import rel_spread
 from qroute.cli import main
 from qroute.cost import load_profile
-from qroute.queries import compare_profiles, rel_spread
+from qroute.queries import compare_profiles
 from qroute.report.calibration import short_labels
 
 

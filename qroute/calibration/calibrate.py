@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from qroute.calibration.fit import fit_path, speed_spread
+from qroute.calibration.fit import fit_path, rel_spread, speed_spread
 from qroute.calibration.insitu import fit_compute_from_trace, fit_path_from_trace, path_line
 from qroute.calibration.shapes import serve, serve_together, shaped_request, spanning_request, speed_probe, warm_up
 from qroute.calibration.sweeps import BANDWIDTH_SIZES, LATENCY_SIZES, bandwidth_sweep, latency_sweep
@@ -256,7 +256,7 @@ def spread(fits) -> dict:
     alpha and beta trade off against each other where the exchanges span a narrow range of sizes)."""
     alphas = np.array([f.alpha_s for f in fits])
     betas = np.array([f.beta_Bps for f in fits])
-    rel = lambda x: float((x.max() - x.min()) / np.median(x)) if len(x) > 1 and np.median(x) > 0 else 0.0  # noqa: E731
+    rel = lambda x: rel_spread(x) or 0.0  # noqa: E731
     sizes = sorted({b for f in fits for b, _ in f.points})
     times = [rel(np.array([path_line(f).time(b) for f in fits])) for b in sizes]
     return {"repeats": len(fits), "alpha_s": alphas.tolist(), "beta_Bps": betas.tolist(),

@@ -140,6 +140,14 @@ def fit_path(exchange_bytes, seconds, min_points: int = 3, floor: float = 0.03, 
 UNSTEADY = 0.10  # speed probes spread wider than this during one calibration: its constants describe no one speed
 
 
+def rel_spread(values) -> float | None:
+    """(max - min) / median: how far repeated measurements of one quantity disagree; None for fewer than 2 values
+    or a median of 0."""
+    values = [float(v) for v in values]
+    middle = float(np.median(values)) if values else 0.0
+    return (max(values) - min(values)) / middle if len(values) > 1 and middle > 0 else None
+
+
 def speed_spread(probes: list[dict[str, float]]) -> float:
     """How far the machine's speed moved during a calibration: the speed probes' seconds, taken before and after
     each training repeat, (max - min) / median per primitive, the largest (0 with fewer than 2 probes).
@@ -147,10 +155,5 @@ def speed_spread(probes: list[dict[str, float]]) -> float:
     the probes' median."""
     if len(probes) < 2:
         return 0.0
-    spreads = []
-    for primitive in probes[0]:
-        seconds = [p[primitive] for p in probes]
-        middle = float(np.median(seconds))
-        if middle > 0:
-            spreads.append((max(seconds) - min(seconds)) / middle)
-    return max(spreads, default=0.0)
+    spreads = [rel_spread([p[primitive] for p in probes]) for primitive in probes[0]]
+    return max((s for s in spreads if s is not None), default=0.0)
