@@ -44,3 +44,23 @@ def test_model_on_gpu_matches_cpu():
     tokens = torch.randint(0, 256, (33,), generator=torch.Generator().manual_seed(0))
     a, b = cpu.prefill(tokens), gpu.prefill(tokens.cuda())
     assert rel(b.logits, a.logits) <= 1e-4 and rel(b.kv, a.kv) <= 1e-4
+
+
+@cuda
+def test_framed_messages_into_gpu_buffers_keep_every_byte():
+    """Exact framing's first frames on a GPU, many in a row behind a busy stream: the header and host tensors copied
+    from the host, GPU tensors on the device, each where `unpack` reads it."""
+    from qroute.runtime import transport
+
+    dev, frames, want = torch.device("cuda"), [], []
+    slow = torch.randn(2048, 2048, device=dev)
+    for i in range(64):
+        _ = slow @ slow  # keep the stream busy so the staged copies queue behind it
+        ts = [torch.randn(3, 5, device=dev), torch.arange(i, i + 7), torch.empty(0), torch.randint(0, 9, (4,)).int()]
+        header, nbytes = transport.encode_header(i, [i, 2 * i], ts)
+        frames.append(transport.pack(ts, nbytes, header, dev, transport.FIRST))
+        want.append((i, [i, 2 * i], [t.cpu() for t in ts]))
+    for buf, (kind, meta, ts) in zip(frames, want):
+        k, m, specs, _ = transport.decode_header(buf[: transport.HEADER_BYTES].view(torch.int64))
+        got = transport.unpack(buf[transport.HEADER_BYTES :], specs)
+        assert (k, m) == (kind, meta) and all(torch.equal(g.cpu(), t) for g, t in zip(got, ts))

@@ -217,3 +217,24 @@ def test_pair_connections_in_one_order_never_wait_on_each_other(world):
         assert ready, todo
         for r in ready:
             todo[r].pop(0)
+
+
+def test_poller_pause_yields_first_then_sleeps(monkeypatch):
+    """A wait looks again at once (yielding the core) for SPIN_S, then sleeps POLL_S between looks."""
+    calls = []
+    monkeypatch.setattr(transport.os, "sched_yield", lambda: calls.append("yield"))
+    monkeypatch.setattr(transport.time, "sleep", lambda s: calls.append(s))
+    for waited in (0.0, transport.SPIN_S, transport.SPIN_S * 1.01, 1.0):
+        transport._pause(waited)
+    assert calls == ["yield", "yield", transport.POLL_S, transport.POLL_S]
+
+
+def test_pack_stages_host_tensors_and_header_in_message_layout():
+    """Host tensors and the header land where `unpack` reads them, mixed with empty tensors, at 8-byte offsets."""
+    ts = [torch.arange(3, dtype=torch.int32), torch.empty(0), torch.randn(2, 3).t(), torch.tensor([True, False])]
+    header, nbytes = transport.encode_header(5, [9], ts)
+    buf = transport.pack(ts, nbytes, header, size=transport.HEADER_BYTES + nbytes + 16)
+    kind, meta, specs, n = transport.decode_header(buf[: transport.HEADER_BYTES].view(torch.int64))
+    assert (kind, meta, n) == (5, [9], nbytes) and len(buf) == transport.HEADER_BYTES + nbytes + 16
+    for got, want in zip(transport.unpack(buf[transport.HEADER_BYTES :], specs), ts):
+        assert got.dtype == want.dtype and torch.equal(got, want)
