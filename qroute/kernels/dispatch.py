@@ -11,6 +11,7 @@ cannot run there; `backend="torch"` always takes the reference.
 """
 
 import os
+import types
 from typing import Callable, Sequence
 
 import torch
@@ -70,16 +71,34 @@ def same_device(what: str, tensors: Sequence[tuple[str, torch.Tensor]]) -> torch
 
 
 class LazyKernel:
-    """A Triton kernel jitted on first use, and again if `TRITON_INTERPRET` flips (the interpreter needs its own build)."""
+    """A Triton kernel jitted on first use, and again if `TRITON_INTERPRET` flips (the interpreter needs its own build).
 
-    def __init__(self, fn: Callable, do_not_specialize: Sequence[str] = ()) -> None:
+    `helpers`: the plain functions the kernel calls by name (and that call each other), jitted with it for the same mode
+    (a `triton.jit` at import would fix the mode too early): per mode the kernel and its helpers see the jitted helpers
+    in a copy of the kernel's module globals.
+    """
+
+    def __init__(self, fn: Callable, do_not_specialize: Sequence[str] = (), helpers: Sequence[Callable] = ()) -> None:
         self.fn = fn
         self.do_not_specialize = list(do_not_specialize)  # runtime ints that vary: no recompile per value
+        self.helpers = tuple(helpers)
         self._built: dict[bool, object] = {}
 
     def get(self):
         """The launchable kernel for the current mode."""
         mode = interpreting()
         if mode not in self._built:
-            self._built[mode] = triton.jit(self.fn, do_not_specialize=self.do_not_specialize)
+            fn = self.fn
+            if self.helpers:
+                scope = dict(fn.__globals__)
+                scope.update({h.__name__: triton.jit(_with_globals(h, scope)) for h in self.helpers})
+                fn = _with_globals(fn, scope)
+            self._built[mode] = triton.jit(fn, do_not_specialize=self.do_not_specialize)
         return self._built[mode]
+
+
+def _with_globals(fn: Callable, scope: dict) -> Callable:
+    """`fn` (same code, so Triton reads the same source) looking its global names up in `scope`."""
+    new = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
+    new.__kwdefaults__, new.__annotations__, new.__qualname__ = fn.__kwdefaults__, fn.__annotations__, fn.__qualname__
+    return new

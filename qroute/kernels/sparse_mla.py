@@ -26,123 +26,27 @@ from torch import Tensor
 from qroute.attention import AttentionState, attend
 from qroute.errors import QrouteError
 from qroute.kernels.checks import FLOATS, INDEX, dense_last, expect_dtype, expect_ndim, expect_out
-from qroute.kernels.dispatch import LazyKernel, interpreting, same_device, tl, triton, use_triton
+from qroute.kernels.dispatch import interpreting, same_device, triton, use_triton
 from qroute.kernels.merge import launch_merge
 from qroute.kernels import sparse_mla_hopper as hopper
-
-try:  # host-side TMA descriptors (triton >= 3.4)
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:
-    TensorDescriptor = None
+from qroute.kernels import sparse_mla_triton as triton_kernel
+from qroute.kernels.sparse_mla_triton import TILES, TensorDescriptor
 
 WHAT = "sparse_mla"
-LOG2E = 1.0 / math.log(2.0)
 # Per compute dtype, from sweeps on an H100 (bf16, H=128, top-k 2048, block size 64; triton 3.6):
 # 64 heads x 64 tokens per step, 8 warps, 2 stages was fastest for B = 8..128; at B=1, 32 heads
 # (more programs) was 10% faster. TMA page slabs took 20-24% less time than per-token gathers at B >= 32
 # and 10-12% less than pointer page slabs; 32-token tiles with 3-4 stages were slower (smaller MMAs), 3 stages
 # of 64 tokens exceed shared memory. fp32 tiles are twice as big: fewer tokens per step.
-# "kernel": "gluon" = `sparse_mla_hopper` (Hopper, bf16/fp16, D=576: 1.5-1.6x faster than this file's kernel at B >= 32 on
-# an H100) where it applies, else this file's Triton kernel; the other keys configure the Triton kernel.
+# "kernel": "gluon" = `sparse_mla_hopper` (Hopper, bf16/fp16, D=576: 1.5-1.6x faster than the Triton kernel at B >= 32 on
+# an H100) where it applies, else `sparse_mla_triton`; the other keys configure the Triton kernel.
 CONFIGS = {
     "half": {"BLOCK_H": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "tiles": "tma", "kernel": "gluon"},
     "fp32": {"BLOCK_H": 32, "BLOCK_N": 32, "num_warps": 8, "num_stages": 1, "tiles": "pages", "kernel": "triton"},
     "interpreter": {"BLOCK_H": 16, "BLOCK_N": 32, "tiles": "tma", "kernel": "triton"},
 }
-TILES = ("gather", "pages", "tma")  # how a K tile is fetched, simplest first (see the kernel)
 KERNELS = ("triton", "gluon")
 TRITON_KNOBS = ("BLOCK_H", "BLOCK_N", "num_warps", "num_stages", "tiles")
-
-if triton is not None:
-
-    def _sparse_mla_kernel(
-        q_ptr, cache_ptr, k_desc, pe_desc, table_ptr, o_ptr, lse_ptr,  # q [B, H, D], cache [N, bs, D], table [B, M]
-        H, D, V, M, bs, entries_per_split, qk_scale,  # qk_scale = scale * log2(e)
-        stride_qb, stride_qh, stride_cn, stride_ct, stride_tb, stride_te,
-        stride_os, stride_ob, stride_oh, stride_ls, stride_lb, stride_lh,  # o [S, B, H, V], lse [S, B, H]
-        BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_DR: tl.constexpr,
-        HAS_PE: tl.constexpr, F32: tl.constexpr, TILES: tl.constexpr, EVEN: tl.constexpr,
-    ):  # fmt: skip
-        # TILES: 0 = gather (a tile's tokens may span pages: one table entry per token), 1 = pages (bs % BLOCK_N
-        # == 0: a tile is a contiguous slab of one page, one table entry per tile), 2 = pages through the tensor
-        # descriptors k_desc [N * bs, V] / pe_desc [N * bs, D] (TMA). EVEN: V == BLOCK_DV and D - V == BLOCK_DR.
-        split, b = tl.program_id(1), tl.program_id(2).to(tl.int64)
-        h = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)  # [BLOCK_H]
-        dv = tl.arange(0, BLOCK_DV)  # latent columns [0, V)
-        dr = V + tl.arange(0, BLOCK_DR)  # rope columns [V, D)
-        q_rows = q_ptr + b * stride_qb + h[:, None] * stride_qh
-        q_nope = tl.load(q_rows + dv[None, :], mask=(h[:, None] < H) & (dv[None, :] < V), other=0.0)  # [BH, DV]
-        if F32:
-            q_nope = q_nope.to(tl.float32)
-        if HAS_PE:
-            q_pe = tl.load(q_rows + dr[None, :], mask=(h[:, None] < H) & (dr[None, :] < D), other=0.0)  # [BH, DR]
-            if F32:
-                q_pe = q_pe.to(tl.float32)
-        m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_H], tl.float32)
-        acc = tl.zeros([BLOCK_H, BLOCK_DV], tl.float32)
-        e0 = split * entries_per_split
-        t1 = tl.minimum(e0 + entries_per_split, M) * bs
-        table_row = table_ptr + b * stride_tb
-        for start in range(e0 * bs, t1, BLOCK_N):
-            if TILES == 0:
-                t = start + tl.arange(0, BLOCK_N)  # [BLOCK_N] token index within this query's selection
-                page = tl.load(table_row + (t // bs) * stride_te, mask=t < t1, other=-1)
-                keep = (page >= 0)[None, :]  # [1, BLOCK_N]
-                rows = cache_ptr + tl.where(page >= 0, page, 0).to(tl.int64) * stride_cn + (t % bs) * stride_ct
-                k_mask = (page >= 0)[:, None]
-            else:
-                page = tl.load(table_row + (start // bs) * stride_te)  # one entry: the tile lies in one page
-                keep = page >= 0  # a padded entry: the whole tile is masked
-                r0 = start % bs
-                if TILES == 1:
-                    rows = cache_ptr + tl.maximum(page, 0).to(tl.int64) * stride_cn
-                    rows += (r0 + tl.arange(0, BLOCK_N)) * stride_ct
-                    k_mask = (tl.zeros([BLOCK_N, 1], tl.int32) + page) >= 0  # keep as [BN, 1]: padded, not read
-            if TILES == 2:  # a padded entry points past the last row: TMA fills zeros without reading memory
-                r = tl.where(keep, page * bs + r0, k_desc.shape[0]).to(tl.int32)
-                k = k_desc.load([r, 0])  # [BN, DV]
-            elif EVEN:
-                k = tl.load(rows[:, None] + dv[None, :], mask=k_mask, other=0.0)
-            else:
-                k = tl.load(rows[:, None] + dv[None, :], mask=k_mask & (dv[None, :] < V), other=0.0)
-            if F32:
-                k = k.to(tl.float32)
-                s = tl.dot(q_nope, tl.trans(k), input_precision="ieee")  # [BLOCK_H, BLOCK_N]
-            else:
-                s = tl.dot(q_nope, tl.trans(k))
-            if HAS_PE:
-                if TILES == 2:
-                    k_pe = pe_desc.load([r, V])  # [BN, DR]
-                elif EVEN:
-                    k_pe = tl.load(rows[:, None] + dr[None, :], mask=k_mask, other=0.0)
-                else:
-                    k_pe = tl.load(rows[:, None] + dr[None, :], mask=k_mask & (dr[None, :] < D), other=0.0)
-                if F32:
-                    s += tl.dot(q_pe, tl.trans(k_pe.to(tl.float32)), input_precision="ieee")
-                else:
-                    s += tl.dot(q_pe, tl.trans(k_pe))
-            s = tl.where(keep, s * qk_scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: keep exp2 finite
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(s - m_safe[:, None])  # [BLOCK_H, BLOCK_N], 0 where masked
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            if F32:
-                acc = acc * alpha[:, None] + tl.dot(p, k, input_precision="ieee")
-            else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(k.dtype), k)
-            m_i = m_new
-        empty = l_i == 0.0
-        l_safe = tl.where(empty, 1.0, l_i)
-        o = acc / l_safe[:, None]
-        lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) / 1.4426950408889634)  # base 2 -> natural
-        o_rows = o_ptr + split * stride_os + b * stride_ob + h[:, None] * stride_oh
-        tl.store(o_rows + dv[None, :], o.to(o_ptr.dtype.element_ty), mask=(h[:, None] < H) & (dv[None, :] < V))
-        tl.store(lse_ptr + split * stride_ls + b * stride_lb + h * stride_lh, lse, mask=h < H)
-
-    _SPARSE_MLA = LazyKernel(_sparse_mla_kernel, do_not_specialize=["M", "entries_per_split"])
-
 
 def sparse_mla(
     q: Tensor,
@@ -212,7 +116,7 @@ def _launch(q, cache, table, scale, v_dim, o, lse, num_splits, config) -> None:
     if gluon:
         hopper.launch(q, cache, table, scale, part_o, part_lse, per_split)
     else:
-        _run_kernel(q, cache, table, scale, v_dim, part_o, part_lse, per_split, meta)
+        triton_kernel.launch(q, cache, table, scale, v_dim, part_o, part_lse, per_split, meta)
     if splits > 1:
         R = B * H
         launch_merge(part_o.view(splits, R, v_dim), part_lse.view(splits, R), o.view(R, v_dim), lse.view(R))
@@ -228,27 +132,6 @@ def resolve_kernel(meta: dict, q: Tensor, cache: Tensor, v_dim: int, config: dic
     if why is not None and "kernel" in config:
         raise QrouteError(f"{WHAT}: config kernel='gluon' does not apply: {why}")
     return "triton" if why is not None else "gluon"
-
-
-def _run_kernel(q, cache, table, scale, v_dim, part_o, part_lse, per_split, meta) -> None:
-    (B, H, D), splits = q.shape, part_o.shape[0]
-    f32 = interpreting() or q.dtype == torch.float32  # the interpreter's bf16 tl.dot is wrong
-    dv, dr = triton.next_power_of_2(v_dim), max(16, triton.next_power_of_2(max(D - v_dim, 1)))
-    tiles = TILES.index(meta.pop("tiles"))
-    meta.update(BLOCK_DV=dv, BLOCK_DR=dr, HAS_PE=D > v_dim, F32=f32, TILES=tiles, EVEN=dv == v_dim and dr == D - v_dim)
-    k_desc = pe_desc = None
-    if tiles == 2:  # the cache as rows [N * bs, D]: a tile is BLOCK_N consecutive rows of one page
-        rows, bn = cache.view(-1, D), meta["BLOCK_N"]
-        k_desc = TensorDescriptor(rows, [rows.shape[0], v_dim], [rows.stride(0), 1], [bn, dv])  # latent columns
-        pe_desc = TensorDescriptor(rows, [rows.shape[0], D], [rows.stride(0), 1], [bn, dr])  # read at column v_dim
-    grid = (triton.cdiv(H, meta["BLOCK_H"]), splits, B)  # head groups of one query adjacent: they share K in L2
-    _SPARSE_MLA.get()[grid](
-        q, cache, k_desc, pe_desc, table, part_o, part_lse,
-        H, D, v_dim, table.shape[1], cache.shape[1], per_split, scale * LOG2E,
-        q.stride(0), q.stride(1), cache.stride(0), cache.stride(1), table.stride(0), table.stride(1),
-        *part_o.stride()[:3], *part_lse.stride(),
-        **meta,
-    )  # fmt: skip
 
 
 def resolve_tiles(config: dict, cache: Tensor, v_dim: int, explicit: bool = False) -> str:

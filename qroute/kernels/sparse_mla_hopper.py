@@ -1,6 +1,6 @@
 """Sparse MLA decode on Hopper, written in Gluon: the `sparse_mla` kernel with warps given their own jobs.
 
-Same contract as `sparse_mla._sparse_mla_kernel` (one program = 64 heads of one query x one split of
+Same contract as `sparse_mla_triton._sparse_mla_kernel` (one program = 64 heads of one query x one split of
 its block-table row, writing a partial state that `merge.launch_merge` combines), restricted to what
 it was built and measured for: absorbed MLA rows (D = 576, v_dim = 512), bf16/fp16, block size a
 multiple of 64, on sm_90. `reason_not(...)` says why it does not apply; `sparse_mla` then runs the

@@ -10,6 +10,7 @@ import torch
 
 from qroute.errors import QrouteError
 from qroute.kernels import has_triton, merge_partials, merge_partials_reference, use_triton
+from qroute.kernels.dispatch import tl
 
 ROOT = Path(__file__).resolve().parents[2]
 WITHOUT_TRITON = textwrap.dedent(
@@ -72,3 +73,31 @@ def test_auto_takes_triton_where_it_runs(monkeypatch):
     monkeypatch.setattr(merge, "merge_partials_reference", lambda *a: (_ for _ in ()).throw(AssertionError("fell back")))
     o, lse = torch.randn(2, 3, 5, device=device), torch.randn(2, 3, device=device)
     assert merge.merge_partials(o, lse).o.shape == (3, 5)
+
+
+def _twice(x):  # a helper a LazyKernel jits with its kernel (plain function: jitted for the mode in use)
+    return x * 2
+
+
+if tl is not None:
+
+    def _double_plus_one(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+        i = tl.arange(0, BLOCK)
+        tl.store(y_ptr + i, _twice(tl.load(x_ptr + i, mask=i < n)) + 1, mask=i < n)
+
+
+def test_lazy_kernel_jits_its_helpers_for_the_mode_in_use():
+    """A kernel's helpers are jitted with it, per mode, and resolved by name in the kernel (not in the module)."""
+    pytest.importorskip("triton")
+    from qroute.kernels.dispatch import LazyKernel, triton_runs_on
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not triton_runs_on(dev):
+        pytest.skip("Triton runs neither on a GPU nor in its interpreter here")
+    kernel = LazyKernel(_double_plus_one, helpers=(_twice,))
+    x = torch.arange(5, dtype=torch.float32, device=dev)
+    y = torch.zeros_like(x)
+    kernel.get()[(1,)](x, y, 5, BLOCK=8)
+    assert torch.equal(y.cpu(), torch.arange(5, dtype=torch.float32) * 2 + 1)
+    assert kernel.get() is kernel.get()  # built once per mode
+    assert _twice is not None and globals()["_twice"](3) == 6  # the module's own function is untouched
