@@ -316,8 +316,8 @@ SPIN_S, POLL_S = 1e-3, 20e-6  # look again at once (yielding the core) this long
 def _pause(waited: float) -> None:
     """Between two looks at the posted receives: yield the core for the first SPIN_S of a wait, then sleep. A sleep
     of POLL_S lasts the kernel's timer slack too (74 us on a 4-H200 host): a request that comes within microseconds
-    would wait that out. There a framed 1-row round trip took 223-252 us looking again at once against 354-388 us
-    sleeping between looks (`benchmarks/results/framing-steps-h200-x4-*`)."""
+    would wait that out. There a framed 1-row round trip took 208-230 us looking again at once against 354-358 us
+    sleeping between looks (two runs of `benchmarks.framing_steps`: `benchmarks/results/framing-steps-h200-x4-*`)."""
     if waited <= SPIN_S:
         os.sched_yield()
     else:
