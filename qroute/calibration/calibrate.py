@@ -4,8 +4,9 @@ Rank 0 measures; the other instances hold blocks and serve (the runtime's holder
 1. The fabric, OSU style: a ping-pong latency sweep and a streaming bandwidth sweep over
    message sizes (tables for people; the ping-pong fit is kept for comparison).
 2. In situ (`insitu.py`): rank 0 serves a training grid of requests with each primitive
-   forced (rows x chunk sizes; none of them a validation shape), plus scattered fetches
-   and, with two holders or more, pairs of requests routed to two holders at once,
+   forced (rows x chunk sizes; none of them a validation shape), plus scattered fetches,
+   one fetch 4x the largest chunk (so the line spans wide enough to fix beta) and, with two
+   holders or more, pairs of requests routed to two holders at once,
    `--repeats` times, and fits every constant to the executor's trace: alpha and beta of
    the path (with a small-message regime where one line misses) from the route and fetch
    exchanges, the holder's wake-up (`cold_s`: a request's first step against later ones),
@@ -32,7 +33,7 @@ import torch.distributed as dist
 
 from qroute.calibration.fit import fit_path, rel_spread, speed_spread
 from qroute.calibration.insitu import fit_compute_from_trace, fit_path_from_trace, path_line
-from qroute.calibration.shapes import serve, serve_together, shaped_request, spanning_request, speed_probe, warm_up
+from qroute.calibration.shapes import serve, serve_together, shaped_request, spanning_request, speed_probe, warm_up, wide_request
 from qroute.calibration.sweeps import BANDWIDTH_SIZES, LATENCY_SIZES, bandwidth_sweep, latency_sweep
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import PRIMITIVES, path_flips
@@ -106,6 +107,7 @@ TRAIN_STEPS = 4  # validation uses 1 and 4; 4 steps give 3 warm route exchanges 
 PROBE_REPS = 7  # runs per primitive of each speed probe, median taken (a second or so per path on 2 cores)
 FETCH_SAMPLES = 3  # a request makes one fetch record but steps x layers route records: fetches are served 3 times,
 # so that each shape's median resists a stall (beta moved 18.6% between repeats on the dev VM with one)
+WIDE_BLOCKS = 4  # x the largest training chunk: one fetch that large per pass, so the in-situ line spans ~4x more bytes
 
 
 def measure(instance: Instance, config: CalibrationConfig, world) -> dict:
@@ -205,7 +207,8 @@ def flips(latency: dict, profile: Profile) -> list[dict]:
 def _train(world, shapes, advance, seed: int, path: str, probes: list | None = None, links: dict | None = None) -> list[dict]:
     """Serve the training grid on `path`, the executor's trace: per shape every primitive forced on one holder, a
     scattered fetch (every other block: the gather), and with two holders or more a batch of two requests routed to
-    two holders at once (the parallel exchange) and, for some shapes, a fetch from two holders at once."""
+    two holders at once (the parallel exchange) and, for some shapes, a fetch from two holders at once; then a fetch
+    `WIDE_BLOCKS` times the largest shape's blocks (`wide_request`), three times."""
     cost = CostModel(world.geometry, load_profile("published-h100"))  # plans are forced: their predictions are unused
     executor = Executor(0, world.model, world.corpus, world.directory, cost, links=links)
     executor.force_path = path
@@ -228,6 +231,9 @@ def _train(world, shapes, advance, seed: int, path: str, probes: list | None = N
             if k in TRAIN_LOCAL_STEP_TOKENS:  # a fetch from two holders at once (its size does not depend on k)
                 serve(executor, spanning_request(world, k, n, 1, seed=s), "fetch")
         advance()
+    wide = wide_request(world, WIDE_BLOCKS * max(n for _, n in shapes), seed=1000 * (seed + 1) + len(shapes))
+    for _ in range(FETCH_SAMPLES if wide is not None else 0):
+        serve(executor, wide, "fetch")
     if probes is not None:  # and after: a machine whose speed moved during the training is told (`speed_spread`)
         probes.append(speed_probe(executor, world, reps=PROBE_REPS))
     return [r for r in executor.trace if r.get("kind") not in ("route", "fetch") or r.get("path") == path]

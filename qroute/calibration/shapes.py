@@ -42,6 +42,23 @@ def spanning_request(world, step_tokens: int, blocks: int, steps: int, seed: int
     return _request(world, chunk, a + b, step_tokens, steps, seed)
 
 
+def wide_request(world, blocks: int, seed: int) -> AgentRequest | None:
+    """A request over `blocks` blocks of one holder, whole chunks of it in corpus order (a fetch larger than any one
+    chunk: calibration's in-situ line then spans sizes wide enough to fix beta). For calibration only (its attention
+    is not that of any one chunk); None where no holder has that many."""
+    bs, taken = world.corpus.block_size, {}
+    for chunk in world.corpus.chunks:
+        ids = list(chunk.blocks(bs))
+        by_holder = world.directory.by_holder(ids)
+        if len(by_holder) == 1:
+            (h,) = by_holder
+            first, got = taken.setdefault(h, (chunk, []))
+            got += ids[: blocks - len(got)]
+            if len(got) == blocks:
+                return _request(world, first, got, 1, 1, seed)
+    return None
+
+
 def _request(world, chunk, blocks: list[int], step_tokens: int, steps: int, seed: int) -> AgentRequest:
     """An agent request over `blocks` (attributed to `chunk`) with a 16-token task drawn from `seed`."""
     g = torch.Generator().manual_seed(seed)

@@ -34,6 +34,9 @@ def test_quick_calibration_writes_a_valid_measured_profile(tmp_path):
     for name in ("attention", "local_attention", "merge", "splice", "gather", "reprefill"):
         assert results["profile"]["fits"][name]["median_ape"] < 0.5
     assert len(results["latency"]["gloo-loopback"]) >= 5 and results["bandwidth"]["gloo-loopback"]
+    fit = results["profile"]["fits"]["path"]["gloo-loopback"][0]
+    fetched = sorted(b for (b, _), o in zip(fit["points"], fit["origins"]) if o == "fetch")
+    assert fetched[-1] >= 3.9 * fetched[-2]  # the wide fetch (4x the largest chunk) widens the in-situ line
 
 
 def test_a_holder_gone_mid_sweep_is_a_clear_error_and_keeps_the_partial_sweep(tmp_path):

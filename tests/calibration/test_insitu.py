@@ -195,3 +195,17 @@ def test_holder_serial_is_read_from_chunks_of_one_message_size(serial):
     fixed, fraction, ports = per_holder_excess(trace, path)
     assert fraction == pytest.approx(serial, abs=0.05)
     assert fixed == pytest.approx(per_holder, abs=5e-5)
+
+
+def test_a_wide_request_takes_whole_chunks_of_one_holder_and_none_beyond_its_blocks():
+    from qroute.calibration.shapes import wide_request
+    from qroute.runtime.world import WorldSpec, build_world
+    from qroute.workload.corpus import CorpusSpec
+
+    world = build_world(WorldSpec(corpus=CorpusSpec(max_tokens=2048, chunk_blocks=8)), [1, 2], device="cpu")
+    r = wide_request(world, 20, seed=3)
+    (holder, blocks), = world.directory.by_holder(r.blocks).items()
+    assert len(r.blocks) == len(set(r.blocks)) == 20 and r.steps == 1
+    chunks = [c for c in world.corpus.chunks if set(c.blocks(16)) & set(r.blocks)]
+    assert len(chunks) == 3 and r.chunk == chunks[0].id  # two whole chunks of 8, then 4 of the next one
+    assert wide_request(world, 10_000, seed=3) is None
