@@ -77,6 +77,29 @@ def _tokens(r: dict) -> int:
     return sum(int(g[1]) for g in r.get("groups", ()))
 
 
+def route_exchanges(trace: list[dict]) -> list[list[dict]]:
+    """The warm route exchanges of a trace (a request's first decode step left out), each as its records: one per
+    holder asked at once, grouped by (run, step, layer)."""
+    exchanges: dict[tuple, list[dict]] = {}
+    for r in _of(trace, "route"):
+        if not r.get("first_step"):
+            exchanges.setdefault((r.get("run", 0), r["step"], r["layer"]), []).append(r)
+    return list(exchanges.values())
+
+
+def exchange_summary(exchanges: list[list[dict]]) -> dict | None:
+    """Medians over route exchanges (seconds, bytes): the exchange as the step paid it (`wall_s`), the slowest
+    holder's compute, the other holders' compute, the largest holder's bytes; what `per_holder_excess` reads, for a
+    validation row to be set beside calibration's. None without exchanges."""
+    if not exchanges:
+        return None
+    cols = [(max(r.get("wall_s", r["rtt_s"]) for r in recs), max(r["holder_compute_s"] for r in recs),
+             sum(r["holder_compute_s"] for r in recs) - max(r["holder_compute_s"] for r in recs),
+             max(_route_bytes(r) for r in recs)) for recs in exchanges]  # fmt: skip
+    names = ("wall_s", "compute_s", "others_compute_s", "bytes")
+    return {"holders": len(exchanges[0]), "n": len(cols), **{n: float(np.median([c[i] for c in cols])) for i, n in enumerate(names)}}
+
+
 def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = None) -> tuple[float, float, float] | None:
     """(`per_holder_s`, `holder_serial`, `bytes_serial`): how much longer a warm parallel route exchange (several
     holders at once, one record per holder) takes than the path's price for its largest holder alone (one probe, that
@@ -85,14 +108,11 @@ def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = N
     medians per shape). Where the shapes do not vary the bytes apart from the holders' count (fewer than 3 shapes or
     one message size), the bytes are taken to serialise (`bytes_serial` 1). None if the trace has no parallel
     exchange."""
-    exchanges: dict[tuple, list[dict]] = {}
-    for r in _of(trace, "route"):
-        if r["parallel"] > 1 and not r.get("first_step"):
-            exchanges.setdefault((r.get("run", 0), r["step"], r["layer"]), []).append(r)
+    exchanges = [recs for recs in route_exchanges(trace) if len(recs) > 1]
     if not exchanges:
         return None
     excess: dict[tuple, list[tuple[float, float, float, float]]] = {}  # shape -> (excess, others' compute, bytes, measured)
-    for recs in exchanges.values():
+    for recs in exchanges:
         computes = [r["holder_compute_s"] for r in recs]
         measured = max(r.get("wall_s", r["rtt_s"]) for r in recs) - max(computes)
         sizes = [_route_bytes(r) for r in recs]

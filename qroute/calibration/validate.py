@@ -47,6 +47,7 @@ import torch.distributed as dist
 
 from qroute.calibration.calibrate import CalibrationConfig, measure
 from qroute.calibration.fit import speed_spread
+from qroute.calibration.insitu import exchange_summary, route_exchanges
 from qroute.cost import CostModel, load_profile
 from qroute.cost.profile import from_dict
 from qroute.cost.model import PRIMITIVES
@@ -197,7 +198,9 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
                 speed = _speed(executor, world, reference)
                 for (request, primitive), row in todo:
                     alive()
+                    first = len(executor.trace)
                     session = serve(executor, request, primitive)
+                    row["exchanges"] = row.get("exchanges", []) + route_exchanges(executor.trace[first:])
                     if rep == 0:
                         row.update(_describe(executor, world, request, primitive, session))
                     row["runs"] = row.get("runs", []) + [session.measured.as_dict()]
@@ -210,6 +213,7 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
         row["measured_runs"] = [r["total_s"] for r in runs]
         row["measured_phases"] = [{g: r[g] for g in GROUPS[:-1]} for r in runs]
         row["median_ci"] = median_ci(row["measured_runs"])
+        row["exchanges"] = exchange_summary(row.pop("exchanges"))  # per route exchange, beside calibration's fits
     return rows
 
 

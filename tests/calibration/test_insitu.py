@@ -209,3 +209,20 @@ def test_a_wide_request_takes_whole_chunks_of_one_holder_and_none_beyond_its_blo
     chunks = [c for c in world.corpus.chunks if set(c.blocks(16)) & set(r.blocks)]
     assert len(chunks) == 3 and r.chunk == chunks[0].id  # two whole chunks of 8, then 4 of the next one
     assert wide_request(world, 10_000, seed=3) is None
+
+
+def test_exchange_summary_takes_medians_per_exchange_and_skips_first_steps():
+    from qroute.calibration.insitu import exchange_summary, route_exchanges
+
+    def rec(step, layer, holder, wall, comp, first=False):
+        return {"kind": "route", "step": step, "layer": layer, "holder": holder, "wall_s": wall, "rtt_s": wall,
+                "holder_compute_s": comp, "payload_out": 100 * holder, "payload_back": 10, "parallel": 2,
+                "first_step": first}  # fmt: skip
+
+    trace = [rec(0, 0, 1, 9.0, 5.0, True), rec(0, 0, 2, 9.0, 5.0, True), {"kind": "splice", "seconds": 1.0}]
+    trace += [rec(s, 0, h, 2.0 + s, 1.0 + s * (h - 1), False) for s in (1, 2, 3) for h in (1, 2)]
+    ex = route_exchanges(trace)
+    assert [len(e) for e in ex] == [2, 2, 2]  # the first step's exchange is left out
+    got = exchange_summary(ex)
+    assert got == {"holders": 2, "n": 3, "wall_s": 4.0, "compute_s": 3.0, "others_compute_s": 1.0, "bytes": 210}
+    assert exchange_summary([]) is None
