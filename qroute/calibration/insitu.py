@@ -97,7 +97,13 @@ def exchange_summary(exchanges: list[list[dict]]) -> dict | None:
              sum(r["holder_compute_s"] for r in recs) - max(r["holder_compute_s"] for r in recs),
              max(_route_bytes(r) for r in recs)) for recs in exchanges]  # fmt: skip
     names = ("wall_s", "compute_s", "others_compute_s", "bytes")
-    return {"holders": len(exchanges[0]), "n": len(cols), **{n: float(np.median([c[i] for c in cols])) for i, n in enumerate(names)}}
+    out = {"holders": len(exchanges[0]), "n": len(cols), **{n: float(np.median([c[i] for c in cols])) for i, n in enumerate(names)}}
+    timed = [recs for recs in exchanges if all(r.get("holder_start") is not None and "t_post" in r for r in recs)]
+    if timed:  # when each holder began and ended its compute after the exchange was posted, earliest first (one host)
+        starts = np.array([sorted(r["holder_start"] - r["t_post"] for r in recs) for recs in timed])
+        ends = np.array([sorted(r["holder_start"] + r["holder_compute_s"] - r["t_post"] for r in recs) for recs in timed])
+        out.update(start_s=np.median(starts, axis=0).tolist(), end_s=np.median(ends, axis=0).tolist())
+    return out
 
 
 def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = None) -> tuple[float, float, float] | None:
@@ -112,6 +118,7 @@ def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = N
     if not exchanges:
         return None
     excess: dict[tuple, list[tuple[float, float, float, float]]] = {}  # shape -> (excess, others' compute, bytes, measured)
+    by_shape: dict[tuple, list[list[dict]]] = {}
     for recs in exchanges:
         computes = [r["holder_compute_s"] for r in recs]
         measured = max(r.get("wall_s", r["rtt_s"]) for r in recs) - max(computes)
@@ -122,6 +129,7 @@ def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = N
         # variation in the others' compute that `holder_serial` is read from
         shape = (len(recs), tuple(sorted(zip(sizes, (_tokens(r) for r in recs)))))
         excess.setdefault(shape, []).append((measured - largest, sum(computes) - max(computes), sum(moves) - max(moves), measured))
+        by_shape.setdefault(shape, []).append(recs)
     keys = sorted(excess)
     med = {k: [robust_median([x[i] for x in excess[k]]) for i in range(4)] for k in keys}
     X = np.array([[k[0] - 1.0, med[k][1], med[k][2]] for k in keys])
@@ -129,7 +137,8 @@ def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = N
     w = np.array([med[k][3] for k in keys])  # noise grows with the exchange
     if report is not None:  # per shape: holders, exchange bytes, samples, median excess, others' compute and bytes (s)
         report.update(shapes=[[k[0], [list(p) for p in k[1]], len(excess[k])] for k in keys], excess_s=y.tolist(),
-                      others_s=X[:, 1].tolist(), others_bytes_s=X[:, 2].tolist())  # fmt: skip
+                      others_s=X[:, 1].tolist(), others_bytes_s=X[:, 2].tolist(),
+                      exchanges=[exchange_summary(by_shape[k]) for k in keys])  # fmt: skip
     if len(keys) < 3 or len({b for k in keys for b, _ in k[1]}) < 2:  # the bytes' share is not identifiable
         y = y - X[:, 2]
         if len(keys) < 2:

@@ -169,7 +169,8 @@ class BatchContext:
             "rows": q.shape[0] * q.shape[1], "groups": [[t * q.shape[1], c * bs] for _, t, _, c in groups.tolist()],
             "rtt_s": time.perf_counter() - t_post, "holder_compute_s": reply.meta[0] / 1e9,
             "payload_out": q.numel() * q.element_size(), "payload_back": reply.nbytes, "parallel": parallel,
-            "first_step": first_step,
+            "first_step": first_step, "t_post": t_post,
+            "holder_start": reply.meta[2] / 1e9 if len(reply.meta) > 2 else None,  # same host: same clock
         })  # fmt: skip
 
     def _inplace(self, layer: int, q: Tensor, out: dict[int, list[AttentionState]]) -> None:

@@ -226,3 +226,18 @@ def test_exchange_summary_takes_medians_per_exchange_and_skips_first_steps():
     got = exchange_summary(ex)
     assert got == {"holders": 2, "n": 3, "wall_s": 4.0, "compute_s": 3.0, "others_compute_s": 1.0, "bytes": 210}
     assert exchange_summary([]) is None
+
+
+def test_exchange_summary_places_each_holders_compute_after_the_post_earliest_first():
+    from qroute.calibration.insitu import exchange_summary, route_exchanges
+
+    def rec(step, holder, start, comp):
+        return {"kind": "route", "step": step, "layer": 0, "holder": holder, "wall_s": 9.0, "rtt_s": 9.0,
+                "holder_compute_s": comp, "payload_out": 1, "payload_back": 1, "parallel": 2, "first_step": False,
+                "t_post": 100.0 * step, "holder_start": 100.0 * step + start}  # fmt: skip
+
+    trace = [rec(s, h, start, comp) for s in (1, 2, 3) for h, start, comp in ((1, 0.5 + s, 2.0), (2, 0.2, 1.0))]
+    got = exchange_summary(route_exchanges(trace))
+    assert got["start_s"] == pytest.approx([0.2, 2.5]) and got["end_s"] == pytest.approx([1.2, 4.5])
+    trace[0]["holder_start"] = None  # a holder on another host (or an older one) says nothing of its start
+    assert exchange_summary(route_exchanges(trace))["start_s"] == pytest.approx([0.2, 3.0])
