@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from qroute.cost.model import PRIMITIVES, CostModel, Phases, Shape, best_path
-from qroute.cost.profile import PathSpec, overlapped
+from qroute.cost.profile import PathSpec, overlapped, serial_terms
 from qroute.errors import QrouteError, non_negative_int, positive_int
 
 
@@ -188,12 +188,13 @@ def _routed_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
     exchange = {h: model.route_bytes(rows[h]) for h in rows}
     beta = {h: paths[h].beta(exchange[h]) for h in rows}
     extra = (len(rows) - 1) * max(p.per_holder_s for p in paths.values())
-    serial = max(p.holder_serial for p in paths.values())  # the others' compute that does not overlap
+    serial, cap = serial_terms(paths.values())  # the others' compute that does not overlap
     ports = max(p.bytes_serial for p in paths.values())  # the others' bytes that move after the largest's
-    return Phases(
-        probe=max(paths[h].alpha(exchange[h]) for h in rows) + extra,
+    longest = max(compute.values())
+    return Phases(  # the others' serial compute is waited for in the exchange: probe (network), as the runtime measures
+        probe=max(paths[h].alpha(exchange[h]) for h in rows) + extra + overlapped(list(compute.values()), serial, cap) - longest,
         transfer=overlapped([rows[h] * c.q_row_bytes / beta[h] for h in rows], ports),
-        compute=overlapped(list(compute.values()), serial),
+        compute=longest,
         ret=overlapped([rows[h] * c.o_row_bytes / beta[h] for h in rows], ports),
     )
 

@@ -28,14 +28,17 @@ def two_path_model(model):
 
 @pytest.mark.parametrize("holders", [1, 3, 7])
 @pytest.mark.parametrize("prim", PRIMITIVES)
-@pytest.mark.parametrize("ports, serial", [(1.0, 0.0), (0.3, 0.5)])
-def test_uniform_combination_equals_the_homogeneous_formula(model, holders, prim, ports, serial):
-    ibgda = dataclasses.replace(model.profile.path("ibgda"), bytes_serial=ports, holder_serial=serial)
+@pytest.mark.parametrize("ports, serial, cap", [(1.0, 0.0, None), (0.3, 0.5, None), (0.3, 0.5, 2e-6)])
+def test_uniform_combination_equals_the_homogeneous_formula(model, holders, prim, ports, serial, cap):
+    ibgda = dataclasses.replace(model.profile.path("ibgda"), bytes_serial=ports, holder_serial=serial, serial_cap_s=cap)
     model = dataclasses.replace(model, profile=dataclasses.replace(model.profile, paths={**model.profile.paths, "ibgda": ibgda}))
     request = uniform_request(64, 512, holders, 27, steps=3, offset=9)
     shape = Shape(64, 512, 27, 3, holders, False, 9)
     expected = model.primitive(prim, shape, ibgda)
     assert float(uniform_phases(model, request, prim).total) == pytest.approx(float(expected.total))
+    if cap is not None and prim == "route" and holders > 1:  # the cap binds: less serial compute than uncapped
+        uncapped = dataclasses.replace(ibgda, serial_cap_s=None)
+        assert float(expected.total) < float(model.primitive(prim, shape, uncapped).total)
 
 
 @settings(max_examples=60, deadline=None)

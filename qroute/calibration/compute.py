@@ -192,10 +192,10 @@ class QuickCalibration:
                 if i >= 2:  # warm-up exchanges dropped
                     trace += [{**r, "step": len(trace)} for r in records]
         report: dict = {}
-        per_holder, serial, ports = per_holder_excess(trace, spec, report) or (0.0, 0.0, 1.0)
+        per_holder, serial, ports, cap = per_holder_excess(trace, spec, report) or (0.0, 0.0, 1.0, None)
         self.fits.setdefault("parallel", {})[name] = report
         self.on_step("parallel")
-        return replace(spec, per_holder_s=per_holder, holder_serial=serial, bytes_serial=ports)
+        return replace(spec, per_holder_s=per_holder, holder_serial=serial, bytes_serial=ports, serial_cap_s=cap)
 
     def _exchanges(self, exchange: Callable[[], float], reps: int) -> list[float]:
         out = []

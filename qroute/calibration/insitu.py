@@ -106,35 +106,41 @@ def exchange_summary(exchanges: list[list[dict]]) -> dict | None:
     return out
 
 
-def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = None) -> tuple[float, float, float] | None:
-    """(`per_holder_s`, `holder_serial`, `bytes_serial`): how much longer a warm parallel route exchange (several
-    holders at once, one record per holder) takes than the path's price for its largest holder alone (one probe, that
-    holder's bytes, the slowest holder's compute), fitted as a fixed extra per holder beyond the first, a fraction of
-    the other holders' compute and a fraction of the other holders' bytes (non-negative least squares over robust
-    medians per shape). Where the shapes do not vary the bytes apart from the holders' count (fewer than 3 shapes or
-    one message size), the bytes are taken to serialise (`bytes_serial` 1). None if the trace has no parallel
-    exchange."""
+def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = None) -> tuple[float, float, float, float | None] | None:
+    """(`per_holder_s`, `holder_serial`, `bytes_serial`, `serial_cap_s`): how much longer a warm parallel route
+    exchange (several holders at once, one record per holder) takes than the path's price for its largest holder alone
+    (one probe, that holder's bytes, the slowest holder's compute), fitted as a fixed extra per holder beyond the first,
+    a fraction of the other holders' compute and a fraction of the other holders' bytes (non-negative least squares
+    over robust medians per shape). Where the shapes do not vary the bytes apart from the holders' count (fewer than 3
+    shapes or one message size), the bytes are taken to serialise (`bytes_serial` 1). `serial_cap_s`: the fraction
+    applies to at most that much of each other holder's compute, where a cap between the shapes' others' computes
+    (two shapes on each side) cuts the fit's residual by `CAP_GAIN` or more (on 2 cores a woken second holder waited for the first one's compute
+    up to about 1-2 ms, then ran beside it); else none. None if the trace has no parallel exchange."""
     exchanges = [recs for recs in route_exchanges(trace) if len(recs) > 1]
     if not exchanges:
         return None
-    excess: dict[tuple, list[tuple[float, float, float, float]]] = {}  # shape -> (excess, others' compute, bytes, measured)
+    excess: dict[tuple, list[tuple]] = {}  # shape -> (excess, others' computes, others' bytes, measured)
     by_shape: dict[tuple, list[list[dict]]] = {}
     for recs in exchanges:
-        computes = [r["holder_compute_s"] for r in recs]
-        measured = max(r.get("wall_s", r["rtt_s"]) for r in recs) - max(computes)
+        computes = sorted(r["holder_compute_s"] for r in recs)
+        measured = max(r.get("wall_s", r["rtt_s"]) for r in recs) - computes[-1]
         sizes = [_route_bytes(r) for r in recs]
         moves = [b / path.beta(b) for b in sizes]
         largest = max(path.alpha(b) for b in sizes) + max(moves)
         # keyed by bytes and attended tokens: pooling the chunk sizes of one message size would average away the
         # variation in the others' compute that `holder_serial` is read from
         shape = (len(recs), tuple(sorted(zip(sizes, (_tokens(r) for r in recs)))))
-        excess.setdefault(shape, []).append((measured - largest, sum(computes) - max(computes), sum(moves) - max(moves), measured))
+        excess.setdefault(shape, []).append((measured - largest, computes[:-1], sum(moves) - max(moves), measured))
         by_shape.setdefault(shape, []).append(recs)
     keys = sorted(excess)
-    med = {k: [robust_median([x[i] for x in excess[k]]) for i in range(4)] for k in keys}
-    X = np.array([[k[0] - 1.0, med[k][1], med[k][2]] for k in keys])
+
+    def others(k, cap=None):  # the shape's robust median of its other holders' compute, each counted up to `cap`
+        return robust_median([sum(t if cap is None else min(t, cap) for t in x[1]) for x in excess[k]])
+
+    med = {k: [robust_median([x[i] for x in excess[k]]) for i in (0, 2, 3)] for k in keys}
+    X = np.array([[k[0] - 1.0, others(k), med[k][1]] for k in keys])
     y = np.array([med[k][0] for k in keys])
-    w = np.array([med[k][3] for k in keys])  # noise grows with the exchange
+    w = np.array([med[k][2] for k in keys])  # noise grows with the exchange
     if report is not None:  # per shape: holders, exchange bytes, samples, median excess, others' compute and bytes (s)
         report.update(shapes=[[k[0], [list(p) for p in k[1]], len(excess[k])] for k in keys], excess_s=y.tolist(),
                       others_s=X[:, 1].tolist(), others_bytes_s=X[:, 2].tolist(),
@@ -142,11 +148,33 @@ def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = N
     if len(keys) < 3 or len({b for k in keys for b, _ in k[1]}) < 2:  # the bytes' share is not identifiable
         y = y - X[:, 2]
         if len(keys) < 2:
-            return max(0.0, float(y[0] / X[0, 0])), 0.0, 1.0
+            return max(0.0, float(y[0] / X[0, 0])), 0.0, 1.0, None
         coef = nonneg_lstsq(X[:, :2] / w[:, None], np.maximum(y, 1e-12) / w, relative=False).coef
-        return float(coef[0]), float(min(coef[1], 1.0)), 1.0
-    coef = nonneg_lstsq(X / w[:, None], np.maximum(y, 1e-12) / w, relative=False).coef
-    return float(coef[0]), float(min(coef[1], 1.0)), float(min(coef[2], 1.0))
+        return float(coef[0]), float(min(coef[1], 1.0)), 1.0, None
+    fits = {None: _weighted_nnls(X, y, w)}
+    seen = np.sort(X[:, 1])
+    if len(seen) >= 5 and seen[1] > 0:  # caps with 2 shapes' others below and 2 above: both regimes seen
+        for cap in np.geomspace(seen[1], seen[-2], 40):
+            capped = X.copy()
+            capped[:, 1] = [others(k, cap) for k in keys]
+            fits[float(cap)] = _weighted_nnls(capped, y, w)
+    cap = min(fits, key=lambda c: fits[c][1])
+    if cap is not None and fits[cap][1] > (1 - CAP_GAIN) * fits[None][1]:
+        cap = None
+    coef = fits[cap][0]
+    if report is not None:
+        report.update(serial_cap_s=cap, residual_uncapped=fits[None][1], residual=fits[cap][1])
+    return float(coef[0]), float(min(coef[1], 1.0)), float(min(coef[2], 1.0)), None if coef[1] == 0 else cap
+
+
+CAP_GAIN = 0.15  # a cap on the serial compute is kept only if it cuts the fit's residual by this fraction or more
+
+
+def _weighted_nnls(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
+    """Non-negative coefficients of `X` for `y`, each row weighted by 1 / `w`, and the weighted residual's norm."""
+    A, b = X / w[:, None], np.maximum(y, 1e-12) / w
+    coef = nonneg_lstsq(A, b, relative=False).coef
+    return coef, float(np.linalg.norm(A @ coef - b))
 
 
 def fetch_per_holder_excess(trace: list[dict], path: PathSpec) -> float | None:
@@ -194,8 +222,8 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
         fit = _fit_points(routed, {k: t - offset for k, t in fetched.items()}, swept)
     spec = PathSpec(fit.alpha_s, fit.beta_Bps, source, _small(fit), cold_excess(route), fetch_offset_s=offset)
     parallel: dict = {}
-    per_holder, serial, ports = per_holder_excess(trace, spec, parallel) or (0.0, 0.0, 1.0)
-    spec = replace(spec, per_holder_s=per_holder, holder_serial=serial, bytes_serial=ports)
+    per_holder, serial, ports, cap = per_holder_excess(trace, spec, parallel) or (0.0, 0.0, 1.0, None)
+    spec = replace(spec, per_holder_s=per_holder, holder_serial=serial, bytes_serial=ports, serial_cap_s=cap)
     return replace(spec, fetch_per_holder_s=fetch_per_holder_excess(trace, spec)), replace(fit, extra=(("parallel", parallel),))
 
 

@@ -169,10 +169,11 @@ class CostModel:
         exchange = self.route_bytes(s.rows)
         beta = path.beta(exchange)
         ports = 1 + (s.holders - 1) * path.bytes_serial  # the holders' bytes, as one holder's
-        per_layer = Phases(
-            probe=path.alpha(exchange) + (s.holders - 1) * path.per_holder_s,
+        attention = self.attention_s(s.rows, s.tokens)
+        per_layer = Phases(  # the others' serial compute is waited for in the exchange: probe (network), as measured
+            probe=path.alpha(exchange) + (s.holders - 1) * path.per_holder_s + _waited(attention, s.holders, path),
             transfer=ports * s.rows * c.q_row_bytes / beta,
-            compute=self.attention_s(s.rows, s.tokens) * (1 + (s.holders - 1) * path.holder_serial),
+            compute=attention,
             ret=ports * s.rows * c.o_row_bytes / beta,
             merge=self.merge_s(s.rows, s.holders + 1, routed=True),
         )
@@ -275,3 +276,11 @@ __all__ = [
     "best_path",
     "path_crossover_bytes",
 ]
+
+
+def _waited(compute, holders: int, path: PathSpec):
+    """Seconds a parallel exchange of `holders` equal computes of `compute` seconds (a number or numpy array) waits
+    beyond the longest: the others' `holder_serial` fraction of at most `serial_cap_s` each (`profile.overlapped`).
+    The runtime measures it as network time (the exchange's wall time less the slowest holder's compute)."""
+    others = compute if path.serial_cap_s is None else np.minimum(compute, path.serial_cap_s)
+    return (holders - 1) * path.holder_serial * others

@@ -1,7 +1,8 @@
 """Profiles: the measured (or published, or what-if) constants of one cluster.
 
-A profile is a JSON file, schema `qroute.profile/4` (`profile.schema.json` beside this
-module; `qroute.profile/1` to `/3` files still load, their newer fields taken as 0, `bytes_serial` as 1), validated on
+A profile is a JSON file, schema `qroute.profile/5` (`profile.schema.json` beside this
+module; `qroute.profile/1` to `/4` files still load, their newer fields taken as 0, `bytes_serial` as 1 and
+`serial_cap_s` as none), validated on
 load and never pickled. Calibration is the only code that writes
 measured profiles; everything else reads them. Built-in profiles live in `profiles/`:
 `published-h100` carries the paper's published figures, labelled as such.
@@ -15,7 +16,9 @@ one alpha-beta line misses). Five terms price what one exchange in a loop does n
 sleeping process or core waking up), `per_holder_s`, added to a parallel exchange for each
 holder beyond the first (the requester posts, receives and unpacks one message per holder),
 `holder_serial`, the fraction of the other holders' compute that does not overlap (holders
-sharing cores or copy engines), `bytes_serial`, the fraction of the other holders' route bytes
+sharing cores or copy engines), of at most `serial_cap_s` of each holder's compute where set (profile/5:
+on an oversubscribed host a woken holder waits for a core until the other's compute ends or the scheduler
+moves it), `bytes_serial`, the fraction of the other holders' route bytes
 that move after the largest holder's rather than beside them (1: one port, as a NIC; lower
 where the holders' copies overlap, as over loopback or shared memory with cores to spare),
 and `fetch_offset_s`, what a fetch exchange costs beyond a route exchange of the same bytes
@@ -36,8 +39,8 @@ import numpy as np
 
 from qroute.errors import QrouteError
 
-SCHEMA_ID = "qroute.profile/4"
-READABLE = ("qroute.profile/1", "qroute.profile/2", "qroute.profile/3", SCHEMA_ID)
+SCHEMA_ID = "qroute.profile/5"
+READABLE = ("qroute.profile/1", "qroute.profile/2", "qroute.profile/3", "qroute.profile/4", SCHEMA_ID)
 
 
 @dataclass(frozen=True)
@@ -56,10 +59,22 @@ def _pick(small, cond, big):
     return small if cond else big
 
 
-def overlapped(times, fraction: float):
-    """Seconds of per-holder `times` (a sequence) spent at once: the longest plus `fraction` of the others'."""
+def overlapped(times, fraction: float, cap: float | None = None):
+    """Seconds of per-holder `times` (a sequence) spent at once: the longest plus `fraction` of the others', each
+    of those counted up to `cap` seconds where given."""
     top = max(times)
-    return top + fraction * (sum(times) - top)
+    if cap is None:
+        return top + fraction * (sum(times) - top)
+    others = list(times)
+    others.remove(top)
+    return top + fraction * sum(min(t, cap) for t in others)
+
+
+def serial_terms(paths) -> tuple[float, float | None]:
+    """(`holder_serial`, `serial_cap_s`) of a parallel exchange over `paths`: the largest fraction, and the largest
+    cap (none if any path has none)."""
+    caps = [p.serial_cap_s for p in paths]
+    return max(p.holder_serial for p in paths), None if any(c is None for c in caps) else max(caps)
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,7 @@ class PathSpec:
     holder_serial: float = 0.0  # fraction of the other holders' compute not overlapped in a parallel exchange
     fetch_per_holder_s: float | None = None  # a parallel fetch's extra per further holder (None: `per_holder_s`)
     bytes_serial: float = 1.0  # fraction of the other holders' route bytes moved after the largest's (1: one port)
+    serial_cap_s: float | None = None  # `holder_serial` applies to at most this much of each other holder's compute
 
     @property
     def fetch_extra_s(self) -> float:
@@ -112,6 +128,8 @@ class PathSpec:
              "holder_serial": self.holder_serial, "bytes_serial": self.bytes_serial}  # fmt: skip
         if self.fetch_per_holder_s is not None:
             d["fetch_per_holder_s"] = self.fetch_per_holder_s
+        if self.serial_cap_s is not None:
+            d["serial_cap_s"] = self.serial_cap_s
         if self.small is not None:
             d["small"] = asdict(self.small)
         return d
@@ -121,7 +139,8 @@ class PathSpec:
         small = d.get("small")
         return cls(d["alpha_s"], d["beta_Bps"], d.get("source", ""), SmallRegime(**small) if small else None,
                    d.get("cold_s", 0.0), d.get("per_holder_s", 0.0), d.get("fetch_offset_s", 0.0),
-                   d.get("holder_serial", 0.0), d.get("fetch_per_holder_s"), d.get("bytes_serial", 1.0))  # fmt: skip
+                   d.get("holder_serial", 0.0), d.get("fetch_per_holder_s"), d.get("bytes_serial", 1.0),
+                   d.get("serial_cap_s"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -245,7 +264,7 @@ def _schema() -> dict[str, Any]:
 
 
 def validate(data: Any, origin: str) -> None:
-    """Validate a profile dict against schema `qroute.profile/4` (or /1, /2, /3); one-line error on failure."""
+    """Validate a profile dict against schema `qroute.profile/5` (or /1 to /4); one-line error on failure."""
     if isinstance(data, dict) and data.get("schema") not in READABLE:
         raise QrouteError(f"profile {origin}: schema={data.get('schema')!r}: expected {SCHEMA_ID!r} (or one of "
                           f"{', '.join(map(repr, READABLE[:-1]))})")  # fmt: skip

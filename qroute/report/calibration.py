@@ -45,7 +45,7 @@ def fit_table(results: dict) -> Table:
             s = path["small"]
             t.add_row(f"{name} small (< {fmt_bytes(s['below_bytes'])})", f"{fmt_s(s['alpha_s'])}, {s['beta_Bps'] / 1e9:.3g} GB/s", "", "")
         t.add_row(f"{name} wake-up, per extra holder", f"{fmt_s(path.get('cold_s', 0))}, {fmt_s(path.get('per_holder_s', 0))}"
-                  f" (+{path.get('holder_serial', 0):.0%} of their compute, {path.get('bytes_serial', 1):.0%} of their bytes)",
+                  f" (+{path.get('holder_serial', 0):.0%} of their compute{_cap(path)}, {path.get('bytes_serial', 1):.0%} of their bytes)",
                   "", "")  # fmt: skip
         t.add_row(f"{name} fetch offset", fmt_s(path.get("fetch_offset_s", 0)), "", "")
         sp = results["spread"][name]
@@ -151,3 +151,10 @@ def compare_table(result: dict) -> Table:
         row(f"{path}: alpha / probe", r["alpha_per_probe"], lambda v: f"{v:.3f}", False)
         t.add_row(f"{path}: agree within {tol:.0%}", *("" for _ in result["profiles"]), "yes" if r["agree"] else "[bold red]no[/]")
     return t
+
+
+def _cap(path: dict) -> str:
+    """`serial_cap_s` as the fit table shows it: up to that much of each other holder's compute."""
+    cap = path.get("serial_cap_s")
+    return "" if cap is None else f" up to {fmt_s(cap)} each"
+

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from qroute.cost.model import CostModel
-from qroute.cost.profile import overlapped
+from qroute.cost.profile import overlapped, serial_terms
 from qroute.planner import HolderDemand, Request
 from qroute.policies import PolicyState, decide
 from qroute.sim.cache import LruCache, merge_caches
@@ -227,7 +227,7 @@ class Engine:
         used = [self.paths[p] for p in set(path.values())]
         probe += (len(rows) - 1) * max(p.per_holder_s for p in used)
         ports = max(p.bytes_serial for p in used)
-        compute = overlapped(list(comp.values()), max(p.holder_serial for p in used))
+        compute = overlapped(list(comp.values()), *serial_terms(used))
         return probe + overlapped(out, ports) + compute + overlapped(back, ports) + moved, tuple(routed), total
 
     # ------------------------------------------------------------------ opening a session

@@ -39,7 +39,7 @@ def test_roundtrip_through_a_file(tmp_path):
         (lambda d: d["paths"]["ibgda"].update(alpha_s=-1e-6), r"paths\.ibgda\.alpha_s: -1e-06 is less than the minimum"),
         (lambda d: d["paths"]["ibgda"].update(beta_Bps=0), r"paths\.ibgda\.beta_Bps: 0 is less than or equal"),
         (lambda d: d["compute"].pop("splice"), "'splice' is a required property"),
-        (lambda d: d.update(schema="qroute.profile/0"), "expected 'qroute.profile/4'"),
+        (lambda d: d.update(schema="qroute.profile/0"), "expected 'qroute.profile/5'"),
         (lambda d: d.update(default_paths=["pcie9"]), "default path 'pcie9' is not in paths"),
         (lambda d: d["compute"]["merge"].update(fixed_s="2us"), r"compute\.merge\.fixed_s: '2us' is not of type 'number'"),
         (lambda d: d.update(provenance="guessed"), "provenance: 'guessed' is not one of"),
@@ -82,3 +82,14 @@ def test_measured_extras_roundtrip_and_old_profiles_read_and_write_unchanged(tmp
     q.save(tmp_path / "q.json")
     assert prof.load(tmp_path / "q.json") == q
     assert q.path("ibgda").fetch_extra_s == 2e-4 and p.path("ibgda").fetch_extra_s == p.path("ibgda").per_holder_s
+
+
+def test_overlapped_counts_each_other_holder_up_to_the_cap_and_a_cap_round_trips():
+    from qroute.cost.profile import PathSpec, overlapped
+
+    assert overlapped([3.0, 1.0, 2.0], 0.5) == pytest.approx(4.5)
+    assert overlapped([3.0, 1.0, 2.0], 0.5, cap=1.5) == pytest.approx(3.0 + 0.5 * (1.0 + 1.5))
+    assert overlapped([3.0, 3.0], 1.0, cap=0.5) == pytest.approx(3.5)  # a tie: one of them is the longest
+    spec = PathSpec(1e-4, 1e9, holder_serial=0.8, serial_cap_s=1.2e-3)
+    assert PathSpec.from_dict(spec.to_dict()) == spec and "serial_cap_s" not in PathSpec(1e-4, 1e9).to_dict()
+

@@ -27,6 +27,9 @@ def test_the_table_names_both_serial_fractions_of_a_parallel_exchange():
     text = _text(_results(0.05))
     assert "170 us (+25% of their compute, 40% of their bytes)" in text
     assert "unsteady" not in text
+    capped = _results(0.05)
+    capped["profile"]["paths"]["shm"]["serial_cap_s"] = 1.2e-3
+    assert "(+25% of their compute up to 1.2 ms each, 40% of their bytes)" in _text(capped)
 
 
 def test_a_calibration_whose_speed_moved_is_flagged_unsteady():

@@ -52,10 +52,10 @@ def test_one_requester_one_holder_matches_the_plan(policy, chunk_blocks, steps, 
     assert out["throughput"] == pytest.approx(steps * step_tokens / want.total_s, rel=1e-9)
 
 
-@pytest.mark.parametrize("ports, serial", [(1.0, 0.0), (0.3, 0.5)])
-def test_many_holders_and_a_batch_match_combine_batch(ports, serial):
+@pytest.mark.parametrize("ports, serial, cap", [(1.0, 0.0, None), (0.3, 0.5, None), (0.3, 0.5, 2e-6)])
+def test_many_holders_and_a_batch_match_combine_batch(ports, serial, cap):
     """Two sessions decoded together, each spread over three holders (hashed placement): every step as priced."""
-    nvlink = dataclasses.replace(PROFILE.path("nvlink4"), bytes_serial=ports, holder_serial=serial)
+    nvlink = dataclasses.replace(PROFILE.path("nvlink4"), bytes_serial=ports, holder_serial=serial, serial_cap_s=cap)
     profile = dataclasses.replace(PROFILE, paths={**PROFILE.paths, "nvlink4": nvlink})
     layout = Layout.uniform(2, 16, 64)
     reqs = [SimRequest(0, 0.0, c, range(16 * c, 16 * c + 16), 6, 100) for c in (0, 1)]
