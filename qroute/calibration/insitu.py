@@ -93,9 +93,11 @@ def exchange_summary(exchanges: list[list[dict]]) -> dict | None:
     validation row to be set beside calibration's. None without exchanges."""
     if not exchanges:
         return None
-    cols = [(max(r.get("wall_s", r["rtt_s"]) for r in recs), max(r["holder_compute_s"] for r in recs),
-             sum(r["holder_compute_s"] for r in recs) - max(r["holder_compute_s"] for r in recs),
-             max(_route_bytes(r) for r in recs)) for recs in exchanges]  # fmt: skip
+    cols = []
+    for recs in exchanges:
+        computes = [r["holder_compute_s"] for r in recs]
+        wall = max(r.get("wall_s", r["rtt_s"]) for r in recs)
+        cols.append((wall, max(computes), sum(computes) - max(computes), max(_route_bytes(r) for r in recs)))
     names = ("wall_s", "compute_s", "others_compute_s", "bytes")
     out = {"holders": len(exchanges[0]), "n": len(cols), **{n: float(np.median([c[i] for c in cols])) for i, n in enumerate(names)}}
     timed = [recs for recs in exchanges if all(r.get("holder_start") is not None and "t_post" in r for r in recs)]
@@ -149,22 +151,29 @@ def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = N
         y = y - X[:, 2]
         if len(keys) < 2:
             return max(0.0, float(y[0] / X[0, 0])), 0.0, 1.0, None
-        coef = nonneg_lstsq(X[:, :2] / w[:, None], np.maximum(y, 1e-12) / w, relative=False).coef
+        coef, _ = _weighted_nnls(X[:, :2], y, w)
         return float(coef[0]), float(min(coef[1], 1.0)), 1.0, None
+    cap, coef, residual, uncapped = _capped_fit(X, y, w, lambda cap: [others(k, cap) for k in keys])
+    if report is not None:
+        report.update(serial_cap_s=cap, residual_uncapped=uncapped, residual=residual)
+    return float(coef[0]), float(min(coef[1], 1.0)), float(min(coef[2], 1.0)), None if coef[1] == 0 else cap
+
+
+def _capped_fit(X: np.ndarray, y: np.ndarray, w: np.ndarray, capped_others) -> tuple[float | None, np.ndarray, float, float]:
+    """(cap, coefficients, residual, uncapped residual) of the per-holder fit with column 1 (the others' compute)
+    counted up to a cap (`capped_others(cap)`: that column), over a geometric grid between the second-smallest and
+    second-largest shape's value; no cap unless one cuts the residual by `CAP_GAIN`."""
     fits = {None: _weighted_nnls(X, y, w)}
     seen = np.sort(X[:, 1])
     if len(seen) >= 5 and seen[1] > 0:  # caps with 2 shapes' others below and 2 above: both regimes seen
         for cap in np.geomspace(seen[1], seen[-2], 40):
             capped = X.copy()
-            capped[:, 1] = [others(k, cap) for k in keys]
+            capped[:, 1] = capped_others(cap)
             fits[float(cap)] = _weighted_nnls(capped, y, w)
     cap = min(fits, key=lambda c: fits[c][1])
     if cap is not None and fits[cap][1] > (1 - CAP_GAIN) * fits[None][1]:
         cap = None
-    coef = fits[cap][0]
-    if report is not None:
-        report.update(serial_cap_s=cap, residual_uncapped=fits[None][1], residual=fits[cap][1])
-    return float(coef[0]), float(min(coef[1], 1.0)), float(min(coef[2], 1.0)), None if coef[1] == 0 else cap
+    return cap, fits[cap][0], fits[cap][1], fits[None][1]
 
 
 CAP_GAIN = 0.15  # a cap on the serial compute is kept only if it cuts the fit's residual by this fraction or more
