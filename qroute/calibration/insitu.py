@@ -115,8 +115,8 @@ def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = N
     a fraction of the other holders' compute and a fraction of the other holders' bytes (non-negative least squares
     over robust medians per shape). Where the shapes do not vary the bytes apart from the holders' count (fewer than 3
     shapes or one message size), the bytes are taken to serialise (`bytes_serial` 1). `serial_cap_s`: the fraction
-    applies to at most that much of each other holder's compute, where a cap between the shapes' others' computes
-    (two shapes on each side) cuts the fit's residual by `CAP_GAIN` or more (on 2 cores a woken second holder waited for the first one's compute
+    applies to at most that much of each other holder's compute, where a cap among the shapes' others' computes
+    (`_capped_fit`) cuts the fit's residual by `CAP_GAIN` or more (on 2 cores a woken second holder waited for the first one's compute
     up to about 1-2 ms, then ran beside it); else none. None if the trace has no parallel exchange."""
     exchanges = [recs for recs in route_exchanges(trace) if len(recs) > 1]
     if not exchanges:
@@ -156,17 +156,20 @@ def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = N
     cap, coef, residual, uncapped = _capped_fit(X, y, w, lambda cap: [others(k, cap) for k in keys])
     if report is not None:
         report.update(serial_cap_s=cap, residual_uncapped=uncapped, residual=residual)
-    return float(coef[0]), float(min(coef[1], 1.0)), float(min(coef[2], 1.0)), None if coef[1] == 0 else cap
+    return float(coef[0]), float(min(coef[1], 1.0)), float(min(coef[2], 1.0)), None if coef[1] < 1e-9 else cap
 
 
 def _capped_fit(X: np.ndarray, y: np.ndarray, w: np.ndarray, capped_others) -> tuple[float | None, np.ndarray, float, float]:
     """(cap, coefficients, residual, uncapped residual) of the per-holder fit with column 1 (the others' compute)
-    counted up to a cap (`capped_others(cap)`: that column), over a geometric grid between the second-smallest and
-    second-largest shape's value; no cap unless one cuts the residual by `CAP_GAIN`."""
+    counted up to a cap (`capped_others(cap)`: that column), over a geometric grid with `CAP_SIDE` shapes' values at
+    or below the cap, spanning `CAP_SPAN` x, and `CAP_SIDE` at or above it; no cap unless one cuts the residual by
+    `CAP_GAIN`. Below that span the capped column is near-constant: it would trade `holder_serial` for `per_holder_s`
+    and fit the noise of the smallest shapes (a fit of pure noise kept caps near the smallest value 1-2% of the time)."""
     fits = {None: _weighted_nnls(X, y, w)}
     seen = np.sort(X[:, 1])
-    if len(seen) >= 5 and seen[1] > 0:  # caps with 2 shapes' others below and 2 above: both regimes seen
-        for cap in np.geomspace(seen[1], seen[-2], 40):
+    if len(seen) > 2 * CAP_SIDE and seen[0] > 0:
+        low, high = max(seen[CAP_SIDE - 1], CAP_SPAN * seen[0]), seen[-CAP_SIDE]
+        for cap in np.geomspace(low, high, 40) if low < high else ():
             capped = X.copy()
             capped[:, 1] = capped_others(cap)
             fits[float(cap)] = _weighted_nnls(capped, y, w)
@@ -176,7 +179,9 @@ def _capped_fit(X: np.ndarray, y: np.ndarray, w: np.ndarray, capped_others) -> t
     return cap, fits[cap][0], fits[cap][1], fits[None][1]
 
 
-CAP_GAIN = 0.15  # a cap on the serial compute is kept only if it cuts the fit's residual by this fraction or more
+CAP_GAIN = 0.2  # a cap on the serial compute is kept only if it cuts the fit's residual by this fraction or more
+CAP_SIDE = 3  # shapes' others' computes at or below a cap, and at or above it
+CAP_SPAN = 3.0  # a cap at least this many times the smallest shape's others' compute
 
 
 def _weighted_nnls(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
