@@ -37,7 +37,7 @@ def _output_args(g, timeout: int, what: str) -> None:
     g.add_argument("--tag", default=None, help="machine tag in the file names (default: the host name)")
     g.add_argument("--timeout", type=int_at_least(1), default=timeout, help="process-group timeout in seconds (default: %(default)s)")
     g.add_argument("--no-pin", action="store_true", help="leave the instances to the scheduler (default: each on cores of "
-                   "its own where the machine has 2 per instance)")  # fmt: skip
+                   "its own where the machine has 2 per instance; with fewer, under gloo, each holder on one core)")  # fmt: skip
     g.add_argument("--default-heap", action="store_true", help="leave glibc's heap settings as they are (default: each "
                    "instance keeps freed memory, so large tensors reuse warm pages instead of page-faulting fresh ones; "
                    "docs/cost-model.md)")  # fmt: skip
@@ -185,6 +185,8 @@ def add_calibrate(sub) -> None:
     p.add_argument("--repeats", type=int_at_least(1), default=3, help="training runs, to report the spread of alpha and beta (default: %(default)s)")
     p.add_argument("--name", default=None, help="profile name (default: measured-<host>)")
     p.add_argument("--fabric", type=fabric_links, default=(), help=f"calibrate {FABRIC_HELP}")
+    p.add_argument("--keep-trace", action="store_true", help="also write the raw trace the fits read (trace-<tag>-<date>.json: "
+                   "per path, per training run, every exchange and compute record, with perf_counter stamps)")  # fmt: skip
     _host_args(p)
     _model_args(p, "MLA preset or checkpoint dir whose compute is measured")
     _output_args(p, 300, "the profile and the sweep tables")  # fmt: skip
@@ -198,7 +200,8 @@ def cmd_calibrate(args) -> None:
     world = _world(args, CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=32))
     cluster = cluster_spec(args, 2 if args.fabric else args.instances, 1, args.fabric)
     config = CalibrationConfig(cluster, world, args.quick, args.repeats, args.name, progress=not (args.quiet or args.json),
-                               partial=f"{args.out}/calibration-{_stem(args)}.partial.json", device=_device(args))  # fmt: skip
+                               partial=f"{args.out}/calibration-{_stem(args)}.partial.json", device=_device(args),
+                               keep_trace=args.keep_trace)  # fmt: skip
     results = run_calibration(config)
     if results.get("rank") != 0:
         return

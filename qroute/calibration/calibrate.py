@@ -60,6 +60,7 @@ class CalibrationConfig:
     partial: str | None = None  # where measurements taken so far are written if a sweep fails
     holder_stops_after: int | None = None  # fault injection for tests: the holder exits after this many messages
     device: str | None = None  # the host tier on this device ("auto", "cpu", "cuda"), instead of a launched cluster
+    keep_trace: bool = False  # the results carry the raw trace (`trace`: per path, per training run, its records)
 
     def __post_init__(self) -> None:
         positive_int("repeats", self.repeats)
@@ -185,7 +186,8 @@ def _results(config, world, peer, latency, bandwidth, traces, probes, fabric: st
     profile = _profile(config, world, specs, compute, fits, fabric)
     return {"role": "requester", "rank": 0, "profile": profile.to_dict(),
             "latency": {n: [r.as_dict() for r in rows] for n, rows in latency.items()}, "bandwidth": bandwidth,
-            "spread": spreads, "flips": flips(latency, profile), "trace_records": len(everything)}  # fmt: skip
+            "spread": spreads, "flips": flips(latency, profile), "trace_records": len(everything),
+            **({"trace": traces} if config.keep_trace else {})}  # fmt: skip
 
 
 def flips(latency: dict, profile: Profile) -> list[dict]:

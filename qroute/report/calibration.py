@@ -90,15 +90,20 @@ def _compute_value(c: dict) -> str:
 
 
 def write_calibration(results: dict, out_dir: str | Path, tag: str | None = None) -> list[Path]:
-    """`profile-<tag>-<date>.json` (the profile alone, loadable with --profile) and `calibration-<tag>-<date>.json`."""
+    """`profile-<tag>-<date>.json` (the profile alone, loadable with --profile) and `calibration-<tag>-<date>.json`;
+    with a raw trace in the results (`calibrate --keep-trace`), that apart in `trace-<tag>-<date>.json`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{tag or socket.gethostname()}-{dt.date.today():%Y-%m-%d}"
     profile = out / f"profile-{stem}.json"
     profile.write_text(json.dumps(results["profile"], indent=2) + "\n")
     full = out / f"calibration-{stem}.json"
-    full.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    return [profile, full]
+    full.write_text(json.dumps({k: v for k, v in results.items() if k != "trace"}, indent=2, default=str) + "\n")
+    if "trace" not in results:
+        return [profile, full]
+    trace = out / f"trace-{stem}.json"
+    trace.write_text(json.dumps(results["trace"], default=str) + "\n")
+    return [profile, full, trace]
 
 
 def short_labels(names: list[str]) -> list[str]:

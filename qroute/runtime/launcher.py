@@ -55,7 +55,7 @@ class ClusterSpec:
     host: str = "127.0.0.1"
     threads: int = 1  # torch intra-op threads per instance
     links: tuple = ()  # qroute.fabric.LinkSpec: an emulated fabric between two instances
-    pin: bool = True  # each instance on cores of its own, where the machine has PIN_CORES per instance (`cpu_set`)
+    pin: bool = True  # each instance on cores of its own where the machine has PIN_CORES per instance, else (gloo) each holder on one (`cpu_set`)
     frames: str = "auto"  # "auto": exact framing under NCCL, eager under gloo; "exact": exact under gloo too (tests)
     retain_heap: bool = True  # freed host memory stays in each instance's heap (`runtime.heap`): no page faults per step
     shm: bool = False  # a second path beside the world group: shared memory on this host (`runtime.shm`)
@@ -111,17 +111,31 @@ class Instance:
 PIN_CORES = 2  # an instance's main thread and its gloo I/O thread
 
 
-def cpu_set(rank: int, world_size: int, available, per: int = PIN_CORES) -> set[int] | None:
+def cpu_set(rank: int, world_size: int, available, per: int = PIN_CORES, requesters: int = 1,
+            one_per_holder: bool = True) -> set[int] | None:  # fmt: skip
     """The cores instance `rank` is pinned to: an equal, disjoint share of `available` (consecutive ids, which
-    share a socket and caches), or None (left to the scheduler) when a share would be under `per` cores.
+    share a socket and caches). Where a share would be under `per` cores: with `one_per_holder` (CPU instances), a
+    holder (rank `requesters` and up) gets one core, the holders round robin over `available`, and a requester
+    None (left to the scheduler); else None for every rank.
 
     Unpinned on an idle many-core host, a woken instance may land on any core, often a cold one: measured on
     the H100 host's 16 cores, its route exchanges ran 35-55% slower minutes after calibration than during it.
+    Unpinned on 2 cores with 2 holders, the two holders a route exchange woke were often queued on one core while
+    the other idled, and the second computed after the first (`python -m benchmarks.sched_wait`, a calibration under
+    `perf sched`): 41% of gloo and 66% of shm 2-holder exchanges, against 12% and 23% with a core per holder, and 2%
+    and 10% with such a holder also under SCHED_BATCH (`_pin`: woken, it does not preempt the requester, which then
+    posts to the other holders before it waits). The exchange's median fell from 3.68 to 2.78 ms (gloo) and from
+    2.87 to 2.14 ms (shm). A requester pinned beside a holder was slower: its gloo thread waited ~5 ms behind that
+    holder's compute for the other holder's reply. GPU instances (NCCL) are left as they were: not measured.
     """
     cores = sorted(available)
     share = len(cores) // world_size
     if share < per:
-        return None
+        if not one_per_holder:
+            return None
+        holders = world_size - requesters if world_size > 1 else 1
+        index = rank - requesters if world_size > 1 else rank
+        return {cores[index % len(cores)]} if 0 <= index < holders and cores else None
     return set(cores[rank * share : (rank + 1) * share])
 
 
@@ -196,10 +210,12 @@ def connection_order(rank: int, world: int) -> list[tuple[int, bool]]:
 def _pin(rank: int, spec: ClusterSpec) -> None:
     global PINNED
     if spec.pin and hasattr(os, "sched_setaffinity"):
-        cores = cpu_set(rank, spec.world_size, os.sched_getaffinity(0))
+        cores = cpu_set(rank, spec.world_size, os.sched_getaffinity(0), requesters=spec.requesters, one_per_holder=spec.backend == "gloo")
         if cores:
             os.sched_setaffinity(0, cores)  # before torch.distributed starts its threads: they inherit it
             PINNED = sorted(cores)
+            if len(cores) == 1 and hasattr(os, "SCHED_BATCH"):  # a holder on a core of its own: it waits for its
+                os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # waker to block, not preempting it (cpu_set)
 
 
 def under_torchrun() -> bool:

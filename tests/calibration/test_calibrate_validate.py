@@ -61,8 +61,13 @@ def test_unreachable_peer_under_torchrun_is_one_line(tmp_path):
 
 def test_validate_cli_small_grid_and_bad_profiles(tmp_path):
     small = ["--layers", "1", "--hidden", "64", "--block-size", "8"]
-    r = run("calibrate", "--quick", "--quiet", *small, "--out", str(tmp_path), "--tag", "t")
+    r = run("calibrate", "--quick", "--quiet", *small, "--keep-trace", "--out", str(tmp_path), "--tag", "t")
     assert r.returncode == 0, r.stderr
+    (trace_file,) = tmp_path.glob("trace-t-*.json")  # --keep-trace: per path, per training run, its records
+    (runs,) = json.loads(trace_file.read_text()).values()
+    routes = [rec for run_ in runs for rec in run_ if rec["kind"] == "route"]
+    assert routes and all(rec["t_post"] > 0 and rec["holder_start"] for rec in routes)
+    assert "trace" not in json.loads(next(tmp_path.glob("calibration-t-*.json")).read_text())
     r = run("validate", "--quiet", "--json", *small, "--step-tokens", "1,4", "--chunk-blocks", "4,16", "--steps", "1",
             "--reps", "1", "--max-reps", "1", "--out", str(tmp_path), "--tag", "t")  # fmt: skip
     assert r.returncode == 0, r.stderr

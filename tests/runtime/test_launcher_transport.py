@@ -69,18 +69,23 @@ def test_bad_cluster_specs():
         ClusterSpec(world_size=0)
 
 
-def test_cpu_sets_are_disjoint_equal_shares_or_none():
+def test_cpu_sets_are_disjoint_equal_shares_or_a_core_per_holder():
     from qroute.runtime.launcher import cpu_set
 
     cores = [0, 1, 2, 3, 8, 9, 10, 11, 12]  # any ids, in any order
     sets = [cpu_set(r, 3, reversed(cores)) for r in range(3)]
     assert sets == [{0, 1, 2}, {3, 8, 9}, {10, 11, 12}]  # consecutive ids; the leftover core is nobody's
-    assert cpu_set(0, 3, [0, 1]) is None and cpu_set(2, 3, range(5)) is None  # under 2 cores each: unpinned
     assert cpu_set(1, 2, range(4)) == {2, 3}
+    # under 2 cores each: the requesters left to the scheduler, each holder on one core, round robin
+    assert [cpu_set(r, 3, [4, 7]) for r in range(3)] == [None, {4}, {7}]
+    assert [cpu_set(r, 5, [4, 7], requesters=2) for r in range(5)] == [None, None, {4}, {7}, {4}]
+    assert [cpu_set(r, 3, range(5)) for r in range(3)] == [None, {0}, {1}]
+    assert cpu_set(0, 1, [3]) == {3}  # one instance, one core: it holds the blocks
+    assert cpu_set(1, 3, [4, 7], one_per_holder=False) is None  # GPU instances: left to the scheduler
 
 
 def affinity(instance):
-    return sorted(os.sched_getaffinity(0))
+    return sorted(os.sched_getaffinity(0)), os.sched_getscheduler(0)
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
@@ -90,8 +95,10 @@ def test_instances_run_on_their_own_cores_only_when_asked_and_possible():
     mine = os.sched_getaffinity(0)
     pinned = launch(ClusterSpec(world_size=2, **SPEC), affinity)
     expected = [cpu_set(r, 2, mine) for r in range(2)]
-    assert pinned == [sorted(e) if e else sorted(mine) for e in expected]
-    assert launch(ClusterSpec(world_size=2, pin=False, **SPEC), affinity) == [sorted(mine)] * 2
+    # a holder alone on one core (2-3 cores) waits for the requester that woke it to block: SCHED_BATCH
+    policy = [os.SCHED_BATCH if e and len(e) == 1 else os.SCHED_OTHER for e in expected]
+    assert pinned == [(sorted(e) if e else sorted(mine), p) for e, p in zip(expected, policy)]
+    assert launch(ClusterSpec(world_size=2, pin=False, **SPEC), affinity) == [(sorted(mine), os.SCHED_OTHER)] * 2
 
 
 def exact_echo(instance, first):
