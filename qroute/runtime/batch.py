@@ -25,6 +25,7 @@ from qroute.attention import AttentionState, attend, merge_states
 from qroute.model.context import causal_mask
 from qroute.runtime import transport
 from qroute.runtime.holder import ROUTE, route_states
+from qroute.runtime.links import reply_order
 
 if TYPE_CHECKING:
     from qroute.runtime.executor import Executor, Session
@@ -122,7 +123,8 @@ class BatchContext:
         messages = {key: self._message(key[0], members, q) for key, members in by_holder.items()}
         posted = {key: links[key].isend(ROUTE, [layer], m) for key, m in messages.items()}
         holder_compute, first_record = 0.0, len(self.ex.trace)
-        for key, members in by_holder.items():
+        for key in reply_order(by_holder):  # one order for every requester: no two wait on each other's holders
+            members = by_holder[key]
             msg = links[key].recv()
             self.ex._note_load(key[0], msg)
             o, lse = (t.clone() for t in msg.tensors)  # the states where this instance computes (part of the return)

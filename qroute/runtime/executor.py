@@ -26,7 +26,7 @@ from qroute.runtime import transport
 from qroute.runtime.holder import FETCH, PING, PONG, STOP, AttentionSpec
 from qroute.policies import Decision, PolicyState, decide
 from qroute.runtime.cache import BlockCache
-from qroute.runtime.links import Link, RankLink
+from qroute.runtime.links import Link, RankLink, reply_order
 from qroute.runtime.store import BlockStore, Directory
 from qroute.workload.agents import AgentRequest
 from qroute.workload.corpus import Corpus
@@ -252,8 +252,9 @@ class Executor:
         t_post = time.perf_counter()
         posted = {h: links[h].isend(FETCH, [], [torch.tensor(b)]) for h, b in wanted.items()}
         replies = {}
-        for h in posted:
+        for h in reply_order(posted):  # one order for every requester (`reply_order`)
             replies[h] = (links[h].recv(), time.perf_counter() - t_post)
+        replies = {h: replies[h] for h in posted}  # back in the order asked: the moved blocks follow it
         for works in posted.values():
             transport.wait_all(works)
         received = time.perf_counter() - t_post
