@@ -116,8 +116,9 @@ def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = N
     over robust medians per shape). Where the shapes do not vary the bytes apart from the holders' count (fewer than 3
     shapes or one message size), the bytes are taken to serialise (`bytes_serial` 1). `serial_cap_s`: the fraction
     applies to at most that much of each other holder's compute, where a cap among the shapes' others' computes
-    (`_capped_fit`) cuts the fit's residual by `CAP_GAIN` or more (on 2 cores, unpinned, the scheduler
-    often woke the second holder onto the first one's core and moved it after a slice of 1-2 ms); else none. None if the trace has no parallel exchange."""
+    (`_capped_fit`) cuts the fit's residual by `CAP_GAIN` or more (on 2 cores, unpinned, the scheduler often woke
+    the second holder onto the first one's core and moved it after a slice of 1-2 ms); else none. None if the trace
+    has no parallel exchange."""
     exchanges = [recs for recs in route_exchanges(trace) if len(recs) > 1]
     if not exchanges:
         return None

@@ -133,9 +133,8 @@ def cpu_set(rank: int, world_size: int, available, per: int = PIN_CORES, request
     if share < per:
         if not one_per_holder:
             return None
-        holders = world_size - requesters if world_size > 1 else 1
-        index = rank - requesters if world_size > 1 else rank
-        return {cores[index % len(cores)]} if 0 <= index < holders and cores else None
+        holder = rank - (requesters if world_size > 1 else 0)  # one instance alone holds the blocks
+        return {cores[holder % len(cores)]} if holder >= 0 and cores else None
     return set(cores[rank * share : (rank + 1) * share])
 
 
