@@ -21,7 +21,7 @@ import numpy as np
 
 from qroute.calibration.fit import PathFit, fit_path, nonneg_lstsq, rate, robust_median
 from qroute.cost.profile import (
-    AttentionCoeffs, Compute, GatherCoeffs, MergeCoeffs, PathSpec, ReprefillCoeffs, SmallRegime, SpliceCoeffs,
+    AttentionCoeffs, Compute, GatherCoeffs, MergeCoeffs, PathSpec, ReprefillCoeffs, SmallRegime, SpliceCoeffs, capped,
 )  # fmt: skip
 from qroute.errors import QrouteError
 from qroute.geometry import Coefficients, Geometry
@@ -138,7 +138,7 @@ def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = N
     keys = sorted(excess)
 
     def others(k, cap=None):  # the shape's robust median of its other holders' compute, each counted up to `cap`
-        return robust_median([sum(t if cap is None else min(t, cap) for t in x[1]) for x in excess[k]])
+        return robust_median([sum(capped(t, cap) for t in x[1]) for x in excess[k]])
 
     med = {k: [robust_median([x[i] for x in excess[k]]) for i in (0, 2, 3)] for k in keys}
     X = np.array([[k[0] - 1.0, others(k), med[k][1]] for k in keys])

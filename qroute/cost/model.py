@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from qroute.cost.profile import PathSpec, Profile
+from qroute.cost.profile import PathSpec, Profile, capped
 from qroute.errors import QrouteError, positive_int
 from qroute.geometry import Coefficients, Geometry
 
@@ -282,5 +282,4 @@ def _waited(compute, holders: int, path: PathSpec):
     """Seconds a parallel exchange of `holders` equal computes of `compute` seconds (a number or numpy array) waits
     beyond the longest: the others' `holder_serial` fraction of at most `serial_cap_s` each (`profile.overlapped`).
     The runtime measures it as network time (the exchange's wall time less the slowest holder's compute)."""
-    others = compute if path.serial_cap_s is None else np.minimum(compute, path.serial_cap_s)
-    return (holders - 1) * path.holder_serial * others
+    return (holders - 1) * path.holder_serial * capped(compute, path.serial_cap_s)

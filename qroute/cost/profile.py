@@ -62,12 +62,13 @@ def _pick(small, cond, big):
 def overlapped(times, fraction: float, cap: float | None = None):
     """Seconds of per-holder `times` (a sequence) spent at once: the longest plus `fraction` of the others', each
     of those counted up to `cap` seconds where given."""
-    top = max(times)
-    if cap is None:
-        return top + fraction * (sum(times) - top)
-    others = list(times)
-    others.remove(top)
-    return top + fraction * sum(min(t, cap) for t in others)
+    top, *others = sorted(times, reverse=True)
+    return top + fraction * sum(capped(t, cap) for t in others)
+
+
+def capped(seconds, cap: float | None):
+    """`seconds` (a number or numpy array) counted up to `cap` where one is set."""
+    return seconds if cap is None else np.minimum(seconds, cap)
 
 
 def serial_terms(paths) -> tuple[float, float | None]:
