@@ -6,8 +6,7 @@ table, `-1` = padding, anywhere in the row). Flash-decoding: a program owns BLOC
 one query and a contiguous part ("split") of its block-table row, streams the selected
 tokens BLOCK_N at a time with an online base-2 softmax, and writes a partial state; with
 several splits per query (split-K, what fills the GPU at small B) `merge.launch_merge`
-combines them (the Hopper kernel merges them itself by default: the last of a query's programs to
-finish does). LSE is converted to natural log at the boundary.
+combines them. LSE is converted to natural log at the boundary.
 
 K tiles are fetched one of three ways (`TILES`, see `resolve_tiles`): "gather" looks up the table
 entry of every token (any block size); when block_size % BLOCK_N == 0 a tile is BLOCK_N
@@ -47,7 +46,6 @@ CONFIGS = {
     "interpreter": {"BLOCK_H": 16, "BLOCK_N": 32, "tiles": "tma", "kernel": "triton"},
 }
 KERNELS = ("triton", "gluon")
-MERGES = ("fused", "separate")  # the Hopper kernel's splits: merged by its last program, or by launch_merge
 TRITON_KNOBS = ("BLOCK_H", "BLOCK_N", "num_warps", "num_stages", "tiles")
 
 def sparse_mla(
@@ -74,9 +72,7 @@ def sparse_mla(
     config       overrides of `default_config`: kernel ("gluon": the Hopper kernel, an error where it does not
                  apply; "triton"), and the Triton kernel's BLOCK_H, BLOCK_N, num_warps, num_stages, tiles (how a
                  K tile is fetched: "gather" per token, "pages" / "tma" one page slab; see `resolve_tiles`);
-                 any of those five without "kernel" selects the Triton kernel; merge (the Hopper kernel's splits:
-                 "fused", the default: the last program of a (query, head group) merges them, one launch;
-                 "separate": `merge.launch_merge` after it; the Triton kernel always merges separately)
+                 any of those five without "kernel" selects the Triton kernel
     check        validate block ids: in range, no duplicate in a row (syncs the device; unchecked
                  duplicates are counted twice by the softmax)
     out          optional (o [B, H, v_dim] dtype of q, lse [B, H] float32), contiguous
@@ -117,12 +113,11 @@ def _launch(q, cache, table, scale, v_dim, o, lse, num_splits, config) -> None:
     else:  # partials in q's dtype (fp32 for fp32 q): half the combine's traffic for bf16
         part_o = torch.empty(splits, B, H, v_dim, device=q.device, dtype=q.dtype)
         part_lse = torch.empty(splits, B, H, device=q.device, dtype=torch.float32)
-    fused = gluon and splits > 1 and config.get("merge", "fused") == "fused"
     if gluon:
-        hopper.launch(q, cache, table, scale, part_o, part_lse, per_split, (o, lse) if fused else None)
+        hopper.launch(q, cache, table, scale, part_o, part_lse, per_split)
     else:
         triton_kernel.launch(q, cache, table, scale, v_dim, part_o, part_lse, per_split, meta)
-    if splits > 1 and not fused:
+    if splits > 1:
         R = B * H
         launch_merge(part_o.view(splits, R, v_dim), part_lse.view(splits, R), o.view(R, v_dim), lse.view(R))
 
@@ -245,10 +240,8 @@ def _check_knobs(scale: float, num_splits: int | None, config: dict | None) -> N
         raise QrouteError(f"{WHAT}: scale={scale!r}: expected a finite number")
     if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1):
         raise QrouteError(f"{WHAT}: num_splits={num_splits!r}: expected None or an integer >= 1")
-    if config is not None and set(config) - {"kernel", "merge", *TRITON_KNOBS}:
-        raise QrouteError(f"{WHAT}: config={config!r}: expected keys among kernel, merge, {', '.join(TRITON_KNOBS)}")
-    if config is not None and config.get("merge", "fused") not in MERGES:
-        raise QrouteError(f"{WHAT}: config merge={config['merge']!r}: expected one of {', '.join(MERGES)}")
+    if config is not None and set(config) - {"kernel", *TRITON_KNOBS}:
+        raise QrouteError(f"{WHAT}: config={config!r}: expected keys among kernel, {', '.join(TRITON_KNOBS)}")
     if config is not None and config.get("kernel", "triton") not in KERNELS:
         raise QrouteError(f"{WHAT}: config kernel={config['kernel']!r}: expected one of {', '.join(KERNELS)}")
     if config is not None and config.get("tiles", "gather") not in TILES:

@@ -67,12 +67,10 @@ if gluon is not None:
     @gluon.jit
     def _sparse_mla_hopper(
         q_desc, qpe_desc, k_desc, pe_desc, table_ptr, o_ptr, lse_ptr,  # q rows [B * H, D]; cache rows [N * bs, D]
-        fo_ptr, flse_ptr, count_ptr,  # FUSE: the merged o [B, H, DV], lse [B, H]; arrivals per (query, head group)
-        H, M, bs, entries_per_split, qk_scale, S,  # qk_scale = scale * log2(e); S splits
+        H, M, bs, entries_per_split, qk_scale,  # qk_scale = scale * log2(e)
         stride_tb, stride_te, stride_os, stride_ob, stride_oh, stride_ls, stride_lb,  # o [S, B, H, DV], lse [S, B, H]
-        stride_fb, stride_fh, stride_flb,
         BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, DV: gl.constexpr, DR: gl.constexpr, num_warps: gl.constexpr,
-        WORKER_REGS: gl.constexpr, FUSE: gl.constexpr,
+        WORKER_REGS: gl.constexpr,
     ):  # fmt: skip
         hg, split, b = gl.program_id(0), gl.program_id(1), gl.program_id(2)
         dtype: gl.constexpr = k_desc.dtype
@@ -101,17 +99,14 @@ if gluon is not None:
         o_base = o_ptr + split.to(gl.int64) * stride_os + b.to(gl.int64) * stride_ob
         lse_base = lse_ptr + split.to(gl.int64) * stride_ls + b.to(gl.int64) * stride_lb
         out = (o_base, hg * BLOCK_H, H, stride_oh)
-        b64 = b.to(gl.int64)  # FUSE: per half of the value columns, the last of the S programs to finish merges
-        fuse = (o_ptr + b64 * stride_ob, lse_ptr + b64 * stride_lb, stride_os, stride_ls, fo_ptr + b64 * stride_fb,
-                stride_fh, flse_ptr + b64 * stride_flb, count_ptr + 2 * (b * gl.num_programs(0) + hg), S, split)
         gl.warp_specialize(
-            [(_scores_and_left, (smem, bars, tiles, qk_scale, out, lse_base, fuse, BLOCK_N, FUSE)),
-             (_loads_and_right, (k_desc, pe_desc, smem, bars, tiles, out, lse_base, fuse, BLOCK_N, FUSE))],
+            [(_scores_and_left, (smem, bars, tiles, qk_scale, out, lse_base, BLOCK_N)),
+             (_loads_and_right, (k_desc, pe_desc, smem, bars, tiles, out, BLOCK_N))],
             [4], [WORKER_REGS],
         )  # fmt: skip
 
     @gluon.jit
-    def _scores_and_left(smem, bars, tiles, qk_scale, out, lse_base, fuse, BLOCK_N: gl.constexpr, FUSE: gl.constexpr):
+    def _scores_and_left(smem, bars, tiles, qk_scale, out, lse_base, BLOCK_N: gl.constexpr):
         # warpgroup 0: per tile, scores + softmax, P and the rescale into shared memory, O[:, :DV/2] += P V
         q_smem, qpe_smem, k_smem, pe_smem, alpha_smem, stat_smem = smem
         table_row, stride_te, t0, bs, n_t = tiles
@@ -152,12 +147,14 @@ if gluon is not None:
         stat_smem.index(1).store(l_i)
         _barrier()
         mbarrier.arrive(bars.index(6))
-        ROW: gl.constexpr = gl.SliceLayout(1, O_L)
-        _finish_half(acc, gl.convert_layout(m_i, ROW), gl.convert_layout(l_i, ROW), out, lse_base, fuse, 0, FUSE)
+        empty = l_i == 0.0
+        lse = gl.where(empty, float("-inf"), (m_i + gl.log2(gl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+        hs = out[1] + gl.arange(0, BLOCK_H, gl.SliceLayout(1, S_L))
+        gl.store(lse_base + hs, lse, mask=hs < out[2])
+        _write_half(acc, gl.convert_layout(l_i, gl.SliceLayout(1, O_L)), out, 0)
 
     @gluon.jit
-    def _loads_and_right(k_desc, pe_desc, smem, bars, tiles, out, lse_base, fuse, BLOCK_N: gl.constexpr,
-                         FUSE: gl.constexpr):  # fmt: skip
+    def _loads_and_right(k_desc, pe_desc, smem, bars, tiles, out, BLOCK_N: gl.constexpr):
         # warpgroup 1: the TMA loads of every tile, and O[:, DV/2:] += P V once warpgroup 0 has P ready
         _, _, k_smem, pe_smem, alpha_smem, stat_smem = smem
         table_row, stride_te, t0, bs, n_t = tiles
@@ -185,59 +182,19 @@ if gluon is not None:
                 page = gl.load(table_row + (t // bs) * stride_te).to(gl.int32)  # TMA rows are int32
                 _load_tile(k_desc, pe_desc, k_smem.index(s), pe_smem.index(s), bars.index(s), page, t, bs, rows_total,
                            2 * HALF)  # fmt: skip
-        mbarrier.wait(bars.index(6), 0)  # warpgroup 0's final row max and sum
-        ROW: gl.constexpr = gl.SliceLayout(1, O_L)
-        _finish_half(acc, stat_smem.index(0).load(ROW), stat_smem.index(1).load(ROW), out, lse_base, fuse, 1, FUSE)
+        mbarrier.wait(bars.index(6), 0)  # warpgroup 0's final row sums
+        _write_half(acc, stat_smem.index(1).load(gl.SliceLayout(1, O_L)), out, HALF)
 
     @gluon.jit
-    def _finish_half(acc, m, l, out, lse_base, fuse, HALF_I: gl.constexpr, FUSE: gl.constexpr):
-        # this split's o[h, c0 : c0 + HALF] = acc / l (c0 = HALF_I * HALF) and lse for heads h0 + [0, BLOCK_H) below H
-        # (an empty row: (0, -inf)); both warpgroups store the same lse. With FUSE, the half's S states merged
+    def _write_half(acc, l_i, out, col0):
+        # o[h, col0 : col0 + HALF] = acc / l for heads h0 + [0, BLOCK_H) below H (an empty row: 0)
         o_base, h0, H, stride_oh = out
         BLOCK_H: gl.constexpr = acc.shape[0]
         HALF: gl.constexpr = acc.shape[1]
-        empty = l == 0.0
-        o = acc / gl.where(empty, 1.0, l)[:, None]
-        lse = gl.where(empty, float("-inf"), (m + gl.log2(gl.where(empty, 1.0, l))) * 0.6931471805599453)
+        o = acc / gl.where(l_i == 0.0, 1.0, l_i)[:, None]
         h = h0 + gl.arange(0, BLOCK_H, gl.SliceLayout(1, acc.type.layout))
-        dv = HALF_I * HALF + gl.arange(0, HALF, gl.SliceLayout(0, acc.type.layout))
+        dv = col0 + gl.arange(0, HALF, gl.SliceLayout(0, acc.type.layout))
         gl.store(o_base + h[:, None] * stride_oh + dv[None, :], o.to(o_base.dtype.element_ty), mask=h[:, None] < H)
-        gl.store(lse_base + h, lse, mask=h < H)
-        if FUSE:
-            _merge_if_last(o, lse, h, dv, fuse, out, HALF_I)
-
-    @gluon.jit
-    def _merge_if_last(o, lse, h, dv, fuse, out, HALF_I: gl.constexpr):
-        # count this warpgroup's arrival (its stores released: a barrier, then one acquire-release add); the last of
-        # the S to arrive merges the S states of its half, its own from registers, the others' from L2 (split by
-        # split, as `merge.launch_merge` sums), and sets the count back to 0 for the next launch
-        o_all, lse_all, stride_os, stride_ls, fo, stride_fh, flse, count, S, split = fuse
-        stride_oh, ok = out[3], h < out[2]
-        count += HALF_I
-        _barrier()
-        if gl.atomic_add(count, 1, sem="acq_rel", scope="gpu") == S - 1:
-            top = lse
-            for s in range(S):
-                top = gl.maximum(top, gl.load(lse_all + s * stride_ls + h, mask=ok, other=float("-inf"),
-                                              cache_modifier=".cg"))  # fmt: skip
-            top = gl.where(top == float("-inf"), 0.0, top)  # empty in every split: all weights 0
-            total = gl.exp(lse - top)
-            acc = o * total[:, None]
-            for s in range(S):
-                if s != split:
-                    w = gl.exp(gl.load(lse_all + s * stride_ls + h, mask=ok, other=float("-inf"), cache_modifier=".cg")
-                               - top)  # fmt: skip
-                    v = gl.load(o_all + s * stride_os + h[:, None] * stride_oh + dv[None, :], mask=ok[:, None],
-                                other=0.0, cache_modifier=".cg")  # fmt: skip
-                    acc += w[:, None] * v.to(gl.float32)
-                    total += w
-            safe = gl.where(total == 0.0, 1.0, total)
-            gl.store(fo + h[:, None] * stride_fh + dv[None, :], (acc / safe[:, None]).to(fo.dtype.element_ty),
-                     mask=ok[:, None])  # fmt: skip
-            if HALF_I == 0:
-                gl.store(flse + h, gl.where(total == 0.0, float("-inf"), top + gl.log(safe)), mask=ok)
-            gl.atomic_xchg(count, 0, sem="relaxed", scope="gpu")
-
 
 def available() -> bool:
     """True when this Triton has Gluon with Hopper's TMA and wgmma."""
@@ -266,46 +223,21 @@ def _capability(device: torch.device) -> int:
     return torch.cuda.get_device_capability(device)[0]
 
 
-def launch(
-    q: Tensor, cache: Tensor, table: Tensor, scale: float, part_o: Tensor, part_lse: Tensor, per_split: int,
-    merged: tuple[Tensor, Tensor] | None = None,
-):  # fmt: skip
+def launch(q: Tensor, cache: Tensor, table: Tensor, scale: float, part_o: Tensor, part_lse: Tensor, per_split: int):
     """Partial states of every (query, 64-head group, split) into `part_o [S, B, H, 512]`, `part_lse [S, B, H]`.
 
     q [B, H, 576] contiguous, cache [N, bs, 576] (bs % 64 == 0, pages consecutive rows), table [B, M] int32/int64,
     `per_split` table entries per split (S = part_o.shape[0]). Inputs are assumed checked (`reason_not` is None).
-    `merged` = (o [B, H, 512], lse [B, H]) contiguous: the kernel merges the S partial states itself (the last of a
-    (query, head group)'s programs to finish does, counting arrivals in `arrivals(...)`: launches that share a
-    device run one after the other, as on one stream); None leaves that to `merge.launch_merge`.
     """
-    (B, H, D), v_dim, S = q.shape, SHAPE[1], part_o.shape[0]
+    (B, H, D), v_dim = q.shape, SHAPE[1]
     qd, qpd, kd, ped = _descriptors(q, cache, v_dim)
-    grid = (triton.cdiv(H, BLOCK_H), S, B)  # head groups of one query adjacent: they share K in L2
-    fo, flse = merged if merged is not None else (part_o[0], part_lse[0])
-    count = arrivals(q.device, 2 * B * grid[0] if merged is not None else 1)  # untouched without a merge
+    grid = (triton.cdiv(H, BLOCK_H), part_o.shape[0], B)  # head groups of one query adjacent: they share K in L2
     _sparse_mla_hopper[grid](
-        qd, qpd, kd, ped, table, part_o, part_lse, fo, flse, count,
-        H, table.shape[1], cache.shape[1], per_split, scale * LOG2E, S,
-        *table.stride(), *part_o.stride()[:3], *part_lse.stride()[:2], *fo.stride()[:2], flse.stride(0),
+        qd, qpd, kd, ped, table, part_o, part_lse,
+        H, table.shape[1], cache.shape[1], per_split, scale * LOG2E,
+        *table.stride(), *part_o.stride()[:3], *part_lse.stride()[:2],
         BLOCK_H=BLOCK_H, BLOCK_N=BLOCK_N, DV=v_dim, DR=D - v_dim, num_warps=NUM_WARPS, WORKER_REGS=WORKER_REGS,
-        FUSE=merged is not None,
     )  # fmt: skip
-
-
-_ARRIVALS: dict[int, Tensor] = {}
-
-
-def arrivals(device: torch.device, n: int) -> Tensor:
-    """`n` int32 arrival counts on `device`, zero between launches (the merging program sets its count back to 0).
-
-    Kept per device and grown as needed; made outside a CUDA graph capture where it can be (the first call), so a
-    captured launch reuses it. Two launches on two streams of one device at the same time would share it.
-    """
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    have = _ARRIVALS.get(index)
-    if have is None or have.numel() < n:
-        have = _ARRIVALS[index] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
-    return have
 
 
 def _descriptors(q: Tensor, cache: Tensor, v_dim: int):
@@ -326,7 +258,7 @@ def _descriptors(q: Tensor, cache: Tensor, v_dim: int):
     )
 
 
-def compile_sm90(fuse: bool = False):
+def compile_sm90():
     """Build the kernel for sm_90a on any machine (no GPU needed: Triton's bundled ptxas) and return Triton's compiled
     kernel (`.asm["ptx"]`, `.asm["cubin"]`, `.metadata.shared`). Not under TRITON_INTERPRET=1 (Gluon is compiled only).
     """
@@ -338,9 +270,8 @@ def compile_sm90(fuse: bool = False):
     q, cache = torch.empty(4, 128, 576, dtype=torch.bfloat16), torch.empty(16, 64, 576, dtype=torch.bfloat16)
     descs = dict(zip(("q_desc", "qpe_desc", "k_desc", "pe_desc"), _descriptors(q, cache, SHAPE[1])))
     consts = dict(BLOCK_H=BLOCK_H, BLOCK_N=BLOCK_N, DV=SHAPE[1], DR=SHAPE[0] - SHAPE[1], num_warps=NUM_WARPS,
-                  WORKER_REGS=WORKER_REGS, FUSE=fuse)
-    types = {"table_ptr": "*i32", "o_ptr": "*bf16", "lse_ptr": "*fp32", "fo_ptr": "*bf16", "flse_ptr": "*fp32",
-             "count_ptr": "*i32", "qk_scale": "fp32"}  # fmt: skip
+                  WORKER_REGS=WORKER_REGS)
+    types = {"table_ptr": "*i32", "o_ptr": "*bf16", "lse_ptr": "*fp32", "qk_scale": "fp32"}
     fn = _sparse_mla_hopper
     sig = {n: mangle_type(descs[n]) if n in descs else types.get(n, "constexpr" if n in consts else "i32") for n in fn.arg_names}
     src = GluonASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
