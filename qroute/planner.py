@@ -153,7 +153,7 @@ def combine_batch(model: CostModel, sessions: Sequence[Session]) -> Phases:
     (one probe for all holders plus `per_holder_s` per extra holder, bytes serialised,
     holders in parallel, each holder computing one partial attention per request); then on
     the requester an attention over each request's moved KV and a merge per request. Once:
-    the routed holders' wake-up (`cold_s`), each request's fetches (its holders asked at once:
+    the routed holders' wake-up (`cold_s`) and the exchanges' stalls (`stalls_s`), each request's fetches (its holders asked at once:
     one fetch probe plus `fetch_per_holder_s` per extra holder; bytes serialised), splice or
     gather, and re-prefills. All requests share `layers` and `steps`. With an online scale
     (`CostModel.online`), each part is rescaled by the primitive it belongs to: the exchanges
@@ -162,9 +162,10 @@ def combine_batch(model: CostModel, sessions: Sequence[Session]) -> Phases:
     route's when all its holders are routed).
     """
     layers, steps = _common(sessions)
-    routed = model.rescaled("route", _routed_per_layer(model, sessions))
-    per_layer = routed + _moved_per_layer(model, sessions)
-    once = sum((_once(model, r, hp) for r, hp in sessions), model.rescaled("route", _route_cold(model, sessions)))
+    exchange = _routed_per_layer(model, sessions)
+    per_layer = model.rescaled("route", exchange) + _moved_per_layer(model, sessions)
+    cold = _route_cold(model, sessions, steps * layers, exchange.total)
+    once = sum((_once(model, r, hp) for r, hp in sessions), model.rescaled("route", cold))
     return per_layer.scaled(steps * layers) + once
 
 
@@ -199,10 +200,15 @@ def _routed_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
     )
 
 
-def _route_cold(model: CostModel, sessions: Sequence[Session]) -> Phases:
-    """The first routed exchange of the batch wakes its holders (in parallel): the largest `cold_s`, once."""
-    colds = [model.profile.path(h.path).cold_s for _, holders in sessions for h in holders if h.primitive == "route"]
-    return Phases(probe=max(colds)) if colds else Phases()
+def _route_cold(model: CostModel, sessions: Sequence[Session], exchanges: int, exchange_s: float) -> Phases:
+    """The first routed exchange of the batch wakes its holders (in parallel): the largest `cold_s`, once; and the
+    stalls of its `exchanges` exchanges of `exchange_s` seconds each (`PathSpec.stalls_s`, the routed holders' paths'
+    largest)."""
+    paths = {h.holder: model.profile.path(h.path) for _, holders in sessions for h in holders if h.primitive == "route"}
+    if not paths:
+        return Phases()
+    stalls = max(p.stalls_s(exchanges, len(paths), exchange_s) for p in paths.values())
+    return Phases(probe=max(p.cold_s for p in paths.values()) + stalls)
 
 
 def _moved_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:

@@ -84,7 +84,8 @@ def explain_summary(model: CostModel, request: Request) -> dict:
 
 
 COMPARE_SIZES = (1024, 64 << 10, 1 << 20, 16 << 20)  # exchange bytes (out + back) at which `compare` prices each path
-PATH_CONSTANTS = ("alpha_s", "beta_Bps", "cold_s", "per_holder_s", "holder_serial", "bytes_serial", "fetch_offset_s")
+PATH_CONSTANTS = ("alpha_s", "beta_Bps", "cold_s", "per_holder_s", "holder_serial", "bytes_serial", "fetch_offset_s",
+                  "stall_rate_multi", "stall_s_multi")  # fmt: skip
 
 
 def compare_profiles(profiles, names, sizes=COMPARE_SIZES, tolerance: float = 0.10) -> dict:

@@ -28,14 +28,18 @@ def two_path_model(model):
 
 @pytest.mark.parametrize("holders", [1, 3, 7])
 @pytest.mark.parametrize("prim", PRIMITIVES)
-@pytest.mark.parametrize("ports, serial, cap", [(1.0, 0.0, None), (0.3, 0.5, None), (0.3, 0.5, 2e-6)])
-def test_uniform_combination_equals_the_homogeneous_formula(model, holders, prim, ports, serial, cap):
-    ibgda = dataclasses.replace(model.profile.path("ibgda"), bytes_serial=ports, holder_serial=serial, serial_cap_s=cap)
+@pytest.mark.parametrize("ports, serial, cap, stalls", [(1.0, 0.0, None, 0.0), (0.3, 0.5, None, 0.0), (0.3, 0.5, 2e-6, 0.0),
+                                                        (1.0, 0.0, None, 2e3)])  # fmt: skip
+def test_uniform_combination_equals_the_homogeneous_formula(model, holders, prim, ports, serial, cap, stalls):
+    ibgda = dataclasses.replace(model.profile.path("ibgda"), bytes_serial=ports, holder_serial=serial, serial_cap_s=cap,
+                                stall_rate=stalls, stall_s=1e-5, stall_rate_multi=1.5 * stalls, stall_s_multi=2e-5)  # fmt: skip
     model = dataclasses.replace(model, profile=dataclasses.replace(model.profile, paths={**model.profile.paths, "ibgda": ibgda}))
     request = uniform_request(64, 512, holders, 27, steps=3, offset=9)
     shape = Shape(64, 512, 27, 3, holders, False, 9)
     expected = model.primitive(prim, shape, ibgda)
     assert float(uniform_phases(model, request, prim).total) == pytest.approx(float(expected.total))
+    if stalls and prim == "route":  # 81 exchanges of tens of us at thousands of stalls per second: some stall
+        assert float(expected.probe) > float(model.route(shape, dataclasses.replace(ibgda, stall_rate=0.0, stall_rate_multi=0.0)).probe)
     if cap is not None and prim == "route" and holders > 1:  # the cap binds: less serial compute than uncapped
         uncapped = dataclasses.replace(ibgda, serial_cap_s=None)
         assert float(expected.total) < float(model.primitive(prim, shape, uncapped).total)

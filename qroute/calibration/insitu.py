@@ -21,7 +21,8 @@ import numpy as np
 
 from qroute.calibration.fit import PathFit, fit_path, nonneg_lstsq, rate, robust_median
 from qroute.cost.profile import (
-    AttentionCoeffs, Compute, GatherCoeffs, MergeCoeffs, PathSpec, ReprefillCoeffs, SmallRegime, SpliceCoeffs, capped,
+    STALL_FIELDS, AttentionCoeffs, Compute, GatherCoeffs, MergeCoeffs, PathSpec, ReprefillCoeffs, SmallRegime, SpliceCoeffs,
+    capped,
 )  # fmt: skip
 from qroute.errors import QrouteError
 from qroute.geometry import Coefficients, Geometry
@@ -220,7 +221,7 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
     price `cold_s` against later steps of the same shape. Fetches (one request message, a holder woken from idle)
     share the line's rate and price their own fixed cost, `fetch_offset_s` (`fetch_offset`). Parallel exchanges
     (several holders at once) price `per_holder_s`, `holder_serial` and `bytes_serial`; parallel fetches
-    `fetch_per_holder_s`.
+    `fetch_per_holder_s`. Warm route exchanges of every shape price the tail (`stall_terms`).
     """
     route = [r for r in _of(trace, "route") if r["parallel"] == 1]
     fetch = [r for r in _of(trace, "fetch") if r["parallel"] == 1]
@@ -239,7 +240,35 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
     parallel: dict = {}
     per_holder, serial, ports, cap = per_holder_excess(trace, spec, parallel) or (0.0, 0.0, 1.0, None)
     spec = replace(spec, per_holder_s=per_holder, holder_serial=serial, bytes_serial=ports, serial_cap_s=cap)
+    spec = replace(spec, **dict(zip(STALL_FIELDS, stall_terms(trace))))
     return replace(spec, fetch_per_holder_s=fetch_per_holder_excess(trace, spec)), replace(fit, extra=(("parallel", parallel),))
+
+
+STALL_OVER, STALL_MIN_EXCHANGES = 1.5, 8  # a stall: over 1.5x its shape's median; shapes with 8 exchanges or more
+
+
+def stall_terms(trace: list[dict]) -> tuple[float, float, float, float]:
+    """(`stall_rate`, `stall_s`, `stall_rate_multi`, `stall_s_multi`) from the warm route exchanges of each shape
+    (holders asked at once, their bytes and tokens; 8 exchanges or more): a stall is an exchange whose network time
+    (the wall less the slowest holder's compute) exceeds 1.5x its shape's median. The rate: stalls per second of
+    the exchanges' wall time (each counted at its shape's median); the size: the stalls' median excess over their
+    shape's median. Pooled over one-holder shapes and over several-holder shapes; (0, 0) where none stalled."""
+    shapes: dict[tuple, list[tuple[float, float]]] = {}
+    for recs in route_exchanges(trace):
+        key = tuple(sorted((_route_bytes(r), _tokens(r)) for r in recs))
+        wall = max(r.get("wall_s", r["rtt_s"]) for r in recs)
+        shapes.setdefault(key, []).append((wall - max(r["holder_compute_s"] for r in recs), wall))
+    out: list[float] = []
+    for multi in (False, True):
+        seconds, excess = 0.0, []
+        for key, runs in shapes.items():
+            if (len(key) > 1) == multi and len(runs) >= STALL_MIN_EXCHANGES:
+                net = np.array(runs)[:, 0]
+                med = float(np.median(net))
+                seconds += len(runs) * float(np.median(np.array(runs)[:, 1]))
+                excess += [float(t - med) for t in net if t > STALL_OVER * med]
+        out += [len(excess) / seconds, float(np.median(excess))] if excess else [0.0, 0.0]
+    return tuple(out)
 
 
 def fetch_offset(routed: dict, fetched: dict) -> float:

@@ -15,7 +15,8 @@ route  per layer and step, all H holders at once: one probe (latencies overlap) 
        `holder_serial` fraction of the others' compute),
        the states back, one merge of H + 1 partials (the requester's own state and one per
        holder; it follows a wait on the network: the merge's `after_route_s`). Once per
-       request: the path's `cold_s` (the first exchange wakes the holders).
+       request: the path's `cold_s` (the first exchange wakes the holders), and the stalls
+       the median request meets over its N*L exchanges' seconds (`PathSpec.stalls_s`).
 fetch  once: all H holders asked at once (one probe, moved by the path's `fetch_offset_s`,
        plus `fetch_per_holder_s` per extra holder), C*L KV rows from each (bytes serialise); then a splice
        (contiguous chunk reused at offset != 0) or a scattered gather (sparse selection);
@@ -177,7 +178,9 @@ class CostModel:
             ret=ports * s.rows * c.o_row_bytes / beta,
             merge=self.merge_s(s.rows, s.holders + 1, routed=True),
         )
-        return per_layer.scaled(s.steps * s.layers) + Phases(probe=path.cold_s)
+        n = s.steps * s.layers  # exchanges: the first wakes the holders, the tail stalls some
+        stalls = path.stalls_s(n, s.holders, per_layer.total - per_layer.merge)
+        return per_layer.scaled(n) + Phases(probe=path.cold_s + stalls)
 
     def adapt_s(self, s: Shape):
         """Making moved KV usable: gather (sparse) and/or splice (reused at offset != 0)."""

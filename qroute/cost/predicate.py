@@ -11,7 +11,9 @@ the exact coefficients, and the crossing is solved directly, no search. For exam
 
 with q, o, kv the geometry's bytes, f the attention FLOPs per row and token, F the
 profile's FLOP rate, m the merge cost per row and partial, A0 the attention's fixed and
-read terms, x and cold the path's per-holder extra and wake-up. Path crossover: two paths cost the same for a message of
+read terms, x and cold the path's per-holder extra and wake-up. A path's stalls (profile/6) add a step function of the
+request's exchange seconds: like a small-message regime's pieces, `_root_piecewise` solves the piece a root
+lies in. Path crossover: two paths cost the same for a message of
 `(alpha_2 - alpha_1) / (1/beta_1 - 1/beta_2)` bytes.
 """
 

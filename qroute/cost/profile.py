@@ -1,7 +1,7 @@
 """Profiles: the measured (or published, or what-if) constants of one cluster.
 
-A profile is a JSON file, schema `qroute.profile/5` (`profile.schema.json` beside this
-module; `qroute.profile/1` to `/4` files still load, their newer fields taken as 0, `bytes_serial` as 1 and
+A profile is a JSON file, schema `qroute.profile/6` (`profile.schema.json` beside this
+module; `qroute.profile/1` to `/5` files still load, their newer fields taken as 0, `bytes_serial` as 1 and
 `serial_cap_s` as none), validated on
 load and never pickled. Calibration is the only code that writes
 measured profiles; everything else reads them. Built-in profiles live in `profiles/`:
@@ -22,7 +22,11 @@ moves it), `bytes_serial`, the fraction of the other holders' route bytes
 that move after the largest holder's rather than beside them (1: one port, as a NIC; lower
 where the holders' copies overlap, as over loopback or shared memory with cores to spare),
 and `fetch_offset_s`, what a fetch exchange costs beyond a route exchange of the same bytes
-(one request message, no per-layer framing, a holder woken from idle).
+(one request message, no per-layer framing, a holder woken from idle). And the tail (profile/6): warm
+route exchanges with one holder stall `stall_rate` times per second of their wall time, each by `stall_s`
+seconds beyond the line (`stall_rate_multi`, `stall_s_multi`: exchanges with several holders at once); a
+request pays the median of a Poisson count over its exchanges' seconds (`PathSpec.stalls_s`): none in a
+short request, its share in a long one.
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ import numpy as np
 
 from qroute.errors import QrouteError
 
-SCHEMA_ID = "qroute.profile/5"
-READABLE = ("qroute.profile/1", "qroute.profile/2", "qroute.profile/3", "qroute.profile/4", SCHEMA_ID)
+SCHEMA_ID = "qroute.profile/6"
+READABLE = tuple(f"qroute.profile/{v}" for v in range(1, 6)) + (SCHEMA_ID,)
 
 
 @dataclass(frozen=True)
@@ -93,11 +97,26 @@ class PathSpec:
     fetch_per_holder_s: float | None = None  # a parallel fetch's extra per further holder (None: `per_holder_s`)
     bytes_serial: float = 1.0  # fraction of the other holders' route bytes moved after the largest's (1: one port)
     serial_cap_s: float | None = None  # `holder_serial` applies to at most this much of each other holder's compute
+    stall_rate: float = 0.0  # stalls per second of warm one-holder route exchanges (profile/6)
+    stall_s: float = 0.0  # a stall's seconds beyond the line
+    stall_rate_multi: float = 0.0  # the same for exchanges with several holders at once
+    stall_s_multi: float = 0.0
 
     @property
     def fetch_extra_s(self) -> float:
         """A parallel fetch's extra seconds for each holder beyond the first."""
         return self.per_holder_s if self.fetch_per_holder_s is None else self.fetch_per_holder_s
+
+    def stalls_s(self, exchanges, holders, exchange_s):
+        """Seconds of stalls that the median request of `exchanges` route exchanges of `exchange_s` seconds each with
+        `holders` holders at once pays (numbers or numpy arrays): the median of a Poisson count of mean `exchanges *
+        exchange_s * rate` (floor(mu + 1/3 - 0.02/mu), Choi's approximation: 0 below mu ~ ln 2) times `stall_s`, of
+        the one- or several-holder class."""
+        multi = np.asarray(holders) > 1
+        rate = np.where(multi, self.stall_rate_multi, self.stall_rate)
+        mu = np.maximum(exchanges * exchange_s * rate, 1e-12)
+        out = np.floor(np.maximum(mu + 1 / 3 - 0.02 / mu, 0.0)) * np.where(multi, self.stall_s_multi, self.stall_s)
+        return float(out) if out.ndim == 0 else out
 
     def fetch_alpha(self, nbytes):
         """Fixed seconds of one fetch exchange of `nbytes`: the probe moved by `fetch_offset_s`, never below 0."""
@@ -131,6 +150,7 @@ class PathSpec:
             d["fetch_per_holder_s"] = self.fetch_per_holder_s
         if self.serial_cap_s is not None:
             d["serial_cap_s"] = self.serial_cap_s
+        d.update({k: getattr(self, k) for k in STALL_FIELDS if getattr(self, k)})
         if self.small is not None:
             d["small"] = asdict(self.small)
         return d
@@ -141,7 +161,10 @@ class PathSpec:
         return cls(d["alpha_s"], d["beta_Bps"], d.get("source", ""), SmallRegime(**small) if small else None,
                    d.get("cold_s", 0.0), d.get("per_holder_s", 0.0), d.get("fetch_offset_s", 0.0),
                    d.get("holder_serial", 0.0), d.get("fetch_per_holder_s"), d.get("bytes_serial", 1.0),
-                   d.get("serial_cap_s"))  # fmt: skip
+                   d.get("serial_cap_s"), *(d.get(k, 0.0) for k in STALL_FIELDS))  # fmt: skip
+
+
+STALL_FIELDS = ("stall_rate", "stall_s", "stall_rate_multi", "stall_s_multi")
 
 
 @dataclass(frozen=True)
@@ -265,7 +288,7 @@ def _schema() -> dict[str, Any]:
 
 
 def validate(data: Any, origin: str) -> None:
-    """Validate a profile dict against schema `qroute.profile/5` (or /1 to /4); one-line error on failure."""
+    """Validate a profile dict against schema `qroute.profile/6` (or /1 to /5); one-line error on failure."""
     if isinstance(data, dict) and data.get("schema") not in READABLE:
         raise QrouteError(f"profile {origin}: schema={data.get('schema')!r}: expected {SCHEMA_ID!r} (or one of "
                           f"{', '.join(map(repr, READABLE[:-1]))})")  # fmt: skip

@@ -48,6 +48,8 @@ def fit_table(results: dict) -> Table:
                   f" (+{path.get('holder_serial', 0):.0%} of their compute{_cap(path)}, {path.get('bytes_serial', 1):.0%} of their bytes)",
                   "", "")  # fmt: skip
         t.add_row(f"{name} fetch offset", fmt_s(path.get("fetch_offset_s", 0)), "", "")
+        t.add_row(f"{name} stalls (1 holder; several)", f"{path.get('stall_rate', 0):.3g}/s of {fmt_s(path.get('stall_s', 0))}; "
+                  f"{path.get('stall_rate_multi', 0):.3g}/s of {fmt_s(path.get('stall_s_multi', 0))}", "", "")  # fmt: skip
         sp = results["spread"][name]
         if sp["repeats"] > 1:
             t.add_row(f"{name} repeat spread ({sp['repeats']} runs)", f"alpha {sp['alpha_rel_spread']:.1%}, beta {sp['beta_rel_spread']:.1%}, predicted exchange "
@@ -125,7 +127,8 @@ def short_labels(names: list[str]) -> list[str]:
 _COMPARED = {"alpha_s": ("alpha", fmt_s), "beta_Bps": ("beta", lambda v: f"{v / 1e9:.3g} GB/s"),
              "cold_s": ("wake-up", fmt_s), "per_holder_s": ("per extra holder", fmt_s),
              "holder_serial": ("holders' compute serial", lambda v: f"{v:.0%}"),
-             "bytes_serial": ("holders' bytes serial", lambda v: f"{v:.0%}"), "fetch_offset_s": ("fetch offset", fmt_s)}  # fmt: skip
+             "bytes_serial": ("holders' bytes serial", lambda v: f"{v:.0%}"), "fetch_offset_s": ("fetch offset", fmt_s),
+             "stall_rate_multi": ("stalls per s (holders)", lambda v: f"{v:.3g}"), "stall_s_multi": ("stall (holders)", fmt_s)}  # fmt: skip
 _CHECKED = ("alpha_s", "beta_Bps")  # with the exchange times: what `agree` looks at
 
 

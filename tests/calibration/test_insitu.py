@@ -7,7 +7,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from qroute.calibration.insitu import cold_excess, fit_path_from_trace, per_holder_excess
+from qroute.calibration.insitu import cold_excess, fit_path_from_trace, per_holder_excess, stall_terms
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import Shape
 from qroute.cost.profile import PathSpec
@@ -276,3 +276,33 @@ def test_exchange_summary_places_each_holders_compute_after_the_post_earliest_fi
     assert got["start_s"] == pytest.approx([0.2, 2.5]) and got["end_s"] == pytest.approx([1.2, 4.5])
     trace[0]["holder_start"] = None  # a holder on another host (or an older one) says nothing of its start
     assert exchange_summary(route_exchanges(trace))["start_s"] == pytest.approx([0.2, 3.0])
+
+
+def _exchange(step, nbytes, net, holders=1, compute=5e-4):
+    """One warm route exchange of `holders` holders at once whose wall less the slowest compute is `net`."""
+    recs = []
+    for h in range(holders):
+        recs.append({"kind": "route", "step": step, "layer": 0, "payload_out": nbytes // 2, "payload_back": nbytes // 2,
+                     "rtt_s": net + compute, "wall_s": net + compute, "holder_compute_s": compute * (1 - 0.1 * h),
+                     "parallel": holders, "first_step": False, "groups": [[1, 64 * (h + 1)]]})  # fmt: skip
+    return recs
+
+
+def test_stalls_per_second_of_exchange_and_their_size_are_recovered():
+    """Two one-holder shapes (20 exchanges, 2 of them stalled by 4 ms) and one two-holder shape (20, 5 stalled by
+    3 ms); a shape of 6 exchanges is too small to read; a 20% spread in the body is no stall."""
+    rng = np.random.default_rng(1)
+    trace, step = [], 0
+    for nbytes, net, holders, stalls, extra in ((8000, 1e-3, 1, 2, 4e-3), (64000, 2e-3, 1, 2, 4e-3),
+                                                (64000, 2e-3, 2, 5, 3e-3), (9000, 1e-3, 1, 3, 9e-3)):  # fmt: skip
+        count = 6 if nbytes == 9000 else 20
+        for i in range(count):
+            body = net * rng.uniform(0.9, 1.1)
+            trace += _exchange(step, nbytes, body + (extra if i < stalls else 0.0), holders)
+            step += 1
+    rate, size, rate_multi, size_multi = stall_terms(trace)
+    seconds = 20 * (1e-3 + 5e-4) + 20 * (2e-3 + 5e-4)  # each exchange at its shape's median wall (about)
+    assert rate == pytest.approx(4 / seconds, rel=0.05) and size == pytest.approx(4e-3, rel=0.05)
+    assert rate_multi == pytest.approx(5 / (20 * 2.5e-3), rel=0.05) and size_multi == pytest.approx(3e-3, rel=0.05)
+    calm = [r for r in trace if r["payload_out"] != 4500]
+    assert stall_terms([dict(r, wall_s=r["holder_compute_s"] + 1e-3) for r in calm]) == (0.0, 0.0, 0.0, 0.0)

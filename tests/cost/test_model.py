@@ -125,3 +125,14 @@ def test_small_regime_survives_the_profile_file(tmp_path):
     q = dataclasses.replace(p, paths=paths)
     q.save(tmp_path / "q.json")
     assert prof.load(tmp_path / "q.json") == q
+
+
+def test_route_pays_the_stalls_of_its_median_request_once(model):
+    p = model.profile.path("ibgda")
+    stalled = dataclasses.replace(p, stall_rate_multi=1e4, stall_s_multi=1e-3)  # exchanges of ~25 us
+    shape = Shape(rows=64, tokens=512, layers=4, steps=8, holders=2)
+    base, with_stalls = model.route(shape, p), model.route(shape, stalled)
+    per_layer = model.route(dataclasses.replace(shape, layers=1, steps=1), p)
+    exchange = per_layer.total - per_layer.merge - p.cold_s
+    assert with_stalls.probe - base.probe == pytest.approx(stalled.stalls_s(32, 2, exchange))
+    assert with_stalls.probe - base.probe > 0 and with_stalls.transfer == base.transfer

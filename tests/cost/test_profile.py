@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from qroute.cost import profile as prof
@@ -39,7 +40,7 @@ def test_roundtrip_through_a_file(tmp_path):
         (lambda d: d["paths"]["ibgda"].update(alpha_s=-1e-6), r"paths\.ibgda\.alpha_s: -1e-06 is less than the minimum"),
         (lambda d: d["paths"]["ibgda"].update(beta_Bps=0), r"paths\.ibgda\.beta_Bps: 0 is less than or equal"),
         (lambda d: d["compute"].pop("splice"), "'splice' is a required property"),
-        (lambda d: d.update(schema="qroute.profile/0"), "expected 'qroute.profile/5'"),
+        (lambda d: d.update(schema="qroute.profile/0"), "expected 'qroute.profile/6'"),
         (lambda d: d.update(default_paths=["pcie9"]), "default path 'pcie9' is not in paths"),
         (lambda d: d["compute"]["merge"].update(fixed_s="2us"), r"compute\.merge\.fixed_s: '2us' is not of type 'number'"),
         (lambda d: d.update(provenance="guessed"), "provenance: 'guessed' is not one of"),
@@ -93,3 +94,17 @@ def test_overlapped_counts_each_other_holder_up_to_the_cap_and_a_cap_round_trips
     spec = PathSpec(1e-4, 1e9, holder_serial=0.8, serial_cap_s=1.2e-3)
     assert PathSpec.from_dict(spec.to_dict()) == spec and "serial_cap_s" not in PathSpec(1e-4, 1e9).to_dict()
 
+
+
+def test_stalls_are_the_median_of_a_poisson_count_and_round_trip():
+    from qroute.cost.profile import PathSpec
+
+    spec = PathSpec(1e-4, 1e9, stall_rate=10.0, stall_s=2e-3, stall_rate_multi=50.0, stall_s_multi=4e-3)
+    assert PathSpec.from_dict(spec.to_dict()) == spec
+    assert "stall_rate" not in PathSpec(1e-4, 1e9).to_dict()  # older profiles write unchanged
+    # one holder, 10 ms exchanges at 10 stalls/s: mean 0.4 (median 0), 0.8 (1), 3 (3) over 4, 8 and 30 exchanges
+    assert [spec.stalls_s(n, 1, 1e-2) for n in (4, 8, 30)] == pytest.approx([0.0, 2e-3, 6e-3])
+    assert spec.stalls_s(8, 2, 1e-2) == pytest.approx(4 * 4e-3)  # several holders: their rate (mean 4) and size
+    got = spec.stalls_s(np.array([4, 8, 8]), np.array([1, 1, 2]), 1e-2)  # batched planning: numpy arrays
+    assert got == pytest.approx([0.0, 2e-3, 16e-3])
+    assert PathSpec(1e-4, 1e9).stalls_s(1000, 2, 1.0) == 0.0
