@@ -82,6 +82,14 @@ def serial_terms(paths) -> tuple[float, float | None]:
     return max(p.holder_serial for p in paths), None if any(c is None for c in caps) else max(caps)
 
 
+def mean_stall_s(paths, holders: int, exchange_s: float) -> float:
+    """The mean stall seconds of one route exchange of `exchange_s` seconds with `holders` holders at once over
+    `paths` (rate x seconds x size of the one- or several-holder class, the paths' largest): what a long run of
+    exchanges pays per exchange (`PathSpec.stalls_s` prices the median request of a given length)."""
+    multi = holders > 1
+    return max((p.stall_rate_multi * p.stall_s_multi if multi else p.stall_rate * p.stall_s) for p in paths) * exchange_s
+
+
 @dataclass(frozen=True)
 class PathSpec:
     """One fabric between two instances: probe latency `alpha_s` (s), rate `beta_Bps` (B/s), optional small regime."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from qroute.cost.model import CostModel
-from qroute.cost.profile import overlapped, serial_terms
+from qroute.cost.profile import mean_stall_s, overlapped, serial_terms
 from qroute.planner import HolderDemand, Request
 from qroute.policies import PolicyState, decide
 from qroute.sim.cache import LruCache, merge_caches
@@ -204,7 +204,8 @@ class Engine:
 
     def batch_shape(self, sessions: Sequence[Session]) -> tuple[float, tuple, float]:
         """(uncontended per-layer seconds, ((holder, its compute, its port, port seconds) per routed holder),
-        route bytes per layer) of a batch, as `planner.combine_batch` prices one layer of it."""
+        route bytes per layer) of a batch, as `planner.combine_batch` prices one layer of it; the exchange's stalls
+        at their mean (`mean_stall_s`), what the median request pays over the many steps a simulation runs."""
         m, rows, comp, path = self.model, {}, {}, {}
         moved = sum(s.moved_s for s in sessions)
         for s in sessions:
@@ -228,7 +229,8 @@ class Engine:
         probe += (len(rows) - 1) * max(p.per_holder_s for p in used)
         ports = max(p.bytes_serial for p in used)
         compute = overlapped(list(comp.values()), *serial_terms(used))
-        return probe + overlapped(out, ports) + compute + overlapped(back, ports) + moved, tuple(routed), total
+        exchange = probe + overlapped(out, ports) + compute + overlapped(back, ports)
+        return exchange + mean_stall_s(used, len(rows), exchange) + moved, tuple(routed), total
 
     # ------------------------------------------------------------------ opening a session
 

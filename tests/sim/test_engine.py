@@ -52,10 +52,10 @@ def test_one_requester_one_holder_matches_the_plan(policy, chunk_blocks, steps, 
     assert out["throughput"] == pytest.approx(steps * step_tokens / want.total_s, rel=1e-9)
 
 
-@pytest.mark.parametrize("ports, serial, cap", [(1.0, 0.0, None), (0.3, 0.5, None), (0.3, 0.5, 2e-6)])
-def test_many_holders_and_a_batch_match_combine_batch(ports, serial, cap):
-    """Two sessions decoded together, each spread over three holders (hashed placement): every step as priced."""
-    nvlink = dataclasses.replace(PROFILE.path("nvlink4"), bytes_serial=ports, holder_serial=serial, serial_cap_s=cap)
+def two_sessions_on_three_holders(**nvlink_fields):
+    """Two sessions decoded together, each spread over three holders (hashed placement), always routed: the
+    simulated seconds of one step, the sessions as the planner sees them, and the profile."""
+    nvlink = dataclasses.replace(PROFILE.path("nvlink4"), **nvlink_fields)
     profile = dataclasses.replace(PROFILE, paths={**PROFILE.paths, "nvlink4": nvlink})
     layout = Layout.uniform(2, 16, 64)
     reqs = [SimRequest(0, 0.0, c, range(16 * c, 16 * c + 16), 6, 100) for c in (0, 1)]
@@ -72,8 +72,25 @@ def test_many_holders_and_a_batch_match_combine_batch(ports, serial, cap):
         request = Request(HEADS, L, demands, 6, True, 100)  # hashed: each holder's run is scattered
         sessions.append((request, forced_plan(CostModel(GEOMETRY, profile), request, "route").holders))
     assert len(sessions[0][0].demands) > 1
-    want = combine_batch(CostModel(GEOMETRY, profile), sessions)
-    assert out["mean_s"] * 6 == pytest.approx(float(want.total), rel=1e-9)
+    return out["mean_s"], sessions, profile
+
+
+@pytest.mark.parametrize("ports, serial, cap", [(1.0, 0.0, None), (0.3, 0.5, None), (0.3, 0.5, 2e-6)])
+def test_many_holders_and_a_batch_match_combine_batch(ports, serial, cap):
+    """Every step as `combine_batch` prices it."""
+    step_s, sessions, profile = two_sessions_on_three_holders(bytes_serial=ports, holder_serial=serial, serial_cap_s=cap)
+    assert step_s * 6 == pytest.approx(float(combine_batch(CostModel(GEOMETRY, profile), sessions).total), rel=1e-9)
+
+
+def test_stalls_are_simulated_at_their_mean_per_exchange():
+    """A path that stalls 2e4 times per second of exchange by 10 us: each layer's exchange pays 0.2 of its own
+    seconds more (the mean; the planner prices the median request's whole count instead)."""
+    from qroute.planner import _routed_per_layer
+
+    plain_s, sessions, profile = two_sessions_on_three_holders()
+    stalled_s, _, _ = two_sessions_on_three_holders(stall_rate_multi=2e4, stall_s_multi=1e-5)
+    exchange_s = float(_routed_per_layer(CostModel(GEOMETRY, profile), sessions).total)
+    assert stalled_s - plain_s == pytest.approx(L * 2e4 * 1e-5 * exchange_s, rel=1e-9)
 
 
 def two_on_one_holder(attention_flops):
