@@ -153,13 +153,13 @@ def combine_batch(model: CostModel, sessions: Sequence[Session]) -> Phases:
     (one probe for all holders plus `per_holder_s` per extra holder, bytes serialised,
     holders in parallel, each holder computing one partial attention per request); then on
     the requester an attention over each request's moved KV and a merge per request. Once:
-    the routed holders' wake-up (`cold_s`) and the exchanges' stalls (`stalls_s`), each request's fetches (its holders asked at once:
-    one fetch probe plus `fetch_per_holder_s` per extra holder; bytes serialised), splice or
-    gather, and re-prefills. All requests share `layers` and `steps`. With an online scale
-    (`CostModel.online`), each part is rescaled by the primitive it belongs to: the exchanges
-    and the holders' attention by route's, fetches and splices by fetch's, re-prefills by
-    local's, a request's attention over moved KV and its merge by its fetch's or local's (by
-    route's when all its holders are routed).
+    the routed holders' wake-up (`cold_s`) and the exchanges' stalls (`stalls_s`), each
+    request's fetches (its holders asked at once: one fetch probe plus `fetch_per_holder_s`
+    per extra holder; bytes serialised), splice or gather, and re-prefills. All requests share
+    `layers` and `steps`. With an online scale (`CostModel.online`), each part is rescaled by
+    the primitive it belongs to: the exchanges and the holders' attention by route's, fetches
+    and splices by fetch's, re-prefills by local's, a request's attention over moved KV and
+    its merge by its fetch's or local's (by route's when all its holders are routed).
     """
     layers, steps = _common(sessions)
     exchange = _routed_per_layer(model, sessions)
