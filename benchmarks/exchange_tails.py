@@ -29,21 +29,17 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import write_result
+from qroute.calibration.insitu import exchange_times, route_exchanges
 
 SUMS = (2, 8, 32)
 DRAWS = 20000
 
 
 def exchanges(records: list[dict]) -> dict[tuple[int, int], list[float]]:
-    """Warm route exchanges of one trace run by (holders, rows): each exchange's wall less its slowest holder's compute."""
-    by_exchange: dict[tuple, list[dict]] = defaultdict(list)
-    for r in records:
-        if r.get("kind") == "route" and not r.get("first_step"):
-            by_exchange[(r.get("run", 0), r["step"], r["layer"])].append(r)
+    """Warm route exchanges of a trace (`insitu.route_exchanges`) by (holders, rows): each one's network seconds."""
     out: dict[tuple[int, int], list[float]] = defaultdict(list)
-    for recs in by_exchange.values():
-        wall = max(r.get("wall_s", r["rtt_s"]) for r in recs)
-        out[(len(recs), recs[0]["rows"])].append(wall - max(r["holder_compute_s"] for r in recs))
+    for recs in route_exchanges(records):
+        out[(len(recs), recs[0]["rows"])].append(exchange_times(recs)[0])
     return out
 
 

@@ -88,6 +88,13 @@ def route_exchanges(trace: list[dict]) -> list[list[dict]]:
     return list(exchanges.values())
 
 
+def exchange_times(recs: list[dict]) -> tuple[float, float]:
+    """(network, wall) seconds of one exchange's records: the wall as the step paid it, less the slowest holder's
+    compute."""
+    wall = max(r.get("wall_s", r["rtt_s"]) for r in recs)
+    return wall - max(r["holder_compute_s"] for r in recs), wall
+
+
 def exchange_summary(exchanges: list[list[dict]]) -> dict | None:
     """Medians over route exchanges (seconds, bytes): the exchange as the step paid it (`wall_s`), the slowest
     holder's compute, the other holders' compute, the largest holder's bytes; what `per_holder_excess` reads, for a
@@ -255,17 +262,15 @@ def stall_terms(trace: list[dict]) -> tuple[float, float, float, float]:
     shape's median. Pooled over one-holder shapes and over several-holder shapes; (0, 0) where none stalled."""
     shapes: dict[tuple, list[tuple[float, float]]] = {}
     for recs in route_exchanges(trace):
-        key = tuple(sorted((_route_bytes(r), _tokens(r)) for r in recs))
-        wall = max(r.get("wall_s", r["rtt_s"]) for r in recs)
-        shapes.setdefault(key, []).append((wall - max(r["holder_compute_s"] for r in recs), wall))
+        shapes.setdefault(tuple(sorted((_route_bytes(r), _tokens(r)) for r in recs)), []).append(exchange_times(recs))
     out: list[float] = []
     for multi in (False, True):
         seconds, excess = 0.0, []
         for key, runs in shapes.items():
             if (len(key) > 1) == multi and len(runs) >= STALL_MIN_EXCHANGES:
-                net = np.array(runs)[:, 0]
+                net, wall = np.array(runs).T
                 med = float(np.median(net))
-                seconds += len(runs) * float(np.median(np.array(runs)[:, 1]))
+                seconds += len(runs) * float(np.median(wall))
                 excess += [float(t - med) for t in net if t > STALL_OVER * med]
         out += [len(excess) / seconds, float(np.median(excess))] if excess else [0.0, 0.0]
     return tuple(out)
