@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from qroute.calibration.compute import quick_profile
-from qroute.calibration.shapes import warm_up
+from qroute.calibration.shapes import forced_executor, warm_up
 from qroute.cost import CostModel, load_profile
 from qroute.errors import QrouteError, non_negative_int, positive_int
 from qroute.indexer import BlockIndexer
@@ -123,9 +123,9 @@ def _requester(instance: Instance, config: AgentBenchConfig, world, group) -> di
         write_trace(config.record, trace_header(world.corpus, asdict(config.workload)), timed)
     index, count = instance.requester_ranks.index(instance.rank), len(instance.requester_ranks)
     mine = [t.request for t in timed if t.agent % count == index]
+    warm_up(forced_executor(world, instance.rank), world)  # untimed: the quick calibration and the runs see a warm machine
     cost = CostModel(world.geometry, _profile(config, world, instance))
     runs: dict[str, list[dict]] = {name: [] for name in config.policies}
-    warm_up(Executor(instance.rank, world.model, world.corpus, world.directory, cost), world)  # untimed
     for round_ in range(config.repeats):
         for name in config.policies:
             if group is not None:

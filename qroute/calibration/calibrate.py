@@ -33,14 +33,14 @@ import torch.distributed as dist
 
 from qroute.calibration.fit import fit_path, rel_spread, speed_spread
 from qroute.calibration.insitu import fit_compute_from_trace, fit_path_from_trace, path_line
-from qroute.calibration.shapes import serve, serve_together, shaped_request, spanning_request, speed_probe, warm_up, wide_request
+from qroute.calibration.shapes import (forced_executor, serve, serve_together, shaped_request, spanning_request, speed_probe,
+                                      warm_up, wide_request)
 from qroute.calibration.sweeps import BANDWIDTH_SIZES, LATENCY_SIZES, bandwidth_sweep, latency_sweep
-from qroute.cost import CostModel, load_profile
 from qroute.cost.model import PRIMITIVES, path_flips
 from qroute.cost.profile import Profile
 from qroute.errors import QrouteError, positive_int
 from qroute.runtime import holder, launcher, paths
-from qroute.runtime.executor import Executor, KeepAlive, stop_holders
+from qroute.runtime.executor import KeepAlive, stop_holders
 from qroute.runtime.holder import AttentionSpec, build_store
 from qroute.runtime.launcher import ClusterSpec, Instance, launch
 from qroute.runtime.world import WorldSpec, build_world, check_spec
@@ -211,8 +211,7 @@ def _train(world, shapes, advance, seed: int, path: str, probes: list | None = N
     scattered fetch (every other block: the gather), and with two holders or more a batch of two requests routed to
     two holders at once (the parallel exchange) and, for some shapes, a fetch from two holders at once; then a fetch
     `WIDE_BLOCKS` times the largest shape's blocks (`wide_request`), three times."""
-    cost = CostModel(world.geometry, load_profile("published-h100"))  # plans are forced: their predictions are unused
-    executor = Executor(0, world.model, world.corpus, world.directory, cost, links=links)
+    executor = forced_executor(world, links=links)
     executor.force_path = path
     warm_up(executor, world)
     executor.trace.clear()  # the warm-up's records are no measurement

@@ -129,15 +129,12 @@ class QuickCalibration:
     def _rand(self, *shape) -> torch.Tensor:
         return torch.randn(*shape, device=self.device).to(self.model.dtype)
 
-    def sample(self, fn: Callable[[], object], reps: int | None = None, back_to_back: bool = False) -> list[float]:
-        """Seconds of `fn()` per call, a model forward before each unless `back_to_back` (warm-up calls dropped).
-
-        The merge runs back to back: in the executor it directly follows the attention on the same data.
-        """
+    def sample(self, fn: Callable[[], object], reps: int | None = None) -> list[float]:
+        """Seconds of `fn()` per call, a model forward before each (as in serving, where other work comes between
+        calls and leaves the caches cold), timed to completion on the device; the first two calls are dropped."""
         out = []
         for _ in range((reps or self.reps) + 2):
-            if not back_to_back:
-                self.model.prefill(self.filler)
+            self.model.prefill(self.filler)
             _sync(self.device)
             t0 = time.perf_counter()
             fn()

@@ -80,6 +80,15 @@ def serve_together(executor: Executor, requests: list[AgentRequest], primitive: 
     return sessions
 
 
+def forced_executor(world, rank: int = 0, links: dict | None = None) -> Executor:
+    """An executor for requests served with a primitive chosen by the caller (calibration, speed probes, warm-up):
+    its plans' predictions are unused, so any profile prices them; the paths it opened are used as they are."""
+    from qroute.cost import CostModel, load_profile
+
+    cost = CostModel(world.geometry, load_profile("published-h100"))
+    return Executor(rank, world.model, world.corpus, world.directory, cost, links=links)
+
+
 PROBE = (2, 6, 2)  # step tokens, blocks, steps of the speed probe: small, on one holder
 WARM_TOL, WARM_ROUNDS, WARM_BUDGET_S = 0.05, 8, 20.0
 

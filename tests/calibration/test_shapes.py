@@ -39,3 +39,18 @@ def test_warm_up_stops_at_its_time_budget(monkeypatch):
     seen = probes(monkeypatch, [3.0, 2.0, 1.0, 0.5, 0.25, 0.1], seconds_each=8.0)
     shapes.warm_up(None, None)
     assert len(seen) == 3  # 8 s, 16 s, 24 s: past the 20 s budget after the third probe
+
+
+def test_forced_executor_serves_the_primitive_it_is_told_with_any_profile():
+    """What warms a cluster before a quick calibration: no profile of this machine exists yet, so its plans come
+    from a built-in one and only the primitive asked for runs (here local, which needs no holder process)."""
+    from qroute.runtime.world import WorldSpec, build_world
+    from qroute.workload.corpus import CorpusSpec
+
+    world = build_world(WorldSpec(corpus=CorpusSpec(max_tokens=2048, chunk_blocks=8)), [1], device="cpu")
+    executor = shapes.forced_executor(world)
+    request = shapes.shaped_request(world, 1, 2, 6, 1, seed=3)
+    session = shapes.serve(executor, request, "local")
+    assert executor.rank == 0 and executor.cost.profile.name == "published-h100"
+    assert session.measured.total > 0 and session.measured.messages == 0
+    assert {h.primitive for h in session.plan.holders} == {"local"}
