@@ -22,7 +22,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from qroute.attention import attend, merge_states, splice
 from qroute.attention.states import AttentionState
 from qroute.calibration.fit import nonneg_lstsq, rate, robust_median
 from qroute.calibration.insitu import per_holder_excess
@@ -33,6 +32,7 @@ from qroute.geometry import Geometry
 from qroute.model import MLATransformer
 from qroute.runtime import transport
 from qroute.runtime.holder import FETCH, ROUTE, AttentionSpec, landed, route_states
+from qroute.runtime.ops import attend_moved, merge_parts, splice_moved_
 from qroute.runtime.store import BlockStore
 
 PATH = "gloo-loopback"
@@ -220,20 +220,22 @@ class QuickCalibration:
         return AttentionCoeffs(float(fixed), rate(inv_read), rate(inv_flops), "measured: route_states (shift, read, attend)")
 
     def local_attention(self) -> AttentionCoeffs:
-        """The requester's attention over moved KV (rows of one request against contiguous keys)."""
-        c = self.model.config
-        grid = [(k * self.g.heads, t) for k in self.grids.row_heads for t in self.grids.local_tokens]
+        """The requester's attention over moved KV as the executor runs it (`ops.attend_moved`: the sparse MLA
+        kernel on a GPU): the rows of k tokens x H heads against t contiguous keys (whole blocks)."""
+        c, heads, bs = self.model.config, self.g.heads, self.block_size
+        grid = [(k * heads, -(-t // bs) * bs) for k in self.grids.row_heads for t in self.grids.local_tokens]
         rows, times = [], []
-        latent = c.kv_lora_rank
         for r, t in grid:
-            q, keys = self._rand(r, c.latent_width), self._rand(t, c.latent_width)
-            times.append(robust_median(self.sample(lambda q=q, k=keys: attend(q, k, k[:, :latent], 0.1, check=False))))
+            q, keys = self._rand(r // heads, heads, c.latent_width), self._rand(t, c.latent_width)
+            run = lambda q=q, k=keys: attend_moved(q, k, 0.1, c.kv_lora_rank, bs)  # noqa: E731
+            times.append(robust_median(self.sample(run)))
             rows.append([1.0, t * self.coef.kv_token_layer_bytes, r * t * self.g.attn_flops_per_row_token])
         fixed, inv_read, inv_flops = self._fit("local_attention", grid, rows, times)
-        return AttentionCoeffs(float(fixed), rate(inv_read), rate(inv_flops), "measured: attend over contiguous keys")
+        return AttentionCoeffs(float(fixed), rate(inv_read), rate(inv_flops), "measured: attention over moved KV")
 
     def merge(self) -> MergeCoeffs:
-        """A request's per-layer merge as `BatchContext` runs it: P partial states of k x H rows, merged, reshaped."""
+        """A request's per-layer merge as `BatchContext` runs it (`ops.merge_parts`: the merge kernel on a GPU): P
+        partial states of k x H rows, merged, reshaped."""
         heads, latent = self.g.heads, self.g.v_dim
         grid = [(k * heads, p) for k in self.grids.merge_row_heads for p in self.grids.merge_partials]
         rows, times = [], []
@@ -241,23 +243,24 @@ class QuickCalibration:
             states = [AttentionState(self._rand(r, latent), torch.randn(r, device=self.device)) for _ in range(p)]
 
             def run(states=states):
-                merged = [merge_states(states, check=False)]
+                merged = [merge_parts(states)]
                 return torch.cat([m.o.view(-1, heads, latent) for m in merged]), torch.cat([m.lse.view(-1, heads) for m in merged])
 
             times.append(robust_median(self.sample(run)))
             rows.append([1.0, r * p * self.coef.o_row_bytes])
         fixed, inv = self._fit("merge", grid, rows, times)
-        return MergeCoeffs(float(fixed), rate(inv), "measured: merge_states as the executor runs it")
+        return MergeCoeffs(float(fixed), rate(inv), "measured: the merge as the executor runs it")
 
     def splice(self) -> SpliceCoeffs:
-        """One splice call over all layers of the moved tokens: `fixed + L per_layer + T L per_token_layer`."""
+        """One splice call over all layers of the moved tokens as the executor runs it (`ops.splice_moved_`: one
+        kernel launch on a GPU): `fixed + L per_layer + T L per_token_layer`."""
         c = self.model.config
         layer_counts = [n or c.num_layers for n in self.grids.splice_layers]
         grid = [(t, n) for t in self.grids.splice_tokens for n in layer_counts]
         rows, times = [], []
         for t, layers in grid:
-            kv = self._rand(layers, t, c.qk_rope_head_dim)
-            times.append(robust_median(self.sample(lambda kv=kv: splice(kv, 1000, c.rope))))
+            kv = self._rand(layers, t, c.latent_width)
+            times.append(robust_median(self.sample(lambda kv=kv: splice_moved_(kv, 1000, c.rope, c.kv_lora_rank))))
             rows.append([1.0, layers, t * layers])
         fixed, per_layer, per = self._fit_three("splice", grid, rows, times, len(set(layer_counts)) > 1)
         return SpliceCoeffs(fixed, per_layer, per, "measured: one fused splice over all layers")

@@ -21,25 +21,15 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import Tensor
 
-from qroute.attention import AttentionState, attend, merge_states
+from qroute.attention import AttentionState, attend
 from qroute.model.context import causal_mask
 from qroute.runtime import transport
 from qroute.runtime.holder import ROUTE, route_states
 from qroute.runtime.links import reply_order
+from qroute.runtime.ops import attend_moved, merge_parts
 
 if TYPE_CHECKING:
     from qroute.runtime.executor import Executor, Session
-
-
-def _merge(parts: list[AttentionState]) -> AttentionState:
-    """Exact merge of a session's partial states (flat rows); on a GPU, the merge kernel over them stacked."""
-    if len(parts) == 1 or not parts[0].o.is_cuda:
-        return merge_states(parts, check=False)
-    from qroute.kernels import merge_partials  # imports triton: only where a GPU runs it
-
-    dtype = parts[0].o.dtype
-    o = torch.stack([p.o.to(dtype) for p in parts])  # [P, R, latent]
-    return merge_partials(o, torch.stack([p.lse.float() for p in parts]))
 
 
 def _rows(state: AttentionState, tokens: int) -> AttentionState:
@@ -67,30 +57,16 @@ class BatchContext:
                 self.ex.sync()
                 t0 = time.perf_counter()
                 keys = s.moved[layer]
-                parts[b].append(self._attend_moved(q[a:e], keys, scale))
+                parts[b].append(attend_moved(q[a:e], keys, scale, self.ex.spec.latent, self.ex.corpus.block_size))
                 self._timed("moved", layer, t0, rows=(e - a) * heads, tokens=keys.shape[0])
         merged = []
         for b, part in enumerate(parts):  # 4. merge
             self.ex.sync()
             t0 = time.perf_counter()
-            m = _merge(part)
+            m = merge_parts(part)
             merged.append((m.o.view(-1, heads, latent), m.lse.view(-1, heads)))
             self._timed("merge", layer, t0, rows=m.lse.numel(), partials=len(part), routed=bool(self.sessions[b].routed))
         return AttentionState(torch.cat([o for o, _ in merged]), torch.cat([lse for _, lse in merged]))
-
-    def _attend_moved(self, q: Tensor, keys: Tensor, scale: float) -> AttentionState:
-        """q [k, H, D] over moved rows `keys [M, D]` -> flat rows `[k * H]`; on a GPU, the sparse MLA kernel over
-        the rows as pages of one block each."""
-        latent = self.ex.spec.latent
-        if not q.is_cuda:
-            return attend(q.reshape(-1, q.shape[-1]), keys, keys[:, :latent], scale, check=False)
-        from qroute.kernels import sparse_mla  # imports triton: only where a GPU runs it
-
-        bs = self.ex.corpus.block_size
-        pages = keys.view(-1, bs, keys.shape[-1])  # [M / bs, bs, D]: M is whole blocks
-        table = torch.arange(pages.shape[0], device=q.device).expand(q.shape[0], -1)
-        state = sparse_mla(q.contiguous(), pages, table, scale, latent, check=False)
-        return _rows(state, q.shape[0])
 
     def _timed(self, kind: str, layer: int, t0: float, **shape) -> None:
         """Charge a requester-side call to its phase and keep it in the trace (what calibration fits)."""

@@ -17,7 +17,6 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from qroute.attention import splice
 from qroute.cost.model import CostModel, Phases
 from qroute.errors import QrouteError
 from qroute.model import MLATransformer
@@ -27,6 +26,7 @@ from qroute.runtime.holder import FETCH, PING, PONG, STOP, AttentionSpec
 from qroute.policies import Decision, PolicyState, decide
 from qroute.runtime.cache import BlockCache
 from qroute.runtime.links import Link, RankLink, reply_order
+from qroute.runtime.ops import splice_moved_
 from qroute.runtime.store import BlockStore, Directory
 from qroute.workload.agents import AgentRequest
 from qroute.workload.corpus import Corpus
@@ -229,13 +229,7 @@ class Executor:
 
     def _splice(self, kv: Tensor, offset: int) -> None:
         """Rotate the rope part of `kv [L, T, D]` by `+offset`, in place (one kernel launch on a GPU)."""
-        if kv.is_cuda:
-            from qroute.kernels import splice_rope_  # imports triton: only where a GPU runs it
-
-            splice_rope_(kv, offset, self.spec.rope)
-        else:
-            latent = self.spec.latent
-            kv[..., latent:] = splice(kv[..., latent:], offset, self.spec.rope)
+        splice_moved_(kv, offset, self.spec.rope, self.spec.latent)
         self.sync()
 
     def _fetch(self, s: Session, wanted: dict[int, list[int]]) -> list[Tensor]:
