@@ -230,8 +230,7 @@ def _once(model: CostModel, request: Request, holders: Sequence[HolderPlan]) -> 
     fetched = [h for h in holders if h.primitive == "fetch"]
     paths = [model.profile.path(h.path) for h in fetched]
     tokens = sum(h.tokens for h in fetched)
-    adapt = model.gather_s(tokens, len(fetched), layers) if fetched and request.sparse else 0.0
-    adapt += model.splice_s(tokens, layers) if fetched and request.offset else 0.0
+    adapt = model.fetched_adapt_s(tokens, len(fetched), layers, request.sparse, request.offset) if fetched else 0.0
     rebuild = sum(model.reprefill_s(demands[h.holder].rebuild_tokens, layers) for h in holders if h.primitive == "local")
     moved = [model.fetch_bytes(h.tokens, layers) for h in fetched]
     # the holders are asked at once: one probe (they wake together), plus the extra of each further holder

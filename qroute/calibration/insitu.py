@@ -355,6 +355,16 @@ def _after_route(points: dict[tuple, float], m: np.ndarray, o: float, fits: dict
     return max(0.0, robust_median(list(excess.values())))
 
 
+def reply_excess(trace: list[dict], fits: dict | None = None) -> float:
+    """`GatherCoeffs.reply_s`: per fetched holder, what a request that only fetched paid in compute on the requester
+    beyond its splices and the holders' gathers of scattered blocks (the executor's `adapt` records: the holder's send
+    of a contiguous run, the reply's handling); the robust median over those requests, never below 0 (0 if none)."""
+    excess = [(r["seconds"] - r["splice_s"] - r["gather_s"]) / r["fetched"] for r in _of(trace, "adapt")]
+    if fits is not None and excess:
+        fits["reply"] = {"requests": len(excess), "median_s": float(np.median(excess))}
+    return max(0.0, robust_median(excess)) if excess else 0.0
+
+
 def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, fits: dict) -> Compute:
     """Every compute coefficient from the trace (see the module doc)."""
     kv, f, o = coef.kv_token_layer_bytes, g.attn_flops_per_row_token, coef.o_row_bytes
@@ -385,6 +395,6 @@ def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, f
         local_attention=AttentionCoeffs(float(la[0]), rate(la[1]), rate(la[2]), src, float(la[3])),
         merge=MergeCoeffs(float(m[0]), rate(m[1]), src, after_route),
         splice=SpliceCoeffs(float(s[0]), 0.0, float(s[1]), src),
-        gather=GatherCoeffs(float(gt[0]), 0.0, float(gt[1]), src),
+        gather=GatherCoeffs(float(gt[0]), 0.0, float(gt[1]), src, reply_excess(trace, fits)),
         reprefill=ReprefillCoeffs(float(rp[0]), rate(rp[1]), rate(rp[2]), src),
     )

@@ -183,10 +183,15 @@ class CostModel:
         return per_layer.scaled(n) + Phases(probe=path.cold_s + stalls)
 
     def adapt_s(self, s: Shape):
-        """Making moved KV usable: gather (sparse) and/or splice (reused at offset != 0)."""
-        moved = s.holders * s.tokens
-        adapt = self.gather_s(moved, s.holders, s.layers) if s.sparse else 0.0
-        return adapt + (self.splice_s(moved, s.layers) if s.offset else 0.0)
+        """Making moved KV usable after fetching `s.tokens` from each of `s.holders` holders (`fetched_adapt_s`)."""
+        return self.fetched_adapt_s(s.holders * s.tokens, s.holders, s.layers, s.sparse, s.offset)
+
+    def fetched_adapt_s(self, tokens, holders, layers, sparse, offset):
+        """What a request pays on the requester once it fetched `tokens` tokens from `holders` holders: the gather of
+        scattered blocks (`sparse`), the splice (reused at `offset` != 0) and each reply's own handling (`reply_s`)."""
+        adapt = self.gather_s(tokens, holders, layers) if sparse else 0.0
+        adapt = adapt + (self.splice_s(tokens, layers) if offset else 0.0)
+        return adapt + holders * self.profile.compute.gather.reply_s
 
     def moved_per_layer(self, s: Shape) -> Phases:
         """Per layer and step once KV is on the requester: attention over it, merge with the own state."""

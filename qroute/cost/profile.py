@@ -1,6 +1,6 @@
 """Profiles: the measured (or published, or what-if) constants of one cluster.
 
-A profile is a JSON file, schema `qroute.profile/6` (`profile.schema.json` beside this
+A profile is a JSON file, schema `qroute.profile/7` (`profile.schema.json` beside this
 module; `qroute.profile/1` to `/5` files still load, their newer fields taken as 0, `bytes_serial` as 1 and
 `serial_cap_s` as none), validated on
 load and never pickled. Calibration is the only code that writes
@@ -26,7 +26,8 @@ and `fetch_offset_s`, what a fetch exchange costs beyond a route exchange of the
 route exchanges with one holder stall `stall_rate` times per second of their wall time, each by `stall_s`
 seconds beyond the line (`stall_rate_multi`, `stall_s_multi`: exchanges with several holders at once); a
 request pays the median of a Poisson count over its exchanges' seconds (`PathSpec.stalls_s`): none in a
-short request, its share in a long one.
+short request, its share in a long one. Compute's `gather.reply_s` (profile/7) prices what each fetched
+holder's reply costs the requester beyond the splice and the gather.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ import numpy as np
 
 from qroute.errors import QrouteError
 
-SCHEMA_ID = "qroute.profile/6"
-READABLE = tuple(f"qroute.profile/{v}" for v in range(1, 6)) + (SCHEMA_ID,)
+SCHEMA_ID = "qroute.profile/7"
+READABLE = tuple(f"qroute.profile/{v}" for v in range(1, 7)) + (SCHEMA_ID,)
 
 
 @dataclass(frozen=True)
@@ -209,12 +210,15 @@ class SpliceCoeffs:
 
 @dataclass(frozen=True)
 class GatherCoeffs:
-    """Scattered gather of E (token, layer) entries from H holders: `fixed + H*L*per_holder_layer + E*per_entry`."""
+    """Scattered gather of E (token, layer) entries from H holders: `fixed + H*L*per_holder_layer + E*per_entry`;
+    `reply_s` (profile/7): what the requester pays per fetched holder beyond splice and gather (the holder's send of
+    a contiguous run, the reply's handling), priced for every fetch."""
 
     fixed_s: float
     per_holder_layer_s: float
     per_entry_s: float
     source: str = ""
+    reply_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -276,6 +280,8 @@ class Profile:
         }
         if not self.compute.merge.after_route_s:  # profiles that predate it read and write unchanged
             del d["compute"]["merge"]["after_route_s"]
+        if not self.compute.gather.reply_s:  # the same for the per-reply term (profile/7)
+            del d["compute"]["gather"]["reply_s"]
         for name in ("attention", "local_attention"):  # the same for the per-row term (profile/3)
             if not d["compute"][name]["per_row_s"]:
                 del d["compute"][name]["per_row_s"]
@@ -296,7 +302,7 @@ def _schema() -> dict[str, Any]:
 
 
 def validate(data: Any, origin: str) -> None:
-    """Validate a profile dict against schema `qroute.profile/6` (or /1 to /5); one-line error on failure."""
+    """Validate a profile dict against schema `qroute.profile/7` (or /1 to /6); one-line error on failure."""
     if isinstance(data, dict) and data.get("schema") not in READABLE:
         raise QrouteError(f"profile {origin}: schema={data.get('schema')!r}: expected {SCHEMA_ID!r} (or one of "
                           f"{', '.join(map(repr, READABLE[:-1]))})")  # fmt: skip

@@ -194,14 +194,27 @@ class Executor:
         s.measured.base += time.perf_counter() - t0
         s.routed = {h: b for h, b in by_holder.items() if primitives[h] == "route"}
         s.paths = {h.holder: self.force_path or h.path for h in p.holders} if p else {}
-        t1, network = time.perf_counter(), s.measured.network
-        moved = self._fetch(s, {h: b for h, b in by_holder.items() if primitives[h] == "fetch"})
+        t1, network, first_record = time.perf_counter(), s.measured.network, len(self.trace)
+        fetched = {h: b for h, b in by_holder.items() if primitives[h] == "fetch"}
+        moved = self._fetch(s, fetched)
         moved += [self._rebuild(s, b) for h, b in by_holder.items() if primitives[h] == "local"]
         moved += [self._from_cache(s, cached)] if cached else []
         s.moved = (moved[0] if len(moved) == 1 else torch.cat(moved, dim=1)) if moved else None
         self.sync()
-        s.measured.compute += time.perf_counter() - t1 - (s.measured.network - network)  # all of it but the network
+        adapt = time.perf_counter() - t1 - (s.measured.network - network)  # all of it but the network
+        s.measured.compute += adapt
+        if fetched and len(moved) == len(fetched):  # fetches alone: what their replies cost beyond splice and gather
+            self._trace_adapt(adapt, len(fetched), self.trace[first_record:])
         return s
+
+    def _trace_adapt(self, seconds: float, fetched: int, records: list[dict]) -> None:
+        """One record per request that fetched (and did nothing else in `open`): the compute it paid there, with the
+        parts the model prices from other records (its splices; the holders' gathers of scattered blocks), so that
+        calibration can price the rest per reply (`GatherCoeffs.reply_s`)."""
+        splice_s = sum(r["seconds"] for r in records if r["kind"] == "splice")
+        gather_s = sum(r["holder_compute_s"] for r in records if r["kind"] == "fetch" and r["scattered"])
+        self.trace.append({"kind": "adapt", "seconds": seconds, "fetched": fetched, "splice_s": splice_s,
+                           "gather_s": gather_s})  # fmt: skip
 
     def _cached(self, by_holder: dict[int, list[int]]) -> list[int]:
         """Take the selected blocks found in the cache out of `by_holder` (in place); they are attended here."""

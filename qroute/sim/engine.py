@@ -282,8 +282,7 @@ class Engine:
             cursor = self.res.reserve((self.port(h, p), self.port(r.instance, p)), cursor, n / s.beta(n))
             self.bytes["fetch"] += n
         tokens = bs * sum(len(groups[h]) for h in fetched)
-        adapt = m.gather_s(tokens, len(fetched), L) if self._scattered(req, groups) else 0.0
-        return cursor + adapt + (m.splice_s(tokens, L) if req.offset else 0.0)
+        return cursor + m.fetched_adapt_s(tokens, len(fetched), L, self._scattered(req, groups), req.offset)
 
     # ------------------------------------------------------------------ planning
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from qroute.calibration.insitu import cold_excess, fit_path_from_trace, per_holder_excess, stall_terms
+from qroute.calibration.insitu import cold_excess, fit_path_from_trace, per_holder_excess, reply_excess, stall_terms
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import Shape
 from qroute.cost.profile import PathSpec
@@ -306,3 +306,23 @@ def test_stalls_per_second_of_exchange_and_their_size_are_recovered():
     assert rate_multi == pytest.approx(5 / (20 * 2.5e-3), rel=0.05) and size_multi == pytest.approx(3e-3, rel=0.05)
     calm = [r for r in trace if r["payload_out"] != 4500]
     assert stall_terms([dict(r, wall_s=r["holder_compute_s"] + 1e-3) for r in calm]) == (0.0, 0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("reply", [0.0, 9e-5])
+def test_a_fetched_replys_handling_is_what_its_adapt_records_pay_beyond_splice_and_gather(reply):
+    """Requests of 1-2 fetched holders, scattered or not, with splices of many sizes and a few 4 ms stalls: the
+    per-reply excess comes back, and a trace whose excess is negative prices none."""
+    rng = np.random.default_rng(3)
+    trace = []
+    for i in range(40):
+        fetched, splice = 1 + i % 2, rng.uniform(1e-4, 2e-3)
+        gather = rng.uniform(5e-5, 5e-4) if i % 3 == 0 else 0.0
+        stall = 4e-3 if i % 13 == 5 else 0.0
+        seconds = splice + gather + fetched * reply * (1 + rng.normal(0, 0.02)) + stall
+        trace.append({"kind": "adapt", "seconds": seconds, "fetched": fetched, "splice_s": splice, "gather_s": gather})
+    trace.append({"kind": "splice", "seconds": 1.0, "tokens": 64, "layers": 2})  # other records are not read
+    fits: dict = {}
+    assert reply_excess(trace, fits) == pytest.approx(reply, abs=3e-6)
+    assert fits["reply"]["requests"] == 40
+    faster = [{**r, "seconds": r["splice_s"] * 0.9} for r in trace if r["kind"] == "adapt"]
+    assert reply_excess(faster) == 0.0 and reply_excess([]) == 0.0

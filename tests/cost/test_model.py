@@ -60,6 +60,20 @@ def test_splice_only_when_reused_at_an_offset_and_gather_only_when_sparse(model)
     assert model.splice_s(2048, 27) == pytest.approx(3e-3, rel=1e-3)
 
 
+@pytest.mark.parametrize("holders", [1, 3])
+def test_each_fetched_reply_pays_its_handling_once_whatever_the_steps(model, holders):
+    p = model.profile.path("ibgda")
+    gather = dataclasses.replace(model.profile.compute.gather, reply_s=8e-5)
+    priced = dataclasses.replace(model, profile=dataclasses.replace(
+        model.profile, compute=dataclasses.replace(model.profile.compute, gather=gather)))  # fmt: skip
+    for steps in (1, 6):
+        shape = Shape(16, 512, 27, steps=steps, holders=holders, offset=9)
+        extra = priced.fetch(shape, p).compute - model.fetch(shape, p).compute
+        assert extra == pytest.approx(holders * 8e-5)
+        assert priced.route(shape, p).total == model.route(shape, p).total  # a route fetches nothing
+        assert priced.local(shape).total == model.local(shape).total
+
+
 @settings(max_examples=50, deadline=None)
 @given(rows=st.integers(1, 5000), tokens=st.integers(1, 8192), layers=st.integers(1, 61),
        steps=st.integers(1, 50), holders=st.integers(1, 8), sparse=st.booleans(), offset=st.integers(-5, 5))

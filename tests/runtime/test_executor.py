@@ -32,11 +32,30 @@ def test_every_primitive_is_exact_and_really_moves_data(tiny):
     assert all(r["predicted"]["total_s"] > 0 and r["plans"][0]["holders"] for r in route)
     local = [r for r in results["runs"] if r["mode"] == "local"]
     assert all(r["measured"]["messages"] == 0 for r in local)  # local moves nothing
+    assert_adapt_records(results)
+
+
+def assert_adapt_records(results):
+    """Every request that only fetched leaves one `adapt` record: its compute in `open`, at least its splices and the
+    holders' gathers it lists (what calibration prices per reply beyond them); no other request leaves one."""
+    for run in results["runs"]:
+        adapt = [t for t in run["trace"] if t["kind"] == "adapt"]
+        if run["mode"] != "fetch":
+            assert adapt == []
+            continue
+        fetches = [t for t in run["trace"] if t["kind"] == "fetch"]
+        splices = [t for t in run["trace"] if t["kind"] == "splice"]
+        assert len(adapt) == len(run["requests"]) and sum(a["fetched"] for a in adapt) == len(fetches)
+        assert sum(a["splice_s"] for a in adapt) == pytest.approx(sum(t["seconds"] for t in splices))
+        assert sum(a["gather_s"] for a in adapt) == pytest.approx(sum(t["holder_compute_s"] for t in fetches if t["scattered"]))
+        assert all(a["seconds"] >= a["splice_s"] + a["gather_s"] > 0 for a in adapt)
 
 
 def test_hashed_placement_with_replicas_and_sparse_selection(tiny):
     results = run_demo(tiny(placement="hashed", replicas=1, sparse=True, modes=("route", "fetch", "local")))
     assert_exact(results)
+    assert_adapt_records(results)
+    assert any(t["kind"] == "fetch" and t["scattered"] for r in results["runs"] for t in r["trace"])
     assert all(h["blocks"] > 0 for h in results["holders"])
 
 
