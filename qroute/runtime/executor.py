@@ -360,9 +360,11 @@ def stop_holders(rank: int, holders: Sequence[int]) -> None:
 
 @dataclass
 class KeepAlive:
-    """Pings every holder on the world group once `every_s` seconds have passed since the last time it did (a no-op
-    without path groups). With an emulated fabric every request travels on the path groups, and a holder waiting on
-    the idle world group longer than the process group's timeout would fail (a fabric validation sweep takes minutes)."""
+    """Pings every holder on every group that carries messages (the world group, each path group) once `every_s`
+    seconds have passed since the last time it did (a no-op without path groups). With path groups a sweep sends on one
+    group at a time for minutes (an emulated fabric's links, or gloo then shared memory), and a holder waiting on an
+    idle group longer than the cluster's timeout would fail: measured, a 40-run `validate --shm` on the dev VM lost
+    the shared-memory thread of its idle second holder after 300 s of sweeping gloo."""
 
     rank: int
     holders: Sequence[int]
@@ -379,9 +381,10 @@ class KeepAlive:
 
         if not paths.names() or not paths.world_carries_messages() or time.monotonic() - self.last < self.every_s:
             return
-        for h in self.holders:
-            if h != self.rank:
-                transport.send(h, PING, [0], [])
-                if transport.recv(h).kind != PONG:
-                    raise QrouteError(f"holder {h} answered a keep-alive PING with another kind: expected PONG")
+        for group in [None, *paths.groups()]:
+            for h in self.holders:
+                if h != self.rank:
+                    transport.send(h, PING, [0], [], group)
+                    if transport.recv(h, group).kind != PONG:
+                        raise QrouteError(f"holder {h} answered a keep-alive PING with another kind: expected PONG")
         self.last = time.monotonic()

@@ -129,7 +129,15 @@ def serve(store: BlockStore, spec: AttentionSpec, requesters: Sequence[int], gro
     if not paths.world_carries_messages():  # one path carries everything: serve it here, nothing on the world group
         _serve_group(store, spec, requesters, paths.group(None), stats, limit)
         return stats
-    threads = [threading.Thread(target=_serve_group, args=(store, spec, requesters, g, stats), daemon=True) for g in groups]
+    failed: list[BaseException] = []
+
+    def serve_path(group) -> None:
+        try:
+            _serve_group(store, spec, requesters, group, stats)
+        except BaseException as exc:  # kept for the main thread: a holder that stopped serving a path fails
+            failed.append(exc)
+
+    threads = [threading.Thread(target=serve_path, args=(g,), daemon=True) for g in groups]
     for t in threads:
         t.start()
     _serve_group(store, spec, requesters, None, stats, limit)
@@ -137,6 +145,8 @@ def serve(store: BlockStore, spec: AttentionSpec, requesters: Sequence[int], gro
         return stats  # fault injection: leave now, without waiting for the path groups
     for t in threads:
         t.join()
+    if failed:
+        raise failed[0]
     return stats
 
 

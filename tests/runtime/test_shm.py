@@ -72,6 +72,36 @@ def test_a_silent_peer_is_a_clear_error_after_the_timeout():
         launch(ClusterSpec(world_size=2, timeout_s=2.0, shm=True), silent)
 
 
+def idle_paths(instance, world_only: bool):
+    """Rank 0 sends no request for 3 s on a 2 s cluster timeout: both holders idle on the world and the shm group alike
+    (as the idle second holder of a 1-holder `validate --shm` sweep), kept alive on every group or on the world only
+    (what `KeepAlive` did before it pinged the path groups)."""
+    import time
+
+    from qroute.runtime import holder
+    from qroute.runtime.executor import KeepAlive, stop_holders
+
+    if instance.rank != 0:
+        return sorted(holder.serve(None, None, [0]).requesters)
+    if world_only:
+        paths.groups = lambda: []  # this process only (forked): the keep-alive sees no path group
+    alive = KeepAlive(0, [1, 2], every_s=0.5)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 3.0:
+        time.sleep(0.1)
+        alive()
+    stop_holders(0, [1, 2])
+    return "done"
+
+
+def test_keep_alive_pings_every_path_group_and_a_holder_that_lost_a_path_fails():
+    spec = ClusterSpec(world_size=3, **{**SPEC, "timeout_s": 2.0})
+    assert launch(spec, idle_paths, False) == ["done", [0], [0]]
+    with pytest.raises(QrouteError, match=r"instance [12] failed: shared-memory path: waited \d+ s for a message from "
+                                          r"instance 0: expected it within the cluster timeout \(2 s\)"):  # fmt: skip
+        launch(spec, idle_paths, True)
+
+
 @pytest.mark.parametrize("bad", [dict(backend="nccl"), dict(links=("veth",), world_size=2)])
 def test_shared_memory_only_between_gloo_instances_of_one_host(bad):
     with pytest.raises(QrouteError, match="the shared-memory path: expected backend gloo without an emulated fabric"):
