@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import json
 import socket
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from qroute.report import write_data  # noqa: E402
 from qroute.report.console import fmt_bytes, fmt_s  # noqa: E402
 from qroute.report.plots import COLORS  # noqa: E402
 
@@ -204,7 +204,7 @@ def write_agents(results: dict, out_dir: str | Path, tag: str | None = None) -> 
     stem = f"agents-{tag or socket.gethostname()}-{dt.date.today():%Y-%m-%d}"
     policies = results["policies"]
     data = out / f"{stem}.json"
-    data.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_data(data, results)
     files = [data, write_csv(policies, out / f"{stem}.csv"), latency_cdf(policies, out / f"{stem}-latency-cdf.png"),
              bytes_bars(policies, out / f"{stem}-bytes.png"), hit_rate_plot(policies, out / f"{stem}-hit-rate.png")]  # fmt: skip
     return [f for f in files if f is not None]

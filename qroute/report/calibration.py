@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.table import Table
 
 from qroute.calibration.fit import UNSTEADY
+from qroute.report import write_data
 from qroute.report.console import fmt_bytes, fmt_s
 
 
@@ -100,7 +101,7 @@ def write_calibration(results: dict, out_dir: str | Path, tag: str | None = None
     profile = out / f"profile-{stem}.json"
     profile.write_text(json.dumps(results["profile"], indent=2) + "\n")
     full = out / f"calibration-{stem}.json"
-    full.write_text(json.dumps({k: v for k, v in results.items() if k != "trace"}, indent=2, default=str) + "\n")
+    write_data(full, {k: v for k, v in results.items() if k != "trace"})
     if "trace" not in results:
         return [profile, full]
     trace = out / f"trace-{stem}.json"

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import socket
 from pathlib import Path
 
 from rich.table import Table
 
-from qroute.report import plots
+from qroute.report import plots, write_data
 from qroute.report.console import fmt_s
 
 LABELS = {"predicate": "predicate", "route": "always-route", "fetch": "always-fetch", "local": "always-local"}
@@ -40,7 +39,7 @@ def write_results(results: dict, out_dir: str | Path, tag: str | None = None) ->
     out.mkdir(parents=True, exist_ok=True)
     stem = f"demo-{tag or socket.gethostname()}-{dt.date.today():%Y-%m-%d}"
     data = out / f"{stem}.json"
-    data.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_data(data, results)
     return [
         data,
         plots.predicted_vs_measured(results, out / f"{stem}-predicted-vs-measured.png"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import json
 import math
 import socket
 from dataclasses import replace
@@ -29,6 +28,7 @@ from qroute.cost.model import PRIMITIVES, CostModel  # noqa: E402
 from qroute.planner import HolderDemand, Request, plan  # noqa: E402
 from qroute.report.agents import _colors, _pct, _rate, step_cdf  # noqa: E402
 from qroute.report.console import fmt_bytes, fmt_s  # noqa: E402
+from qroute.report import write_data  # noqa: E402
 from qroute.report.plots import COLORS  # noqa: E402
 
 LISTS = ("latency_cdf", "port_utilisation")  # in the JSON file, not in --json
@@ -331,7 +331,7 @@ def write_sim(results: dict, out_dir: str | Path, tag: str | None = None) -> lis
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"sim-{tag or socket.gethostname()}-{dt.date.today():%Y-%m-%d}"
     data = Path(f"{stem}.json")
-    data.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_data(data, results)
     files = [data, write_csv(results, Path(f"{stem}.csv")), latency_cdf(results["policies"], Path(f"{stem}-latency-cdf.png")),
              utilisation_maps(results, Path(f"{stem}-holder-util.png"), "holder"),
              utilisation_maps(results, Path(f"{stem}-link-util.png"), "link")]  # fmt: skip

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import json
 import socket
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from qroute.calibration.fit import UNSTEADY  # noqa: E402
+from qroute.report import write_data  # noqa: E402
 from qroute.report.plots import COLORS  # noqa: E402
 
 LETTER = {"route": "R", "fetch": "F", "local": "L"}
@@ -118,6 +118,6 @@ def write_validation(results: dict, out_dir: str | Path, tag: str | None = None)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"validation-{tag or socket.gethostname()}-{dt.date.today():%Y-%m-%d}"
     data = out / f"{stem}.json"
-    data.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_data(data, results)
     return [data, write_csv(results["rows"], out / f"{stem}.csv"), scatter(results["rows"], out / f"{stem}-scatter.png"),
             crossover_map(results["metrics"]["decisions"], out / f"{stem}-crossover.png")]  # fmt: skip
