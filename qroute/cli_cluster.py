@@ -276,7 +276,7 @@ def cmd_validate(args) -> None:
         files.insert(0, calibrated)
     m = results["metrics"]
     if args.json:
-        keys = ("median_ape", "p90_ape", "n", "per_path", "per_primitive", "per_holders", "per_phase", "hit_rate", "regret",
+        keys = ("median_ape", "p90_ape", "n", "per_path", "per_primitive", "per_holders", "per_phase", "signed", "hit_rate", "regret",
                 "decisive_configs", "configs", "drift", "drift_corrected", "online", "measurement")  # fmt: skip
         print(json.dumps({**{k: m[k] for k in keys}, "profile": results["profile_file"], "files": [str(f) for f in files]}, indent=2))
         return

@@ -318,6 +318,7 @@ def metrics(rows: list[dict], margin: float = 0.10) -> dict:
         out[f"per_{key}"] = {v: _summary([a for r in rows if r[key] == v and (a := _ape(r)) is not None])
                              for v in sorted({r[key] for r in rows if r[key]}, key=str)}  # fmt: skip
     out["per_phase"] = {g: _summary([a for r in rows if (a := _ape(r, g)) is not None]) for g in GROUPS[:-1]}
+    out["signed"] = signed_errors(rows)
     out["drift"] = drift(rows)
     cis = [r["median_ci"] for r in rows if math.isfinite(r.get("median_ci", math.inf))]  # 3 runs or more
     out["measurement"] = {"runs_median": float(np.median([len(r["measured_runs"]) for r in rows])) if rows else None,
@@ -329,6 +330,20 @@ def metrics(rows: list[dict], margin: float = 0.10) -> dict:
         v: _summary([a for r in rows if r["path"] == v and (a := _corrected_ape(r)) is not None])
         for v in sorted({r["path"] for r in rows if r["path"]}, key=str)}}  # fmt: skip
     out.update(decisions(rows, margin))
+    return out
+
+
+def signed_errors(rows: list[dict]) -> dict:
+    """Per primitive and holder count, per phase and in total: the median over configurations of (predicted -
+    measured) / measured (+: priced slow). Drift since calibration moves every primitive alike; a term the model
+    lacks shows as one primitive's or one phase's bias against the others of the same run."""
+    out: dict = {}
+    for prim in sorted({r["primitive"] for r in rows}):
+        for h in sorted({r["holders"] for r in rows if r["primitive"] == prim}):
+            mine = [r for r in rows if r["primitive"] == prim and r["holders"] == h]
+            errors = {g: [(r["predicted"][g] - r["measured"][g]) / r["measured"][g] for r in mine if r["measured"][g] > 0]
+                      for g in GROUPS}  # fmt: skip
+            out.setdefault(prim, {})[str(h)] = {g: float(np.median(e)) if e else None for g, e in errors.items()}
     return out
 
 

@@ -72,7 +72,7 @@ def test_validate_cli_small_grid_and_bad_profiles(tmp_path):
             "--reps", "1", "--max-reps", "1", "--out", str(tmp_path), "--tag", "t")  # fmt: skip
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert {"median_ape", "p90_ape", "hit_rate", "regret", "per_path", "per_primitive", "per_phase"} <= set(out)
+    assert {"median_ape", "p90_ape", "hit_rate", "regret", "per_path", "per_primitive", "per_phase", "signed"} <= set(out)
     assert out["per_path"]["gloo-loopback"]["n"] > 0 and 0 <= out["regret"] < 10
     assert any(Path(f).suffix == ".csv" for f in out["files"]) and sum(Path(f).suffix == ".png" for f in out["files"]) == 2
     assert set(out["per_holders"]) == {"1", "2"}
@@ -124,6 +124,23 @@ def test_online_metric_replays_runs_in_the_order_they_ran():
     assert out["per_primitive"]["route"]["median_ape"] == pytest.approx(0.0)  # medians of runs 2..5, all learned
     assert out["per_primitive"]["fetch"]["median_ape"] == pytest.approx(0.5 / 2.5)  # nothing learned for fetch yet
     assert online([{**r, "run_order": None} for r in rows]) == {}
+
+
+def test_signed_errors_are_medians_per_primitive_holders_and_phase():
+    from qroute.calibration.validate import signed_errors
+
+    def row(prim, holders, compute_measured):
+        predicted = {"network_s": 1e-3, "compute_s": 1e-3, "merge_s": 1e-4, "total_s": 2.1e-3}
+        measured = {"network_s": 1e-3, "compute_s": compute_measured, "merge_s": 0.0,
+                    "total_s": 1.1e-3 + compute_measured}  # fmt: skip
+        return {"primitive": prim, "holders": holders, "predicted": predicted, "measured": measured}
+
+    rows = [row("fetch", 1, c) for c in (1.25e-3, 1.1e-3, 1.0e-3)] + [row("local", 1, 1e-3), row("fetch", 2, 0.8e-3)]
+    out = signed_errors(rows)
+    assert out["fetch"]["1"]["compute_s"] == pytest.approx(1 / 1.1 - 1)  # the median configuration: 9% low
+    assert out["fetch"]["1"]["network_s"] == 0.0 and out["fetch"]["1"]["merge_s"] is None  # nothing measured: none
+    assert out["fetch"]["2"]["compute_s"] == pytest.approx(0.25) and out["local"]["1"]["compute_s"] == 0.0
+    assert set(out) == {"fetch", "local"} and set(out["fetch"]) == {"1", "2"}
 
 
 def test_validate_auto_builds_a_corpus_the_training_grid_fits(tmp_path):
