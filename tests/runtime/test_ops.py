@@ -9,6 +9,7 @@ from qroute.runtime.ops import attend_moved, merge_parts, splice_moved_
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 LATENT, ROPE = 512, 64
+YARN = RopeSpec(ROPE, yarn=YarnScaling(40.0, 4096, mscale=1.0, mscale_all_dim=1.0))
 
 
 def _states(g, parts: int, rows: int, empty_row: int | None = None) -> list[AttentionState]:
@@ -48,13 +49,11 @@ def test_attend_moved_flattens_tokens_times_heads():
 
 
 def test_splice_moved_rotates_only_the_rope_columns():
-    g = torch.Generator().manual_seed(1)
-    spec = RopeSpec(ROPE, yarn=YarnScaling(40.0, 4096, mscale=1.0, mscale_all_dim=1.0))
-    kv = torch.randn(3, 40, LATENT + ROPE, generator=g)
+    kv = torch.randn(3, 40, LATENT + ROPE, generator=torch.Generator().manual_seed(1))
     before = kv.clone()
-    splice_moved_(kv, 777, spec, LATENT)
+    splice_moved_(kv, 777, YARN, LATENT)
     assert torch.equal(kv[..., :LATENT], before[..., :LATENT])
-    assert rel(kv[..., LATENT:], rotate(before[..., LATENT:], 777, spec)) <= 1e-6
+    assert rel(kv[..., LATENT:], rotate(before[..., LATENT:], 777, YARN)) <= 1e-6
 
 
 @cuda
@@ -87,10 +86,8 @@ def test_attend_moved_on_gpu_matches_the_cpu(dtype, tol):
 @cuda
 @pytest.mark.gpu
 def test_splice_moved_on_gpu_matches_the_cpu():
-    g = torch.Generator().manual_seed(3)
-    spec = RopeSpec(ROPE, yarn=YarnScaling(40.0, 4096, mscale=1.0, mscale_all_dim=1.0))
-    kv = torch.randn(3, 96, LATENT + ROPE, generator=g)
+    kv = torch.randn(3, 96, LATENT + ROPE, generator=torch.Generator().manual_seed(3))
     gpu = kv.cuda()
-    splice_moved_(gpu, 4096, spec, LATENT)
-    splice_moved_(kv, 4096, spec, LATENT)
+    splice_moved_(gpu, 4096, YARN, LATENT)
+    splice_moved_(kv, 4096, YARN, LATENT)
     assert rel(gpu, kv) <= 1e-5
