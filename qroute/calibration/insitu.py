@@ -360,9 +360,12 @@ def reply_excess(trace: list[dict], fits: dict | None = None) -> float:
     beyond its splices and the holders' gathers of scattered blocks (the executor's `adapt` records: the holder's send
     of a contiguous run, the reply's handling); the robust median over those requests, never below 0 (0 if none)."""
     excess = [(r["seconds"] - r["splice_s"] - r["gather_s"]) / r["fetched"] for r in _of(trace, "adapt")]
-    if fits is not None and excess:
-        fits["reply"] = {"requests": len(excess), "median_s": float(np.median(excess))}
-    return max(0.0, robust_median(excess)) if excess else 0.0
+    if not excess:
+        return 0.0
+    median = float(robust_median(excess))
+    if fits is not None:
+        fits["reply"] = {"requests": len(excess), "median_s": median}
+    return max(0.0, median)
 
 
 def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, fits: dict) -> Compute:
