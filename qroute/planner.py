@@ -164,7 +164,7 @@ def combine_batch(model: CostModel, sessions: Sequence[Session]) -> Phases:
     layers, steps = _common(sessions)
     exchange = _routed_per_layer(model, sessions)
     per_layer = model.rescaled("route", exchange) + _moved_per_layer(model, sessions)
-    cold = _route_cold(model, sessions, steps * layers, exchange.total)
+    cold = _route_cold(model, sessions, steps * layers, exchange.total) + Phases(compute=layers * model.first_step_s(exchange.compute))
     once = sum((_once(model, r, hp) for r, hp in sessions), model.rescaled("route", cold))
     return per_layer.scaled(steps * layers) + once
 

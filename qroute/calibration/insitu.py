@@ -355,6 +355,27 @@ def _after_route(points: dict[tuple, float], m: np.ndarray, o: float, fits: dict
     return max(0.0, robust_median(list(excess.values())))
 
 
+def _groups_key(r: dict) -> tuple:
+    return tuple(map(tuple, r["groups"]))
+
+
+def first_step_excess(trace: list[dict], fits: dict | None = None) -> float:
+    """`AttentionCoeffs.first_step_excess`: how much longer a holder attends in a request's first decode step than in
+    its later steps, relative, shape by shape (exchanges with one holder; the first step's caches are cold); the
+    robust median over shapes, never below 0 (0 without both kinds of step)."""
+    route = [r for r in _of(trace, "route") if r.get("parallel", 1) == 1]
+    value = lambda r: r["holder_compute_s"]  # noqa: E731
+    warm = _grouped([r for r in route if not r.get("first_step")], _groups_key, value)
+    first = _grouped([r for r in route if r.get("first_step")], _groups_key, value)
+    ratios = [first[k] / warm[k] - 1 for k in first if warm.get(k, 0) > 0]
+    if not ratios:
+        return 0.0
+    median = float(robust_median(ratios))
+    if fits is not None:
+        fits["first_step"] = {"shapes": len(ratios), "median_excess": median}
+    return max(0.0, median)
+
+
 def reply_excess(trace: list[dict], fits: dict | None = None) -> float:
     """`GatherCoeffs.reply_s`: per fetched holder, what a request that only fetched paid in compute on the requester
     beyond its splices and the holders' gathers of scattered blocks (the executor's `adapt` records: the holder's send
@@ -372,7 +393,9 @@ def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, f
     """Every compute coefficient from the trace (see the module doc)."""
     kv, f, o = coef.kv_token_layer_bytes, g.attn_flops_per_row_token, coef.o_row_bytes
 
-    holder = _grouped(_of(trace, "route"), lambda r: tuple(map(tuple, r["groups"])), lambda r: r["holder_compute_s"])
+    route = _of(trace, "route")
+    warm = [r for r in route if not r.get("first_step")] or route  # the first step's excess is priced on its own
+    holder = _grouped(warm, _groups_key, lambda r: r["holder_compute_s"])
     a = _fit(holder, lambda k: [len(k), sum(t for _, t in k) * kv, sum(r * t for r, t in k) * f, sum(r for r, _ in k)],
              "attention", fits)  # fmt: skip
     moved = _grouped(_of(trace, "moved"), lambda r: (r["rows"], r["tokens"]), lambda r: r["seconds"])
@@ -394,7 +417,7 @@ def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, f
                                 g.layers * k[0] * (k[0] + 1) / 2 * g.attn_flops_per_token_pair], "reprefill", fits)  # fmt: skip
     src = "measured in situ: fitted to the runtime's trace"
     return Compute(
-        attention=AttentionCoeffs(float(a[0]), rate(a[1]), rate(a[2]), src, float(a[3])),
+        attention=AttentionCoeffs(float(a[0]), rate(a[1]), rate(a[2]), src, float(a[3]), first_step_excess(trace, fits)),
         local_attention=AttentionCoeffs(float(la[0]), rate(la[1]), rate(la[2]), src, float(la[3])),
         merge=MergeCoeffs(float(m[0]), rate(m[1]), src, after_route),
         splice=SpliceCoeffs(float(s[0]), 0.0, float(s[1]), src),

@@ -130,6 +130,10 @@ class CostModel:
         flops = rows * tokens * self.geometry.attn_flops_per_row_token / a.flops_per_s
         return a.fixed_s + read + flops + rows * a.per_row_s
 
+    def first_step_s(self, attention):
+        """What a holder's `attention` seconds (one layer) cost more in a request's first decode step (caches cold)."""
+        return attention * self.profile.compute.attention.first_step_excess
+
     def merge_s(self, rows, partials, routed: bool = False):
         """Merge of `partials` states of `rows` rows, one layer; `routed`: it follows a route exchange."""
         m = self.profile.compute.merge
@@ -180,7 +184,7 @@ class CostModel:
         )
         n = s.steps * s.layers  # exchanges: the first wakes the holders, the tail stalls some
         stalls = path.stalls_s(n, s.holders, per_layer.total - per_layer.merge)
-        return per_layer.scaled(n) + Phases(probe=path.cold_s + stalls)
+        return per_layer.scaled(n) + Phases(probe=path.cold_s + stalls, compute=s.layers * self.first_step_s(attention))
 
     def adapt_s(self, s: Shape):
         """Making moved KV usable after fetching `s.tokens` from each of `s.holders` holders (`fetched_adapt_s`)."""

@@ -27,7 +27,8 @@ route exchanges with one holder stall `stall_rate` times per second of their wal
 seconds beyond the line (`stall_rate_multi`, `stall_s_multi`: exchanges with several holders at once); a
 request pays the median of a Poisson count over its exchanges' seconds (`PathSpec.stalls_s`): none in a
 short request, its share in a long one. Compute's `gather.reply_s` (profile/7) prices what each fetched
-holder's reply costs the requester beyond the splice and the gather.
+holder's reply costs the requester beyond the splice and the gather, and `attention.first_step_excess` how much
+longer a holder attends in a request's first decode step than in later ones.
 """
 
 from __future__ import annotations
@@ -185,6 +186,7 @@ class AttentionCoeffs:
     flops_per_s: float
     source: str = ""
     per_row_s: float = 0.0  # profile/3: each row's own cost (its rope shift, copies, merge), whatever the keys
+    first_step_excess: float = 0.0  # profile/7: a holder's first decode step of a request, relative extra (caches cold)
 
 
 @dataclass(frozen=True)
@@ -282,9 +284,10 @@ class Profile:
             del d["compute"]["merge"]["after_route_s"]
         if not self.compute.gather.reply_s:  # the same for the per-reply term (profile/7)
             del d["compute"]["gather"]["reply_s"]
-        for name in ("attention", "local_attention"):  # the same for the per-row term (profile/3)
-            if not d["compute"][name]["per_row_s"]:
-                del d["compute"][name]["per_row_s"]
+        for name in ("attention", "local_attention"):  # the same for the per-row term (profile/3) and the first step's
+            for key in ("per_row_s", "first_step_excess"):
+                if not d["compute"][name][key]:
+                    del d["compute"][name][key]
         if self.fits:
             d["fits"] = dict(self.fits)
         return d

@@ -265,6 +265,7 @@ class Engine:
         partials = 1 + len(routed) + (moved > 0)  # own state, one per routed holder, the moved KV's
         moved_s = (m.attention_s(rows, moved, local=True) if moved else 0.0) + m.merge_s(rows, partials, routed=bool(routed))
         cold = max((self.paths[p].cold_s for _, p, _, _ in routed), default=0.0)
+        cold += L * m.first_step_s(max((a for *_, a in routed), default=0.0))  # the holders' first step, caches cold
         for p in prims.values():
             self.choices[p] += 1
         self.choices["cache"] += bool(hits)

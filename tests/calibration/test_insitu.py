@@ -7,7 +7,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from qroute.calibration.insitu import cold_excess, fit_path_from_trace, per_holder_excess, reply_excess, stall_terms
+from qroute.calibration.insitu import (cold_excess, first_step_excess, fit_path_from_trace, per_holder_excess, reply_excess,
+                                      stall_terms)
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import Shape
 from qroute.cost.profile import PathSpec
@@ -326,3 +327,26 @@ def test_a_fetched_replys_handling_is_what_its_adapt_records_pay_beyond_splice_a
     assert fits["reply"]["requests"] == 40
     faster = [{**r, "seconds": r["splice_s"] * 0.9} for r in trace if r["kind"] == "adapt"]
     assert reply_excess(faster) == 0.0 and reply_excess([]) == 0.0
+
+
+@pytest.mark.parametrize("excess", [0.0, 0.1])
+def test_a_holders_first_step_excess_is_read_shape_by_shape(excess):
+    """Four decode steps per request over shapes whose compute differs 8x: the first step's relative excess comes back
+    whatever the shape's size, with a stall in some records; parallel exchanges and a faster first step count none."""
+    rng = np.random.default_rng(5)
+    trace = []
+    for i, (rows, tokens) in enumerate([(16, 64), (16, 512), (64, 64), (64, 512)]):
+        base = 1e-4 + rows * tokens * 2e-9
+        for request in range(6):
+            for step in range(4):
+                for layer in range(2):
+                    seconds = base * (1 + (excess if step == 0 else 0.0)) * (1 + rng.normal(0, 0.01))
+                    seconds += 4e-3 if (request + layer + i) % 11 == 0 and step else 0.0
+                    trace.append({"kind": "route", "groups": [[rows, tokens]], "holder_compute_s": seconds,
+                                  "first_step": step == 0, "parallel": 1})
+        trace.append({"kind": "route", "groups": [[rows, tokens]], "holder_compute_s": 1.0, "first_step": True, "parallel": 2})
+    fits: dict = {}
+    assert first_step_excess(trace, fits) == pytest.approx(excess, abs=0.01) and fits["first_step"]["shapes"] == 4
+    faster = [{**r, "first_step": not r["first_step"]} for r in trace]  # what was warm is now the first step
+    assert first_step_excess(faster) == pytest.approx(0.0, abs=0.01)  # never negative
+    assert first_step_excess([r for r in trace if not r["first_step"]]) == 0.0

@@ -60,6 +60,18 @@ def test_splice_only_when_reused_at_an_offset_and_gather_only_when_sparse(model)
     assert model.splice_s(2048, 27) == pytest.approx(3e-3, rel=1e-3)
 
 
+def test_a_route_pays_its_holders_first_step_once_per_layer(model):
+    p = model.profile.path("ibgda")
+    attention = dataclasses.replace(model.profile.compute.attention, first_step_excess=0.1)
+    cold = dataclasses.replace(model, profile=dataclasses.replace(
+        model.profile, compute=dataclasses.replace(model.profile.compute, attention=attention)))  # fmt: skip
+    for steps in (1, 6):
+        shape = Shape(16, 512, 27, steps=steps, holders=2)
+        extra = cold.route(shape, p).compute - model.route(shape, p).compute
+        assert extra == pytest.approx(27 * 0.1 * model.attention_s(16, 512))
+        assert cold.fetch(shape, p).total == model.fetch(shape, p).total  # no holder attends in a fetch
+
+
 @pytest.mark.parametrize("holders", [1, 3])
 def test_each_fetched_reply_pays_its_handling_once_whatever_the_steps(model, holders):
     p = model.profile.path("ibgda")

@@ -93,6 +93,23 @@ def test_stalls_are_simulated_at_their_mean_per_exchange():
     assert stalled_s - plain_s == pytest.approx(L * 2e4 * 1e-5 * exchange_s, rel=1e-9)
 
 
+@pytest.mark.parametrize("excess", [0.0, 0.25])
+def test_a_routed_requests_first_step_pays_the_holders_cold_caches_once(excess):
+    """The holder attends 25% longer in a request's first decode step: the simulated request pays it once per layer,
+    as the plan prices it, whatever its steps."""
+    attention = dataclasses.replace(PROFILE.compute.attention, first_step_excess=excess)
+    profile = dataclasses.replace(PROFILE, compute=dataclasses.replace(PROFILE.compute, attention=attention))
+    model, layout = CostModel(GEOMETRY, profile), Layout.uniform(1, 8, 64)
+    topology = Topology(nodes=1, gpus_per_node=2, inter=None)
+    for steps in (1, 5):
+        req = SimRequest(0, 0.0, 0, range(8), steps, 64)
+        out = simulate(config([req], layout, topology, requesters=1, policies=("always-route",), profile=profile))
+        demand = HolderDemand(1, 8 * 64, (topology.path(0, 1),), 8 * 64)
+        want = forced_plan(model, Request(HEADS, L, (demand,), steps, False, 64), "route")
+        assert out["policies"]["always-route"]["mean_s"] * steps == pytest.approx(want.total_s, rel=1e-9)
+        assert want.phases.compute == pytest.approx((steps + excess) * L * model.attention_s(HEADS, 8 * 64), rel=1e-9)
+
+
 def two_on_one_holder(attention_flops):
     """Requesters 0 and 1 each route one long request to holder 2; returns (simulated, T, s, steps)."""
     slow = dataclasses.replace(PROFILE.compute, attention=AttentionCoeffs(3e-6, 3e12, attention_flops))
