@@ -32,7 +32,8 @@ import torch
 import torch.distributed as dist
 
 from qroute.calibration.fit import fit_path, rel_spread, speed_spread
-from qroute.calibration.insitu import fit_compute_from_trace, fit_path_from_trace, path_line
+from qroute.calibration.insitu import fit_path_from_trace, path_line
+from qroute.calibration.insitu_compute import fit_compute_from_trace
 from qroute.calibration.shapes import (forced_executor, serve, serve_together, shaped_request, spanning_request, speed_probe,
                                       warm_up, wide_request)
 from qroute.calibration.sweeps import BANDWIDTH_SIZES, LATENCY_SIZES, bandwidth_sweep, latency_sweep

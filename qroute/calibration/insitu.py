@@ -19,13 +19,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from qroute.calibration.fit import PathFit, fit_path, nonneg_lstsq, rate, robust_median
+from qroute.calibration.fit import PathFit, fit_path, nonneg_lstsq, robust_median
 from qroute.cost.profile import (
-    STALL_FIELDS, AttentionCoeffs, Compute, GatherCoeffs, MergeCoeffs, PathSpec, ReprefillCoeffs, SmallRegime, SpliceCoeffs,
-    capped,
+    STALL_FIELDS, PathSpec, SmallRegime, capped,
 )  # fmt: skip
 from qroute.errors import QrouteError
-from qroute.geometry import Coefficients, Geometry
 
 
 def _grouped(records: Iterable[dict], key: Callable[[dict], tuple], value: Callable[[dict], float]) -> dict[tuple, float]:
@@ -342,85 +340,3 @@ def _fit_pooled(points: dict, origin: dict, regimes: bool = True) -> PathFit:
     sizes = sorted(points)
     fit = fit_path([s[0] for s in sizes], [points[s] for s in sizes], floor=0.03 if regimes else float("inf"))
     return replace(fit, origins=tuple(origin[s] for s in sizes))
-
-
-def _after_route(points: dict[tuple, float], m: np.ndarray, o: float, fits: dict) -> float:
-    """Seconds a merge that follows a route exchange takes beyond the other merges' fit `m` (robust median over its
-    shapes, never below 0); 0 without such merges."""
-    if not points:
-        return 0.0
-    excess = {k: t - (m[0] + k[0] * k[1] * o * m[1]) for k, t in points.items()}
-    fits["merge_after_route"] = {"shapes": [list(k) for k in sorted(points)], "seconds": [points[k] for k in sorted(points)],
-                                 "excess_s": [excess[k] for k in sorted(points)]}  # fmt: skip
-    return max(0.0, robust_median(list(excess.values())))
-
-
-def _groups_key(r: dict) -> tuple:
-    return tuple(map(tuple, r["groups"]))
-
-
-def first_step_excess(trace: list[dict], fits: dict | None = None) -> float:
-    """`AttentionCoeffs.first_step_excess`: how much longer a holder attends in a request's first decode step than in
-    its later steps, relative, shape by shape (exchanges with one holder; the first step's caches are cold); the
-    robust median over shapes, never below 0 (0 without both kinds of step)."""
-    route = [r for r in _of(trace, "route") if r.get("parallel", 1) == 1]
-    value = lambda r: r["holder_compute_s"]  # noqa: E731
-    warm = _grouped([r for r in route if not r.get("first_step")], _groups_key, value)
-    first = _grouped([r for r in route if r.get("first_step")], _groups_key, value)
-    ratios = [first[k] / warm[k] - 1 for k in first if warm.get(k, 0) > 0]
-    if not ratios:
-        return 0.0
-    median = float(robust_median(ratios))
-    if fits is not None:
-        fits["first_step"] = {"shapes": len(ratios), "median_excess": median}
-    return max(0.0, median)
-
-
-def reply_excess(trace: list[dict], fits: dict | None = None) -> float:
-    """`GatherCoeffs.reply_s`: per fetched holder, what a request that only fetched paid in compute on the requester
-    beyond its splices and the holders' gathers of scattered blocks (the executor's `adapt` records: the holder's send
-    of a contiguous run, the reply's handling); the robust median over those requests, never below 0 (0 if none)."""
-    excess = [(r["seconds"] - r["splice_s"] - r["gather_s"]) / r["fetched"] for r in _of(trace, "adapt")]
-    if not excess:
-        return 0.0
-    median = float(robust_median(excess))
-    if fits is not None:
-        fits["reply"] = {"requests": len(excess), "median_s": median}
-    return max(0.0, median)
-
-
-def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, fits: dict) -> Compute:
-    """Every compute coefficient from the trace (see the module doc)."""
-    kv, f, o = coef.kv_token_layer_bytes, g.attn_flops_per_row_token, coef.o_row_bytes
-
-    route = _of(trace, "route")
-    warm = [r for r in route if not r.get("first_step")] or route  # the first step's excess is priced on its own
-    holder = _grouped(warm, _groups_key, lambda r: r["holder_compute_s"])
-    a = _fit(holder, lambda k: [len(k), sum(t for _, t in k) * kv, sum(r * t for r, t in k) * f, sum(r for r, _ in k)],
-             "attention", fits)  # fmt: skip
-    moved = _grouped(_of(trace, "moved"), lambda r: (r["rows"], r["tokens"]), lambda r: r["seconds"])
-    la = _fit(moved, lambda k: [1.0, k[1] * kv, k[0] * k[1] * f, k[0]], "local_attention", fits)
-    merges = _of(trace, "merge")
-    after = [r for r in merges if r.get("routed")]
-    others = [r for r in merges if not r.get("routed")]
-    merge_key = lambda r: (r["rows"], r["partials"])  # noqa: E731
-    base = _grouped(others, merge_key, lambda r: r["seconds"])
-    m = _fit(base if len(base) >= 2 else _grouped(merges, merge_key, lambda r: r["seconds"]), lambda k: [1.0, k[0] * k[1] * o], "merge", fits)
-    after_route = _after_route(_grouped(after, merge_key, lambda r: r["seconds"]), m, o, fits) if len(base) >= 2 else 0.0
-    splice = _grouped(_of(trace, "splice"), lambda r: (r["tokens"], r["layers"]), lambda r: r["seconds"])
-    s = _fit(splice, lambda k: [1.0, k[0] * k[1]], "splice", fits)
-    scattered = [r for r in _of(trace, "fetch") if r.get("scattered")]  # a contiguous run is sent as stored
-    gather = _grouped(scattered, lambda r: (r["tokens"], r["layers"]), lambda r: r["holder_compute_s"])
-    gt = _fit(gather, lambda k: [1.0, k[0] * k[1]], "gather", fits)
-    local = _grouped(_of(trace, "local"), lambda r: (r["tokens"],), lambda r: r["seconds"])
-    rp = _fit(local, lambda k: [1.0, g.layers * k[0] * g.dense_flops_per_token_layer,
-                                g.layers * k[0] * (k[0] + 1) / 2 * g.attn_flops_per_token_pair], "reprefill", fits)  # fmt: skip
-    src = "measured in situ: fitted to the runtime's trace"
-    return Compute(
-        attention=AttentionCoeffs(float(a[0]), rate(a[1]), rate(a[2]), src, float(a[3]), first_step_excess(trace, fits)),
-        local_attention=AttentionCoeffs(float(la[0]), rate(la[1]), rate(la[2]), src, float(la[3])),
-        merge=MergeCoeffs(float(m[0]), rate(m[1]), src, after_route),
-        splice=SpliceCoeffs(float(s[0]), 0.0, float(s[1]), src),
-        gather=GatherCoeffs(float(gt[0]), 0.0, float(gt[1]), src, reply_excess(trace, fits)),
-        reprefill=ReprefillCoeffs(float(rp[0]), rate(rp[1]), rate(rp[2]), src),
-    )

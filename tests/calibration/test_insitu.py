@@ -7,8 +7,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from qroute.calibration.insitu import (cold_excess, first_step_excess, fit_path_from_trace, per_holder_excess, reply_excess,
-                                      stall_terms)
+from qroute.calibration.insitu import cold_excess, fit_path_from_trace, per_holder_excess, stall_terms
+from qroute.calibration.insitu_compute import first_step_excess, reply_excess
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import Shape
 from qroute.cost.profile import PathSpec
