@@ -195,7 +195,7 @@ def _routed_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
     return Phases(  # the others' serial compute is waited for in the exchange: probe (network), as the runtime measures
         probe=max(paths[h].alpha(exchange[h]) for h in rows) + extra + overlapped(list(compute.values()), serial, cap) - longest,
         transfer=overlapped([rows[h] * c.q_row_bytes / beta[h] for h in rows], ports),
-        compute=longest,
+        compute=model.exchange_compute_s(longest, len(rows)),
         ret=overlapped([rows[h] * c.o_row_bytes / beta[h] for h in rows], ports),
     )
 

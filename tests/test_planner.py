@@ -35,7 +35,8 @@ def test_uniform_combination_equals_the_homogeneous_formula(model, holders, prim
                                 stall_rate=stalls, stall_s=1e-5, stall_rate_multi=1.5 * stalls, stall_s_multi=2e-5)  # fmt: skip
     compute = model.profile.compute
     compute = dataclasses.replace(compute, gather=dataclasses.replace(compute.gather, reply_s=7e-5 if stalls else 0.0),
-                                  attention=dataclasses.replace(compute.attention, first_step_excess=0.15 if stalls else 0.0))
+                                  attention=dataclasses.replace(compute.attention, first_step_excess=0.15 if stalls else 0.0,
+                                                                parallel_excess=0.08 if stalls else 0.0))
     model = dataclasses.replace(model, profile=dataclasses.replace(model.profile, paths={**model.profile.paths, "ibgda": ibgda},
                                                                    compute=compute))  # fmt: skip
     request = uniform_request(64, 512, holders, 27, steps=3, offset=9)

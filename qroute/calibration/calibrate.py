@@ -12,7 +12,7 @@ Rank 0 measures; the other instances hold blocks and serve (the runtime's holder
    exchanges, the holder's wake-up (`cold_s`: a request's first step against later ones),
    the parallel exchange's extra per holder (`per_holder_s`), the holder's attention, the
    requester's attention, merge, splice, gather and re-prefill.
-The profile (schema `qroute.profile/7`) carries machine and fabric metadata, each fit's
+The profile (schema `qroute.profile/8`) carries machine and fabric metadata, each fit's
 residuals and how far alpha and beta moved between repeats.
 """
 

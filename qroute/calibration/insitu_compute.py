@@ -1,13 +1,13 @@
-"""In-situ calibration of the compute coefficients: the holders' attention (and its first decode step), the
-requester's attention over moved KV, merges, splices, gathers, each fetched reply's handling and re-prefills, fitted
-to the executor's trace (the records, shape medians and fits of `insitu`)."""
+"""In-situ calibration of the compute coefficients: the holders' attention (its first decode step, several holders
+at once), the requester's attention over moved KV, merges, splices, gathers, each fetched reply's handling and
+re-prefills, fitted to the executor's trace (the records, shape medians and fits of `insitu`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from qroute.calibration.fit import rate, robust_median
-from qroute.calibration.insitu import _fit, _grouped, _of
+from qroute.calibration.insitu import _fit, _grouped, _of, route_exchanges
 from qroute.cost.profile import (
     AttentionCoeffs, Compute, GatherCoeffs, MergeCoeffs, ReprefillCoeffs, SpliceCoeffs,
 )  # fmt: skip
@@ -41,6 +41,23 @@ def first_step_excess(trace: list[dict], fits: dict | None = None) -> float:
     return _median_excess(ratios, fits, "first_step", ("shapes", "median_excess"))
 
 
+def parallel_excess(trace: list[dict], fits: dict | None = None) -> float:
+    """`AttentionCoeffs.parallel_excess`: how much longer the slowest holder of a warm exchange asking several holders
+    at once attends than the slowest of them alone, relative, per holder beyond the first; shape by shape (robust
+    medians of the exchange's slowest compute and of one-holder exchanges of each holder's groups), the robust
+    median over shapes, never below 0 (0 without a parallel exchange whose every holder's shape was also asked
+    alone). Measured on the dev VM (3 instances, 2 cores): 10% at the median, 0.89x to 1.30x by shape."""
+    warm = [r for r in _of(trace, "route") if not r.get("first_step")]
+    alone = _grouped([r for r in warm if r.get("parallel", 1) == 1], _groups_key, lambda r: r["holder_compute_s"])
+    slowest: dict[tuple, list[float]] = {}
+    for recs in route_exchanges([r for r in warm if r.get("parallel", 1) > 1]):
+        if len(recs) > 1:
+            slowest.setdefault(tuple(sorted(map(_groups_key, recs))), []).append(max(r["holder_compute_s"] for r in recs))
+    ratios = [(robust_median(v) / max(alone[k] for k in shape) - 1) / (len(shape) - 1)
+              for shape, v in slowest.items() if all(alone.get(k, 0) > 0 for k in shape)]  # fmt: skip
+    return _median_excess(ratios, fits, "parallel_compute", ("shapes", "median_excess"))
+
+
 def reply_excess(trace: list[dict], fits: dict | None = None) -> float:
     """`GatherCoeffs.reply_s`: per fetched holder, what a request that only fetched paid in compute on the requester
     beyond its splices and the holders' gathers of scattered blocks (the executor's `adapt` records: the holder's send
@@ -66,7 +83,8 @@ def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, f
 
     route = _of(trace, "route")
     warm = [r for r in route if not r.get("first_step")] or route  # the first step's excess is priced on its own
-    holder = _grouped(warm, _groups_key, lambda r: r["holder_compute_s"])
+    alone = [r for r in warm if r.get("parallel", 1) == 1] or warm  # and several holders at once (`parallel_excess`)
+    holder = _grouped(alone, _groups_key, lambda r: r["holder_compute_s"])
     a = _fit(holder, lambda k: [len(k), sum(t for _, t in k) * kv, sum(r * t for r, t in k) * f, sum(r for r, _ in k)],
              "attention", fits)  # fmt: skip
     moved = _grouped(_of(trace, "moved"), lambda r: (r["rows"], r["tokens"]), lambda r: r["seconds"])
@@ -88,7 +106,8 @@ def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, f
                                 g.layers * k[0] * (k[0] + 1) / 2 * g.attn_flops_per_token_pair], "reprefill", fits)  # fmt: skip
     src = "measured in situ: fitted to the runtime's trace"
     return Compute(
-        attention=AttentionCoeffs(float(a[0]), rate(a[1]), rate(a[2]), src, float(a[3]), first_step_excess(trace, fits)),
+        attention=AttentionCoeffs(float(a[0]), rate(a[1]), rate(a[2]), src, float(a[3]), first_step_excess(trace, fits),
+                                  parallel_excess(trace, fits)),
         local_attention=AttentionCoeffs(float(la[0]), rate(la[1]), rate(la[2]), src, float(la[3])),
         merge=MergeCoeffs(float(m[0]), rate(m[1]), src, after_route),
         splice=SpliceCoeffs(float(s[0]), 0.0, float(s[1]), src),

@@ -130,6 +130,12 @@ class CostModel:
         flops = rows * tokens * self.geometry.attn_flops_per_row_token / a.flops_per_s
         return a.fixed_s + read + flops + rows * a.per_row_s
 
+    def exchange_compute_s(self, longest, holders: int):
+        """The compute phase of a route exchange asking `holders` holders at once whose longest attention alone takes
+        `longest` seconds: the slowest holder's, `attention.parallel_excess` more per holder beyond the first (holders
+        sharing cores; the slowest of several noisy computes), as the runtime measures it."""
+        return longest * (1 + (holders - 1) * self.profile.compute.attention.parallel_excess)
+
     def first_step_s(self, attention):
         """What a holder's `attention` seconds (one layer) cost more in a request's first decode step (caches cold)."""
         return attention * self.profile.compute.attention.first_step_excess
@@ -178,13 +184,14 @@ class CostModel:
         per_layer = Phases(  # the others' serial compute is waited for in the exchange: probe (network), as measured
             probe=path.alpha(exchange) + (s.holders - 1) * path.per_holder_s + _waited(attention, s.holders, path),
             transfer=ports * s.rows * c.q_row_bytes / beta,
-            compute=attention,
+            compute=self.exchange_compute_s(attention, s.holders),
             ret=ports * s.rows * c.o_row_bytes / beta,
             merge=self.merge_s(s.rows, s.holders + 1, routed=True),
         )
         n = s.steps * s.layers  # exchanges: the first wakes the holders, the tail stalls some
         stalls = path.stalls_s(n, s.holders, per_layer.total - per_layer.merge)
-        return per_layer.scaled(n) + Phases(probe=path.cold_s + stalls, compute=s.layers * self.first_step_s(attention))
+        first = s.layers * self.first_step_s(per_layer.compute)
+        return per_layer.scaled(n) + Phases(probe=path.cold_s + stalls, compute=first)
 
     def adapt_s(self, s: Shape):
         """Making moved KV usable after fetching `s.tokens` from each of `s.holders` holders (`fetched_adapt_s`)."""

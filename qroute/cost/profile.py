@@ -1,7 +1,7 @@
 """Profiles: the measured (or published, or what-if) constants of one cluster.
 
-A profile is a JSON file, schema `qroute.profile/7` (`profile.schema.json` beside this
-module; `qroute.profile/1` to `/5` files still load, their newer fields taken as 0, `bytes_serial` as 1 and
+A profile is a JSON file, schema `qroute.profile/8` (`profile.schema.json` beside this
+module; `qroute.profile/1` to `/7` files still load, their newer fields taken as 0, `bytes_serial` as 1 and
 `serial_cap_s` as none), validated on
 load and never pickled. Calibration is the only code that writes
 measured profiles; everything else reads them. Built-in profiles live in `profiles/`:
@@ -28,7 +28,9 @@ seconds beyond the line (`stall_rate_multi`, `stall_s_multi`: exchanges with sev
 request pays the median of a Poisson count over its exchanges' seconds (`PathSpec.stalls_s`): none in a
 short request, its share in a long one. Compute's `gather.reply_s` (profile/7) prices what each fetched
 holder's reply costs the requester beyond the splice and the gather, and `attention.first_step_excess` how much
-longer a holder attends in a request's first decode step than in later ones.
+longer a holder attends in a request's first decode step than in later ones. And `attention.parallel_excess`
+(profile/8): how much longer, relative, the slowest of several holders asked at once attends than one holder alone,
+per holder beyond the first (holders sharing cores, and the slowest of several noisy computes).
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ import numpy as np
 
 from qroute.errors import QrouteError
 
-SCHEMA_ID = "qroute.profile/7"
-READABLE = tuple(f"qroute.profile/{v}" for v in range(1, 7)) + (SCHEMA_ID,)
+SCHEMA_ID = "qroute.profile/8"
+READABLE = tuple(f"qroute.profile/{v}" for v in range(1, 8)) + (SCHEMA_ID,)
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,7 @@ class AttentionCoeffs:
     source: str = ""
     per_row_s: float = 0.0  # profile/3: each row's own cost (its rope shift, copies, merge), whatever the keys
     first_step_excess: float = 0.0  # profile/7: a holder's first decode step of a request, relative extra (caches cold)
+    parallel_excess: float = 0.0  # profile/8: per holder beyond the first asked at once, relative extra of the slowest
 
 
 @dataclass(frozen=True)
@@ -285,7 +288,7 @@ class Profile:
         if not self.compute.gather.reply_s:  # the same for the per-reply term (profile/7)
             del d["compute"]["gather"]["reply_s"]
         for name in ("attention", "local_attention"):  # the same for the per-row term (profile/3) and the first step's
-            for key in ("per_row_s", "first_step_excess"):
+            for key in ("per_row_s", "first_step_excess", "parallel_excess"):
                 if not d["compute"][name][key]:
                     del d["compute"][name][key]
         if self.fits:
@@ -305,7 +308,7 @@ def _schema() -> dict[str, Any]:
 
 
 def validate(data: Any, origin: str) -> None:
-    """Validate a profile dict against schema `qroute.profile/7` (or /1 to /6); one-line error on failure."""
+    """Validate a profile dict against schema `qroute.profile/8` (or /1 to /7); one-line error on failure."""
     if isinstance(data, dict) and data.get("schema") not in READABLE:
         raise QrouteError(f"profile {origin}: schema={data.get('schema')!r}: expected {SCHEMA_ID!r} (or one of "
                           f"{', '.join(map(repr, READABLE[:-1]))})")  # fmt: skip

@@ -228,7 +228,8 @@ class Engine:
         used = [self.paths[p] for p in set(path.values())]
         probe += (len(rows) - 1) * max(p.per_holder_s for p in used)
         ports = max(p.bytes_serial for p in used)
-        compute = overlapped(list(comp.values()), *serial_terms(used))
+        longest = max(comp.values())  # the slowest holder's compute as measured in parallel, the others' serial part
+        compute = m.exchange_compute_s(longest, len(rows)) + overlapped(list(comp.values()), *serial_terms(used)) - longest
         exchange = probe + overlapped(out, ports) + compute + overlapped(back, ports)
         return exchange + mean_stall_s(used, len(rows), exchange) + moved, tuple(routed), total
 
@@ -265,7 +266,8 @@ class Engine:
         partials = 1 + len(routed) + (moved > 0)  # own state, one per routed holder, the moved KV's
         moved_s = (m.attention_s(rows, moved, local=True) if moved else 0.0) + m.merge_s(rows, partials, routed=bool(routed))
         cold = max((self.paths[p].cold_s for _, p, _, _ in routed), default=0.0)
-        cold += L * m.first_step_s(max((a for *_, a in routed), default=0.0))  # the holders' first step, caches cold
+        slowest = m.exchange_compute_s(max((a for *_, a in routed), default=0.0), max(len(routed), 1))
+        cold += L * m.first_step_s(slowest)  # the holders' first step, caches cold
         for p in prims.values():
             self.choices[p] += 1
         self.choices["cache"] += bool(hits)

@@ -8,7 +8,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from qroute.calibration.insitu import cold_excess, fit_path_from_trace, per_holder_excess, stall_terms
-from qroute.calibration.insitu_compute import first_step_excess, reply_excess
+from qroute.calibration.insitu_compute import first_step_excess, parallel_excess, reply_excess
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import Shape
 from qroute.cost.profile import PathSpec
@@ -350,3 +350,34 @@ def test_a_holders_first_step_excess_is_read_shape_by_shape(excess):
     faster = [{**r, "first_step": not r["first_step"]} for r in trace]  # what was warm is now the first step
     assert first_step_excess(faster) == pytest.approx(0.0, abs=0.01)  # never negative
     assert first_step_excess([r for r in trace if not r["first_step"]]) == 0.0
+
+
+@pytest.mark.parametrize("excess", [0.0, 0.12])
+def test_the_slowest_of_parallel_holders_excess_is_read_shape_by_shape(excess):
+    """Shapes whose compute differs 8x, each asked alone and two or three holders at once: the slowest holder of an
+    exchange attends `excess` longer per holder beyond the first; it comes back whatever the shape, with stalls in
+    some records. First steps, a shape never asked alone and a faster parallel exchange count none."""
+    rng = np.random.default_rng(11)
+    trace, step = [], 0
+    shapes = [(16, 64), (16, 512), (64, 64), (64, 512)]
+    rec = lambda k, sec, n, first=False: {"kind": "route", "run": 0, "step": step, "layer": 0,  # noqa: E731
+                                          "groups": [list(shapes[k])], "holder_compute_s": sec, "parallel": n,
+                                          "first_step": first}  # fmt: skip
+    base = [1e-4 + r * t * 2e-9 for r, t in shapes]
+    for rep in range(12):
+        for k in range(len(shapes)):
+            stall = 4e-3 if (rep + k) % 7 == 0 else 0.0
+            trace.append(rec(k, base[k] * (1 + rng.normal(0, 0.01)) + stall, 1))
+            step += 1
+            for n in (2, 3):  # the slowest holder pays the excess, the others less; one pair of shapes k and 0
+                slowest = base[k] * (1 + (n - 1) * excess) * (1 + rng.normal(0, 0.01))
+                trace += [rec(k, slowest, n)] + [rec(k, base[k] * 0.9, n) for _ in range(n - 2)] + [rec(k, base[k] * 0.8, n)]
+                step += 1
+            trace.append(rec(k, 10 * base[k], 2, first=True))  # a first step: priced by `first_step_excess`
+            step += 1
+    trace += [{**rec(0, 1.0, 2), "groups": [[7, 7]]}, {**rec(0, 1.0, 2), "groups": [[16, 64]]}]  # (7, 7): never alone
+    fits: dict = {}
+    assert parallel_excess(trace, fits) == pytest.approx(excess, abs=0.01) and fits["parallel_compute"]["shapes"] == 8
+    faster = [{**r, "holder_compute_s": r["holder_compute_s"] * 0.5} if r["parallel"] > 1 else r for r in trace]
+    assert parallel_excess(faster) == 0.0  # never negative
+    assert parallel_excess([r for r in trace if r["parallel"] == 1]) == 0.0

@@ -72,6 +72,24 @@ def test_a_route_pays_its_holders_first_step_once_per_layer(model):
         assert cold.fetch(shape, p).total == model.fetch(shape, p).total  # no holder attends in a fetch
 
 
+@pytest.mark.parametrize("holders", [1, 2, 4])
+def test_the_slowest_of_several_holders_pays_the_parallel_excess_in_compute(model, holders):
+    """`parallel_excess` 0.1: each holder beyond the first makes the exchange's compute (the slowest holder's) 10%
+    longer, every step and the first step's excess on top; one holder, the network and fetch pay nothing."""
+    p = model.profile.path("ibgda")
+    attention = dataclasses.replace(model.profile.compute.attention, parallel_excess=0.1, first_step_excess=0.2)
+    slow = dataclasses.replace(model, profile=dataclasses.replace(
+        model.profile, compute=dataclasses.replace(model.profile.compute, attention=attention)))  # fmt: skip
+    base = dataclasses.replace(slow, profile=dataclasses.replace(model.profile, compute=dataclasses.replace(
+        model.profile.compute, attention=dataclasses.replace(attention, parallel_excess=0.0))))  # fmt: skip
+    shape = Shape(16, 512, 27, steps=3, holders=holders)
+    a = model.attention_s(16, 512)
+    extra = slow.route(shape, p).compute - base.route(shape, p).compute
+    assert extra == pytest.approx((holders - 1) * 0.1 * a * 27 * (3 + 0.2))
+    assert slow.route(shape, p).probe == base.route(shape, p).probe  # the others' serial compute: one holder's alone
+    assert slow.fetch(shape, p).total == base.fetch(shape, p).total
+
+
 @pytest.mark.parametrize("holders", [1, 3])
 def test_each_fetched_reply_pays_its_handling_once_whatever_the_steps(model, holders):
     p = model.profile.path("ibgda")

@@ -52,11 +52,13 @@ def test_one_requester_one_holder_matches_the_plan(policy, chunk_blocks, steps, 
     assert out["throughput"] == pytest.approx(steps * step_tokens / want.total_s, rel=1e-9)
 
 
-def two_sessions_on_three_holders(**nvlink_fields):
+def two_sessions_on_three_holders(parallel_excess=0.0, **nvlink_fields):
     """Two sessions decoded together, each spread over three holders (hashed placement), always routed: the
     simulated seconds of one step, the sessions as the planner sees them, and the profile."""
     nvlink = dataclasses.replace(PROFILE.path("nvlink4"), **nvlink_fields)
-    profile = dataclasses.replace(PROFILE, paths={**PROFILE.paths, "nvlink4": nvlink})
+    attention = dataclasses.replace(PROFILE.compute.attention, parallel_excess=parallel_excess)
+    profile = dataclasses.replace(PROFILE, paths={**PROFILE.paths, "nvlink4": nvlink},
+                                  compute=dataclasses.replace(PROFILE.compute, attention=attention))
     layout = Layout.uniform(2, 16, 64)
     reqs = [SimRequest(0, 0.0, c, range(16 * c, 16 * c + 16), 6, 100) for c in (0, 1)]
     cfg = config(reqs, layout, Topology(nodes=1, gpus_per_node=4, inter=None), requesters=1, concurrency=2,
@@ -75,11 +77,15 @@ def two_sessions_on_three_holders(**nvlink_fields):
     return out["mean_s"], sessions, profile
 
 
-@pytest.mark.parametrize("ports, serial, cap", [(1.0, 0.0, None), (0.3, 0.5, None), (0.3, 0.5, 2e-6)])
-def test_many_holders_and_a_batch_match_combine_batch(ports, serial, cap):
-    """Every step as `combine_batch` prices it."""
-    step_s, sessions, profile = two_sessions_on_three_holders(bytes_serial=ports, holder_serial=serial, serial_cap_s=cap)
+@pytest.mark.parametrize("ports, serial, cap, parallel", [(1.0, 0.0, None, 0.0), (0.3, 0.5, None, 0.0), (0.3, 0.5, 2e-6, 0.0),
+                                                          (1.0, 0.0, None, 0.2)])  # fmt: skip
+def test_many_holders_and_a_batch_match_combine_batch(ports, serial, cap, parallel):
+    """Every step as `combine_batch` prices it (the slowest of three holders at once 20% slower per extra holder)."""
+    step_s, sessions, profile = two_sessions_on_three_holders(parallel, bytes_serial=ports, holder_serial=serial,
+                                                              serial_cap_s=cap)  # fmt: skip
     assert step_s * 6 == pytest.approx(float(combine_batch(CostModel(GEOMETRY, profile), sessions).total), rel=1e-9)
+    if parallel:
+        assert step_s > two_sessions_on_three_holders(bytes_serial=ports, holder_serial=serial, serial_cap_s=cap)[0]
 
 
 def test_stalls_are_simulated_at_their_mean_per_exchange():
