@@ -180,7 +180,7 @@ def _results(config, world, peer, latency, bandwidth, traces, probes, fabric: st
         source = f"measured: route and fetch exchanges in situ and a ping-pong sweep, with rank {peer}"
         specs[name], fit = fit_path_from_trace(pooled, source, sweep)
         fits["path"][name] = [fit.report()]
-        spreads[name] = spread([fit_path_from_trace(t, "", sweep)[1] for t in runs])
+        spreads[name] = spread([fit_path_from_trace(t, "", sweep)[1] for t in runs], run_speeds(probes.get(name, []), len(runs)))
         spreads[name]["speed_rel_spread"] = speed_spread(probes.get(name, []))
     everything = [r for runs in traces.values() for t in runs for r in t]
     compute = fit_compute_from_trace(everything, world.geometry, world.geometry.coefficients(dtype, dtype), fits)
@@ -258,18 +258,35 @@ def _kv_dtype(model) -> str:
     return "fp32" if model.dtype == torch.float32 else "bf16"
 
 
-def spread(fits) -> dict:
+def spread(fits, speeds: list[float] | None = None) -> dict:
     """How far alpha and beta move between repeated calibrations, (max - min) / median; and how far what they predict
     moves, the same over each exchange size the repeats fitted (`time_rel_spread`: the largest over those sizes;
-    alpha and beta trade off against each other where the exchanges span a narrow range of sizes)."""
+    alpha and beta trade off against each other where the exchanges span a narrow range of sizes). With each
+    repeat's `speeds` (its route speed probe's seconds, `run_speeds`), also the predictions' spread with each repeat
+    scaled to the repeats' median speed (`time_rel_spread_at_speed`): how far the fits differ beyond the machine's
+    own speed moving between repeats."""
     alphas = np.array([f.alpha_s for f in fits])
     betas = np.array([f.beta_Bps for f in fits])
     rel = lambda x: rel_spread(x) or 0.0  # noqa: E731
     sizes = sorted({b for f in fits for b, _ in f.points})
-    times = [rel(np.array([path_line(f).time(b) for f in fits])) for b in sizes]
-    return {"repeats": len(fits), "alpha_s": alphas.tolist(), "beta_Bps": betas.tolist(),
-            "alpha_rel_spread": rel(alphas), "beta_rel_spread": rel(betas),
-            "time_rel_spread": max(times, default=0.0), "time_sizes": sizes, "time_rel_spreads": times}  # fmt: skip
+    predicted = np.array([[path_line(f).time(b) for f in fits] for b in sizes]).reshape(len(sizes), len(fits))
+    times = [rel(row) for row in predicted]
+    out = {"repeats": len(fits), "alpha_s": alphas.tolist(), "beta_Bps": betas.tolist(),
+           "alpha_rel_spread": rel(alphas), "beta_rel_spread": rel(betas),
+           "time_rel_spread": max(times, default=0.0), "time_sizes": sizes, "time_rel_spreads": times}  # fmt: skip
+    if speeds is not None and len(speeds) == len(fits):
+        scale = np.median(speeds) / np.array(speeds)
+        out["run_speed_s"] = list(speeds)
+        out["time_rel_spread_at_speed"] = max((rel(row * scale) for row in predicted), default=0.0)
+    return out
+
+
+def run_speeds(probes: list[dict[str, float]], runs: int) -> list[float] | None:
+    """Each training repeat's speed: the mean of its route speed probes' seconds, taken before and after it (None
+    unless there are two per repeat)."""
+    if len(probes) != 2 * runs:
+        return None
+    return [float((probes[2 * i]["route"] + probes[2 * i + 1]["route"]) / 2) for i in range(runs)]
 
 
 def _profile(config, world, specs: dict, compute, fits, fabric: str) -> Profile:

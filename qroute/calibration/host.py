@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -132,7 +133,9 @@ def run_host_validation(config, calibrated: str | None = None) -> dict:
         extra["calibration"], profile_file = cal, str(path)
     else:
         profile = load_profile(config.profile)
-    rows = _sweep(config, tier.world, 1, profile, links=tier.links)
+    until = None if config.budget_s is None else time.time() + config.budget_s - (time.perf_counter() - t0)
+    rows = _sweep(replace(config, until=until), tier.world, 1, profile, links=tier.links)
     return {"rank": 0, "profile": profile.to_dict(), "profile_file": profile_file, "rows": rows,
             "metrics": metrics(rows, config.margin), "wall_s": time.perf_counter() - t0, "device": str(tier.device),
+            "budget_s": config.budget_s,
             **extra}  # fmt: skip

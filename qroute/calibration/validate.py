@@ -82,6 +82,8 @@ class ValidationConfig:
     max_reps: int = 15  # more passes for configurations whose median is not yet within `ci` (noisy short requests)
     ci: float = 0.03  # target half-width of the median's ~95% confidence interval, relative to the median
     margin: float = 0.10
+    budget_s: float | None = None  # no further pass (beyond `reps`) starts after this many seconds, shared by the setups
+    until: float | None = None  # set per setup from `budget_s`: the wall-clock time (time.time()) its further passes end
     progress: bool = True
     device: str | None = None  # the host tier on this device ("auto", "cpu", "cuda"), instead of a launched cluster
 
@@ -91,6 +93,8 @@ class ValidationConfig:
             raise QrouteError(f"max reps={self.max_reps}: expected >= reps={self.reps}")
         if not 0 < self.ci < 1:
             raise QrouteError(f"ci={self.ci!r}: expected a fraction in (0, 1)")
+        if self.budget_s is not None and not self.budget_s > 0:
+            raise QrouteError(f"budget={self.budget_s!r} s: expected a positive number of seconds")
         if self.device is None and self.cluster.world_size < 2:
             raise QrouteError(f"instances={self.cluster.world_size}: validation needs 2 (1 requester + 1 holder) or 3")
         if max(self.chunk_blocks) > self.world.corpus.chunk_blocks:
@@ -115,9 +119,11 @@ def run_validation(config: ValidationConfig, calibrated: str | None = None) -> d
     extra: dict = {}
     # a fabric joins one requester and one holder; 2 instances (e.g. 2 GPUs under NCCL) have one holder too
     setups = [(p, h) for p, h in SETUPS if h <= config.cluster.world_size - config.cluster.requesters]
-    for placement, holders in setups:
+    start = time.time()
+    for i, (placement, holders) in enumerate(setups):
         world = replace(config.world, placement=Placement(placement))
-        out = launch(config.cluster, validate_instance, replace(config, world=world), holders)[0]
+        until = None if config.budget_s is None else start + config.budget_s * (i + 1) / len(setups)
+        out = launch(config.cluster, validate_instance, replace(config, world=world, until=until), holders)[0]
         if out.get("rank") != 0:
             return out
         rows += out["rows"]
@@ -130,7 +136,7 @@ def run_validation(config: ValidationConfig, calibrated: str | None = None) -> d
     profile = load_profile(config.profile).to_dict()
     return {"rank": 0, "profile": profile, "profile_file": config.profile, "rows": rows,
             "metrics": {**metrics(rows, config.margin), "calibration_speed_spread": calibration_speed_spread(profile)},
-            "wall_s": time.perf_counter() - t0, **extra}  # fmt: skip
+            "wall_s": time.perf_counter() - t0, "budget_s": config.budget_s, **extra}  # fmt: skip
 
 
 def calibration_speed_spread(profile: dict) -> dict[str, float]:
@@ -167,7 +173,8 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
     robin), so that a machine whose speed drifts over minutes moves every configuration's median alike rather
     than the configurations measured while it was slow. Further passes, up to `max_reps`, rerun the
     configurations whose median is not yet known within `ci` (`median_ci`): short requests on a busy machine
-    spread by tens of percent from run to run, and five runs leave their median uncertain by as much.
+    spread by tens of percent from run to run, and five runs leave their median uncertain by as much. No further
+    pass starts after `config.until` (from `budget_s`); the first `reps` passes always run.
     """
     from rich.progress import Progress
 
@@ -191,6 +198,8 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
             todo = list(zip(configs, rows[-len(configs) :]))
             for rep in range(config.max_reps):
                 if rep >= config.reps:  # only the configurations whose median is still uncertain
+                    if config.until is not None and time.time() > config.until:
+                        break
                     todo = [(c, row) for c, row in todo if median_ci([r["total_s"] for r in row["runs"]]) > config.ci]
                     if not todo:
                         break

@@ -54,7 +54,8 @@ def fit_table(results: dict) -> Table:
         sp = results["spread"][name]
         if sp["repeats"] > 1:
             t.add_row(f"{name} repeat spread ({sp['repeats']} runs)", f"alpha {sp['alpha_rel_spread']:.1%}, beta {sp['beta_rel_spread']:.1%}, predicted exchange "
-                      f"{sp.get('time_rel_spread', 0):.1%}", "", "")
+                      f"{sp.get('time_rel_spread', 0):.1%}" + (f" ({sp['time_rel_spread_at_speed']:.1%} at one speed)"
+                      if sp.get("time_rel_spread_at_speed") is not None else ""), "", "")
         if sp.get("speed_rel_spread") is not None:
             moved = sp["speed_rel_spread"]
             t.add_row(f"{name} speed probes' spread", f"{moved:.1%}" + (" [bold red](unsteady)[/]" if moved > UNSTEADY else ""), "", "")

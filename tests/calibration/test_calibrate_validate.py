@@ -100,7 +100,8 @@ def test_median_ci_is_the_order_statistics_interval():
 
 
 @pytest.mark.parametrize("bad, match", [(dict(reps=5, max_reps=3), "max reps=3: expected >= reps=5"),
-                                        (dict(ci=0.0), "ci=0.0: expected a fraction")])  # fmt: skip
+                                        (dict(ci=0.0), "ci=0.0: expected a fraction"),
+                                        (dict(budget_s=0.0), "budget=0.0 s: expected a positive")])  # fmt: skip
 def test_validation_config_rejects_bad_repetition_settings(bad, match):
     from qroute.calibration.validate import ValidationConfig
 

@@ -92,7 +92,25 @@ def test_repeat_spread_reports_constants_and_what_they_predict():
     assert s["time_sizes"] == [1e5, 1e6]
     assert s["time_rel_spreads"] == pytest.approx([abs(u - v) / ((u + v) / 2) for u, v in t])
     assert s["time_rel_spread"] == max(s["time_rel_spreads"]) < 0.05
-    assert spread([a])["time_rel_spread"] == 0.0
+    assert spread([a])["time_rel_spread"] == 0.0 and "time_rel_spread_at_speed" not in s
+
+
+def test_repeat_spread_at_one_speed_takes_out_the_machines_own_move():
+    """The second repeat ran on a machine 30% slower (its probes say so) and fitted a line 30% slower: apart 30%,
+    the same at one speed; a fit that moved without the machine's speed moving stays apart."""
+    from qroute.calibration.calibrate import run_speeds, spread
+    from qroute.calibration.fit import PathFit
+
+    points = ((1e5, 1.0e-3), (1e6, 1.5e-3))
+    a = PathFit(0.9e-3, 1.8e9, None, None, None, np.zeros(2), points)
+    slow = PathFit(1.3 * 0.9e-3, 1.8e9 / 1.3, None, None, None, np.zeros(2), points)
+    probes = [{"route": 1e-2}, {"route": 1e-2}, {"route": 1.2e-2}, {"route": 1.4e-2}]
+    speeds = run_speeds(probes, 2)
+    assert speeds == pytest.approx([1e-2, 1.3e-2])
+    s = spread([a, slow], speeds)
+    assert s["time_rel_spread"] == pytest.approx(0.3 / 1.15) and s["time_rel_spread_at_speed"] == pytest.approx(0.0, abs=1e-12)
+    assert spread([a, slow], [1e-2, 1e-2])["time_rel_spread_at_speed"] == pytest.approx(0.3 / 1.15)
+    assert run_speeds(probes[:3], 2) is None
 
 
 def test_speed_spread_is_the_widest_primitive_move_between_probes():

@@ -78,3 +78,5 @@ def test_further_passes_rerun_only_the_uncertain_configurations(tmp_path):
     tight = run_validation(ValidationConfig(str(file), ci=1e-9, **base))["metrics"]
     assert tight["measurement"]["runs_median"] == 6  # never within 1e-9: every configuration runs max_reps times
     assert tight["measurement"]["median_ci_p90"] > 0
+    spent = run_validation(ValidationConfig(str(file), ci=1e-9, budget_s=1e-3, **base))  # spent before the sweep
+    assert spent["metrics"]["measurement"]["runs_median"] == 3 and spent["budget_s"] == 1e-3  # the first passes run

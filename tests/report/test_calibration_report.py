@@ -34,3 +34,10 @@ def test_the_table_names_both_serial_fractions_of_a_parallel_exchange():
 
 def test_a_calibration_whose_speed_moved_is_flagged_unsteady():
     assert "60.0% (unsteady)" in _text(_results(0.6))
+
+
+def test_the_repeat_spread_row_adds_the_spread_at_one_speed_where_measured():
+    assert "predicted exchange 5.0%" in _text(_results(0.05)) and "at one speed" not in _text(_results(0.05))
+    results = _results(0.05)
+    results["spread"]["shm"]["time_rel_spread_at_speed"] = 0.021
+    assert "predicted exchange 5.0% (2.1% at one speed)" in _text(results)
