@@ -236,7 +236,7 @@ def _once(model: CostModel, request: Request, holders: Sequence[HolderPlan]) -> 
     # the holders are asked at once: one probe (they wake together), plus the extra of each further holder
     probe = max((p.fetch_alpha(n) for p, n in zip(paths, moved)), default=0.0)
     probe += (len(paths) - 1) * max(p.fetch_extra_s for p in paths) if paths else 0.0
-    fetch = Phases(probe=probe, transfer=sum(n / p.beta(n) for p, n in zip(paths, moved)), compute=adapt)
+    fetch = Phases(probe=probe, transfer=sum(n / p.fetch_beta(n) for p, n in zip(paths, moved)), compute=adapt)
     return model.rescaled("fetch", fetch) + model.rescaled("local", Phases(compute=rebuild))
 
 

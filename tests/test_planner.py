@@ -32,7 +32,8 @@ def two_path_model(model):
                                                         (1.0, 0.0, None, 2e3)])  # fmt: skip
 def test_uniform_combination_equals_the_homogeneous_formula(model, holders, prim, ports, serial, cap, stalls):
     ibgda = dataclasses.replace(model.profile.path("ibgda"), bytes_serial=ports, holder_serial=serial, serial_cap_s=cap,
-                                stall_rate=stalls, stall_s=1e-5, stall_rate_multi=1.5 * stalls, stall_s_multi=2e-5)  # fmt: skip
+                                stall_rate=stalls, stall_s=1e-5, stall_rate_multi=1.5 * stalls, stall_s_multi=2e-5,
+                                fetch_beta_Bps=2e10 if stalls else None)  # fmt: skip
     compute = model.profile.compute
     compute = dataclasses.replace(compute, gather=dataclasses.replace(compute.gather, reply_s=7e-5 if stalls else 0.0),
                                   attention=dataclasses.replace(compute.attention, first_step_excess=0.15 if stalls else 0.0,

@@ -213,7 +213,7 @@ class CostModel:
         nbytes = self.fetch_bytes(s.tokens, s.layers)
         once = Phases(
             probe=path.fetch_alpha(nbytes) + (s.holders - 1) * path.fetch_extra_s,
-            transfer=s.holders * nbytes / path.beta(nbytes),
+            transfer=s.holders * nbytes / path.fetch_beta(nbytes),
             compute=self.adapt_s(s),
         )
         return once + self.moved_per_layer(s).scaled(s.steps * s.layers)

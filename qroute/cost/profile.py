@@ -30,7 +30,8 @@ short request, its share in a long one. Compute's `gather.reply_s` (profile/7) p
 holder's reply costs the requester beyond the splice and the gather, and `attention.first_step_excess` how much
 longer a holder attends in a request's first decode step than in later ones. And `attention.parallel_excess`
 (profile/8): how much longer, relative, the slowest of several holders asked at once attends than one holder alone,
-per holder beyond the first (holders sharing cores, and the slowest of several noisy computes).
+per holder beyond the first (holders sharing cores, and the slowest of several noisy computes); and a path's
+`fetch_beta_Bps` (profile/8): a fetch's own rate, one large message against a route exchange's per-layer ones.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ class PathSpec:
     stall_s: float = 0.0  # a stall's seconds beyond the line
     stall_rate_multi: float = 0.0  # the same for exchanges with several holders at once
     stall_s_multi: float = 0.0
+    fetch_beta_Bps: float | None = None  # profile/8: a fetch's own rate (one large message), where it has one (None: beta)
 
     @property
     def fetch_extra_s(self) -> float:
@@ -134,9 +136,13 @@ class PathSpec:
         """Fixed seconds of one fetch exchange of `nbytes`: the probe moved by `fetch_offset_s`, never below 0."""
         return np.maximum(self.alpha(nbytes) + self.fetch_offset_s, 0.0)
 
+    def fetch_beta(self, nbytes):
+        """Rate of one fetch exchange of `nbytes`: `fetch_beta_Bps` where fitted, else the route exchanges' `beta`."""
+        return self.beta(nbytes) if self.fetch_beta_Bps is None else self.fetch_beta_Bps + 0 * nbytes
+
     def fetch_time(self, nbytes):
         """Seconds of one fetch exchange of `nbytes`."""
-        return self.fetch_alpha(nbytes) + nbytes / self.beta(nbytes)
+        return self.fetch_alpha(nbytes) + nbytes / self.fetch_beta(nbytes)
 
     def alpha(self, nbytes):
         """Probe latency of an exchange of `nbytes` (number or numpy array)."""
@@ -162,6 +168,8 @@ class PathSpec:
             d["fetch_per_holder_s"] = self.fetch_per_holder_s
         if self.serial_cap_s is not None:
             d["serial_cap_s"] = self.serial_cap_s
+        if self.fetch_beta_Bps is not None:
+            d["fetch_beta_Bps"] = self.fetch_beta_Bps
         d.update({k: getattr(self, k) for k in STALL_FIELDS if getattr(self, k)})
         if self.small is not None:
             d["small"] = asdict(self.small)
@@ -173,7 +181,7 @@ class PathSpec:
         return cls(d["alpha_s"], d["beta_Bps"], d.get("source", ""), SmallRegime(**small) if small else None,
                    d.get("cold_s", 0.0), d.get("per_holder_s", 0.0), d.get("fetch_offset_s", 0.0),
                    d.get("holder_serial", 0.0), d.get("fetch_per_holder_s"), d.get("bytes_serial", 1.0),
-                   d.get("serial_cap_s"), *(d.get(k, 0.0) for k in STALL_FIELDS))  # fmt: skip
+                   d.get("serial_cap_s"), *(d.get(k, 0.0) for k in STALL_FIELDS), d.get("fetch_beta_Bps"))  # fmt: skip
 
 
 STALL_FIELDS = ("stall_rate", "stall_s", "stall_rate_multi", "stall_s_multi")

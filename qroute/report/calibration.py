@@ -49,6 +49,8 @@ def fit_table(results: dict) -> Table:
                   f" (+{path.get('holder_serial', 0):.0%} of their compute{_cap(path)}, {path.get('bytes_serial', 1):.0%} of their bytes)",
                   "", "")  # fmt: skip
         t.add_row(f"{name} fetch offset", fmt_s(path.get("fetch_offset_s", 0)), "", "")
+        if path.get("fetch_beta_Bps"):  # the fetches on a line of their own
+            t.add_row(f"{name} fetch rate", f"{path['fetch_beta_Bps'] / 1e9:.3g} GB/s", "", "")
         t.add_row(f"{name} stalls (1 holder; several)", f"{path.get('stall_rate', 0):.3g}/s of {fmt_s(path.get('stall_s', 0))}; "
                   f"{path.get('stall_rate_multi', 0):.3g}/s of {fmt_s(path.get('stall_s_multi', 0))}", "", "")  # fmt: skip
         sp = results["spread"][name]

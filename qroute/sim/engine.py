@@ -282,7 +282,7 @@ class Engine:
         cursor = t + max(float(s.fetch_alpha(n)) for s, n in zip(specs, nbytes))
         cursor += (len(fetched) - 1) * max(s.fetch_extra_s for s in specs)
         for h, p, s, n in zip(fetched, paths, specs, nbytes):
-            cursor = self.res.reserve((self.port(h, p), self.port(r.instance, p)), cursor, n / s.beta(n))
+            cursor = self.res.reserve((self.port(h, p), self.port(r.instance, p)), cursor, n / s.fetch_beta(n))
             self.bytes["fetch"] += n
         tokens = bs * sum(len(groups[h]) for h in fetched)
         return cursor + m.fetched_adapt_s(tokens, len(fetched), L, self._scattered(req, groups), req.offset)

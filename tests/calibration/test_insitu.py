@@ -22,10 +22,11 @@ def _route(rng, step, layer, nbytes, seconds, first, parallel=1, hc=None):
 
 
 def synthetic_trace(alpha, beta, cold, per_holder, seed, layers=2, steps=3, stall=4e-3, fetch_offset=None, serial=0.0,
-                    ports=1.0):  # fmt: skip
+                    ports=1.0, fetch_beta=None):  # fmt: skip
     """Requests as calibration serves them: per size one request of `steps` steps x `layers` layers (the first step
     pays `cold` on its first layer), fetches (`fetch_offset` beyond a route exchange of their size, default
-    `cold`), and pairs of holders asked at once over two chunks (the second holder's bytes `ports` serialised)."""
+    `cold`; at `fetch_beta` if given, else `beta`), and pairs of holders asked at once over two chunks (the second
+    holder's bytes `ports` serialised)."""
     fetch_offset = cold if fetch_offset is None else fetch_offset
     rng = np.random.default_rng(seed)
     noise = lambda: 1 + rng.normal(0, 0.01)  # noqa: E731
@@ -51,7 +52,8 @@ def synthetic_trace(alpha, beta, cold, per_holder, seed, layers=2, steps=3, stal
         for b in sizes[::2] * 8:
             gather = rng.uniform(0, 1e-4)
             trace.append({"kind": "fetch", "bytes": int(b), "parallel": 1, "holder_compute_s": gather,
-                          "rtt_s": (alpha + b / beta) * noise() + fetch_offset + gather, "tokens": 1, "layers": 1})  # fmt: skip
+                          "rtt_s": (alpha + b / (fetch_beta or beta)) * noise() + fetch_offset + gather, "tokens": 1,
+                          "layers": 1})  # fmt: skip
     return trace
 
 
@@ -381,3 +383,20 @@ def test_the_slowest_of_parallel_holders_excess_is_read_shape_by_shape(excess):
     faster = [{**r, "holder_compute_s": r["holder_compute_s"] * 0.5} if r["parallel"] > 1 else r for r in trace]
     assert parallel_excess(faster) == 0.0  # never negative
     assert parallel_excess([r for r in trace if r["parallel"] == 1]) == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fetches_at_their_own_rate_get_their_own_line(seed):
+    """Fetches move bytes at half the route exchanges' rate, 150 us beyond their probe: the route line keeps route's
+    constants (through one line with an offset, the fetches would tilt it), the fetches get their own rate and
+    offset, and the fit report carries their points."""
+    alpha, beta, offset, fetch_beta = 5e-4, 2e9, 1.5e-4, 1e9
+    spec, fit = fit_path_from_trace(synthetic_trace(alpha, beta, 0.0, 0.0, seed, fetch_offset=offset, fetch_beta=fetch_beta), "s")
+    assert spec.alpha_s == pytest.approx(alpha, rel=0.05) and spec.beta_Bps == pytest.approx(beta, rel=0.05)
+    assert spec.fetch_beta_Bps == pytest.approx(fetch_beta, rel=0.05)
+    assert spec.fetch_offset_s == pytest.approx(offset, abs=0.1 * alpha)
+    for b in np.geomspace(4e3, 1.6e7, 5):
+        assert spec.fetch_time(b) == pytest.approx(alpha + offset + b / fetch_beta, rel=0.03)
+        assert spec.time(b) == pytest.approx(alpha + b / beta, rel=0.03)
+    report = dict(fit.extra)["fetch"]
+    assert len(report["points"]) == 4 and max(map(abs, report["rel_residuals"])) < 0.05

@@ -90,6 +90,15 @@ def test_the_slowest_of_several_holders_pays_the_parallel_excess_in_compute(mode
     assert slow.fetch(shape, p).total == base.fetch(shape, p).total
 
 
+def test_a_fetch_moves_at_the_paths_fetch_rate_where_it_has_one(model):
+    p = model.profile.path("ibgda")
+    own = dataclasses.replace(p, fetch_beta_Bps=p.beta_Bps / 2)
+    shape = Shape(16, 2048, 27, steps=3, holders=2)
+    assert model.fetch(shape, own).transfer == pytest.approx(2 * model.fetch(shape, p).transfer)
+    assert model.route(shape, own).total == model.route(shape, p).total
+    assert own.fetch_time(1e6) - p.fetch_time(1e6) == pytest.approx(1e6 / p.beta_Bps)
+
+
 @pytest.mark.parametrize("holders", [1, 3])
 def test_each_fetched_reply_pays_its_handling_once_whatever_the_steps(model, holders):
     p = model.profile.path("ibgda")

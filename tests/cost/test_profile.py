@@ -78,7 +78,8 @@ def test_measured_extras_roundtrip_and_old_profiles_read_and_write_unchanged(tmp
     assert "after_route_s" not in published()["compute"]["merge"]
     assert "reply_s" not in published()["compute"]["gather"]
     assert "fetch_per_holder_s" not in published()["paths"]["ibgda"]
-    ibgda = replace(p.path("ibgda"), fetch_per_holder_s=2e-4)
+    ibgda = replace(p.path("ibgda"), fetch_per_holder_s=2e-4, fetch_beta_Bps=7e9)
+    assert "fetch_beta_Bps" not in published()["paths"]["ibgda"]
     merge = replace(p.compute.merge, after_route_s=3e-5)
     gather = replace(p.compute.gather, reply_s=8e-5)
     assert "parallel_excess" not in published()["compute"]["attention"]

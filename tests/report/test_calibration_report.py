@@ -41,3 +41,10 @@ def test_the_repeat_spread_row_adds_the_spread_at_one_speed_where_measured():
     results = _results(0.05)
     results["spread"]["shm"]["time_rel_spread_at_speed"] = 0.021
     assert "predicted exchange 5.0% (2.1% at one speed)" in _text(results)
+
+
+def test_a_fetch_rate_of_its_own_gets_a_row():
+    assert "fetch rate" not in _text(_results(0.05))
+    results = _results(0.05)
+    results["profile"]["paths"]["shm"]["fetch_beta_Bps"] = 1.25e9
+    assert "shm fetch rate" in _text(results) and "1.25 GB/s" in _text(results)

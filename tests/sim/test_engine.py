@@ -192,3 +192,19 @@ def test_log_histogram_percentiles_within_a_bin(values):
         assert min(values) <= h.percentile(q) <= max(values)
         assert lo / 1.011 <= h.percentile(q) <= hi * 1.011
     assert h.cdf()[-1][1] == 1.0
+
+
+@pytest.mark.parametrize("inter", [False, True])
+def test_a_fetch_at_the_paths_own_fetch_rate_is_simulated_as_planned(inter):
+    """Both paths fetch at a third of their route rate: the simulated fetch is the planned one, and slower."""
+    paths = {n: dataclasses.replace(p, fetch_beta_Bps=p.beta_Bps / 3) for n, p in PROFILE.paths.items()}
+    profile = dataclasses.replace(PROFILE, paths=paths)
+    layout, req = Layout.uniform(1, 16, 64), SimRequest(0, 0.0, 0, range(16), 3, 64)
+    topology = Topology(nodes=2, gpus_per_node=1, intra=None) if inter else Topology(nodes=1, gpus_per_node=2, inter=None)
+    cfg = config([req], layout, topology, requesters=1, policies=("always-fetch",), profile=profile)
+    out = simulate(cfg)["policies"]["always-fetch"]
+    demand = HolderDemand(1, 16 * 64, (topology.path(0, 1),), 16 * 64)
+    want = forced_plan(CostModel(GEOMETRY, profile), Request(HEADS, L, (demand,), 3, False, 64), "fetch")
+    assert out["mean_s"] * 3 == pytest.approx(want.total_s, rel=1e-9)
+    plain = simulate(config([req], layout, topology, requesters=1, policies=("always-fetch",)))["policies"]["always-fetch"]
+    assert out["mean_s"] > plain["mean_s"]
