@@ -239,11 +239,8 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
     own = _own_lines(routed, fetched, sweep or {})
     fetch_line: tuple = ()
     if own is not None:  # each kind of exchange on its own line
-        fit, offset, fetch_beta = own
-        line = replace(path_line(fit), fetch_offset_s=offset, fetch_beta_Bps=fetch_beta)
-        keys = sorted(fetched)
-        fetch_line = (("fetch", {"offset_s": offset, "beta_Bps": fetch_beta, "points": [[k[0], fetched[k]] for k in keys],
-                                 "rel_residuals": [float(line.fetch_time(k[0]) / fetched[k] - 1) for k in keys]}),)  # fmt: skip
+        fit, offset, fetch_beta, report = own
+        fetch_line = (("fetch", report),)
     else:
         offset, fetch_beta = fetch_offset(routed, fetched), None
         fit = _fit_points(routed, {k: t - offset for k, t in fetched.items()}, swept)
@@ -284,8 +281,8 @@ def stall_terms(trace: list[dict]) -> tuple[float, float, float, float]:
     return tuple(out)
 
 
-def _own_lines(routed: dict, fetched: dict, sweep: dict[int, float]) -> tuple[PathFit, float, float] | None:
-    """(route line, `fetch_offset_s`, `fetch_beta_Bps`) where the route exchanges span `SPAN` over 3 sizes or more and
+def _own_lines(routed: dict, fetched: dict, sweep: dict[int, float]) -> tuple[PathFit, float, float, dict] | None:
+    """(route line, `fetch_offset_s`, `fetch_beta_Bps`, the fetch line's report: its points and residuals) where the route exchanges span `SPAN` over 3 sizes or more and
     the fetches 2 sizes or more: the path's line through the route exchanges alone (the sweep's points outside
     their sizes extend it, `_fit_points`), and the fetches' own offset from that line's probe and their own rate
     (least squares on relative error; the rate positive). None otherwise (one line through both, `fetch_offset`).
@@ -306,7 +303,10 @@ def _own_lines(routed: dict, fetched: dict, sweep: dict[int, float]) -> tuple[Pa
     (offset, inverse), *_ = np.linalg.lstsq(X * w[:, None], y * w, rcond=None)
     if inverse <= 0:  # the fetches' sizes fix no rate
         return None
-    return fit, float(offset), float(1.0 / inverse)
+    own = replace(line, fetch_offset_s=float(offset), fetch_beta_Bps=float(1.0 / inverse))
+    report = {"offset_s": own.fetch_offset_s, "beta_Bps": own.fetch_beta_Bps, "points": [[float(x), float(y)] for x, y in zip(b, t)],
+              "rel_residuals": [float(own.fetch_time(x) / y - 1) for x, y in zip(b, t)]}  # fmt: skip
+    return fit, own.fetch_offset_s, own.fetch_beta_Bps, report
 
 
 def fetch_offset(routed: dict, fetched: dict) -> float:
