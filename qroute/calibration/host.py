@@ -117,9 +117,9 @@ def run_host_calibration(config: CalibrationConfig) -> dict:
 def run_host_validation(config, calibrated: str | None = None) -> dict:
     """`qroute validate --host-tier`: the held-out sweep through the host link (one holder), after calibrating on
     the same tier when `config.profile` is "auto" (the fitted profile is written to `calibrated`)."""
-    from qroute.calibration.validate import _sweep, metrics
+    from qroute.calibration.validate import _sweep, budget_until, metrics
 
-    t0 = time.perf_counter()
+    t0, start = time.perf_counter(), time.time()
     _heap(config.cluster)
     tier = build_host_tier(config.world, config.device)
     extra: dict = {}
@@ -133,8 +133,7 @@ def run_host_validation(config, calibrated: str | None = None) -> dict:
         extra["calibration"], profile_file = cal, str(path)
     else:
         profile = load_profile(config.profile)
-    until = None if config.budget_s is None else time.time() + config.budget_s - (time.perf_counter() - t0)
-    rows = _sweep(replace(config, until=until), tier.world, 1, profile, links=tier.links)
+    rows = _sweep(replace(config, until=budget_until(config, start)), tier.world, 1, profile, links=tier.links)
     return {"rank": 0, "profile": profile.to_dict(), "profile_file": profile_file, "rows": rows,
             "metrics": metrics(rows, config.margin), "wall_s": time.perf_counter() - t0, "device": str(tier.device),
             "budget_s": config.budget_s,

@@ -122,7 +122,7 @@ def run_validation(config: ValidationConfig, calibrated: str | None = None) -> d
     start = time.time()
     for i, (placement, holders) in enumerate(setups):
         world = replace(config.world, placement=Placement(placement))
-        until = None if config.budget_s is None else start + config.budget_s * (i + 1) / len(setups)
+        until = budget_until(config, start, (i + 1) / len(setups))
         out = launch(config.cluster, validate_instance, replace(config, world=world, until=until), holders)[0]
         if out.get("rank") != 0:
             return out
@@ -137,6 +137,12 @@ def run_validation(config: ValidationConfig, calibrated: str | None = None) -> d
     return {"rank": 0, "profile": profile, "profile_file": config.profile, "rows": rows,
             "metrics": {**metrics(rows, config.margin), "calibration_speed_spread": calibration_speed_spread(profile)},
             "wall_s": time.perf_counter() - t0, "budget_s": config.budget_s, **extra}  # fmt: skip
+
+
+def budget_until(config: ValidationConfig, start: float, share: float = 1.0) -> float | None:
+    """The wall-clock time (time.time()) after which a setup starts no further pass: `share` of `budget_s` after
+    `start`; None without a budget."""
+    return None if config.budget_s is None else start + config.budget_s * share
 
 
 def calibration_speed_spread(profile: dict) -> dict[str, float]:
