@@ -11,7 +11,7 @@ import sys
 
 from qroute import cli_agents, cli_cluster, cli_sim, queries
 from qroute import geometry as geo
-from qroute.cli_args import fraction, int_any, int_at_least, int_list, names
+from qroute.cli_args import fraction, int_any, int_at_least, int_list, names, non_negative_float
 from qroute.cost import CostModel, builtin_names, load_profile
 from qroute.errors import QrouteError
 from qroute.report import console
@@ -46,6 +46,9 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reuse-steps", type=int_at_least(1), default=1, help="decode steps a fetched chunk serves (default: 1)")
     p.add_argument("--kv-dtype", choices=geo.KV_DTYPES, default="bf16", help="KV cache dtype moved by fetch (default: bf16)")
     p.add_argument("--paths", type=names, default=(), help="candidate paths, comma-separated (default: the profile's)")
+    p.add_argument("--idle-ms", type=non_negative_float, default=None,
+                   help="how long the holders sat idle before the request, in ms: a measured profile prices the "
+                        "wake-up after that idle time (default: unknown, as calibration's back-to-back requests)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")  # fmt: skip
 
 
@@ -108,9 +111,11 @@ def _cost_model(args) -> CostModel:
 
 
 def _request(model: CostModel, args):
+    idle = None if args.idle_ms is None else args.idle_ms / 1e3
     return queries.build_request(
-        model, args.rows, args.chunk_tokens, args.holders, args.layers, args.sparse, args.offset, args.reuse_steps, args.paths
-    )
+        model, args.rows, args.chunk_tokens, args.holders, args.layers, args.sparse, args.offset, args.reuse_steps, args.paths,
+        idle,
+    )  # fmt: skip
 
 
 def cmd_models(args) -> None:

@@ -87,6 +87,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number >= 0") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number >= 0")
+    return value
+
+
 def add_agent_workload_args(g, agents: int, decode_steps: int, topk_blocks: int, rate: float) -> None:
     """The agent-workload flags that `bench-agents` and `simulate` share (their defaults differ)."""
     g.add_argument("--agents", type=int_at_least(1), default=agents, help="sub-agents (default: %(default)s)")

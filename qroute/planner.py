@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from qroute.cost.model import PRIMITIVES, CostModel, Phases, Shape, best_path
+from qroute.cost.model import PRIMITIVES, CostModel, Phases, Shape, best_path, check_idle
 from qroute.cost.profile import PathSpec, overlapped, serial_terms
 from qroute.errors import QrouteError, non_negative_int, positive_int
 
@@ -29,16 +29,20 @@ class HolderDemand:
     """`tokens` selected tokens of the request live on `holder`, reachable over `paths` (empty: profile defaults).
 
     `prefill_tokens`: what `local` must re-prefill to rebuild them (a sparse selection needs
-    its chunk up to the last selected block); defaults to `tokens`.
+    its chunk up to the last selected block); defaults to `tokens`. `idle_s`: how long the
+    holder sat idle before the request (the executor's last reply from it; None: unknown), which
+    prices a routed request's wake-up (`PathSpec.cold_at`, `AttentionCoeffs.first_step_at`).
     """
 
     holder: int
     tokens: int
     paths: tuple[str, ...] = ()
     prefill_tokens: int | None = None
+    idle_s: float | None = None
 
     def __post_init__(self) -> None:
         non_negative_int("holder", self.holder)
+        check_idle(self.idle_s)
         positive_int(f"tokens on holder {self.holder}", self.tokens)
         if self.prefill_tokens is not None and self.prefill_tokens < self.tokens:
             raise QrouteError(
@@ -74,7 +78,8 @@ class Request:
 
     def shape(self, demand: HolderDemand) -> Shape:
         """The single-holder shape of one demand."""
-        return Shape(self.rows, demand.tokens, self.layers, self.steps, 1, self.sparse, self.offset, demand.prefill_tokens)
+        return Shape(self.rows, demand.tokens, self.layers, self.steps, 1, self.sparse, self.offset, demand.prefill_tokens,
+                     demand.idle_s)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -164,7 +169,8 @@ def combine_batch(model: CostModel, sessions: Sequence[Session]) -> Phases:
     layers, steps = _common(sessions)
     exchange = _routed_per_layer(model, sessions)
     per_layer = model.rescaled("route", exchange) + _moved_per_layer(model, sessions)
-    cold = _route_cold(model, sessions, steps * layers, exchange.total) + Phases(compute=layers * model.first_step_s(exchange.compute))
+    idle = _routed_idle(sessions)
+    cold = _route_cold(model, sessions, steps * layers, exchange.total) + Phases(compute=layers * model.first_step_s(exchange.compute, idle))
     once = sum((_once(model, r, hp) for r, hp in sessions), model.rescaled("route", cold))
     return per_layer.scaled(steps * layers) + once
 
@@ -201,14 +207,33 @@ def _routed_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
 
 
 def _route_cold(model: CostModel, sessions: Sequence[Session], exchanges: int, exchange_s: float) -> Phases:
-    """The first routed exchange of the batch wakes its holders (in parallel): the largest `cold_s`, once; and the
-    stalls of its `exchanges` exchanges of `exchange_s` seconds each (`PathSpec.stalls_s`, the routed holders' paths'
-    largest)."""
+    """The first routed exchange of the batch wakes its holders (in parallel): the largest wake-up, once, each holder's
+    after its idle time (`PathSpec.cold_at`); and the stalls of its `exchanges` exchanges of `exchange_s` seconds
+    each (`PathSpec.stalls_s`, the routed holders' paths' largest)."""
     paths = {h.holder: model.profile.path(h.path) for _, holders in sessions for h in holders if h.primitive == "route"}
     if not paths:
         return Phases()
+    idle = _idle_by_holder(sessions)
     stalls = max(p.stalls_s(exchanges, len(paths), exchange_s) for p in paths.values())
-    return Phases(probe=max(p.cold_s for p in paths.values()) + stalls)
+    return Phases(probe=max(p.cold_at(idle.get(h)) for h, p in paths.items()) + stalls)
+
+
+def _idle_by_holder(sessions: Sequence[Session]) -> dict[int, float]:
+    """Each holder's idle seconds where a request's demand says (the longest, if requests differ)."""
+    idle: dict[int, float] = {}
+    for request, _ in sessions:
+        for d in request.demands:
+            if d.idle_s is not None:
+                idle[d.holder] = max(idle.get(d.holder, 0.0), d.idle_s)
+    return idle
+
+
+def _routed_idle(sessions: Sequence[Session]) -> float | None:
+    """The longest idle time among the routed holders (their first step's attention runs in parallel: the coldest
+    sets it); None where none is known."""
+    idle = _idle_by_holder(sessions)
+    known = [idle[h.holder] for _, holders in sessions for h in holders if h.primitive == "route" and h.holder in idle]
+    return max(known) if known else None
 
 
 def _moved_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
@@ -236,7 +261,10 @@ def _once(model: CostModel, request: Request, holders: Sequence[HolderPlan]) -> 
     # the holders are asked at once: one probe (they wake together), plus the extra of each further holder
     probe = max((p.fetch_alpha(n) for p, n in zip(paths, moved)), default=0.0)
     probe += (len(paths) - 1) * max(p.fetch_extra_s for p in paths) if paths else 0.0
-    fetch = Phases(probe=probe, transfer=sum(n / p.fetch_beta(n) for p, n in zip(paths, moved)), compute=adapt)
+    # the bytes: the largest holder's, and `fetch_bytes_serial` of the others' (1: one port)
+    moves = [n / p.fetch_beta(n) for p, n in zip(paths, moved)]
+    transfer = overlapped(moves, max(p.fetch_bytes_serial for p in paths)) if moves else 0.0
+    fetch = Phases(probe=probe, transfer=transfer, compute=adapt)
     return model.rescaled("fetch", fetch) + model.rescaled("local", Phases(compute=rebuild))
 
 
@@ -270,11 +298,12 @@ def forced_plan(model: CostModel, request: Request, primitive: str) -> Plan:
 
 def uniform_request(
     rows: int, tokens: int, holders: int, layers: int, steps: int = 1, sparse: bool = False, offset: int = 0,
-    paths: Sequence[str] = (),
+    paths: Sequence[str] = (), idle_s: float | None = None,
 ) -> Request:  # fmt: skip
-    """H holders with the same demand: the shape `qroute plan` takes on the command line."""
+    """H holders with the same demand (each idle `idle_s` seconds before it): the shape `qroute plan` takes on the
+    command line."""
     positive_int("holders", holders)
-    demands = tuple(HolderDemand(h, tokens, tuple(paths)) for h in range(holders))
+    demands = tuple(HolderDemand(h, tokens, tuple(paths), idle_s=idle_s) for h in range(holders))
     return Request(rows, layers, demands, steps, sparse, offset)
 
 

@@ -33,12 +33,13 @@ def model_summary(g: geo.Geometry) -> dict:
 
 def build_request(
     model: CostModel, rows: int, chunk_tokens: int, holders: int, layers: int | None = None,
-    sparse: bool = False, offset: int = 0, reuse_steps: int = 1, paths: tuple[str, ...] = (),
+    sparse: bool = False, offset: int = 0, reuse_steps: int = 1, paths: tuple[str, ...] = (), idle_s: float | None = None,
 ) -> Request:  # fmt: skip
-    """The uniform request of `qroute plan` (layers default to the model's)."""
+    """The uniform request of `qroute plan` (layers default to the model's; the holders idle `idle_s` before it)."""
     for p in paths:
         model.profile.path(p)  # unknown names fail here, with the list of known ones
-    return uniform_request(rows, chunk_tokens, holders, layers or model.geometry.layers, reuse_steps, sparse, offset, paths)
+    return uniform_request(rows, chunk_tokens, holders, layers or model.geometry.layers, reuse_steps, sparse, offset, paths,
+                           idle_s)  # fmt: skip
 
 
 def _request_dict(model: CostModel, r: Request) -> dict:
@@ -46,6 +47,7 @@ def _request_dict(model: CostModel, r: Request) -> dict:
         "rows": r.rows, "chunk_tokens": r.demands[0].tokens, "holders": len(r.demands), "layers": r.layers,
         "sparse": r.sparse, "offset": r.offset, "reuse_steps": r.steps, "kv_dtype": model.kv_dtype,
         "paths": list(r.demands[0].paths or model.profile.default_paths),
+        "idle_ms": None if r.demands[0].idle_s is None else r.demands[0].idle_s * 1e3,
     }  # fmt: skip
 
 

@@ -41,7 +41,29 @@ def test_plan_flags_reach_the_request(capsys):
           "--reuse-steps", "5", "--kv-dtype", "fp8", "--paths", "ibgda,nvlink4", "--json"])  # fmt: skip
     req = json.loads(capsys.readouterr().out)["request"]
     assert req == {"rows": 16, "chunk_tokens": 2048, "holders": 3, "layers": 27, "sparse": True, "offset": -40,
-                   "reuse_steps": 5, "kv_dtype": "fp8", "paths": ["ibgda", "nvlink4"]}  # fmt: skip
+                   "reuse_steps": 5, "kv_dtype": "fp8", "paths": ["ibgda", "nvlink4"], "idle_ms": None}  # fmt: skip
+
+
+def test_idle_holders_wake_up_as_the_profile_measured(tmp_path, capsys):
+    """A profile whose path wakes in 50 us after 10 ms idle and 600 us after 100 ms: `--idle-ms` moves route's
+    probe by the difference; fetch and local pay no wake-up."""
+    import dataclasses
+
+    from qroute.cost import load_profile
+
+    p = load_profile("published-h100")
+    ib = dataclasses.replace(p.path("ibgda"), cold_s=5e-5, cold_idle=((0.01, 5e-5), (0.1, 6e-4)))
+    dataclasses.replace(p, paths={**p.paths, "ibgda": ib}).save(tmp_path / "idle.json")
+    out = {}
+    for idle in ("10", "250"):
+        main(["plan", "--profile", str(tmp_path / "idle.json"), "--rows", "16", "--chunk-tokens", "512", "--paths", "ibgda",
+              "--idle-ms", idle, "--json"])  # fmt: skip
+        out[idle] = json.loads(capsys.readouterr().out)
+    assert out["250"]["request"]["idle_ms"] == 250.0
+    probe = {k: v["primitives"]["route"]["phases"]["probe"] for k, v in out.items()}
+    assert probe["250"] - probe["10"] == pytest.approx(5.5e-4)
+    for prim in ("fetch", "local"):
+        assert out["250"]["primitives"][prim]["total_s"] == out["10"]["primitives"][prim]["total_s"]
 
 
 def test_reuse_flips_to_fetch_where_explain_says(capsys):
@@ -96,6 +118,7 @@ def bad_config(tmp_path):
         (lambda t: ["plan", "--rows", "4", "--chunk-tokens", "8", "--layers", "x"], "'x' is not an integer"),
         (lambda t: ["plan", "--rows", "4", "--chunk-tokens", "8", "--paths", "roce"], "unknown path 'roce'"),
         (lambda t: ["plan", "--rows", "4", "--chunk-tokens", "8", "--profile", "nope"], "unknown profile 'nope'"),
+        (lambda t: ["plan", "--rows", "4", "--chunk-tokens", "8", "--idle-ms", "-1"], "'-1': expected a number >= 0"),
         (lambda t: ["compare", "published-h100"], "compare got 1 profile: expected 2 or more"),
         (lambda t: ["compare", "published-h100", bad_profile(t)], "required property"),
         (lambda t: ["compare", "published-h100", "h100-kernels", "--tolerance", "2"], "expected a number between 0 and 1"),

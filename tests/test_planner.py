@@ -33,19 +33,26 @@ def two_path_model(model):
 def test_uniform_combination_equals_the_homogeneous_formula(model, holders, prim, ports, serial, cap, stalls):
     ibgda = dataclasses.replace(model.profile.path("ibgda"), bytes_serial=ports, holder_serial=serial, serial_cap_s=cap,
                                 stall_rate=stalls, stall_s=1e-5, stall_rate_multi=1.5 * stalls, stall_s_multi=2e-5,
-                                fetch_beta_Bps=2e10 if stalls else None)  # fmt: skip
+                                fetch_beta_Bps=2e10 if stalls else None, fetch_bytes_serial=ports,
+                                cold_idle=((0.01, 2e-5), (0.1, 3e-4)) if stalls else ())  # fmt: skip
     compute = model.profile.compute
     compute = dataclasses.replace(compute, gather=dataclasses.replace(compute.gather, reply_s=7e-5 if stalls else 0.0),
                                   attention=dataclasses.replace(compute.attention, first_step_excess=0.15 if stalls else 0.0,
-                                                                parallel_excess=0.08 if stalls else 0.0))
+                                                                parallel_excess=0.08 if stalls else 0.0,
+                                                                first_step_idle=((0.01, 0.1), (0.1, 0.3)) if stalls else ()))
     model = dataclasses.replace(model, profile=dataclasses.replace(model.profile, paths={**model.profile.paths, "ibgda": ibgda},
                                                                    compute=compute))  # fmt: skip
-    request = uniform_request(64, 512, holders, 27, steps=3, offset=9)
-    shape = Shape(64, 512, 27, 3, holders, False, 9)
+    idle = 0.04 if stalls else None  # the holders idle 40 ms: a wake-up and a first step between the measured points
+    request = uniform_request(64, 512, holders, 27, steps=3, offset=9, idle_s=idle)
+    shape = Shape(64, 512, 27, 3, holders, False, 9, idle_s=idle)
     expected = model.primitive(prim, shape, ibgda)
     assert float(uniform_phases(model, request, prim).total) == pytest.approx(float(expected.total))
     if stalls and prim == "route":  # 81 exchanges of tens of us at thousands of stalls per second: some stall
         assert float(expected.probe) > float(model.route(shape, dataclasses.replace(ibgda, stall_rate=0.0, stall_rate_multi=0.0)).probe)
+    if stalls and prim == "route":  # the idle holders wake slower than calibration's back-to-back ones
+        unknown = model.route(dataclasses.replace(shape, idle_s=None), ibgda)
+        assert float(expected.probe - unknown.probe) == pytest.approx(ibgda.cold_at(0.04) - ibgda.cold_s)
+        assert float(expected.compute) > float(unknown.compute)
     if cap is not None and prim == "route" and holders > 1:  # the cap binds: less serial compute than uncapped
         uncapped = dataclasses.replace(ibgda, serial_cap_s=None)
         assert float(expected.total) < float(model.primitive(prim, shape, uncapped).total)

@@ -9,10 +9,11 @@ Rank 0 measures; the other instances hold blocks and serve (the runtime's holder
    holders or more, pairs of requests routed to two holders at once,
    `--repeats` times, and fits every constant to the executor's trace: alpha and beta of
    the path (with a small-message regime where one line misses) from the route and fetch
-   exchanges, the holder's wake-up (`cold_s`: a request's first step against later ones),
+   exchanges, the holder's wake-up (`cold_s`: a request's first step against later ones;
+   how it grows with the holder's idle time from route requests after 10-300 ms idle),
    the parallel exchange's extra per holder (`per_holder_s`), the holder's attention, the
    requester's attention, merge, splice, gather and re-prefill.
-The profile (schema `qroute.profile/8`) carries machine and fabric metadata, each fit's
+The profile (schema `qroute.profile/9`) carries machine and fabric metadata, each fit's
 residuals and how far alpha and beta moved between repeats.
 """
 
@@ -109,6 +110,9 @@ TRAIN_STEPS = 4  # validation uses 1 and 4; 4 steps give 3 warm route exchanges 
 PROBE_REPS = 7  # runs per primitive of each speed probe, median taken (a second or so per path on 2 cores)
 FETCH_SAMPLES = 3  # a request makes one fetch record but steps x layers route records: fetches are served 3 times,
 # so that each shape's median resists a stall (beta moved 18.6% between repeats on the dev VM with one)
+IDLE_GAPS = (0.01, 0.03, 0.1, 0.3)  # seconds the holders sit idle before a route request of `idle_ladder`
+IDLE_SAMPLES = 2  # requests per gap and training repeat (about 1 s per path and repeat)
+IDLE_SHAPE = (2, 12)  # its step tokens and chunk blocks (a training shape)
 WIDE_BLOCKS = 4  # x the largest training chunk: one fetch that large per pass, so the in-situ line spans ~4x more bytes
 
 
@@ -233,12 +237,26 @@ def _train(world, shapes, advance, seed: int, path: str, probes: list | None = N
             if k in TRAIN_LOCAL_STEP_TOKENS:  # a fetch from two holders at once (its size does not depend on k)
                 serve(executor, spanning_request(world, k, n, 1, seed=s), "fetch")
         advance()
+    idle_ladder(executor, world, shaped_request(world, 1, *IDLE_SHAPE, TRAIN_STEPS, seed=1000 * (seed + 1) + len(shapes) + 1))
     wide = wide_request(world, WIDE_BLOCKS * max(n for _, n in shapes), seed=1000 * (seed + 1) + len(shapes))
     for _ in range(FETCH_SAMPLES if wide is not None else 0):
         serve(executor, wide, "fetch")
     if probes is not None:  # and after: a machine whose speed moved during the training is told (`speed_spread`)
         probes.append(speed_probe(executor, world, reps=PROBE_REPS))
     return [r for r in executor.trace if r.get("kind") not in ("route", "fetch") or r.get("path") == path]
+
+
+def idle_ladder(executor, world, request, gaps=IDLE_GAPS, samples: int = IDLE_SAMPLES) -> None:
+    """Route `request` after the holders sat idle `gaps` seconds, `samples` times each, the requester computing
+    meanwhile (the model's prefill, as it would serve other work): its first steps price how the wake-up grows with
+    the holder's idle time (`cold_idle_s`, `first_step_idle_excess`); the grid's requests come back to back."""
+    filler = torch.randint(0, world.model.config.vocab_size, (4,))
+    for gap in gaps:
+        for _ in range(samples):
+            until = time.perf_counter() + gap
+            while time.perf_counter() < until:
+                world.model.prefill(filler)
+            serve(executor, request, "route")
 
 
 def _fabric(config) -> str:

@@ -157,3 +157,34 @@ def speed_spread(probes: list[dict[str, float]]) -> float:
         return 0.0
     spreads = [rel_spread([p[primitive] for p in probes]) for primitive in probes[0]]
     return max((s for s in spreads if s is not None), default=0.0)
+
+
+IDLE_BIN = 2.0  # idle times within a factor of 2 share a bin (its robust median); 1 ms and below share the first
+IDLE_SPAN = 10.0  # a curve only where its bins' idle times span this factor
+IDLE_MIN_SAMPLES = 3  # samples a bin needs
+
+
+def fit_idle_curve(idle, values) -> tuple[tuple[float, float], ...]:
+    """How a wake-up cost grows with how long the holder sat idle, as (idle seconds, value) points: per bin of idle
+    time (`IDLE_BIN`, `IDLE_MIN_SAMPLES` or more samples) its median idle and robust median value, made
+    non-decreasing over idle (pool adjacent violators, weighted by the bins' samples: a holder idle longer wakes no
+    faster) and never below 0. Empty where fewer than 2 bins span `IDLE_SPAN` x (no idle times: one bin).
+    Measured on the dev VM (gloo): 66 us at 11 ms idle, 545-568 us from 24 to 312 ms: a step, not an exponential."""
+    idle, values = np.asarray(idle, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    if idle.shape != values.shape:
+        raise QrouteError(f"idle times {idle.shape} and values {values.shape}: expected one value per idle time")
+    bins = np.floor(np.log(np.maximum(idle, 1e-3) / 1e-3) / np.log(IDLE_BIN)).astype(int)
+    keys = [k for k in sorted(set(bins.tolist())) if np.count_nonzero(bins == k) >= IDLE_MIN_SAMPLES]
+    if len(keys) < 2:
+        return ()
+    at = [float(np.median(idle[bins == k])) for k in keys]
+    if at[-1] < IDLE_SPAN * max(at[0], 1e-3):
+        return ()
+    blocks = []  # pool adjacent violators: [value, weight, bins pooled]
+    for k in keys:
+        blocks.append([robust_median(values[bins == k]), float(np.count_nonzero(bins == k)), 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (v1, w1, n1), (v2, w2, n2) = blocks.pop(-2), blocks.pop(-1)
+            blocks.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    fitted = [max(0.0, float(v)) for v, _, n in blocks for _ in range(n)]
+    return tuple(zip(at, fitted))

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from qroute.calibration.fit import PathFit, fit_path, nonneg_lstsq, robust_median
+from qroute.calibration.fit import PathFit, fit_idle_curve, fit_path, nonneg_lstsq, robust_median
 from qroute.cost.profile import (
     STALL_FIELDS, PathSpec, SmallRegime, capped,
 )  # fmt: skip
@@ -59,16 +59,25 @@ def _route_bytes(r: dict) -> int:
     return r["payload_out"] + r["payload_back"]
 
 
-def cold_excess(route: list[dict]) -> float:
-    """`cold_s`: how much longer a request's first decode step spends in the network than a later step of the same
-    shape (the holder woke up), summed over the step's layers; the robust median over first steps (0 if none)."""
+def cold_excess(route: list[dict]) -> tuple[float, tuple[tuple[float, float], ...]]:
+    """(`cold_s`, `cold_idle`): how much longer a request's first decode step spends in the network than a later
+    step of the same shape (the holder woke up), summed over the step's layers: the robust median over first steps,
+    never below 0; and against how long the holder had sat idle before the step's first exchange (its records'
+    `idle_s`), `fit_idle_curve` (empty for a trace without idle times)."""
     warm = _grouped([r for r in route if not r.get("first_step")], lambda r: (_route_bytes(r),), _net)
     steps: dict[tuple, float] = {}
+    idle: dict[tuple, tuple[int, float]] = {}  # the step's first layer's idle time
     for r in route:
         if r.get("first_step") and (_route_bytes(r),) in warm:
             key = (r.get("run", 0), r["step"])  # step numbers restart per executor: pooled runs carry `run`
             steps[key] = steps.get(key, 0.0) + _net(r) - warm[(_route_bytes(r),)]
-    return max(0.0, robust_median(list(steps.values()))) if steps else 0.0
+            if key not in idle or r["layer"] < idle[key][0]:
+                idle[key] = (r["layer"], r.get("idle_s") or 0.0)
+    if not steps:
+        return 0.0, ()
+    keys = list(steps)
+    flat = max(0.0, robust_median([steps[k] for k in keys]))
+    return flat, fit_idle_curve([idle[k][1] for k in keys], [steps[k] for k in keys])
 
 
 def _tokens(r: dict) -> int:
@@ -198,21 +207,43 @@ def _weighted_nnls(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndar
     return coef, float(np.linalg.norm(A @ coef - b))
 
 
-def fetch_per_holder_excess(trace: list[dict], path: PathSpec) -> float | None:
-    """`fetch_per_holder_s`: how much longer a fetch from several holders at once takes (its network time: the last
-    reply less the holders' gathers) than the path prices it without the extra (one fetch probe, bytes serialised),
-    per holder beyond the first; the robust median over fetches, never below 0; None without a parallel fetch."""
+def fetch_per_holder_excess(trace: list[dict], path: PathSpec) -> tuple[float, float] | None:
+    """(`fetch_per_holder_s`, `fetch_bytes_serial`): how much longer a fetch from several holders at once takes (its
+    network time: the last reply less the holders' gathers) than the path prices its largest holder alone (one fetch
+    probe, that holder's bytes), fitted as a fixed extra per holder beyond the first and a fraction of the other
+    holders' bytes (non-negative least squares over robust medians per shape, weighted by 1 / the fetch's time; the
+    fraction at most 1). Where the shapes do not vary the bytes apart from the holders' count (fewer than 3 shapes of
+    `FETCH_SHAPE_SAMPLES` fetches or more, or one size), the bytes are taken to serialise (fraction 1) and the extra is the robust median, never below 0.
+    Measured on the dev VM (2 holders over loopback): the second holder's bytes mostly overlap the first's; priced as
+    serialised, 2-holder fetches' network came out 21-22% high. None without a parallel fetch."""
     fetches: dict[tuple, list[dict]] = {}
     for r in _of(trace, "fetch"):
         if r["parallel"] > 1:
             fetches.setdefault((r.get("run", 0), r["request"]), []).append(r)
-    excess = []
+    samples: dict[tuple, list[tuple[float, float, float]]] = {}  # shape -> (excess, others' bytes (s), measured)
     for recs in fetches.values():
         if len(recs) == recs[0]["parallel"]:
             measured = max(r.get("wall_s", r["rtt_s"]) for r in recs) - sum(r["holder_compute_s"] for r in recs)
-            predicted = max(path.fetch_alpha(r["bytes"]) for r in recs) + sum(r["bytes"] / path.fetch_beta(r["bytes"]) for r in recs)
-            excess.append((measured - predicted) / (len(recs) - 1))
-    return max(0.0, robust_median(excess)) if excess else None
+            moves = [r["bytes"] / path.fetch_beta(r["bytes"]) for r in recs]
+            largest = max(path.fetch_alpha(r["bytes"]) for r in recs) + max(moves)
+            shape = (len(recs), tuple(sorted(r["bytes"] for r in recs)))
+            samples.setdefault(shape, []).append((measured - largest, sum(moves) - max(moves), measured))
+    if not samples:
+        return None
+    def fit_on(keys):
+        med = np.array([[robust_median([x[i] for x in samples[k]]) for i in range(3)] for k in keys])
+        return med, np.stack([np.array([k[0] - 1.0 for k in keys]), med[:, 1]], axis=1)
+
+    repeated = [k for k in sorted(samples) if len(samples[k]) >= FETCH_SHAPE_SAMPLES]  # a median that resists a stall
+    if len(repeated) < 3 or len({b for k in repeated for b in k[1]}) < 2:  # the bytes' share is not identifiable
+        med, X = fit_on(sorted(samples))
+        return max(0.0, robust_median((med[:, 0] - med[:, 1]) / X[:, 0])), 1.0
+    med, X = fit_on(repeated)
+    coef, _ = _weighted_nnls(X, med[:, 0], med[:, 2])
+    return float(coef[0]), float(min(coef[1], 1.0))
+
+
+FETCH_SHAPE_SAMPLES = 3  # fetches a shape needs to enter the fit of the bytes' share
 
 
 def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] | None = None) -> tuple[PathSpec, PathFit]:
@@ -247,13 +278,16 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
         if routed and fetched and fit.knee_bytes:  # the offset came from one line; recentre the fetches on the final fit
             offset += _median_gap(fetched, offset, path_line(fit))
             fit = _fit_points(routed, {k: t - offset for k, t in fetched.items()}, swept)
-    spec = PathSpec(fit.alpha_s, fit.beta_Bps, source, _small(fit), cold_excess(route), fetch_offset_s=offset,
-                    fetch_beta_Bps=fetch_beta)  # fmt: skip
+    cold, cold_idle = cold_excess(route)
+    spec = PathSpec(fit.alpha_s, fit.beta_Bps, source, _small(fit), cold, fetch_offset_s=offset, fetch_beta_Bps=fetch_beta,
+                    cold_idle=cold_idle)  # fmt: skip
     parallel: dict = {}
     per_holder, serial, ports, cap = per_holder_excess(trace, spec, parallel) or (0.0, 0.0, 1.0, None)
     spec = replace(spec, per_holder_s=per_holder, holder_serial=serial, bytes_serial=ports, serial_cap_s=cap)
     spec = replace(spec, **dict(zip(STALL_FIELDS, stall_terms(trace))))
-    return replace(spec, fetch_per_holder_s=fetch_per_holder_excess(trace, spec)), replace(fit, extra=(("parallel", parallel),) + fetch_line)
+    fetch_extra, fetch_ports = fetch_per_holder_excess(trace, spec) or (None, 1.0)
+    spec = replace(spec, fetch_per_holder_s=fetch_extra, fetch_bytes_serial=fetch_ports)
+    return spec, replace(fit, extra=(("parallel", parallel),) + fetch_line)
 
 
 STALL_OVER, STALL_MIN_EXCHANGES = 1.5, 8  # a stall: over 1.5x its shape's median; shapes with 8 exchanges or more

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qroute.calibration.fit import rate, robust_median
+from qroute.calibration.fit import fit_idle_curve, rate, robust_median
 from qroute.calibration.insitu import _fit, _grouped, _of, route_exchanges
 from qroute.cost.profile import (
     AttentionCoeffs, Compute, GatherCoeffs, MergeCoeffs, ReprefillCoeffs, SpliceCoeffs,
@@ -29,16 +29,24 @@ def _groups_key(r: dict) -> tuple:
     return tuple(map(tuple, r["groups"]))
 
 
-def first_step_excess(trace: list[dict], fits: dict | None = None) -> float:
-    """`AttentionCoeffs.first_step_excess`: how much longer a holder attends in a request's first decode step than in
-    its later steps, relative, shape by shape (exchanges with one holder; the first step's caches are cold); the
-    robust median over shapes, never below 0 (0 without both kinds of step)."""
+def first_step_excess(trace: list[dict], fits: dict | None = None) -> tuple[float, tuple[tuple[float, float], ...]]:
+    """(`AttentionCoeffs.first_step_excess`, `first_step_idle`): how much longer a holder attends in a request's
+    first decode step than in its later steps, relative (exchanges with one holder; the first step's caches are
+    cold): per first step the mean over its layers of each one's compute against the median warm compute of its
+    groups, less 1; the robust median over first steps, never below 0 (0 without both kinds of step); and against
+    how long the holder had sat idle before the step's first exchange, `fit_idle_curve`."""
     route = [r for r in _of(trace, "route") if r.get("parallel", 1) == 1]
-    value = lambda r: r["holder_compute_s"]  # noqa: E731
-    warm = _grouped([r for r in route if not r.get("first_step")], _groups_key, value)
-    first = _grouped([r for r in route if r.get("first_step")], _groups_key, value)
-    ratios = [first[k] / warm[k] - 1 for k in first if warm.get(k, 0) > 0]
-    return _median_excess(ratios, fits, "first_step", ("shapes", "median_excess"))
+    warm = _grouped([r for r in route if not r.get("first_step")], _groups_key, lambda r: r["holder_compute_s"])
+    steps: dict[tuple, list[dict]] = {}
+    for r in route:
+        if r.get("first_step") and warm.get(_groups_key(r), 0) > 0:
+            steps.setdefault((r.get("run", 0), r["step"], r.get("holder")), []).append(r)
+    ratios = [float(np.mean([r["holder_compute_s"] / warm[_groups_key(r)] for r in recs])) - 1 for recs in steps.values()]
+    idle = [min(recs, key=lambda r: r["layer"]).get("idle_s") or 0.0 for recs in steps.values()]
+    curve = fit_idle_curve(idle, ratios)
+    if fits is not None and ratios:
+        fits["first_step"] = {"steps": len(ratios), "median_excess": float(robust_median(ratios)), "idle": [list(p) for p in curve]}
+    return (max(0.0, float(robust_median(ratios))) if ratios else 0.0), curve
 
 
 def parallel_excess(trace: list[dict], fits: dict | None = None) -> float:
@@ -105,9 +113,10 @@ def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, f
     rp = _fit(local, lambda k: [1.0, g.layers * k[0] * g.dense_flops_per_token_layer,
                                 g.layers * k[0] * (k[0] + 1) / 2 * g.attn_flops_per_token_pair], "reprefill", fits)  # fmt: skip
     src = "measured in situ: fitted to the runtime's trace"
+    first = first_step_excess(trace, fits)
     return Compute(
-        attention=AttentionCoeffs(float(a[0]), rate(a[1]), rate(a[2]), src, float(a[3]), first_step_excess(trace, fits),
-                                  parallel_excess(trace, fits)),
+        attention=AttentionCoeffs(float(a[0]), rate(a[1]), rate(a[2]), src, float(a[3]), first[0], parallel_excess(trace, fits),
+                                  first[1]),  # fmt: skip
         local_attention=AttentionCoeffs(float(la[0]), rate(la[1]), rate(la[2]), src, float(la[3])),
         merge=MergeCoeffs(float(m[0]), rate(m[1]), src, after_route),
         splice=SpliceCoeffs(float(s[0]), 0.0, float(s[1]), src),

@@ -83,9 +83,11 @@ class Shape:
     sparse: bool = False
     offset: int = 0
     prefill_tokens: int | None = None  # tokens local re-prefills per holder (default: `tokens`)
+    idle_s: float | None = None  # how long the holders sat idle before the request (None: unknown; `PathSpec.cold_at`)
 
     def __post_init__(self) -> None:
         _positive("rows", self.rows)
+        check_idle(self.idle_s)
         _positive("chunk tokens", self.tokens)
         if self.prefill_tokens is not None:
             _positive("prefill tokens", self.prefill_tokens)
@@ -136,9 +138,10 @@ class CostModel:
         sharing cores; the slowest of several noisy computes), as the runtime measures it."""
         return longest * (1 + (holders - 1) * self.profile.compute.attention.parallel_excess)
 
-    def first_step_s(self, attention):
-        """What a holder's `attention` seconds (one layer) cost more in a request's first decode step (caches cold)."""
-        return attention * self.profile.compute.attention.first_step_excess
+    def first_step_s(self, attention, idle_s: float | None = None):
+        """What a holder's `attention` seconds (one layer) cost more in a request's first decode step (caches cold),
+        the holder idle `idle_s` seconds before it (None: unknown)."""
+        return attention * self.profile.compute.attention.first_step_at(idle_s)
 
     def merge_s(self, rows, partials, routed: bool = False):
         """Merge of `partials` states of `rows` rows, one layer; `routed`: it follows a route exchange."""
@@ -190,8 +193,8 @@ class CostModel:
         )
         n = s.steps * s.layers  # exchanges: the first wakes the holders, the tail stalls some
         stalls = path.stalls_s(n, s.holders, per_layer.total - per_layer.merge)
-        first = s.layers * self.first_step_s(per_layer.compute)
-        return per_layer.scaled(n) + Phases(probe=path.cold_s + stalls, compute=first)
+        first = s.layers * self.first_step_s(per_layer.compute, s.idle_s)
+        return per_layer.scaled(n) + Phases(probe=path.cold_at(s.idle_s) + stalls, compute=first)
 
     def adapt_s(self, s: Shape):
         """Making moved KV usable after fetching `s.tokens` from each of `s.holders` holders (`fetched_adapt_s`)."""
@@ -213,7 +216,7 @@ class CostModel:
         nbytes = self.fetch_bytes(s.tokens, s.layers)
         once = Phases(
             probe=path.fetch_alpha(nbytes) + (s.holders - 1) * path.fetch_extra_s,
-            transfer=s.holders * nbytes / path.fetch_beta(nbytes),
+            transfer=(1 + (s.holders - 1) * path.fetch_bytes_serial) * nbytes / path.fetch_beta(nbytes),
             compute=self.adapt_s(s),
         )
         return once + self.moved_per_layer(s).scaled(s.steps * s.layers)
@@ -302,3 +305,11 @@ def _waited(compute, holders: int, path: PathSpec):
     beyond the longest: the others' `holder_serial` fraction of at most `serial_cap_s` each (`profile.overlapped`).
     The runtime measures it as network time (the exchange's wall time less the slowest holder's compute)."""
     return (holders - 1) * path.holder_serial * capped(compute, path.serial_cap_s)
+
+
+def check_idle(idle_s) -> None:
+    """None, or a holder's idle seconds: a number >= 0."""
+    if idle_s is None:
+        return
+    if isinstance(idle_s, bool) or not isinstance(idle_s, (int, float)) or not idle_s >= 0:
+        raise QrouteError(f"idle_s={idle_s!r}: expected None or seconds >= 0")

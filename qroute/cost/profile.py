@@ -1,7 +1,7 @@
 """Profiles: the measured (or published, or what-if) constants of one cluster.
 
-A profile is a JSON file, schema `qroute.profile/8` (`profile.schema.json` beside this
-module; `qroute.profile/1` to `/7` files still load, their newer fields taken as 0, `bytes_serial` as 1 and
+A profile is a JSON file, schema `qroute.profile/9` (`profile.schema.json` beside this
+module; `qroute.profile/1` to `/8` files still load, their newer fields taken as 0, `bytes_serial` as 1 and
 `serial_cap_s` as none), validated on
 load and never pickled. Calibration is the only code that writes
 measured profiles; everything else reads them. Built-in profiles live in `profiles/`:
@@ -31,7 +31,13 @@ holder's reply costs the requester beyond the splice and the gather, and `attent
 longer a holder attends in a request's first decode step than in later ones. And `attention.parallel_excess`
 (profile/8): how much longer, relative, the slowest of several holders asked at once attends than one holder alone,
 per holder beyond the first (holders sharing cores, and the slowest of several noisy computes); and a path's
-`fetch_beta_Bps` (profile/8): a fetch's own rate, one large message against a route exchange's per-layer ones.
+`fetch_beta_Bps` (profile/8): a fetch's own rate, one large message against a route exchange's per-layer ones, and
+`fetch_bytes_serial` (profile/9), `bytes_serial` of a fetch from several holders at once.
+And how long the holder sat idle (profile/9): `cold_idle` and `attention.first_step_idle`, measured points
+(idle seconds, wake-up seconds or relative first-step extra) interpolated in log idle time (`idle_curve`), price a
+request's first exchange with a holder idle `t` seconds (`PathSpec.cold_at`, `AttentionCoeffs.first_step_at`):
+on the dev VM a gloo holder asked again after 11 ms woke in 66 us, after 24-312 ms in 545-568 us. An unknown idle
+time (None) prices `cold_s` and `first_step_excess`: calibration's requests as they came.
 """
 
 from __future__ import annotations
@@ -48,8 +54,17 @@ import numpy as np
 
 from qroute.errors import QrouteError
 
-SCHEMA_ID = "qroute.profile/8"
-READABLE = tuple(f"qroute.profile/{v}" for v in range(1, 8)) + (SCHEMA_ID,)
+SCHEMA_ID = "qroute.profile/9"
+READABLE = tuple(f"qroute.profile/{v}" for v in range(1, 9)) + (SCHEMA_ID,)
+
+
+def idle_curve(points, idle_s: float | None, unknown: float) -> float:
+    """The value of measured (idle seconds, value) `points` at `idle_s`, interpolated in log idle time and held flat
+    beyond the first and last point; `unknown` where `idle_s` is None or there are no points."""
+    if idle_s is None or not points:
+        return unknown
+    at, values = zip(*points)
+    return float(np.interp(np.log(max(idle_s, 1e-6)), np.log(at), values))
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,13 @@ class PathSpec:
     stall_rate_multi: float = 0.0  # the same for exchanges with several holders at once
     stall_s_multi: float = 0.0
     fetch_beta_Bps: float | None = None  # profile/8: a fetch's own rate (one large message), where it has one (None: beta)
+    cold_idle: tuple[tuple[float, float], ...] = ()  # profile/9: (idle seconds, wake-up seconds), measured
+    fetch_bytes_serial: float = 1.0  # profile/9: fraction of the other holders' fetch bytes moved after the largest's
+
+    def cold_at(self, idle_s: float | None = None) -> float:
+        """Wake-up seconds of a request's first exchange with a holder idle `idle_s` seconds (`cold_idle`; None:
+        unknown, `cold_s`)."""
+        return idle_curve(self.cold_idle, idle_s, self.cold_s)
 
     @property
     def fetch_extra_s(self) -> float:
@@ -170,6 +192,10 @@ class PathSpec:
             d["serial_cap_s"] = self.serial_cap_s
         if self.fetch_beta_Bps is not None:
             d["fetch_beta_Bps"] = self.fetch_beta_Bps
+        if self.cold_idle:
+            d["cold_idle"] = [list(p) for p in self.cold_idle]
+        if self.fetch_bytes_serial != 1.0:
+            d["fetch_bytes_serial"] = self.fetch_bytes_serial
         d.update({k: getattr(self, k) for k in STALL_FIELDS if getattr(self, k)})
         if self.small is not None:
             d["small"] = asdict(self.small)
@@ -181,7 +207,8 @@ class PathSpec:
         return cls(d["alpha_s"], d["beta_Bps"], d.get("source", ""), SmallRegime(**small) if small else None,
                    d.get("cold_s", 0.0), d.get("per_holder_s", 0.0), d.get("fetch_offset_s", 0.0),
                    d.get("holder_serial", 0.0), d.get("fetch_per_holder_s"), d.get("bytes_serial", 1.0),
-                   d.get("serial_cap_s"), *(d.get(k, 0.0) for k in STALL_FIELDS), d.get("fetch_beta_Bps"))  # fmt: skip
+                   d.get("serial_cap_s"), *(d.get(k, 0.0) for k in STALL_FIELDS), d.get("fetch_beta_Bps"),
+                   tuple(map(tuple, d.get("cold_idle", ()))), d.get("fetch_bytes_serial", 1.0))  # fmt: skip
 
 
 STALL_FIELDS = ("stall_rate", "stall_s", "stall_rate_multi", "stall_s_multi")
@@ -198,6 +225,15 @@ class AttentionCoeffs:
     per_row_s: float = 0.0  # profile/3: each row's own cost (its rope shift, copies, merge), whatever the keys
     first_step_excess: float = 0.0  # profile/7: a holder's first decode step of a request, relative extra (caches cold)
     parallel_excess: float = 0.0  # profile/8: per holder beyond the first asked at once, relative extra of the slowest
+    first_step_idle: tuple[tuple[float, float], ...] = ()  # profile/9: (idle seconds, first-step extra), measured
+
+    def __post_init__(self) -> None:  # from JSON: lists of lists
+        object.__setattr__(self, "first_step_idle", tuple(map(tuple, self.first_step_idle)))
+
+    def first_step_at(self, idle_s: float | None = None) -> float:
+        """The first decode step's relative extra for a holder idle `idle_s` seconds (`first_step_idle`; None:
+        unknown, `first_step_excess`)."""
+        return idle_curve(self.first_step_idle, idle_s, self.first_step_excess)
 
 
 @dataclass(frozen=True)
@@ -296,9 +332,11 @@ class Profile:
         if not self.compute.gather.reply_s:  # the same for the per-reply term (profile/7)
             del d["compute"]["gather"]["reply_s"]
         for name in ("attention", "local_attention"):  # the same for the per-row term (profile/3) and the first step's
-            for key in ("per_row_s", "first_step_excess", "parallel_excess"):
+            for key in ("per_row_s", "first_step_excess", "parallel_excess", "first_step_idle"):
                 if not d["compute"][name][key]:
                     del d["compute"][name][key]
+            if "first_step_idle" in d["compute"][name]:  # JSON's form: a list of [idle seconds, value]
+                d["compute"][name]["first_step_idle"] = [list(p) for p in d["compute"][name]["first_step_idle"]]
         if self.fits:
             d["fits"] = dict(self.fits)
         return d
@@ -316,7 +354,7 @@ def _schema() -> dict[str, Any]:
 
 
 def validate(data: Any, origin: str) -> None:
-    """Validate a profile dict against schema `qroute.profile/8` (or /1 to /7); one-line error on failure."""
+    """Validate a profile dict against schema `qroute.profile/9` (or /1 to /8); one-line error on failure."""
     if isinstance(data, dict) and data.get("schema") not in READABLE:
         raise QrouteError(f"profile {origin}: schema={data.get('schema')!r}: expected {SCHEMA_ID!r} (or one of "
                           f"{', '.join(map(repr, READABLE[:-1]))})")  # fmt: skip

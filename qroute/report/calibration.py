@@ -48,6 +48,8 @@ def fit_table(results: dict) -> Table:
         t.add_row(f"{name} wake-up, per extra holder", f"{fmt_s(path.get('cold_s', 0))}, {fmt_s(path.get('per_holder_s', 0))}"
                   f" (+{path.get('holder_serial', 0):.0%} of their compute{_cap(path)}, {path.get('bytes_serial', 1):.0%} of their bytes)",
                   "", "")  # fmt: skip
+        if path.get("cold_idle"):  # the wake-up against the holder's idle time
+            t.add_row(f"{name} wake-up after idle", idle_points(path["cold_idle"], fmt_s), "", "")
         t.add_row(f"{name} fetch offset", fmt_s(path.get("fetch_offset_s", 0)), "", "")
         if path.get("fetch_beta_Bps"):  # the fetches on a line of their own
             t.add_row(f"{name} fetch rate", f"{path['fetch_beta_Bps'] / 1e9:.3g} GB/s", "", "")
@@ -89,6 +91,9 @@ def _compute_value(c: dict) -> str:
     parts = []
     for key, value in c.items():
         if key == "source":
+            continue
+        if key == "first_step_idle":  # (idle seconds, relative extra) points
+            parts.append(f"first step after idle {idle_points(value, lambda v: f'+{v:.0%}')}")
             continue
         is_time = key.endswith("_s") and not key.endswith("per_s")
         parts.append(f"{key}={fmt_s(value)}" if is_time else f"{key}={value:.3g}")
@@ -163,6 +168,11 @@ def compare_table(result: dict) -> Table:
         row(f"{path}: alpha / probe", r["alpha_per_probe"], lambda v: f"{v:.3f}", False)
         t.add_row(f"{path}: agree within {tol:.0%}", *("" for _ in result["profiles"]), "yes" if r["agree"] else "[bold red]no[/]")
     return t
+
+
+def idle_points(points, fmt) -> str:
+    """Measured (idle seconds, value) points as 'after 11 ms: 66 us, ...'."""
+    return ", ".join(f"{fmt_s(t)}: {fmt(v)}" for t, v in points)
 
 
 def _cap(path: dict) -> str:

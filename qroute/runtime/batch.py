@@ -97,6 +97,7 @@ class BatchContext:
         self.ex.sync()
         t_post = time.perf_counter()
         messages = {key: self._message(key[0], members, q) for key, members in by_holder.items()}
+        idle = {key: self.ex.idle_s(key[0], t_post) for key in by_holder}  # before the replies restart the clocks
         posted = {key: links[key].isend(ROUTE, [layer], m) for key, m in messages.items()}
         holder_compute, first_record = 0.0, len(self.ex.trace)
         for key in reply_order(by_holder):  # one order for every requester: no two wait on each other's holders
@@ -106,7 +107,7 @@ class BatchContext:
             o, lse = (t.clone() for t in msg.tensors)  # the states where this instance computes (part of the return)
             holder_compute = max(holder_compute, msg.meta[0] / 1e9)
             first = all(not self.sessions[b].inputs for b in members)  # the sessions' first decode step
-            self._record(layer, key, messages[key], msg, t_post, len(by_holder), first)
+            self._record(layer, key, messages[key], msg, t_post, len(by_holder), first, idle[key])
             row = 0
             for b in members:
                 k = self.spans[b][1] - self.spans[b][0]
@@ -135,7 +136,7 @@ class BatchContext:
         return [rows.contiguous(), torch.tensor(groups, dtype=torch.long), torch.tensor(blocks, dtype=torch.long)]
 
     def _record(self, layer: int, key: tuple[int, str | None], message: list[Tensor], reply: transport.Message,
-                t_post: float, parallel: int, first_step: bool) -> None:  # fmt: skip
+                t_post: float, parallel: int, first_step: bool, idle_s: float | None = None) -> None:  # fmt: skip
         holder, path = key
         q, groups = message[0], message[1]
         sent = sum(t.numel() * t.element_size() for t in message)
@@ -147,7 +148,7 @@ class BatchContext:
             "rows": q.shape[0] * q.shape[1], "groups": [[t * q.shape[1], c * bs] for _, t, _, c in groups.tolist()],
             "rtt_s": time.perf_counter() - t_post, "holder_compute_s": reply.meta[0] / 1e9,
             "payload_out": q.numel() * q.element_size(), "payload_back": reply.nbytes, "parallel": parallel,
-            "first_step": first_step, "t_post": t_post,
+            "first_step": first_step, "t_post": t_post, "idle_s": idle_s,
             "holder_start": reply.meta[2] / 1e9 if len(reply.meta) > 2 else None,  # same host: same clock
         })  # fmt: skip
 

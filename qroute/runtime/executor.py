@@ -113,6 +113,7 @@ class Executor:
         self.force_path: str | None = None  # calibration: every message on this path, whatever the plan says
         self.cache: BlockCache | None = None  # fetch-and-keep (policies reuse and load)
         self.policy_state = PolicyState()  # their rent accounts and the holders' reported utilisation
+        self.heard: dict[int, float] = {}  # holder -> perf_counter() of its last reply here: how long it has idled
 
     def link(self, holder: int, path: str | None) -> Link:
         """How to reach `holder` with a message on `path`."""
@@ -135,7 +136,7 @@ class Executor:
         for holder, blocks in sorted(remote.items()):
             idx = [b - self.corpus.chunks[r.chunk].first_block for b in blocks]
             bs = self.corpus.block_size
-            demands.append(HolderDemand(holder, len(blocks) * bs, prefill_tokens=(max(idx) + 1) * bs))
+            demands.append(HolderDemand(holder, len(blocks) * bs, prefill_tokens=(max(idx) + 1) * bs, idle_s=self.idle_s(holder)))
         if not demands:
             return None
         rows = r.step_tokens * self.model.config.num_heads  # rows = tokens x heads per step
@@ -257,6 +258,7 @@ class Executor:
         links = {h: self.link(h, s.paths.get(h)) for h in wanted}
         self.sync()
         t_post = time.perf_counter()
+        idle = {h: self.idle_s(h, t_post) for h in wanted}
         posted = {h: links[h].isend(FETCH, [], [torch.tensor(b)]) for h, b in wanted.items()}
         replies = {}
         for h in reply_order(posted):  # one order for every requester (`reply_order`)
@@ -271,33 +273,43 @@ class Executor:
             self._note_load(h, msg)
             if h in s.keep and self.cache.insert(wanted[h], msg.tensors[0]):  # a copy kept as stored (canonical)
                 self.cache.release(wanted[h])
-            moved.append(self._splice_reply(s, h, msg, rtt, len(posted), kept=h in s.keep))
+            moved.append(self._splice_reply(s, h, msg, rtt, len(posted), kept=h in s.keep, idle=idle[h]))
         for record in self.trace[first_record:]:
             if record["kind"] == "fetch":
                 record["wall_s"] = received  # the whole exchange as the request pays it (sends completed)
         return moved
 
+    def idle_s(self, holder: int, at: float | None = None) -> float | None:
+        """Seconds since `holder`'s last reply here, at perf_counter() `at` (default: now); None before the first. What
+        this requester knows of the holder's idle time (another requester may have kept it busy since)."""
+        heard = self.heard.get(holder)
+        return None if heard is None else max(0.0, (time.perf_counter() if at is None else at) - heard)
+
     def _note_load(self, holder: int, msg: transport.Message) -> None:
-        """A holder's reply may carry its busy fraction (ppm) after its compute time: what policy `load` prices."""
+        """A reply from `holder` arrived (its idle time starts again); it may carry its busy fraction (ppm) after its
+        compute time: what policy `load` prices."""
+        self.heard[holder] = time.perf_counter()
         if len(msg.meta) > 1:
             self.policy_state.load[holder] = msg.meta[1] / 1e6
 
-    def _splice_reply(self, s: Session, h: int, msg: transport.Message, rtt: float, parallel: int, kept: bool = False) -> Tensor:
+    def _splice_reply(self, s: Session, h: int, msg: transport.Message, rtt: float, parallel: int, kept: bool = False,
+                      idle: float | None = None) -> Tensor:  # fmt: skip
         """Splice one FETCHED reply `kv [L, T, D]` in place (rope part by `+offset`); trace the exchange and the splice."""
         kv = msg.tensors[0]
         t0 = time.perf_counter()
         self._splice(kv, s.request.offset)
         splice_s = time.perf_counter() - t0
-        self._trace_fetch(s, h, msg, rtt, parallel, kept)
+        self._trace_fetch(s, h, msg, rtt, parallel, kept, idle)
         self.trace.append({"kind": "splice", "seconds": splice_s, "tokens": kv.shape[1], "layers": kv.shape[0]})
         return kv
 
-    def _trace_fetch(self, s: Session, h: int, msg: transport.Message, rtt: float, parallel: int, kept: bool = False) -> None:
+    def _trace_fetch(self, s: Session, h: int, msg: transport.Message, rtt: float, parallel: int, kept: bool = False,
+                     idle: float | None = None) -> None:  # fmt: skip
         kv = msg.tensors[0]
         self.trace.append({"kind": "fetch", "primitive": "fetch", "request": s.request.id, "holder": h, "rtt_s": rtt,
                            "path": s.paths.get(h), "holder_compute_s": msg.meta[0] / 1e9, "bytes": msg.nbytes,
                            "tokens": kv.shape[1], "layers": kv.shape[0], "parallel": parallel, "cold": True,
-                           "scattered": bool(s.plan and s.plan.request.sparse), "kept": kept})  # fmt: skip
+                           "scattered": bool(s.plan and s.plan.request.sparse), "kept": kept, "idle_s": idle})  # fmt: skip
         s.measured.messages += 1
         s.measured.bytes += msg.nbytes
 

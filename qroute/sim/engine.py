@@ -281,9 +281,13 @@ class Engine:
         specs = [self.paths[p] for p in paths]
         cursor = t + max(float(s.fetch_alpha(n)) for s, n in zip(specs, nbytes))
         cursor += (len(fetched) - 1) * max(s.fetch_extra_s for s in specs)
-        for h, p, s, n in zip(fetched, paths, specs, nbytes):
-            cursor = self.res.reserve((self.port(h, p), self.port(r.instance, p)), cursor, n / s.fetch_beta(n))
-            self.bytes["fetch"] += n
+        moves = [n / s.fetch_beta(n) for s, n in zip(specs, nbytes)]
+        serial = max(s.fetch_bytes_serial for s in specs)  # the others' bytes beside the largest's (1: one port)
+        largest = max(range(len(moves)), key=moves.__getitem__)
+        for i in [largest] + [i for i in range(len(fetched)) if i != largest]:
+            seconds = moves[i] if i == largest else serial * moves[i]
+            cursor = self.res.reserve((self.port(fetched[i], paths[i]), self.port(r.instance, paths[i])), cursor, seconds)
+            self.bytes["fetch"] += nbytes[i]
         tokens = bs * sum(len(groups[h]) for h in fetched)
         return cursor + m.fetched_adapt_s(tokens, len(fetched), L, self._scattered(req, groups), req.offset)
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qroute.calibration.fit import HUGE_RATE, nonneg_lstsq, rate, robust_median
+from qroute.calibration.fit import HUGE_RATE, fit_idle_curve, nonneg_lstsq, rate, robust_median
 from qroute.errors import QrouteError
 
 
@@ -129,3 +129,20 @@ def test_validation_reports_the_calibrations_speed_spread_per_path():
     probes = [{"route": 1.0, "local": 3.0}, {"route": 1.2, "local": 3.0}]
     assert calibration_speed_spread({"fits": {"speed_probes": {"shm": probes}}}) == {"shm": pytest.approx(0.2 / 1.1)}
     assert calibration_speed_spread({"fits": {}}) == {} and calibration_speed_spread({}) == {}  # older profiles
+
+
+def test_an_idle_curve_is_binned_made_non_decreasing_and_needs_a_span():
+    rng = np.random.default_rng(3)
+    idle = np.repeat([0.002, 0.01, 0.03, 0.1, 0.3], 5)
+    values = np.repeat([50e-6, 40e-6, 500e-6, 480e-6, 520e-6], 5) * (1 + rng.normal(0, 0.01, 25))
+    values[7] = 1.0  # a stall: the bin's robust median ignores it
+    curve = fit_idle_curve(idle, values)
+    assert [t for t, _ in curve] == pytest.approx([0.002, 0.01, 0.03, 0.1, 0.3])
+    # 50 then 40 us, and 500 then 480 us, are pooled: a holder idle longer wakes no faster
+    assert [v for _, v in curve] == pytest.approx([45e-6, 45e-6, 490e-6, 490e-6, 520e-6], rel=0.03)
+    assert fit_idle_curve(idle[:10], values[:10]) == ()  # 2 to 10 ms: under a 10x span
+    assert fit_idle_curve(idle[::5], values[::5]) == ()  # one sample per bin: none has 3
+    assert fit_idle_curve([], []) == ()
+    assert all(v == 0.0 for _, v in fit_idle_curve(idle, -values))  # never below 0
+    with pytest.raises(QrouteError, match="one value per idle time"):
+        fit_idle_curve(idle, values[:3])

@@ -11,7 +11,7 @@ from qroute.calibration.insitu import cold_excess, fit_path_from_trace, per_hold
 from qroute.calibration.insitu_compute import first_step_excess, parallel_excess, reply_excess
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import Shape
-from qroute.cost.profile import PathSpec
+from qroute.cost.profile import AttentionCoeffs, PathSpec
 from qroute.geometry import preset
 
 
@@ -89,7 +89,7 @@ def test_path_constants_and_wake_up_recovered_from_a_trace(alpha, beta, cold, pe
 def test_no_first_steps_and_no_parallel_exchanges_price_nothing():
     rng = np.random.default_rng(0)
     warm = [_route(rng, i, 0, 8000, 1e-4, False) for i in range(5)]
-    assert cold_excess(warm) == 0.0
+    assert cold_excess(warm) == (0.0, ())
     assert per_holder_excess(warm, PathSpec(1e-4, 1e9)) is None
 
 
@@ -106,10 +106,40 @@ def test_holders_that_compute_one_after_another_are_priced_so():
     assert one_by_one.probe - side_by_side.probe == pytest.approx(2 * side_by_side.compute)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("shape", ["step", "exponential"])
+def test_a_wake_up_that_grows_with_the_holders_idle_time_is_recovered(seed, shape):
+    """Requests of three steps x two layers over three sizes; the first exchange of each pays a wake-up that grows
+    with how long the holder sat idle (0.5-4 ms before most requests, 10-300 ms before the rest): a step from 60 to
+    560 us at 20 ms (as the dev VM's gloo path), or 100 us + 500 us (1 - exp(-idle / 50 ms)); with stalls. The
+    wake-up priced after each measured idle time comes back, and between them no further than the curve moves."""
+    rng = np.random.default_rng(seed)
+    truth = {"step": lambda t: 6e-5 if t < 0.02 else 5.6e-4, "exponential": lambda t: 1e-4 + 5e-4 * -np.expm1(-t / 0.05)}[shape]
+    trace, step = [], 0
+    for request in range(60):
+        idle = (0.01, 0.03, 0.1, 0.3)[request % 4] if request % 3 == 0 else rng.uniform(5e-4, 4e-3)
+        nbytes = (8000, 64000, 512000)[request % 3]
+        for s in range(3):
+            step += 1
+            for layer in range(2):
+                t = (2e-4 + nbytes / 2e9) * (1 + rng.normal(0, 0.01)) + (truth(idle) if s == 0 and layer == 0 else 0.0)
+                t += 4e-3 if rng.random() < 0.05 else 0.0
+                trace.append({**_route(rng, step, layer, nbytes, t, s == 0), "idle_s": idle if layer == 0 else 1e-4})
+    flat, curve = cold_excess(trace)
+    path = PathSpec(2e-4, 2e9, cold_s=flat, cold_idle=curve)
+    for idle in (0.002, 0.01, 0.03, 0.1, 0.3):
+        assert path.cold_at(idle) == pytest.approx(truth(idle), abs=6e-5)
+    assert path.cold_at(0.05) == pytest.approx(truth(0.05), abs=0.3 * (truth(0.1) - truth(0.03)) + 6e-5)
+    assert [v for _, v in curve] == sorted(v for _, v in curve)  # a holder idle longer wakes no faster
+    assert path.cold_at(None) == flat == pytest.approx(truth(0.002), abs=6e-5)  # unknown: the median first step
+    no_idle = [{k: v for k, v in r.items() if k != "idle_s"} for r in trace]
+    assert cold_excess(no_idle) == (pytest.approx(flat), ())  # an older trace: one wake-up, its robust median
+
+
 def test_a_first_step_faster_than_later_ones_prices_no_negative_wake_up():
     rng = np.random.default_rng(1)
     trace = [_route(rng, s, 0, 8000, 1e-4 if s % 3 == 0 else 2e-4, s % 3 == 0) for s in range(12)]
-    assert cold_excess(trace) == 0.0
+    assert cold_excess(trace)[0] == 0.0
 
 
 def _insitu_line(alpha, beta, seed):
@@ -165,6 +195,35 @@ def test_a_parallel_fetchs_extra_per_holder_is_recovered(extra, seed):
     spec, _ = fit_path_from_trace(trace, "synthetic")
     assert spec.fetch_per_holder_s == pytest.approx(extra, abs=0.03 * alpha)
     assert spec.fetch_extra_s == spec.fetch_per_holder_s
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("ports", [0.0, 0.3, 1.0])
+def test_a_parallel_fetchs_overlapping_bytes_are_recovered(seed, ports):
+    """Fetches from two holders at once over four sizes, three times each, the second holder's bytes `ports`
+    serialised after the first's plus 150 us per extra holder, one stall: both come back, and the model, the planner
+    and the path agree on a 2-holder fetch's transfer."""
+    alpha, beta, extra = 7e-4, 2e9, 1.5e-4
+    trace = _insitu_line(alpha, beta, seed)
+    rng = np.random.default_rng(seed)
+    request = 0
+    for size in (1e5, 3e5, 1e6, 3e6):
+        for _ in range(3):
+            request += 1
+            gathers = rng.uniform(0, 1e-4, 2)
+            wall = (alpha + (1 + ports) * size / beta + extra) * (1 + rng.normal(0, 0.01)) + gathers.sum()
+            wall += 4e-3 if request == 5 else 0.0
+            for h in range(2):
+                trace.append({"kind": "fetch", "request": request, "bytes": int(size), "parallel": 2,
+                              "holder_compute_s": gathers[h], "rtt_s": wall, "wall_s": wall})  # fmt: skip
+    spec, _ = fit_path_from_trace(trace, "synthetic")
+    assert spec.fetch_bytes_serial == pytest.approx(ports, abs=0.06)
+    assert spec.fetch_per_holder_s == pytest.approx(extra, abs=6e-5)
+    model = CostModel(preset("deepseek-v2-lite"), replace(load_profile("published-h100"), paths={"p": spec}, default_paths=("p",)))
+    nbytes = model.fetch_bytes(2048, 27)
+    one = model.fetch(Shape(rows=16, tokens=2048, layers=27, holders=1), spec).transfer
+    two = model.fetch(Shape(rows=16, tokens=2048, layers=27, holders=2), spec).transfer
+    assert one == pytest.approx(nbytes / spec.fetch_beta(nbytes)) and two == pytest.approx(one * (1 + spec.fetch_bytes_serial))
 
 
 def test_without_parallel_fetches_a_fetch_takes_the_route_exchanges_extra():
@@ -331,27 +390,51 @@ def test_a_fetched_replys_handling_is_what_its_adapt_records_pay_beyond_splice_a
     assert reply_excess(faster) == 0.0 and reply_excess([]) == 0.0
 
 
-@pytest.mark.parametrize("excess", [0.0, 0.1])
-def test_a_holders_first_step_excess_is_read_shape_by_shape(excess):
-    """Four decode steps per request over shapes whose compute differs 8x: the first step's relative excess comes back
-    whatever the shape's size, with a stall in some records; parallel exchanges and a faster first step count none."""
-    rng = np.random.default_rng(5)
-    trace = []
+def _first_step_trace(excess, rise=0.0, tau=0.05, seed=5):
+    """Six requests of four decode steps per shape, over shapes whose compute differs 8x; the first step `excess` +
+    `rise` (1 - exp(-idle / `tau`)) longer, the holder idle 0.5-4 ms before most requests and 10-300 ms before some;
+    a stall in some records, and a parallel exchange per shape (counts none)."""
+    rng = np.random.default_rng(seed)
+    trace, n = [], 0
     for i, (rows, tokens) in enumerate([(16, 64), (16, 512), (64, 64), (64, 512)]):
         base = 1e-4 + rows * tokens * 2e-9
         for request in range(6):
+            idle = (0.01, 0.03, 0.1, 0.3)[(request + i) % 4] if request % 2 else rng.uniform(5e-4, 4e-3)
             for step in range(4):
+                n += 1
                 for layer in range(2):
-                    seconds = base * (1 + (excess if step == 0 else 0.0)) * (1 + rng.normal(0, 0.01))
+                    first = excess + rise * -np.expm1(-idle / tau) if step == 0 else 0.0
+                    seconds = base * (1 + first) * (1 + rng.normal(0, 0.01))
                     seconds += 4e-3 if (request + layer + i) % 11 == 0 and step else 0.0
-                    trace.append({"kind": "route", "groups": [[rows, tokens]], "holder_compute_s": seconds,
-                                  "first_step": step == 0, "parallel": 1})
-        trace.append({"kind": "route", "groups": [[rows, tokens]], "holder_compute_s": 1.0, "first_step": True, "parallel": 2})
+                    trace.append({"kind": "route", "groups": [[rows, tokens]], "holder_compute_s": seconds, "step": n,
+                                  "layer": layer, "first_step": step == 0, "parallel": 1,
+                                  "idle_s": idle if layer == 0 else 1e-4})  # fmt: skip
+        trace.append({"kind": "route", "groups": [[rows, tokens]], "holder_compute_s": 1.0, "first_step": True,
+                      "parallel": 2, "step": n, "layer": 0})  # fmt: skip
+    return trace
+
+
+@pytest.mark.parametrize("excess", [0.0, 0.1])
+def test_a_holders_first_step_excess_is_read_shape_by_shape(excess):
+    """Without idle times in the trace: the first step's relative excess comes back whatever the shape's size, with
+    a stall in some records; parallel exchanges and a faster first step count none."""
+    trace = [{k: v for k, v in r.items() if k != "idle_s"} for r in _first_step_trace(excess)]
     fits: dict = {}
-    assert first_step_excess(trace, fits) == pytest.approx(excess, abs=0.01) and fits["first_step"]["shapes"] == 4
+    assert first_step_excess(trace, fits) == (pytest.approx(excess, abs=0.01), ()) and fits["first_step"]["steps"] == 24
     faster = [{**r, "first_step": not r["first_step"]} for r in trace]  # what was warm is now the first step
-    assert first_step_excess(faster) == pytest.approx(0.0, abs=0.01)  # never negative
-    assert first_step_excess([r for r in trace if not r["first_step"]]) == 0.0
+    assert first_step_excess(faster)[0] == pytest.approx(0.0, abs=0.01)  # never negative
+    assert first_step_excess([r for r in trace if not r["first_step"]]) == (0.0, ())
+
+
+@pytest.mark.parametrize("seed", [5, 6, 7])
+def test_a_first_step_that_grows_with_the_holders_idle_time_is_recovered(seed):
+    """The first step 8% longer after a short idle and 20% more after a long one (time scale 50 ms): the price after
+    each idle time the trace has comes back."""
+    flat, curve = first_step_excess(_first_step_trace(0.08, 0.2, 0.05, seed))
+    coeffs = AttentionCoeffs(1e-4, 1e9, 1e12, first_step_excess=flat, first_step_idle=curve)
+    for idle in (0.002, 0.01, 0.03, 0.1, 0.3):
+        assert coeffs.first_step_at(idle) == pytest.approx(0.08 + 0.2 * -np.expm1(-idle / 0.05), abs=0.03)
+    assert coeffs.first_step_at(None) == flat
 
 
 @pytest.mark.parametrize("excess", [0.0, 0.12])

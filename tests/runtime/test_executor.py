@@ -29,10 +29,23 @@ def test_every_primitive_is_exact_and_really_moves_data(tiny):
     # per holder and layer, measured beside predicted
     trace = [t for r in route for t in r["trace"] if t["kind"] == "route"]
     assert {t["layer"] for t in trace} == {0, 1} and all(t["rtt_s"] > t["holder_compute_s"] > 0 for t in trace)
+    assert_idle_times(route)
     assert all(r["predicted"]["total_s"] > 0 and r["plans"][0]["holders"] for r in route)
     local = [r for r in results["runs"] if r["mode"] == "local"]
     assert all(r["measured"]["messages"] == 0 for r in local)  # local moves nothing
     assert_adapt_records(results)
+
+
+def assert_idle_times(runs):
+    """Each route record says how long its holder had been idle since its last reply here: never negative, never
+    longer than since this requester's previous message to it, known from the second exchange with it on."""
+    for run in runs:
+        last: dict[int, float] = {}
+        for t in sorted((t for t in run["trace"] if t["kind"] == "route"), key=lambda t: t["t_post"]):
+            if t["holder"] in last:
+                assert 0.0 <= t["idle_s"] <= t["t_post"] - last[t["holder"]]
+            last[t["holder"]] = t["t_post"]
+        assert any(t.get("idle_s") is not None for t in run["trace"] if t["kind"] == "route")
 
 
 def assert_adapt_records(results):

@@ -208,3 +208,28 @@ def test_a_fetch_at_the_paths_own_fetch_rate_is_simulated_as_planned(inter):
     assert out["mean_s"] * 3 == pytest.approx(want.total_s, rel=1e-9)
     plain = simulate(config([req], layout, topology, requesters=1, policies=("always-fetch",)))["policies"]["always-fetch"]
     assert out["mean_s"] > plain["mean_s"]
+
+
+@pytest.mark.parametrize("ports", [1.0, 0.3, 0.0])
+def test_a_fetch_from_three_holders_at_once_moves_its_bytes_as_planned(ports):
+    """One session over three holders (hashed placement), always fetched, the other holders' bytes `ports`
+    serialised after the largest's: the simulated request is the planned one; overlapping bytes make it faster."""
+    def run(ports):
+        nvlink = dataclasses.replace(PROFILE.path("nvlink4"), fetch_bytes_serial=ports)
+        profile = dataclasses.replace(PROFILE, paths={**PROFILE.paths, "nvlink4": nvlink})
+        layout = Layout.uniform(1, 16, 64)
+        req = SimRequest(0, 0.0, 0, range(16), 3, 100)
+        cfg = config([req], layout, Topology(nodes=1, gpus_per_node=4, inter=None), requesters=1, placement="hashed",
+                     policies=("always-fetch",), profile=profile)  # fmt: skip
+        copies = place(layout, (1, 2, 3), "hashed")
+        by = {}
+        for b in req.blocks:
+            by.setdefault(copies[b][0], []).append(b)
+        demands = tuple(HolderDemand(h, len(b) * 64, ("nvlink4",), (max(b) + 1) * 64) for h, b in sorted(by.items()))
+        want = forced_plan(CostModel(GEOMETRY, profile), Request(HEADS, L, demands, 3, True, 100), "fetch")
+        return simulate(cfg)["policies"]["always-fetch"]["mean_s"] * 3, want.total_s, len(demands)
+
+    simulated, planned_s, holders = run(ports)
+    assert holders == 3 and simulated == pytest.approx(planned_s, rel=1e-9)
+    if ports < 1:
+        assert simulated < run(1.0)[0]
