@@ -262,7 +262,7 @@ def _once(model: CostModel, request: Request, holders: Sequence[HolderPlan]) -> 
     probe = max((p.fetch_alpha(n) for p, n in zip(paths, moved)), default=0.0)
     probe += (len(paths) - 1) * max(p.fetch_extra_s for p in paths) if paths else 0.0
     # the bytes: the largest holder's, and `fetch_bytes_serial` of the others' (1: one port)
-    moves = [n / p.fetch_beta(n) for p, n in zip(paths, moved)]
+    moves = [p.fetch_move_s(n) for p, n in zip(paths, moved)]
     transfer = overlapped(moves, max(p.fetch_bytes_serial for p in paths)) if moves else 0.0
     fetch = Phases(probe=probe, transfer=transfer, compute=adapt)
     return model.rescaled("fetch", fetch) + model.rescaled("local", Phases(compute=rebuild))

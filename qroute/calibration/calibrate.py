@@ -182,9 +182,10 @@ def _results(config, world, peer, latency, bandwidth, traces, probes, fabric: st
         pooled = [{**r, "run": i} for i, t in enumerate(runs) for r in t]  # step numbers restart in each run
         sweep = {2 * r.size: r.median_s for r in latency[name]}
         source = f"measured: route and fetch exchanges in situ and a ping-pong sweep, with rank {peer}"
-        specs[name], fit = fit_path_from_trace(pooled, source, sweep)
+        specs[name], fit = fit_path_from_trace(pooled, source, sweep, paths.chunk_bytes(name))
         fits["path"][name] = [fit.report()]
-        spreads[name] = spread([fit_path_from_trace(t, "", sweep)[1] for t in runs], run_speeds(probes.get(name, []), len(runs)))
+        spreads[name] = spread([fit_path_from_trace(t, "", sweep, paths.chunk_bytes(name))[1] for t in runs],
+                               run_speeds(probes.get(name, []), len(runs)))  # fmt: skip
         spreads[name]["speed_rel_spread"] = speed_spread(probes.get(name, []))
     everything = [r for runs in traces.values() for t in runs for r in t]
     compute = fit_compute_from_trace(everything, world.geometry, world.geometry.coefficients(dtype, dtype), fits)

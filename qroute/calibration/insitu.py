@@ -224,7 +224,7 @@ def fetch_per_holder_excess(trace: list[dict], path: PathSpec) -> tuple[float, f
     for recs in fetches.values():
         if len(recs) == recs[0]["parallel"]:
             measured = max(r.get("wall_s", r["rtt_s"]) for r in recs) - sum(r["holder_compute_s"] for r in recs)
-            moves = [r["bytes"] / path.fetch_beta(r["bytes"]) for r in recs]
+            moves = [float(path.fetch_move_s(r["bytes"])) for r in recs]
             largest = max(path.fetch_alpha(r["bytes"]) for r in recs) + max(moves)
             shape = (len(recs), tuple(sorted(r["bytes"] for r in recs)))
             samples.setdefault(shape, []).append((measured - largest, sum(moves) - max(moves), measured))
@@ -246,7 +246,8 @@ def fetch_per_holder_excess(trace: list[dict], path: PathSpec) -> tuple[float, f
 FETCH_SHAPE_SAMPLES = 3  # fetches a shape needs to enter the fit of the bytes' share
 
 
-def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] | None = None) -> tuple[PathSpec, PathFit]:
+def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] | None = None,
+                        chunk_bytes: int | None = None) -> tuple[PathSpec, PathFit]:  # fmt: skip
     """alpha + bytes/beta (with a small-message regime if one line misses) over single-holder route and fetch
     exchanges, plus `sweep` points (exchange bytes -> median seconds of a ping-pong sweep) below and above the sizes
     the runtime's exchanges reached (without them a slow link's alpha is not identifiable); within that range the
@@ -257,7 +258,8 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
     price `cold_s` against later steps of the same shape. Fetches (one request message, a holder woken from idle)
     share the line's rate and price their own fixed cost, `fetch_offset_s` (`fetch_offset`). Parallel exchanges
     (several holders at once) price `per_holder_s`, `holder_serial` and `bytes_serial`; parallel fetches
-    `fetch_per_holder_s`. Warm route exchanges of every shape price the tail (`stall_terms`).
+    `fetch_per_holder_s` and `fetch_bytes_serial`. Warm route exchanges of every shape price the tail
+    (`stall_terms`). `chunk_bytes`: the path moves a message in chunks that large (`_own_lines`: `chunk_s`).
     """
     route = [r for r in _of(trace, "route") if r["parallel"] == 1]
     fetch = [r for r in _of(trace, "fetch") if r["parallel"] == 1]
@@ -267,10 +269,12 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
     swept = {(b,): t for b, t in (sweep or {}).items() if not lo <= b <= hi}  # the sweep extends, never overrules
     if len({**routed, **fetched, **swept}) < 3:
         raise QrouteError(f"calibration trace has {len({**routed, **fetched, **swept})} exchange sizes: expected 3 or more")
-    own = _own_lines(routed, fetched, sweep or {})
+    own = _own_lines(routed, fetched, sweep or {}, chunk_bytes)
     fetch_line: tuple = ()
+    chunk_s = 0.0
     if own is not None:  # each kind of exchange on its own line
-        fit, offset, fetch_beta, report = own
+        fit, spec, report = own
+        offset, fetch_beta, chunk_s = spec.fetch_offset_s, spec.fetch_beta_Bps, spec.chunk_s
         fetch_line = (("fetch", report),)
     else:
         offset, fetch_beta = fetch_offset(routed, fetched), None
@@ -280,7 +284,7 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
             fit = _fit_points(routed, {k: t - offset for k, t in fetched.items()}, swept)
     cold, cold_idle = cold_excess(route)
     spec = PathSpec(fit.alpha_s, fit.beta_Bps, source, _small(fit), cold, fetch_offset_s=offset, fetch_beta_Bps=fetch_beta,
-                    cold_idle=cold_idle)  # fmt: skip
+                    cold_idle=cold_idle, chunk_bytes=chunk_bytes if chunk_s else None, chunk_s=chunk_s)  # fmt: skip
     parallel: dict = {}
     per_holder, serial, ports, cap = per_holder_excess(trace, spec, parallel) or (0.0, 0.0, 1.0, None)
     spec = replace(spec, per_holder_s=per_holder, holder_serial=serial, bytes_serial=ports, serial_cap_s=cap)
@@ -315,11 +319,15 @@ def stall_terms(trace: list[dict]) -> tuple[float, float, float, float]:
     return tuple(out)
 
 
-def _own_lines(routed: dict, fetched: dict, sweep: dict[int, float]) -> tuple[PathFit, float, float, dict] | None:
-    """(route line, `fetch_offset_s`, `fetch_beta_Bps`, the fetch line's report: its points and residuals) where the route exchanges span `SPAN` over 3 sizes or more and
-    the fetches 2 sizes or more: the path's line through the route exchanges alone (the sweep's points outside
-    their sizes extend it, `_fit_points`), and the fetches' own offset from that line's probe and their own rate
-    (least squares on relative error; the rate positive). None otherwise (one line through both, `fetch_offset`).
+def _own_lines(routed: dict, fetched: dict, sweep: dict[int, float], chunk: float | None = None) -> tuple[PathFit, PathSpec, dict] | None:
+    """(route line, that line with the fetches' own terms, the fetch line's report: its points and residuals) where
+    the route exchanges span `SPAN` over 3 sizes or more and the fetches 2 sizes or more: the path's line through
+    the route exchanges alone (the sweep's points outside their sizes extend it, `_fit_points`), and the fetches'
+    own offset from that line's probe and their own rate (least squares on relative error; the rate positive); on a
+    path that moves a message in `chunk` bytes at a time, also `chunk_s` per chunk beyond the first where the
+    fetches span 3 sizes and 2 chunk counts or more and it fits positive (the dev VM's shared memory: 1 MiB slots,
+    each read before the next is written, so its fetch times step up at each MiB). None otherwise (one line
+    through both, `fetch_offset`).
 
     A route exchange (one small message per layer, the holder answering at once) and a fetch (one large message)
     move bytes at different rates: on the dev VM, through one line with an offset, the fetches pulled the line's
@@ -334,13 +342,23 @@ def _own_lines(routed: dict, fetched: dict, sweep: dict[int, float]) -> tuple[Pa
     b = np.array([k[0] for k in fetched], dtype=np.float64)
     t = np.array([fetched[k] for k in fetched])
     X, y, w = np.stack([np.ones_like(b), b], axis=1), t - np.array([line.alpha(x) for x in b]), 1.0 / t
-    (offset, inverse), *_ = np.linalg.lstsq(X * w[:, None], y * w, rcond=None)
-    if inverse <= 0:  # the fetches' sizes fix no rate
+    chunks = np.maximum(np.ceil(b / chunk) - 1, 0) if chunk else np.zeros_like(b)
+    coef = None
+    if len(b) >= 3 and len(set(chunks.tolist())) >= 2:  # the chunks' hand-offs: a third column
+        X3 = np.concatenate([X, chunks[:, None]], axis=1)
+        coef, *_ = np.linalg.lstsq(X3 * w[:, None], y * w, rcond=None)
+        coef = coef if coef[1] > 0 and coef[2] > 0 else None
+    if coef is None:
+        (offset, inverse), *_ = np.linalg.lstsq(X * w[:, None], y * w, rcond=None)
+        coef = np.array([offset, inverse, 0.0])
+    if coef[1] <= 0:  # the fetches' sizes fix no rate
         return None
-    own = replace(line, fetch_offset_s=float(offset), fetch_beta_Bps=float(1.0 / inverse))
-    report = {"offset_s": own.fetch_offset_s, "beta_Bps": own.fetch_beta_Bps, "points": [[float(x), float(y)] for x, y in zip(b, t)],
+    own = replace(line, fetch_offset_s=float(coef[0]), fetch_beta_Bps=float(1.0 / coef[1]), chunk_bytes=chunk,
+                  chunk_s=float(coef[2]))  # fmt: skip
+    report = {"offset_s": own.fetch_offset_s, "beta_Bps": own.fetch_beta_Bps, "chunk_bytes": chunk, "chunk_s": own.chunk_s,
+              "points": [[float(x), float(y)] for x, y in zip(b, t)],
               "rel_residuals": [float(own.fetch_time(x) / y - 1) for x, y in zip(b, t)]}  # fmt: skip
-    return fit, own.fetch_offset_s, own.fetch_beta_Bps, report
+    return fit, own, report
 
 
 def fetch_offset(routed: dict, fetched: dict) -> float:

@@ -216,7 +216,7 @@ class CostModel:
         nbytes = self.fetch_bytes(s.tokens, s.layers)
         once = Phases(
             probe=path.fetch_alpha(nbytes) + (s.holders - 1) * path.fetch_extra_s,
-            transfer=(1 + (s.holders - 1) * path.fetch_bytes_serial) * nbytes / path.fetch_beta(nbytes),
+            transfer=(1 + (s.holders - 1) * path.fetch_bytes_serial) * path.fetch_move_s(nbytes),
             compute=self.adapt_s(s),
         )
         return once + self.moved_per_layer(s).scaled(s.steps * s.layers)

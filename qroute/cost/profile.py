@@ -32,7 +32,9 @@ longer a holder attends in a request's first decode step than in later ones. And
 (profile/8): how much longer, relative, the slowest of several holders asked at once attends than one holder alone,
 per holder beyond the first (holders sharing cores, and the slowest of several noisy computes); and a path's
 `fetch_beta_Bps` (profile/8): a fetch's own rate, one large message against a route exchange's per-layer ones, and
-`fetch_bytes_serial` (profile/9), `bytes_serial` of a fetch from several holders at once.
+`fetch_bytes_serial` (profile/9), `bytes_serial` of a fetch from several holders at once; and where a path moves a
+message in chunks of `chunk_bytes` (the shared-memory path's 1 MiB slot, handed from writer to reader one chunk at
+a time), `chunk_s` for each chunk of a fetch beyond the first (profile/9).
 And how long the holder sat idle (profile/9): `cold_idle` and `attention.first_step_idle`, measured points
 (idle seconds, wake-up seconds or relative first-step extra) interpolated in log idle time (`idle_curve`), price a
 request's first exchange with a holder idle `t` seconds (`PathSpec.cold_at`, `AttentionCoeffs.first_step_at`):
@@ -132,6 +134,19 @@ class PathSpec:
     fetch_beta_Bps: float | None = None  # profile/8: a fetch's own rate (one large message), where it has one (None: beta)
     cold_idle: tuple[tuple[float, float], ...] = ()  # profile/9: (idle seconds, wake-up seconds), measured
     fetch_bytes_serial: float = 1.0  # profile/9: fraction of the other holders' fetch bytes moved after the largest's
+    chunk_bytes: float | None = None  # profile/9: a message moves in chunks of this many bytes, one hand-off each
+    chunk_s: float = 0.0  # profile/9: a fetch's seconds per chunk beyond its first
+
+    def chunk_extra_s(self, nbytes):
+        """Seconds a message of `nbytes` pays for its chunks beyond the first (`chunk_s` each; 0 for a stream)."""
+        if not self.chunk_bytes or not self.chunk_s:
+            return 0.0 * nbytes
+        out = np.maximum(np.ceil(np.asarray(nbytes, dtype=np.float64) / self.chunk_bytes) - 1, 0) * self.chunk_s
+        return float(out) if out.ndim == 0 else out
+
+    def fetch_move_s(self, nbytes):
+        """Seconds one holder's fetch reply of `nbytes` moves: its bytes at the fetch rate and its further chunks."""
+        return nbytes / self.fetch_beta(nbytes) + self.chunk_extra_s(nbytes)
 
     def cold_at(self, idle_s: float | None = None) -> float:
         """Wake-up seconds of a request's first exchange with a holder idle `idle_s` seconds (`cold_idle`; None:
@@ -164,7 +179,7 @@ class PathSpec:
 
     def fetch_time(self, nbytes):
         """Seconds of one fetch exchange of `nbytes`."""
-        return self.fetch_alpha(nbytes) + nbytes / self.fetch_beta(nbytes)
+        return self.fetch_alpha(nbytes) + self.fetch_move_s(nbytes)
 
     def alpha(self, nbytes):
         """Probe latency of an exchange of `nbytes` (number or numpy array)."""
@@ -196,6 +211,8 @@ class PathSpec:
             d["cold_idle"] = [list(p) for p in self.cold_idle]
         if self.fetch_bytes_serial != 1.0:
             d["fetch_bytes_serial"] = self.fetch_bytes_serial
+        if self.chunk_bytes:
+            d.update(chunk_bytes=self.chunk_bytes, chunk_s=self.chunk_s)
         d.update({k: getattr(self, k) for k in STALL_FIELDS if getattr(self, k)})
         if self.small is not None:
             d["small"] = asdict(self.small)
@@ -208,7 +225,8 @@ class PathSpec:
                    d.get("cold_s", 0.0), d.get("per_holder_s", 0.0), d.get("fetch_offset_s", 0.0),
                    d.get("holder_serial", 0.0), d.get("fetch_per_holder_s"), d.get("bytes_serial", 1.0),
                    d.get("serial_cap_s"), *(d.get(k, 0.0) for k in STALL_FIELDS), d.get("fetch_beta_Bps"),
-                   tuple(map(tuple, d.get("cold_idle", ()))), d.get("fetch_bytes_serial", 1.0))  # fmt: skip
+                   tuple(map(tuple, d.get("cold_idle", ()))), d.get("fetch_bytes_serial", 1.0), d.get("chunk_bytes"),
+                   d.get("chunk_s", 0.0))  # fmt: skip
 
 
 STALL_FIELDS = ("stall_rate", "stall_s", "stall_rate_multi", "stall_s_multi")

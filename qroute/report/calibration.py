@@ -52,7 +52,8 @@ def fit_table(results: dict) -> Table:
             t.add_row(f"{name} wake-up after idle", idle_points(path["cold_idle"], fmt_s), "", "")
         t.add_row(f"{name} fetch offset", fmt_s(path.get("fetch_offset_s", 0)), "", "")
         if path.get("fetch_beta_Bps"):  # the fetches on a line of their own
-            t.add_row(f"{name} fetch rate", f"{path['fetch_beta_Bps'] / 1e9:.3g} GB/s", "", "")
+            chunks = f", {fmt_s(path['chunk_s'])} per {fmt_bytes(path['chunk_bytes'])} chunk beyond the first" if path.get("chunk_s") else ""
+            t.add_row(f"{name} fetch rate", f"{path['fetch_beta_Bps'] / 1e9:.3g} GB/s{chunks}", "", "")
         t.add_row(f"{name} stalls (1 holder; several)", f"{path.get('stall_rate', 0):.3g}/s of {fmt_s(path.get('stall_s', 0))}; "
                   f"{path.get('stall_rate_multi', 0):.3g}/s of {fmt_s(path.get('stall_s_multi', 0))}", "", "")  # fmt: skip
         sp = results["spread"][name]

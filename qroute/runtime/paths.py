@@ -63,6 +63,12 @@ def group(name: str | None):
     return _GROUPS.get(name, _DEFAULT[0]) if name else _DEFAULT[0]
 
 
+def chunk_bytes(name: str | None) -> int | None:
+    """The bytes path `name` moves a message in, one hand-off at a time (the shared-memory path's slot: a longer
+    message waits for each chunk to be read before the next is written); None for a stream (TCP, NCCL)."""
+    return getattr(group(name), "slot", None)
+
+
 def groups() -> list:
     """Every opened path group besides the world group."""
     return [g for g in _GROUPS.values() if g is not None]

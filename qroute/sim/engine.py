@@ -281,7 +281,7 @@ class Engine:
         specs = [self.paths[p] for p in paths]
         cursor = t + max(float(s.fetch_alpha(n)) for s, n in zip(specs, nbytes))
         cursor += (len(fetched) - 1) * max(s.fetch_extra_s for s in specs)
-        moves = [n / s.fetch_beta(n) for s, n in zip(specs, nbytes)]
+        moves = [float(s.fetch_move_s(n)) for s, n in zip(specs, nbytes)]
         serial = max(s.fetch_bytes_serial for s in specs)  # the others' bytes beside the largest's (1: one port)
         largest = max(range(len(moves)), key=moves.__getitem__)
         for i in [largest] + [i for i in range(len(fetched)) if i != largest]:

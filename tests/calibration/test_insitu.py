@@ -483,3 +483,29 @@ def test_fetches_at_their_own_rate_get_their_own_line(seed):
         assert spec.time(b) == pytest.approx(alpha + b / beta, rel=0.03)
     report = dict(fit.extra)["fetch"]
     assert len(report["points"]) == 4 and max(map(abs, report["rel_residuals"])) < 0.05
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_fetch_moved_in_chunks_pays_each_chunks_hand_off(seed):
+    """A path that moves a message in 1 MiB chunks, each read before the next is written (the shared-memory path):
+    fetches at sizes around the chunk boundaries pay 250 us per chunk beyond the first. Told the chunk size, the fit
+    recovers the rate and the hand-off and prices every fetch within 3%; a stream path (no chunk size) gets none."""
+    alpha, beta, fetch_beta, hand_off, chunk = 5e-4, 2e9, 3e9, 2.5e-4, 1 << 20
+    rng = np.random.default_rng(seed)
+    trace = _insitu_line(alpha, beta, seed)
+    trace = [r for r in trace if r["kind"] != "fetch"]
+    sizes = (np.array([0.3, 0.6, 0.9, 1.2, 1.8, 2.5, 4.0, 8.0]) * chunk).astype(int)
+    truth = lambda b: alpha + b / fetch_beta + max(np.ceil(b / chunk) - 1, 0) * hand_off  # noqa: E731
+    for b in sizes:
+        for _ in range(3):
+            trace.append({"kind": "fetch", "bytes": int(b), "parallel": 1, "holder_compute_s": 0.0,
+                          "rtt_s": truth(b) * (1 + rng.normal(0, 0.01))})  # fmt: skip
+    spec, fit = fit_path_from_trace(trace, "s", chunk_bytes=chunk)
+    assert spec.chunk_bytes == chunk and spec.chunk_s == pytest.approx(hand_off, rel=0.2)
+    assert spec.fetch_beta_Bps == pytest.approx(fetch_beta, rel=0.08)
+    for b in sizes:
+        assert spec.fetch_time(b) == pytest.approx(truth(b), rel=0.03)
+    assert dict(fit.extra)["fetch"]["chunk_s"] == spec.chunk_s
+    stream, _ = fit_path_from_trace(trace, "s")
+    assert stream.chunk_bytes is None and stream.chunk_s == 0.0
+    assert max(abs(stream.fetch_time(b) / truth(b) - 1) for b in sizes) > 0.05  # one line misses the steps

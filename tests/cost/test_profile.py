@@ -79,8 +79,10 @@ def test_measured_extras_roundtrip_and_old_profiles_read_and_write_unchanged(tmp
     assert "reply_s" not in published()["compute"]["gather"]
     assert "fetch_per_holder_s" not in published()["paths"]["ibgda"]
     ibgda = replace(p.path("ibgda"), fetch_per_holder_s=2e-4, fetch_beta_Bps=7e9, fetch_bytes_serial=0.4,
-                    cold_idle=((0.01, 5e-5), (0.3, 5e-4)))  # fmt: skip
-    assert not {"cold_idle", "fetch_bytes_serial"} & set(published()["paths"]["ibgda"])
+                    cold_idle=((0.01, 5e-5), (0.3, 5e-4)), chunk_bytes=1 << 20, chunk_s=2e-4)  # fmt: skip
+    assert not {"cold_idle", "fetch_bytes_serial", "chunk_bytes", "chunk_s"} & set(published()["paths"]["ibgda"])
+    assert ibgda.fetch_time(3 << 20) - ibgda.fetch_time(2 << 20) == pytest.approx((1 << 20) / 7e9 + 2e-4)  # a third chunk
+    assert ibgda.fetch_time(1 << 20) - ibgda.fetch_time(1 << 19) == pytest.approx((1 << 19) / 7e9)  # still one
     assert "fetch_beta_Bps" not in published()["paths"]["ibgda"]
     merge = replace(p.compute.merge, after_route_s=3e-5)
     gather = replace(p.compute.gather, reply_s=8e-5)

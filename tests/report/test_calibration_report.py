@@ -48,3 +48,16 @@ def test_a_fetch_rate_of_its_own_gets_a_row():
     results = _results(0.05)
     results["profile"]["paths"]["shm"]["fetch_beta_Bps"] = 1.25e9
     assert "shm fetch rate" in _text(results) and "1.25 GB/s" in _text(results)
+    results["profile"]["paths"]["shm"].update(chunk_bytes=1 << 20, chunk_s=2.76e-4)
+    assert "1.25 GB/s, 276 us per 1.05 MB chunk beyond the first" in _text(results)
+
+
+def test_the_wake_up_after_idle_and_the_first_step_after_idle_get_their_points():
+    results = _results(0.05)
+    assert "after idle" not in _text(results)
+    results["profile"]["paths"]["shm"]["cold_idle"] = [[0.011, 6.6e-5], [0.31, 5.7e-4]]
+    results["profile"]["compute"]["attention"] = {"fixed_s": 2e-4, "first_step_idle": [[0.011, 0.1], [0.31, 0.33]]}
+    results["profile"]["fits"]["attention"] = {"median_ape": 0.02, "max_ape": 0.05}
+    text = _text(results)
+    assert "shm wake-up after idle" in text and "11 ms: 66 us, 310 ms: 570 us" in text
+    assert "first step after idle 11 ms: +10%, 310 ms: +33%" in text

@@ -210,12 +210,14 @@ def test_a_fetch_at_the_paths_own_fetch_rate_is_simulated_as_planned(inter):
     assert out["mean_s"] > plain["mean_s"]
 
 
-@pytest.mark.parametrize("ports", [1.0, 0.3, 0.0])
-def test_a_fetch_from_three_holders_at_once_moves_its_bytes_as_planned(ports):
+@pytest.mark.parametrize("ports, chunk", [(1.0, None), (0.3, None), (0.0, None), (0.3, 1 << 16)])
+def test_a_fetch_from_three_holders_at_once_moves_its_bytes_as_planned(ports, chunk):
     """One session over three holders (hashed placement), always fetched, the other holders' bytes `ports`
-    serialised after the largest's: the simulated request is the planned one; overlapping bytes make it faster."""
+    serialised after the largest's (and each reply moved in 64 KB chunks, 20 us per hand-off): the simulated request
+    is the planned one; overlapping bytes make it faster."""
     def run(ports):
-        nvlink = dataclasses.replace(PROFILE.path("nvlink4"), fetch_bytes_serial=ports)
+        nvlink = dataclasses.replace(PROFILE.path("nvlink4"), fetch_bytes_serial=ports, chunk_bytes=chunk,
+                                     chunk_s=2e-5 if chunk else 0.0)  # fmt: skip
         profile = dataclasses.replace(PROFILE, paths={**PROFILE.paths, "nvlink4": nvlink})
         layout = Layout.uniform(1, 16, 64)
         req = SimRequest(0, 0.0, 0, range(16), 3, 100)
