@@ -62,8 +62,8 @@ def _route_bytes(r: dict) -> int:
 def cold_excess(route: list[dict]) -> tuple[float, tuple[tuple[float, float], ...]]:
     """(`cold_s`, `cold_idle`): how much longer a request's first decode step spends in the network than a later
     step of the same shape (the holder woke up), summed over the step's layers: the robust median over first steps,
-    never below 0; and against how long the holder had sat idle before the step's first exchange (its records'
-    `idle_s`), `fit_idle_curve` (empty for a trace without idle times)."""
+    never below 0; and against how long the holder had sat idle before the step's first exchange (`idle_of` its
+    first layer's record), `fit_idle_curve` (empty for a trace without idle times)."""
     warm = _grouped([r for r in route if not r.get("first_step")], lambda r: (_route_bytes(r),), _net)
     steps: dict[tuple, float] = {}
     idle: dict[tuple, tuple[int, float]] = {}  # the step's first layer's idle time
@@ -72,12 +72,20 @@ def cold_excess(route: list[dict]) -> tuple[float, tuple[tuple[float, float], ..
             key = (r.get("run", 0), r["step"])  # step numbers restart per executor: pooled runs carry `run`
             steps[key] = steps.get(key, 0.0) + _net(r) - warm[(_route_bytes(r),)]
             if key not in idle or r["layer"] < idle[key][0]:
-                idle[key] = (r["layer"], r.get("idle_s") or 0.0)
+                idle[key] = (r["layer"], idle_of(r))
     if not steps:
         return 0.0, ()
     keys = list(steps)
     flat = max(0.0, robust_median([steps[k] for k in keys]))
     return flat, fit_idle_curve([idle[k][1] for k in keys], [steps[k] for k in keys])
+
+
+def idle_of(r: dict) -> float:
+    """How long a route record's holder had sat idle, as the planner saw it: when the request was planned
+    (`planned_idle_s`; the planner prices the wake-up from that), else when the exchange was posted (`idle_s`);
+    0 where the trace does not say."""
+    planned = r.get("planned_idle_s")
+    return planned if planned is not None else (r.get("idle_s") or 0.0)
 
 
 def _tokens(r: dict) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from qroute.calibration.fit import fit_idle_curve, rate, robust_median
-from qroute.calibration.insitu import _fit, _grouped, _of, route_exchanges
+from qroute.calibration.insitu import _fit, _grouped, _of, idle_of, route_exchanges
 from qroute.cost.profile import (
     AttentionCoeffs, Compute, GatherCoeffs, MergeCoeffs, ReprefillCoeffs, SpliceCoeffs,
 )  # fmt: skip
@@ -42,7 +42,7 @@ def first_step_excess(trace: list[dict], fits: dict | None = None) -> tuple[floa
         if r.get("first_step") and warm.get(_groups_key(r), 0) > 0:
             steps.setdefault((r.get("run", 0), r["step"], r.get("holder")), []).append(r)
     ratios = [float(np.mean([r["holder_compute_s"] / warm[_groups_key(r)] for r in recs])) - 1 for recs in steps.values()]
-    idle = [min(recs, key=lambda r: r["layer"]).get("idle_s") or 0.0 for recs in steps.values()]
+    idle = [idle_of(min(recs, key=lambda r: r["layer"])) for recs in steps.values()]
     curve = fit_idle_curve(idle, ratios)
     if fits is not None and ratios:
         fits["first_step"] = {"steps": len(ratios), "median_excess": float(robust_median(ratios)), "idle": [list(p) for p in curve]}

@@ -9,8 +9,10 @@ per step x heads), chunk tokens, decode steps and holders (1 holder with contigu
 placement, 2 with hashed placement), one request is served end to end (fetch or re-prefill
 once, then every layer's round trips, attention and merges), a few times, in passes over
 the whole sweep (so that drift in the machine's speed does not single out configurations);
-the median measured phases are set beside the profile's prediction (`planner.combine_batch`
-of the request's plan). None of these shapes is a calibration point.
+the median measured phases are set beside the median of the profile's predictions of those runs
+(`planner.combine_batch` of each run's plan: what the planner knew when it planned that run, such as how
+long each holder had sat idle; `predicted_spread`: how far they differ). None of these shapes is a
+calibration point.
 
 Metrics (pure functions of the rows, `metrics`):
     APE        |predicted - measured| / measured of each run's total (and per phase group)
@@ -219,12 +221,16 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
                     if rep == 0:
                         row.update(_describe(executor, world, request, primitive, session))
                     row["runs"] = row.get("runs", []) + [session.measured.as_dict()]
+                    row["predicted_runs"] = row.get("predicted_runs", []) + [_predicted(executor, session)]
                     row["run_order"] = row.get("run_order", []) + [next(order)]  # when it ran, on this path
                     row["speed"] = row.get("speed", []) + [speed[primitive]] if speed else None
                     bar.advance(task)
     for row in rows:
         runs = row.pop("runs")
         row["measured"] = {g: median(r[g] for r in runs) for g in GROUPS}
+        predicted = row.pop("predicted_runs")  # each run as planned: what the planner knew then (the holders' idle time)
+        row["predicted"] = {g: median(p[g] for p in predicted) for g in GROUPS}
+        row["predicted_spread"] = (max(p["total_s"] for p in predicted) - min(p["total_s"] for p in predicted)) / row["predicted"]["total_s"]
         row["measured_runs"] = [r["total_s"] for r in runs]
         row["measured_phases"] = [{g: r[g] for g in GROUPS[:-1]} for r in runs]
         row["median_ci"] = median_ci(row["measured_runs"])
@@ -253,6 +259,11 @@ def _speed(executor: Executor, world, reference: dict | None) -> dict[str, float
     return {p: now[p] / reference[p] for p in now if reference.get(p, 0) > 0}
 
 
+def _predicted(executor: Executor, session) -> dict[str, float]:
+    """The profile's prediction of one run, from its plan (the request and the holders' idle times when planned)."""
+    return predicted_groups(combine_batch(executor.cost, [(session.plan.request, session.plan.holders)]))
+
+
 def _describe(executor: Executor, world, request: AgentRequest, primitive: str, session) -> dict:
     """A configuration's shape, prediction and exactness (its first run against the single-instance reference)."""
     ref = reference_logits(world.model, world.corpus, request, session.inputs)
@@ -261,7 +272,7 @@ def _describe(executor: Executor, world, request: AgentRequest, primitive: str, 
         "placement": "contiguous" if len(plan.holders) == 1 else "hashed",
         "path": plan.holders[0].path, "primitive": primitive, "step_tokens": request.step_tokens,
         "rows": plan.request.rows, "chunk_tokens": len(request.blocks) * world.corpus.block_size,
-        "steps": request.steps, "predicted": predicted_groups(combine_batch(executor.cost, [(plan.request, plan.holders)])),
+        "steps": request.steps, "predicted": _predicted(executor, session),
         "max_rel_err": relative_error(torch.cat(session.logits), ref),
     }  # fmt: skip
 

@@ -107,7 +107,7 @@ class BatchContext:
             o, lse = (t.clone() for t in msg.tensors)  # the states where this instance computes (part of the return)
             holder_compute = max(holder_compute, msg.meta[0] / 1e9)
             first = all(not self.sessions[b].inputs for b in members)  # the sessions' first decode step
-            self._record(layer, key, messages[key], msg, t_post, len(by_holder), first, idle[key])
+            self._record(layer, key, messages[key], msg, t_post, len(by_holder), first, idle[key], self._planned_idle(key[0], members))
             row = 0
             for b in members:
                 k = self.spans[b][1] - self.spans[b][0]
@@ -124,6 +124,13 @@ class BatchContext:
         self._inplace(layer, q, out)
         return out
 
+    def _planned_idle(self, holder: int, members: list[int]) -> float | None:
+        """How long `holder` had sat idle when the member sessions were planned (their demands' `idle_s`, the longest;
+        None where no plan knew): what the planner priced its wake-up from, and what calibration fits it against."""
+        known = [d.idle_s for b in members if (p := self.sessions[b].plan) is not None
+                 for d in p.request.demands if d.holder == holder and d.idle_s is not None]  # fmt: skip
+        return max(known) if known else None
+
     def _message(self, holder: int, members: list[int], q: Tensor) -> list[Tensor]:
         """q rows of the member sessions' tokens, one group per session (first row, rows, offset, count), block ids."""
         groups, blocks, row = [], [], 0
@@ -136,7 +143,8 @@ class BatchContext:
         return [rows.contiguous(), torch.tensor(groups, dtype=torch.long), torch.tensor(blocks, dtype=torch.long)]
 
     def _record(self, layer: int, key: tuple[int, str | None], message: list[Tensor], reply: transport.Message,
-                t_post: float, parallel: int, first_step: bool, idle_s: float | None = None) -> None:  # fmt: skip
+                t_post: float, parallel: int, first_step: bool, idle_s: float | None = None,
+                planned_idle_s: float | None = None) -> None:  # fmt: skip
         holder, path = key
         q, groups = message[0], message[1]
         sent = sum(t.numel() * t.element_size() for t in message)
@@ -148,7 +156,7 @@ class BatchContext:
             "rows": q.shape[0] * q.shape[1], "groups": [[t * q.shape[1], c * bs] for _, t, _, c in groups.tolist()],
             "rtt_s": time.perf_counter() - t_post, "holder_compute_s": reply.meta[0] / 1e9,
             "payload_out": q.numel() * q.element_size(), "payload_back": reply.nbytes, "parallel": parallel,
-            "first_step": first_step, "t_post": t_post, "idle_s": idle_s,
+            "first_step": first_step, "t_post": t_post, "idle_s": idle_s, "planned_idle_s": planned_idle_s,
             "holder_start": reply.meta[2] / 1e9 if len(reply.meta) > 2 else None,  # same host: same clock
         })  # fmt: skip
 

@@ -77,6 +77,8 @@ def test_validate_cli_small_grid_and_bad_profiles(tmp_path):
     assert out["per_path"]["gloo-loopback"]["n"] > 0 and 0 <= out["regret"] < 10
     assert any(Path(f).suffix == ".csv" for f in out["files"]) and sum(Path(f).suffix == ".png" for f in out["files"]) == 2
     assert set(out["per_holders"]) == {"1", "2"}
+    rows = json.loads(next(tmp_path.glob("validation-t-*.json")).read_text())["rows"]
+    assert all(r["predicted_spread"] == 0.0 and r["predicted"]["total_s"] > 0 for r in rows)  # one run: one prediction
     r = run("validate", "--quiet", "--json", *small, "--instances", "2", "--step-tokens", "1", "--chunk-blocks", "4",
             "--steps", "1", "--reps", "1", "--max-reps", "1", "--out", str(tmp_path), "--tag", "t2")  # fmt: skip
     assert r.returncode == 0, r.stderr

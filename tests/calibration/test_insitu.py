@@ -7,7 +7,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from qroute.calibration.insitu import cold_excess, fit_path_from_trace, per_holder_excess, stall_terms
+from qroute.calibration.insitu import cold_excess, fit_path_from_trace, idle_of, per_holder_excess, stall_terms
 from qroute.calibration.insitu_compute import first_step_excess, parallel_excess, reply_excess
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import Shape
@@ -509,3 +509,9 @@ def test_a_fetch_moved_in_chunks_pays_each_chunks_hand_off(seed):
     stream, _ = fit_path_from_trace(trace, "s")
     assert stream.chunk_bytes is None and stream.chunk_s == 0.0
     assert max(abs(stream.fetch_time(b) / truth(b) - 1) for b in sizes) > 0.05  # one line misses the steps
+
+
+def test_a_records_idle_time_is_the_planners_where_it_planned():
+    assert idle_of({"planned_idle_s": 0.004, "idle_s": 0.011}) == 0.004  # the planner priced the wake-up from this
+    assert idle_of({"planned_idle_s": None, "idle_s": 0.011}) == 0.011
+    assert idle_of({"idle_s": None}) == 0.0 and idle_of({}) == 0.0

@@ -44,6 +44,8 @@ def assert_idle_times(runs):
         for t in sorted((t for t in run["trace"] if t["kind"] == "route"), key=lambda t: t["t_post"]):
             if t["holder"] in last:
                 assert 0.0 <= t["idle_s"] <= t["t_post"] - last[t["holder"]]
+            if t["first_step"] and t["layer"] == 0 and t["planned_idle_s"] is not None:  # planned before it was posted
+                assert 0.0 <= t["planned_idle_s"] <= t["idle_s"]
             last[t["holder"]] = t["t_post"]
         assert any(t.get("idle_s") is not None for t in run["trace"] if t["kind"] == "route")
 
