@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import write_result
-from qroute.calibration.insitu import exchange_times, route_exchanges
+from qroute.calibration.insitu_records import exchange_times, route_exchanges
 
 SUMS = (2, 8, 32)
 DRAWS = 20000
 
 
 def exchanges(records: list[dict]) -> dict[tuple[int, int], list[float]]:
-    """Warm route exchanges of a trace (`insitu.route_exchanges`) by (holders, rows): each one's network seconds."""
+    """Warm route exchanges of a trace (`insitu_records.route_exchanges`) by (holders, rows): each one's network seconds."""
     out: dict[tuple[int, int], list[float]] = defaultdict(list)
     for recs in route_exchanges(records):
         out[(len(recs), recs[0]["rows"])].append(exchange_times(recs)[0])

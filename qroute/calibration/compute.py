@@ -24,7 +24,7 @@ import torch
 
 from qroute.attention.states import AttentionState
 from qroute.calibration.fit import nonneg_lstsq, rate, robust_median
-from qroute.calibration.insitu import per_holder_excess
+from qroute.calibration.insitu_parallel import per_holder_excess
 from qroute.cost.profile import (
     AttentionCoeffs, Compute, GatherCoeffs, MergeCoeffs, PathSpec, Profile, ReprefillCoeffs, SpliceCoeffs,
 )  # fmt: skip
@@ -49,7 +49,7 @@ def parallel_route_exchange(targets: list[tuple[int, torch.Tensor, list[int]]], 
                             group=None) -> list[dict]:  # fmt: skip
     """One ROUTE exchange with one or several holders at once, each `(holder, q, blocks)`, as a batch does it:
     every message posted, then every reply taken. One trace record per holder, in the form
-    `insitu.per_holder_excess` reads (the caller numbers the exchange with `step`)."""
+    `insitu_parallel.per_holder_excess` reads (the caller numbers the exchange with `step`)."""
     t0 = time.perf_counter()
     works, sent = [], []
     for holder, q, blocks in targets:

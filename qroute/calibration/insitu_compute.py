@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from qroute.calibration.fit import fit_idle_curve, rate, robust_median
-from qroute.calibration.insitu import _fit, _grouped, _of, idle_of, route_exchanges
+from qroute.calibration.insitu_records import _fit, _grouped, _of, idle_of, route_exchanges
 from qroute.cost.profile import (
     AttentionCoeffs, Compute, GatherCoeffs, MergeCoeffs, ReprefillCoeffs, SpliceCoeffs,
 )  # fmt: skip

@@ -49,7 +49,7 @@ import torch.distributed as dist
 
 from qroute.calibration.calibrate import CalibrationConfig, measure
 from qroute.calibration.fit import speed_spread
-from qroute.calibration.insitu import exchange_summary, route_exchanges
+from qroute.calibration.insitu_records import exchange_summary, route_exchanges
 from qroute.cost import CostModel, load_profile
 from qroute.cost.profile import from_dict
 from qroute.cost.model import PRIMITIVES
@@ -226,16 +226,23 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
                     row["speed"] = row.get("speed", []) + [speed[primitive]] if speed else None
                     bar.advance(task)
     for row in rows:
-        runs = row.pop("runs")
-        row["measured"] = {g: median(r[g] for r in runs) for g in GROUPS}
-        predicted = row.pop("predicted_runs")  # each run as planned: what the planner knew then (the holders' idle time)
-        row["predicted"] = {g: median(p[g] for p in predicted) for g in GROUPS}
-        row["predicted_spread"] = (max(p["total_s"] for p in predicted) - min(p["total_s"] for p in predicted)) / row["predicted"]["total_s"]
-        row["measured_runs"] = [r["total_s"] for r in runs]
-        row["measured_phases"] = [{g: r[g] for g in GROUPS[:-1]} for r in runs]
-        row["median_ci"] = median_ci(row["measured_runs"])
-        row["exchanges"] = exchange_summary(row.pop("exchanges"))  # per route exchange, beside calibration's fits
+        _settle(row)
     return rows
+
+
+def _settle(row: dict) -> None:
+    """A configuration's runs into medians, in place: measured phases, predicted phases (each run as planned: what
+    the planner knew then, such as the holders' idle time; `predicted_spread` across runs), the runs' totals and
+    phases, the measured median's confidence interval, and its route exchanges summarised beside calibration's."""
+    runs, predicted = row.pop("runs"), row.pop("predicted_runs")
+    row["measured"] = {g: median(r[g] for r in runs) for g in GROUPS}
+    row["predicted"] = {g: median(p[g] for p in predicted) for g in GROUPS}
+    totals = [p["total_s"] for p in predicted]
+    row["predicted_spread"] = (max(totals) - min(totals)) / row["predicted"]["total_s"]
+    row["measured_runs"] = [r["total_s"] for r in runs]
+    row["measured_phases"] = [{g: r[g] for g in GROUPS[:-1]} for r in runs]
+    row["median_ci"] = median_ci(row["measured_runs"])
+    row["exchanges"] = exchange_summary(row.pop("exchanges"))  # per route exchange, beside calibration's fits
 
 
 def median_ci(x: list[float]) -> float:

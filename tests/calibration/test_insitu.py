@@ -7,7 +7,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from qroute.calibration.insitu import cold_excess, fit_path_from_trace, idle_of, per_holder_excess, stall_terms
+from qroute.calibration.insitu import cold_excess, fit_path_from_trace, stall_terms
+from qroute.calibration.insitu_parallel import per_holder_excess
+from qroute.calibration.insitu_records import idle_of
 from qroute.calibration.insitu_compute import first_step_excess, parallel_excess, reply_excess
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import Shape
@@ -309,7 +311,7 @@ def test_a_wide_request_takes_whole_chunks_of_one_holder_and_none_beyond_its_blo
 
 
 def test_exchange_summary_takes_medians_per_exchange_and_skips_first_steps():
-    from qroute.calibration.insitu import exchange_summary, route_exchanges
+    from qroute.calibration.insitu_records import exchange_summary, route_exchanges
 
     def rec(step, layer, holder, wall, comp, first=False):
         return {"kind": "route", "step": step, "layer": layer, "holder": holder, "wall_s": wall, "rtt_s": wall,
@@ -326,7 +328,7 @@ def test_exchange_summary_takes_medians_per_exchange_and_skips_first_steps():
 
 
 def test_exchange_summary_places_each_holders_compute_after_the_post_earliest_first():
-    from qroute.calibration.insitu import exchange_summary, route_exchanges
+    from qroute.calibration.insitu_records import exchange_summary, route_exchanges
 
     def rec(step, holder, start, comp):
         return {"kind": "route", "step": step, "layer": 0, "holder": holder, "wall_s": 9.0, "rtt_s": 9.0,
