@@ -244,7 +244,7 @@ def _moved_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
         attend = model.attention_s(request.rows, moved, local=True) if moved else 0.0
         partials = 1 + routed + (1 if moved else 0)
         owner = "fetch" if any(h.primitive == "fetch" for h in holders) else "local" if moved else "route"
-        part = Phases(compute=attend, merge=model.merge_s(request.rows, partials, routed=routed > 0))
+        part = Phases(compute=attend, merge=model.merge_s(request.rows, partials, routed=routed > 0, moved=moved))
         total = total + model.rescaled(owner, part)
     return total
 

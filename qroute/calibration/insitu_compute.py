@@ -19,7 +19,7 @@ def _after_route(points: dict[tuple, float], m: np.ndarray, o: float, fits: dict
     shapes, never below 0); 0 without such merges."""
     if not points:
         return 0.0
-    excess = {k: t - (m[0] + k[0] * k[1] * o * m[1]) for k, t in points.items()}
+    excess = {k: t - (m[0] + k[0] * k[1] * o * m[1] + k[2] * m[2]) for k, t in points.items()}
     fits["merge_after_route"] = {"shapes": [list(k) for k in sorted(points)], "seconds": [points[k] for k in sorted(points)],
                                  "excess_s": [excess[k] for k in sorted(points)]}  # fmt: skip
     return max(0.0, robust_median(list(excess.values())))
@@ -100,10 +100,11 @@ def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, f
     merges = _of(trace, "merge")
     after = [r for r in merges if r.get("routed")]
     others = [r for r in merges if not r.get("routed")]
-    merge_key = lambda r: (r["rows"], r["partials"])  # noqa: E731
+    merge_key = lambda r: (r["rows"], r["partials"], r.get("moved", 0))  # noqa: E731
     base = _grouped(others, merge_key, lambda r: r["seconds"])
-    m = _fit(base if len(base) >= 2 else _grouped(merges, merge_key, lambda r: r["seconds"]), lambda k: [1.0, k[0] * k[1] * o], "merge", fits)
-    after_route = _after_route(_grouped(after, merge_key, lambda r: r["seconds"]), m, o, fits) if len(base) >= 2 else 0.0
+    m = _fit(base if len(base) >= 3 else _grouped(merges, merge_key, lambda r: r["seconds"]),
+             lambda k: [1.0, k[0] * k[1] * o, k[2]], "merge", fits)  # fmt: skip
+    after_route = _after_route(_grouped(after, merge_key, lambda r: r["seconds"]), m, o, fits) if len(base) >= 3 else 0.0
     splice = _grouped(_of(trace, "splice"), lambda r: (r["tokens"], r["layers"]), lambda r: r["seconds"])
     s = _fit(splice, lambda k: [1.0, k[0] * k[1]], "splice", fits)
     scattered = [r for r in _of(trace, "fetch") if r.get("scattered")]  # a contiguous run is sent as stored
@@ -118,7 +119,7 @@ def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, f
         attention=AttentionCoeffs(float(a[0]), rate(a[1]), rate(a[2]), src, float(a[3]), first[0], parallel_excess(trace, fits),
                                   first[1]),  # fmt: skip
         local_attention=AttentionCoeffs(float(la[0]), rate(la[1]), rate(la[2]), src, float(la[3])),
-        merge=MergeCoeffs(float(m[0]), rate(m[1]), src, after_route),
+        merge=MergeCoeffs(float(m[0]), rate(m[1]), src, after_route, float(m[2])),
         splice=SpliceCoeffs(float(s[0]), 0.0, float(s[1]), src),
         gather=GatherCoeffs(float(gt[0]), 0.0, float(gt[1]), src, reply_excess(trace, fits)),
         reprefill=ReprefillCoeffs(float(rp[0]), rate(rp[1]), rate(rp[2]), src),

@@ -143,10 +143,12 @@ class CostModel:
         the holder idle `idle_s` seconds before it (None: unknown)."""
         return attention * self.profile.compute.attention.first_step_at(idle_s)
 
-    def merge_s(self, rows, partials, routed: bool = False):
-        """Merge of `partials` states of `rows` rows, one layer; `routed`: it follows a route exchange."""
+    def merge_s(self, rows, partials, routed: bool = False, moved=0):
+        """Merge of `partials` states of `rows` rows, one layer; `routed`: it follows a route exchange; `moved`: it
+        follows an attention over that many tokens of moved KV."""
         m = self.profile.compute.merge
-        return m.fixed_s + rows * partials * self.coef.o_row_bytes / m.Bps + (m.after_route_s if routed else 0.0)
+        return (m.fixed_s + rows * partials * self.coef.o_row_bytes / m.Bps + (m.after_route_s if routed else 0.0)
+                + moved * m.per_moved_token_s)  # fmt: skip
 
     def splice_s(self, tokens, layers):
         """RoPE re-rotation of every layer's rope part of `tokens` spliced tokens."""
@@ -209,7 +211,8 @@ class CostModel:
 
     def moved_per_layer(self, s: Shape) -> Phases:
         """Per layer and step once KV is on the requester: attention over it, merge with the own state."""
-        return Phases(compute=self.attention_s(s.rows, s.holders * s.tokens, local=True), merge=self.merge_s(s.rows, 2))
+        moved = s.holders * s.tokens
+        return Phases(compute=self.attention_s(s.rows, moved, local=True), merge=self.merge_s(s.rows, 2, moved=moved))
 
     def fetch(self, s: Shape, path: PathSpec) -> Phases:
         """All H holders fetched once, then N*L local attentions over the moved tokens."""

@@ -257,12 +257,15 @@ class AttentionCoeffs:
 @dataclass(frozen=True)
 class MergeCoeffs:
     """Merge of P partial states of R rows: `fixed + R*P*state_bytes/Bps`; `after_route_s` more when it follows a
-    route exchange (the requester's first computation after waiting on the network: measured 30-80 us on CPUs)."""
+    route exchange (the requester's first computation after waiting on the network: measured 30-80 us on CPUs);
+    `per_moved_token_s` more per token of moved KV attended just before it (profile/9: that attention pushes the
+    merge's inputs out of the caches; on the dev VM 11-44 us more per merge after 256-512 moved tokens)."""
 
     fixed_s: float
     Bps: float
     source: str = ""
     after_route_s: float = 0.0
+    per_moved_token_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -345,8 +348,9 @@ class Profile:
             "default_paths": list(self.default_paths),
             "compute": asdict(self.compute),
         }
-        if not self.compute.merge.after_route_s:  # profiles that predate it read and write unchanged
-            del d["compute"]["merge"]["after_route_s"]
+        for key in ("after_route_s", "per_moved_token_s"):  # profiles that predate them read and write unchanged
+            if not d["compute"]["merge"][key]:
+                del d["compute"]["merge"][key]
         if not self.compute.gather.reply_s:  # the same for the per-reply term (profile/7)
             del d["compute"]["gather"]["reply_s"]
         for name in ("attention", "local_attention"):  # the same for the per-row term (profile/3) and the first step's

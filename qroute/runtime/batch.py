@@ -52,11 +52,13 @@ class BatchContext:
         parts = [[self._own(layer, q, kv_new, s, span, scale)] for s, span in zip(self.sessions, self.spans)]
         for b, states in self._route(layer, q).items():  # 2. route
             parts[b] += states
+        moved = [0] * len(self.sessions)  # tokens of moved KV each session attended before its merge
         for b, (s, (a, e)) in enumerate(zip(self.sessions, self.spans)):  # 3. moved KV
             if s.moved is not None:
                 self.ex.sync()
                 t0 = time.perf_counter()
                 keys = s.moved[layer]
+                moved[b] = keys.shape[0]
                 parts[b].append(attend_moved(q[a:e], keys, scale, self.ex.spec.latent, self.ex.corpus.block_size))
                 self._timed("moved", layer, t0, rows=(e - a) * heads, tokens=keys.shape[0])
         merged = []
@@ -65,7 +67,8 @@ class BatchContext:
             t0 = time.perf_counter()
             m = merge_parts(part)
             merged.append((m.o.view(-1, heads, latent), m.lse.view(-1, heads)))
-            self._timed("merge", layer, t0, rows=m.lse.numel(), partials=len(part), routed=bool(self.sessions[b].routed))
+            self._timed("merge", layer, t0, rows=m.lse.numel(), partials=len(part), routed=bool(self.sessions[b].routed),
+                        moved=moved[b])  # fmt: skip
         return AttentionState(torch.cat([o for o, _ in merged]), torch.cat([lse for _, lse in merged]))
 
     def _timed(self, kind: str, layer: int, t0: float, **shape) -> None:

@@ -264,7 +264,7 @@ class Engine:
                        for h in groups if prims[h] == "route")  # fmt: skip
         moved = bs * (sum(len(groups[h]) for h in fetched + local) + len(hits))
         partials = 1 + len(routed) + (moved > 0)  # own state, one per routed holder, the moved KV's
-        moved_s = (m.attention_s(rows, moved, local=True) if moved else 0.0) + m.merge_s(rows, partials, routed=bool(routed))
+        moved_s = (m.attention_s(rows, moved, local=True) if moved else 0.0) + m.merge_s(rows, partials, routed=bool(routed), moved=moved)
         cold = max((self.paths[p].cold_s for _, p, _, _ in routed), default=0.0)
         slowest = m.exchange_compute_s(max((a for *_, a in routed), default=0.0), max(len(routed), 1))
         cold += L * m.first_step_s(slowest)  # the holders' first step, caches cold

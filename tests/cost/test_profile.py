@@ -84,7 +84,8 @@ def test_measured_extras_roundtrip_and_old_profiles_read_and_write_unchanged(tmp
     assert ibgda.fetch_time(3 << 20) - ibgda.fetch_time(2 << 20) == pytest.approx((1 << 20) / 7e9 + 2e-4)  # a third chunk
     assert ibgda.fetch_time(1 << 20) - ibgda.fetch_time(1 << 19) == pytest.approx((1 << 19) / 7e9)  # still one
     assert "fetch_beta_Bps" not in published()["paths"]["ibgda"]
-    merge = replace(p.compute.merge, after_route_s=3e-5)
+    merge = replace(p.compute.merge, after_route_s=3e-5, per_moved_token_s=5e-8)
+    assert "per_moved_token_s" not in published()["compute"]["merge"]
     gather = replace(p.compute.gather, reply_s=8e-5)
     assert "parallel_excess" not in published()["compute"]["attention"]
     attention = replace(p.compute.attention, first_step_excess=0.09, parallel_excess=0.11,
