@@ -20,7 +20,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from qroute.cost.model import PRIMITIVES, CostModel, Phases, Shape, best_path, check_idle
-from qroute.cost.profile import PathSpec, overlapped, serial_terms
+from qroute.cost.profile import PathSpec
+from qroute.cost.terms import overlapped, serial_terms
 from qroute.errors import QrouteError, non_negative_int, positive_int
 
 

@@ -8,7 +8,8 @@ import numpy as np
 
 from qroute.calibration.fit import nonneg_lstsq, robust_median
 from qroute.calibration.insitu_records import _of, _route_bytes, _tokens, exchange_summary, route_exchanges
-from qroute.cost.profile import PathSpec, capped
+from qroute.cost.profile import PathSpec
+from qroute.cost.terms import capped
 
 
 def per_holder_excess(trace: list[dict], path: PathSpec, report: dict | None = None) -> tuple[float, float, float, float | None] | None:

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from qroute.cost.profile import PathSpec, Profile, capped
+from qroute.cost.profile import PathSpec, Profile
+from qroute.cost.terms import capped
 from qroute.errors import QrouteError, positive_int
 from qroute.geometry import Coefficients, Geometry
 
@@ -305,7 +306,7 @@ __all__ = [
 
 def _waited(compute, holders: int, path: PathSpec):
     """Seconds a parallel exchange of `holders` equal computes of `compute` seconds (a number or numpy array) waits
-    beyond the longest: the others' `holder_serial` fraction of at most `serial_cap_s` each (`profile.overlapped`).
+    beyond the longest: the others' `holder_serial` fraction of at most `serial_cap_s` each (`terms.overlapped`).
     The runtime measures it as network time (the exchange's wall time less the slowest holder's compute)."""
     return (holders - 1) * path.holder_serial * capped(compute, path.serial_cap_s)
 

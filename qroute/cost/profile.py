@@ -36,7 +36,7 @@ per holder beyond the first (holders sharing cores, and the slowest of several n
 message in chunks of `chunk_bytes` (the shared-memory path's 1 MiB slot, handed from writer to reader one chunk at
 a time), `chunk_s` for each chunk of a fetch beyond the first (profile/9).
 And how long the holder sat idle (profile/9): `cold_idle` and `attention.first_step_idle`, measured points
-(idle seconds, wake-up seconds or relative first-step extra) interpolated in log idle time (`idle_curve`), price a
+(idle seconds, wake-up seconds or relative first-step extra) interpolated in log idle time (`terms.idle_curve`), price a
 request's first exchange with a holder idle `t` seconds (`PathSpec.cold_at`, `AttentionCoeffs.first_step_at`):
 on the dev VM a gloo holder asked again after 11 ms woke in 66 us, after 24-312 ms in 545-568 us. An unknown idle
 time (None) prices `cold_s` and `first_step_excess`: calibration's requests as they came.
@@ -54,19 +54,11 @@ from typing import Any, Mapping
 import jsonschema
 import numpy as np
 
+from qroute.cost.terms import idle_curve, pick
 from qroute.errors import QrouteError
 
 SCHEMA_ID = "qroute.profile/9"
 READABLE = tuple(f"qroute.profile/{v}" for v in range(1, 9)) + (SCHEMA_ID,)
-
-
-def idle_curve(points, idle_s: float | None, unknown: float) -> float:
-    """The value of measured (idle seconds, value) `points` at `idle_s`, interpolated in log idle time and held flat
-    beyond the first and last point; `unknown` where `idle_s` is None or there are no points."""
-    if idle_s is None or not points:
-        return unknown
-    at, values = zip(*points)
-    return float(np.interp(np.log(max(idle_s, 1e-6)), np.log(at), values))
 
 
 @dataclass(frozen=True)
@@ -76,40 +68,6 @@ class SmallRegime:
     below_bytes: float
     alpha_s: float
     beta_Bps: float
-
-
-def _pick(small, cond, big):
-    """`small` where `cond` else `big`, for numbers or numpy arrays."""
-    if isinstance(cond, np.ndarray):
-        return np.where(cond, small, big)
-    return small if cond else big
-
-
-def overlapped(times, fraction: float, cap: float | None = None):
-    """Seconds of per-holder `times` (a sequence) spent at once: the longest plus `fraction` of the others', each
-    of those counted up to `cap` seconds where given."""
-    top, *others = sorted(times, reverse=True)
-    return top + fraction * sum(capped(t, cap) for t in others)
-
-
-def capped(seconds, cap: float | None):
-    """`seconds` (a number or numpy array) counted up to `cap` where one is set."""
-    return seconds if cap is None else np.minimum(seconds, cap)
-
-
-def serial_terms(paths) -> tuple[float, float | None]:
-    """(`holder_serial`, `serial_cap_s`) of a parallel exchange over `paths`: the largest fraction, and the largest
-    cap (none if any path has none)."""
-    caps = [p.serial_cap_s for p in paths]
-    return max(p.holder_serial for p in paths), None if any(c is None for c in caps) else max(caps)
-
-
-def mean_stall_s(paths, holders: int, exchange_s: float) -> float:
-    """The mean stall seconds of one route exchange of `exchange_s` seconds with `holders` holders at once over
-    `paths` (rate x seconds x size of the one- or several-holder class, the paths' largest): what a long run of
-    exchanges pays per exchange (`PathSpec.stalls_s` prices the median request of a given length)."""
-    multi = holders > 1
-    return max((p.stall_rate_multi * p.stall_s_multi if multi else p.stall_rate * p.stall_s) for p in paths) * exchange_s
 
 
 @dataclass(frozen=True)
@@ -185,13 +143,13 @@ class PathSpec:
         """Probe latency of an exchange of `nbytes` (number or numpy array)."""
         if self.small is None:
             return self.alpha_s + 0 * nbytes
-        return _pick(self.small.alpha_s, nbytes < self.small.below_bytes, self.alpha_s)
+        return pick(self.small.alpha_s, nbytes < self.small.below_bytes, self.alpha_s)
 
     def beta(self, nbytes):
         """Rate of an exchange of `nbytes` (number or numpy array)."""
         if self.small is None:
             return self.beta_Bps + 0 * nbytes
-        return _pick(self.small.beta_Bps, nbytes < self.small.below_bytes, self.beta_Bps)
+        return pick(self.small.beta_Bps, nbytes < self.small.below_bytes, self.beta_Bps)
 
     def time(self, nbytes):
         """Seconds to exchange `nbytes` (a number or a numpy array)."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from qroute.cost.model import CostModel
-from qroute.cost.profile import mean_stall_s, overlapped, serial_terms
+from qroute.cost.terms import mean_stall_s, overlapped, serial_terms
 from qroute.planner import HolderDemand, Request
 from qroute.policies import PolicyState, decide
 from qroute.sim.cache import LruCache, merge_caches

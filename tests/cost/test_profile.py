@@ -98,7 +98,8 @@ def test_measured_extras_roundtrip_and_old_profiles_read_and_write_unchanged(tmp
 
 
 def test_overlapped_counts_each_other_holder_up_to_the_cap_and_a_cap_round_trips():
-    from qroute.cost.profile import PathSpec, overlapped
+    from qroute.cost.profile import PathSpec
+    from qroute.cost.terms import overlapped
 
     assert overlapped([3.0, 1.0, 2.0], 0.5) == pytest.approx(4.5)
     assert overlapped([3.0, 1.0, 2.0], 0.5, cap=1.5) == pytest.approx(3.0 + 0.5 * (1.0 + 1.5))

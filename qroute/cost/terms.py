@@ -1,0 +1,49 @@
+"""Pricing terms shared by the profile's paths, the cost model, the planner and the simulator: pure functions of
+numbers (or numpy arrays) and paths."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def idle_curve(points, idle_s: float | None, unknown: float) -> float:
+    """The value of measured (idle seconds, value) `points` at `idle_s`, interpolated in log idle time and held flat
+    beyond the first and last point; `unknown` where `idle_s` is None or there are no points."""
+    if idle_s is None or not points:
+        return unknown
+    at, values = zip(*points)
+    return float(np.interp(np.log(max(idle_s, 1e-6)), np.log(at), values))
+
+
+def pick(small, cond, big):
+    """`small` where `cond` else `big`, for numbers or numpy arrays."""
+    if isinstance(cond, np.ndarray):
+        return np.where(cond, small, big)
+    return small if cond else big
+
+
+def overlapped(times, fraction: float, cap: float | None = None):
+    """Seconds of per-holder `times` (a sequence) spent at once: the longest plus `fraction` of the others', each
+    of those counted up to `cap` seconds where given."""
+    top, *others = sorted(times, reverse=True)
+    return top + fraction * sum(capped(t, cap) for t in others)
+
+
+def capped(seconds, cap: float | None):
+    """`seconds` (a number or numpy array) counted up to `cap` where one is set."""
+    return seconds if cap is None else np.minimum(seconds, cap)
+
+
+def serial_terms(paths) -> tuple[float, float | None]:
+    """(`holder_serial`, `serial_cap_s`) of a parallel exchange over `paths`: the largest fraction, and the largest
+    cap (none if any path has none)."""
+    caps = [p.serial_cap_s for p in paths]
+    return max(p.holder_serial for p in paths), None if any(c is None for c in caps) else max(caps)
+
+
+def mean_stall_s(paths, holders: int, exchange_s: float) -> float:
+    """The mean stall seconds of one route exchange of `exchange_s` seconds with `holders` holders at once over
+    `paths` (rate x seconds x size of the one- or several-holder class, the paths' largest): what a long run of
+    exchanges pays per exchange (`PathSpec.stalls_s` prices the median request of a given length)."""
+    multi = holders > 1
+    return max((p.stall_rate_multi * p.stall_s_multi if multi else p.stall_rate * p.stall_s) for p in paths) * exchange_s
