@@ -117,7 +117,8 @@ def run_host_calibration(config: CalibrationConfig) -> dict:
 def run_host_validation(config, calibrated: str | None = None) -> dict:
     """`qroute validate --host-tier`: the held-out sweep through the host link (one holder), after calibrating on
     the same tier when `config.profile` is "auto" (the fitted profile is written to `calibrated`)."""
-    from qroute.calibration.validate import _sweep, budget_until, metrics
+    from qroute.calibration.validate import _sweep, budget_until
+    from qroute.calibration.validation_metrics import metrics
 
     t0, start = time.perf_counter(), time.time()
     _heap(config.cluster)

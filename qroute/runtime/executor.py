@@ -258,7 +258,6 @@ class Executor:
         links = {h: self.link(h, s.paths.get(h)) for h in wanted}
         self.sync()
         t_post = time.perf_counter()
-        idle = {h: self.idle_s(h, t_post) for h in wanted}
         posted = {h: links[h].isend(FETCH, [], [torch.tensor(b)]) for h, b in wanted.items()}
         replies = {}
         for h in reply_order(posted):  # one order for every requester (`reply_order`)
@@ -273,7 +272,7 @@ class Executor:
             self._note_load(h, msg)
             if h in s.keep and self.cache.insert(wanted[h], msg.tensors[0]):  # a copy kept as stored (canonical)
                 self.cache.release(wanted[h])
-            moved.append(self._splice_reply(s, h, msg, rtt, len(posted), kept=h in s.keep, idle=idle[h]))
+            moved.append(self._splice_reply(s, h, msg, rtt, len(posted), kept=h in s.keep))
         for record in self.trace[first_record:]:
             if record["kind"] == "fetch":
                 record["wall_s"] = received  # the whole exchange as the request pays it (sends completed)
@@ -292,24 +291,22 @@ class Executor:
         if len(msg.meta) > 1:
             self.policy_state.load[holder] = msg.meta[1] / 1e6
 
-    def _splice_reply(self, s: Session, h: int, msg: transport.Message, rtt: float, parallel: int, kept: bool = False,
-                      idle: float | None = None) -> Tensor:  # fmt: skip
+    def _splice_reply(self, s: Session, h: int, msg: transport.Message, rtt: float, parallel: int, kept: bool = False) -> Tensor:
         """Splice one FETCHED reply `kv [L, T, D]` in place (rope part by `+offset`); trace the exchange and the splice."""
         kv = msg.tensors[0]
         t0 = time.perf_counter()
         self._splice(kv, s.request.offset)
         splice_s = time.perf_counter() - t0
-        self._trace_fetch(s, h, msg, rtt, parallel, kept, idle)
+        self._trace_fetch(s, h, msg, rtt, parallel, kept)
         self.trace.append({"kind": "splice", "seconds": splice_s, "tokens": kv.shape[1], "layers": kv.shape[0]})
         return kv
 
-    def _trace_fetch(self, s: Session, h: int, msg: transport.Message, rtt: float, parallel: int, kept: bool = False,
-                     idle: float | None = None) -> None:  # fmt: skip
+    def _trace_fetch(self, s: Session, h: int, msg: transport.Message, rtt: float, parallel: int, kept: bool = False) -> None:
         kv = msg.tensors[0]
         self.trace.append({"kind": "fetch", "primitive": "fetch", "request": s.request.id, "holder": h, "rtt_s": rtt,
                            "path": s.paths.get(h), "holder_compute_s": msg.meta[0] / 1e9, "bytes": msg.nbytes,
                            "tokens": kv.shape[1], "layers": kv.shape[0], "parallel": parallel, "cold": True,
-                           "scattered": bool(s.plan and s.plan.request.sparse), "kept": kept, "idle_s": idle})  # fmt: skip
+                           "scattered": bool(s.plan and s.plan.request.sparse), "kept": kept})  # fmt: skip
         s.measured.messages += 1
         s.measured.bytes += msg.nbytes
 

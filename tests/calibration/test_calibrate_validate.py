@@ -93,7 +93,7 @@ def test_validate_cli_small_grid_and_bad_profiles(tmp_path):
 
 
 def test_median_ci_is_the_order_statistics_interval():
-    from qroute.calibration.validate import median_ci
+    from qroute.calibration.validation_metrics import median_ci
 
     assert median_ci([1.0, 2.0]) == float("inf")  # too few runs to bound the median
     assert median_ci([10.0, 9.0, 11.0, 10.0, 30.0]) == pytest.approx((30 - 9) / 2 / 10)  # 5 runs: the extremes
@@ -113,7 +113,7 @@ def test_validation_config_rejects_bad_repetition_settings(bad, match):
 
 
 def test_online_metric_replays_runs_in_the_order_they_ran():
-    from qroute.calibration.validate import online
+    from qroute.calibration.validation_metrics import online
 
     def row(prim, order, measured_network):
         predicted = {"network_s": 1e-3, "compute_s": 1e-3, "merge_s": 0.0, "total_s": 2e-3}
@@ -131,7 +131,7 @@ def test_online_metric_replays_runs_in_the_order_they_ran():
 
 
 def test_signed_errors_are_medians_per_primitive_holders_and_phase():
-    from qroute.calibration.validate import signed_errors
+    from qroute.calibration.validation_metrics import signed_errors
 
     def row(prim, holders, compute_measured):
         predicted = {"network_s": 1e-3, "compute_s": 1e-3, "merge_s": 1e-4, "total_s": 2.1e-3}

@@ -8,7 +8,8 @@ import pytest
 
 from qroute.calibration.calibrate import CalibrationConfig, run_calibration
 from qroute.calibration.host import copy_bandwidth_sweep, copy_latency_sweep
-from qroute.calibration.validate import ValidationConfig, median_ci, run_validation
+from qroute.calibration.validate import ValidationConfig, run_validation
+from qroute.calibration.validation_metrics import median_ci
 from qroute.cost import profile as prof
 from qroute.runtime.world import WorldSpec
 from qroute.workload.corpus import CorpusSpec
