@@ -165,7 +165,8 @@ def combine_batch(model: CostModel, sessions: Sequence[Session]) -> Phases:
     `layers` and `steps`. With an online scale (`CostModel.online`), each part is rescaled by
     the primitive it belongs to: the exchanges and the holders' attention by route's, fetches
     and splices by fetch's, re-prefills by local's, a request's attention over moved KV and
-    its merge by its fetch's or local's (by route's when all its holders are routed).
+    its merge by its fetch's or local's (by route's when all its holders are routed). A request's first step pays
+    more for its attention over moved KV and its merge (`CostModel.moved_first_step`), once per layer.
     """
     layers, steps = _common(sessions)
     exchange = _routed_per_layer(model, sessions)
@@ -173,6 +174,7 @@ def combine_batch(model: CostModel, sessions: Sequence[Session]) -> Phases:
     idle = _routed_idle(sessions)
     cold = _route_cold(model, sessions, steps * layers, exchange.total) + Phases(compute=layers * model.first_step_s(exchange.compute, idle))
     once = sum((_once(model, r, hp) for r, hp in sessions), model.rescaled("route", cold))
+    once = once + _moved_per_layer(model, sessions, first_step=True).scaled(layers)
     return per_layer.scaled(steps * layers) + once
 
 
@@ -237,7 +239,9 @@ def _routed_idle(sessions: Sequence[Session]) -> float | None:
     return max(known) if known else None
 
 
-def _moved_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
+def _moved_per_layer(model: CostModel, sessions: Sequence[Session], first_step: bool = False) -> Phases:
+    """Per layer and step, each request's attention over its moved KV and its merge; `first_step`: what they cost more
+    in the first step (`CostModel.moved_first_step`; nothing for a request without moved KV)."""
     total = Phases()
     for request, holders in sessions:
         routed = sum(h.primitive == "route" for h in holders)
@@ -246,6 +250,8 @@ def _moved_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
         partials = 1 + routed + (1 if moved else 0)
         owner = "fetch" if any(h.primitive == "fetch" for h in holders) else "local" if moved else "route"
         part = Phases(compute=attend, merge=model.merge_s(request.rows, partials, routed=routed > 0, moved=moved))
+        if first_step:
+            part = model.moved_first_step(part) if moved else Phases()
         total = total + model.rescaled(owner, part)
     return total
 

@@ -91,7 +91,7 @@ def rent_and_price(model: CostModel, request: Request, demand: HolderDemand, opt
     s = request.shape(demand)
     splice = float(model.splice_s(demand.tokens, request.layers)) if request.offset else 0.0
     copy_out = float(model.gather_s(demand.tokens, 1, request.layers))
-    owned = float(model.moved_per_layer(s).total) * request.steps * request.layers + splice + copy_out
+    owned = float(model.moved_steps(s).total) + splice + copy_out
     return float(options["route"][1].total) - owned, float(options["fetch"][1].total) - owned
 
 

@@ -37,7 +37,10 @@ def test_uniform_combination_equals_the_homogeneous_formula(model, holders, prim
                                 cold_idle=((0.01, 2e-5), (0.1, 3e-4)) if stalls else ())  # fmt: skip
     compute = model.profile.compute
     compute = dataclasses.replace(compute, gather=dataclasses.replace(compute.gather, reply_s=7e-5 if stalls else 0.0),
-                                  merge=dataclasses.replace(compute.merge, per_moved_token_s=4e-9 if stalls else 0.0),
+                                  merge=dataclasses.replace(compute.merge, per_moved_token_s=4e-9 if stalls else 0.0,
+                                                            first_step_excess=0.12 if stalls else 0.0),
+                                  local_attention=dataclasses.replace(compute.local_attention,
+                                                                      first_step_excess=0.05 if stalls else 0.0),
                                   attention=dataclasses.replace(compute.attention, first_step_excess=0.15 if stalls else 0.0,
                                                                 parallel_excess=0.08 if stalls else 0.0,
                                                                 first_step_idle=((0.01, 0.1), (0.1, 0.3)) if stalls else ()))

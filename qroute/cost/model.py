@@ -215,6 +215,18 @@ class CostModel:
         moved = s.holders * s.tokens
         return Phases(compute=self.attention_s(s.rows, moved, local=True), merge=self.merge_s(s.rows, 2, moved=moved))
 
+    def moved_first_step(self, per_layer: Phases) -> Phases:
+        """What one layer of a request's first decode step pays beyond `per_layer` (`moved_per_layer`'s attention over
+        moved KV and merge): their first-step extras (`local_attention.first_step_excess`, `merge.first_step_excess`)."""
+        c = self.profile.compute
+        return Phases(compute=per_layer.compute * c.local_attention.first_step_excess,
+                      merge=per_layer.merge * c.merge.first_step_excess)  # fmt: skip
+
+    def moved_steps(self, s: Shape) -> Phases:
+        """Attention over moved KV and merges, every layer of every step, the first step's extras included."""
+        per_layer = self.moved_per_layer(s)
+        return per_layer.scaled(s.steps * s.layers) + self.moved_first_step(per_layer).scaled(s.layers)
+
     def fetch(self, s: Shape, path: PathSpec) -> Phases:
         """All H holders fetched once, then N*L local attentions over the moved tokens."""
         nbytes = self.fetch_bytes(s.tokens, s.layers)
@@ -223,13 +235,13 @@ class CostModel:
             transfer=(1 + (s.holders - 1) * path.fetch_bytes_serial) * path.fetch_move_s(nbytes),
             compute=self.adapt_s(s),
         )
-        return once + self.moved_per_layer(s).scaled(s.steps * s.layers)
+        return once + self.moved_steps(s)
 
     def local(self, s: Shape) -> Phases:
         """All H chunks re-prefilled on the requester, then N*L local attentions."""
         prefill = s.tokens if s.prefill_tokens is None else s.prefill_tokens
         once = Phases(compute=s.holders * self.reprefill_s(prefill, s.layers))
-        return once + self.moved_per_layer(s).scaled(s.steps * s.layers)
+        return once + self.moved_steps(s)
 
     def primitive(self, name: str, s: Shape, path: PathSpec | None) -> Phases:
         """Phases of primitive `name` ('route', 'fetch' or 'local')."""

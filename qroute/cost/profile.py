@@ -1,7 +1,7 @@
 """Profiles: the measured (or published, or what-if) constants of one cluster.
 
-A profile is a JSON file, schema `qroute.profile/9` (`profile.schema.json` beside this
-module; `qroute.profile/1` to `/8` files still load, their newer fields taken as 0, `bytes_serial` as 1 and
+A profile is a JSON file, schema `qroute.profile/10` (`profile.schema.json` beside this
+module; `qroute.profile/1` to `/9` files still load, their newer fields taken as 0, `bytes_serial` as 1 and
 `serial_cap_s` as none), validated on
 load and never pickled. Calibration is the only code that writes
 measured profiles; everything else reads them. Built-in profiles live in `profiles/`:
@@ -40,6 +40,9 @@ And how long the holder sat idle (profile/9): `cold_idle` and `attention.first_s
 request's first exchange with a holder idle `t` seconds (`PathSpec.cold_at`, `AttentionCoeffs.first_step_at`):
 on the dev VM a gloo holder asked again after 11 ms woke in 66 us, after 24-312 ms in 545-568 us. An unknown idle
 time (None) prices `cold_s` and `first_step_excess`: calibration's requests as they came.
+The requester's first decode step too (profile/10): `local_attention.first_step_excess` and `merge.first_step_excess`,
+how much longer, relative, its attention over moved KV and the merge after it take in a request's first step (the
+moved KV and the merge's inputs not yet in the caches; on the dev VM +4% and +9% at the median).
 """
 
 from __future__ import annotations
@@ -57,8 +60,8 @@ import numpy as np
 from qroute.cost.terms import idle_curve, pick
 from qroute.errors import QrouteError
 
-SCHEMA_ID = "qroute.profile/9"
-READABLE = tuple(f"qroute.profile/{v}" for v in range(1, 9)) + (SCHEMA_ID,)
+SCHEMA_ID = "qroute.profile/10"
+READABLE = tuple(f"qroute.profile/{v}" for v in range(1, 10)) + (SCHEMA_ID,)
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,7 @@ class AttentionCoeffs:
     flops_per_s: float
     source: str = ""
     per_row_s: float = 0.0  # profile/3: each row's own cost (its rope shift, copies, merge), whatever the keys
-    first_step_excess: float = 0.0  # profile/7: a holder's first decode step of a request, relative extra (caches cold)
+    first_step_excess: float = 0.0  # profile/7: a request's first decode step, relative extra (caches cold; local: profile/10)
     parallel_excess: float = 0.0  # profile/8: per holder beyond the first asked at once, relative extra of the slowest
     first_step_idle: tuple[tuple[float, float], ...] = ()  # profile/9: (idle seconds, first-step extra), measured
 
@@ -217,13 +220,15 @@ class MergeCoeffs:
     """Merge of P partial states of R rows: `fixed + R*P*state_bytes/Bps`; `after_route_s` more when it follows a
     route exchange (the requester's first computation after waiting on the network: measured 30-80 us on CPUs);
     `per_moved_token_s` more per token of moved KV attended just before it (profile/9: that attention pushes the
-    merge's inputs out of the caches; on the dev VM 11-44 us more per merge after 256-512 moved tokens)."""
+    merge's inputs out of the caches; on the dev VM 11-44 us more per merge after 256-512 moved tokens); after moved
+    KV in a request's first decode step, `first_step_excess` more, relative (profile/10)."""
 
     fixed_s: float
     Bps: float
     source: str = ""
     after_route_s: float = 0.0
     per_moved_token_s: float = 0.0
+    first_step_excess: float = 0.0  # profile/10: after moved KV in a request's first decode step, relative extra
 
 
 @dataclass(frozen=True)
@@ -306,7 +311,7 @@ class Profile:
             "default_paths": list(self.default_paths),
             "compute": asdict(self.compute),
         }
-        for key in ("after_route_s", "per_moved_token_s"):  # profiles that predate them read and write unchanged
+        for key in ("after_route_s", "per_moved_token_s", "first_step_excess"):  # profiles that predate them read and write unchanged
             if not d["compute"]["merge"][key]:
                 del d["compute"]["merge"][key]
         if not self.compute.gather.reply_s:  # the same for the per-reply term (profile/7)
@@ -334,7 +339,7 @@ def _schema() -> dict[str, Any]:
 
 
 def validate(data: Any, origin: str) -> None:
-    """Validate a profile dict against schema `qroute.profile/9` (or /1 to /8); one-line error on failure."""
+    """Validate a profile dict against schema `qroute.profile/10` (or /1 to /9); one-line error on failure."""
     if isinstance(data, dict) and data.get("schema") not in READABLE:
         raise QrouteError(f"profile {origin}: schema={data.get('schema')!r}: expected {SCHEMA_ID!r} (or one of "
                           f"{', '.join(map(repr, READABLE[:-1]))})")  # fmt: skip

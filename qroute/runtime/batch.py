@@ -60,7 +60,7 @@ class BatchContext:
                 keys = s.moved[layer]
                 moved[b] = keys.shape[0]
                 parts[b].append(attend_moved(q[a:e], keys, scale, self.ex.spec.latent, self.ex.corpus.block_size))
-                self._timed("moved", layer, t0, rows=(e - a) * heads, tokens=keys.shape[0])
+                self._timed("moved", layer, t0, rows=(e - a) * heads, tokens=keys.shape[0], first_step=not s.inputs)
         merged = []
         for b, part in enumerate(parts):  # 4. merge
             self.ex.sync()
@@ -68,7 +68,7 @@ class BatchContext:
             m = merge_parts(part)
             merged.append((m.o.view(-1, heads, latent), m.lse.view(-1, heads)))
             self._timed("merge", layer, t0, rows=m.lse.numel(), partials=len(part), routed=bool(self.sessions[b].routed),
-                        moved=moved[b])  # fmt: skip
+                        moved=moved[b], first_step=not self.sessions[b].inputs)  # fmt: skip
         return AttentionState(torch.cat([o for o, _ in merged]), torch.cat([lse for _, lse in merged]))
 
     def _timed(self, kind: str, layer: int, t0: float, **shape) -> None:

@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from qroute.cost.model import CostModel
+from qroute.cost.model import CostModel, Phases
 from qroute.cost.terms import mean_stall_s, overlapped, serial_terms
 from qroute.planner import HolderDemand, Request
 from qroute.policies import PolicyState, decide
@@ -264,10 +264,13 @@ class Engine:
                        for h in groups if prims[h] == "route")  # fmt: skip
         moved = bs * (sum(len(groups[h]) for h in fetched + local) + len(hits))
         partials = 1 + len(routed) + (moved > 0)  # own state, one per routed holder, the moved KV's
-        moved_s = (m.attention_s(rows, moved, local=True) if moved else 0.0) + m.merge_s(rows, partials, routed=bool(routed), moved=moved)
+        over = Phases(compute=m.attention_s(rows, moved, local=True) if moved else 0.0,
+                      merge=m.merge_s(rows, partials, routed=bool(routed), moved=moved))  # fmt: skip
+        moved_s = float(over.total)
         cold = max((self.paths[p].cold_s for _, p, _, _ in routed), default=0.0)
         slowest = m.exchange_compute_s(max((a for *_, a in routed), default=0.0), max(len(routed), 1))
         cold += L * m.first_step_s(slowest)  # the holders' first step, caches cold
+        cold += L * float(m.moved_first_step(over).total) if moved else 0.0  # and the requester's over moved KV
         for p in prims.values():
             self.choices[p] += 1
         self.choices["cache"] += bool(hits)

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from qroute.calibration.insitu_compute import fit_compute_from_trace
+from qroute.calibration.insitu_compute import fit_compute_from_trace, requester_first_step
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import Shape
 from qroute.cost.profile import AttentionCoeffs, Compute, GatherCoeffs, MergeCoeffs, ReprefillCoeffs, SpliceCoeffs
@@ -76,3 +76,43 @@ def test_a_trace_without_routed_merges_prices_no_extra_and_the_route_merge_carri
     assert model.route(shape, path).merge == pytest.approx(6 * model.merge_s(64, 2) + 6 * 4e-5)
     assert model.fetch(shape, path).merge == pytest.approx(6 * model.merge_s(64, 2, moved=512))
     assert model.fetch(shape, path).merge - 6 * model.merge_s(64, 2) == pytest.approx(6 * 512 * 5e-8)  # after moved KV
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("merge_excess, moved_excess", [(0.09, 0.04), (0.0, 0.0), (0.25, 0.12)])
+def test_the_requesters_first_step_is_read_apart_and_leaves_the_warm_fit_alone(seed, merge_excess, moved_excess):
+    """Requests of 4 steps: the first step's attention over moved KV and its merge take `moved_excess` and
+    `merge_excess` longer (2% noise, a 4 ms stall in one first step of each shape). The fit reads both excesses and
+    prices the later steps as if the first were not there."""
+    rng = np.random.default_rng(seed)
+    trace = []
+    for r in synthetic_compute_trace(seed):
+        if r["kind"] in ("moved", "merge") and not r.get("routed"):
+            for step in range(4):
+                extra = (moved_excess if r["kind"] == "moved" else merge_excess) if step == 0 else 0.0
+                t = r["seconds"] * (1 + extra) * (1 + rng.normal(0, 0.02))
+                trace.append({**r, "seconds": t, "first_step": step == 0})
+        else:
+            trace.append(r)
+    for r in [r for r in trace if r.get("first_step")][::9]:
+        r["seconds"] += 4e-3
+    fits: dict = {}
+    fitted = fit_compute_from_trace(trace, GEOMETRY, GEOMETRY.coefficients(), fits)
+    assert fitted.merge.first_step_excess == pytest.approx(merge_excess, abs=0.015)
+    assert fitted.local_attention.first_step_excess == pytest.approx(moved_excess, abs=0.015)
+    true = CostModel(GEOMETRY, replace(load_profile("published-h100"), compute=TRUE))
+    got = CostModel(GEOMETRY, replace(load_profile("published-h100"), compute=fitted))
+    for rows, tokens in ((24, 100), (256, 400)):  # the warm steps' fit is the true one, first steps or not
+        assert got.attention_s(rows, tokens, local=True) == pytest.approx(true.attention_s(rows, tokens, local=True), rel=0.03)
+        assert got.merge_s(rows, 3, False, tokens) == pytest.approx(true.merge_s(rows, 3, False, tokens), rel=0.03)
+    assert fits["merge_first_step"]["records"] == sum(r["kind"] == "merge" and not r.get("routed") for r in trace) // 4
+
+
+def test_a_requesters_first_step_excess_is_never_negative_and_zero_without_both_kinds_of_step():
+    key = lambda r: (r["rows"],)  # noqa: E731
+    warm = [{"rows": 16, "seconds": 1e-4, "first_step": False} for _ in range(5)]
+    faster = [{"rows": 16, "seconds": 0.8e-4, "first_step": True} for _ in range(5)]
+    assert requester_first_step(warm + faster, key) == 0.0
+    assert requester_first_step(warm, key) == 0.0 and requester_first_step(faster, key) == 0.0
+    other = [{"rows": 32, "seconds": 2e-4, "first_step": True}]  # a shape never seen warm: not read
+    assert requester_first_step(warm + other, key) == 0.0

@@ -72,6 +72,24 @@ def test_a_route_pays_its_holders_first_step_once_per_layer(model):
         assert cold.fetch(shape, p).total == model.fetch(shape, p).total  # no holder attends in a fetch
 
 
+@pytest.mark.parametrize("prim", ["fetch", "local"])
+def test_a_request_over_moved_kv_pays_the_requesters_first_step_once_per_layer(model, prim):
+    """`local_attention.first_step_excess` 0.05 and `merge.first_step_excess` 0.2: the first decode step's attention
+    over moved KV and merge cost that much more, once per layer whatever the steps; a route pays neither."""
+    p = model.profile.path("ibgda")
+    c = model.profile.compute
+    cold = dataclasses.replace(model, profile=dataclasses.replace(model.profile, compute=dataclasses.replace(
+        c, local_attention=dataclasses.replace(c.local_attention, first_step_excess=0.05),
+        merge=dataclasses.replace(c.merge, first_step_excess=0.2))))  # fmt: skip
+    for steps in (1, 6):
+        shape = Shape(16, 512, 27, steps=steps, holders=2)
+        per_layer = model.moved_per_layer(shape)
+        got, plain = cold.primitive(prim, shape, p), model.primitive(prim, shape, p)
+        assert got.compute - plain.compute == pytest.approx(27 * 0.05 * per_layer.compute)
+        assert got.merge - plain.merge == pytest.approx(27 * 0.2 * per_layer.merge)
+        assert cold.route(shape, p).total == model.route(shape, p).total
+
+
 @pytest.mark.parametrize("holders", [1, 2, 4])
 def test_the_slowest_of_several_holders_pays_the_parallel_excess_in_compute(model, holders):
     """`parallel_excess` 0.1: each holder beyond the first makes the exchange's compute (the slowest holder's) 10%

@@ -40,7 +40,7 @@ def test_roundtrip_through_a_file(tmp_path):
         (lambda d: d["paths"]["ibgda"].update(alpha_s=-1e-6), r"paths\.ibgda\.alpha_s: -1e-06 is less than the minimum"),
         (lambda d: d["paths"]["ibgda"].update(beta_Bps=0), r"paths\.ibgda\.beta_Bps: 0 is less than or equal"),
         (lambda d: d["compute"].pop("splice"), "'splice' is a required property"),
-        (lambda d: d.update(schema="qroute.profile/0"), "expected 'qroute.profile/9'"),
+        (lambda d: d.update(schema="qroute.profile/0"), "expected 'qroute.profile/10'"),
         (lambda d: d.update(default_paths=["pcie9"]), "default path 'pcie9' is not in paths"),
         (lambda d: d["compute"]["merge"].update(fixed_s="2us"), r"compute\.merge\.fixed_s: '2us' is not of type 'number'"),
         (lambda d: d.update(provenance="guessed"), "provenance: 'guessed' is not one of"),
@@ -84,8 +84,8 @@ def test_measured_extras_roundtrip_and_old_profiles_read_and_write_unchanged(tmp
     assert ibgda.fetch_time(3 << 20) - ibgda.fetch_time(2 << 20) == pytest.approx((1 << 20) / 7e9 + 2e-4)  # a third chunk
     assert ibgda.fetch_time(1 << 20) - ibgda.fetch_time(1 << 19) == pytest.approx((1 << 19) / 7e9)  # still one
     assert "fetch_beta_Bps" not in published()["paths"]["ibgda"]
-    merge = replace(p.compute.merge, after_route_s=3e-5, per_moved_token_s=5e-8)
-    assert "per_moved_token_s" not in published()["compute"]["merge"]
+    merge = replace(p.compute.merge, after_route_s=3e-5, per_moved_token_s=5e-8, first_step_excess=0.09)
+    assert not {"per_moved_token_s", "first_step_excess"} & set(published()["compute"]["merge"])
     gather = replace(p.compute.gather, reply_s=8e-5)
     assert "parallel_excess" not in published()["compute"]["attention"]
     attention = replace(p.compute.attention, first_step_excess=0.09, parallel_excess=0.11,

@@ -34,6 +34,24 @@ def test_every_primitive_is_exact_and_really_moves_data(tiny):
     local = [r for r in results["runs"] if r["mode"] == "local"]
     assert all(r["measured"]["messages"] == 0 for r in local)  # local moves nothing
     assert_adapt_records(results)
+    assert_requester_first_steps(results)
+
+
+def assert_requester_first_steps(results):
+    """Each session's attention over moved KV and its merges say whether they ran in its first decode step: one of
+    each per layer and session there (what calibration reads the requester's first-step excess from)."""
+    later = 0
+    for run in results["runs"]:
+        for kind in ("moved", "merge"):
+            records = [t for t in run["trace"] if t["kind"] == kind]
+            if run["mode"] == "route" and kind == "moved":
+                assert records == []
+                continue
+            assert all(isinstance(t["first_step"], bool) for t in records)
+            for layer in (0, 1):
+                assert sum(t["first_step"] for t in records if t["layer"] == layer) == len(run["requests"])
+            later += sum(not t["first_step"] for t in records)
+    assert later > 0
 
 
 def assert_idle_times(runs):

@@ -218,9 +218,11 @@ def test_a_fetch_from_three_holders_at_once_moves_its_bytes_as_planned(ports, ch
     def run(ports):
         nvlink = dataclasses.replace(PROFILE.path("nvlink4"), fetch_bytes_serial=ports, chunk_bytes=chunk,
                                      chunk_s=2e-5 if chunk else 0.0)  # fmt: skip
-        merge = dataclasses.replace(PROFILE.compute.merge, per_moved_token_s=5e-9 if chunk else 0.0)
+        merge = dataclasses.replace(PROFILE.compute.merge, per_moved_token_s=5e-9 if chunk else 0.0,
+                                    first_step_excess=0.1 if chunk else 0.0)
+        local = dataclasses.replace(PROFILE.compute.local_attention, first_step_excess=0.04 if chunk else 0.0)
         profile = dataclasses.replace(PROFILE, paths={**PROFILE.paths, "nvlink4": nvlink},
-                                      compute=dataclasses.replace(PROFILE.compute, merge=merge))
+                                      compute=dataclasses.replace(PROFILE.compute, merge=merge, local_attention=local))
         layout = Layout.uniform(1, 16, 64)
         req = SimRequest(0, 0.0, 0, range(16), 3, 100)
         cfg = config([req], layout, Topology(nodes=1, gpus_per_node=4, inter=None), requesters=1, placement="hashed",
