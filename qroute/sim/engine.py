@@ -15,11 +15,17 @@ its own period while `U + w / period <= capacity`, else runs at the saturated ro
 `min(S + w, w / (capacity - U))` (every train served once per round). Block transfers (fetches)
 are FIFO reservations on the holder's and the requester's ports; a routed step whose holder port is
 still busy with one starts when it ends.
+
+Each holder's idle time: since it last answered anyone (a routed step's end, a fetch's last byte), as the runtime
+prices it (`HolderDemand.idle_s`); a session's first step pays the wake-up and the first-step attention after it
+(`PathSpec.cold_at`, `AttentionCoeffs.first_step_at`), and the predicate plans with it, rounded to a power of 2
+seconds where the profile measured those curves (so that requests of one shape share a decision).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -118,6 +124,8 @@ class Engine:
         self.choices = {"route": 0, "fetch": 0, "local": 0, "cache": 0}
         self._groups: dict = {}
         self._memo: dict = {}
+        self.answered: dict[int, float] = {}  # holder -> when it last answered a requester (a step's end, a fetch's)
+        self._idle_priced = any(p.cold_idle for p in self.paths) or bool(model.profile.compute.attention.first_step_idle)
 
     def port(self, instance: int, path: int) -> int:
         return self.topology.instances + instance * len(self.paths) + path
@@ -179,6 +187,7 @@ class Engine:
         cold = max((s.cold_s for s in r.active if s.done == 0), default=0.0)
         end = t + wait + cold + L * period + self.base_step_s
         for h, s, p, w in routed:
+            self.answered[h] = end
             r.trains += ((h, s, s / period), (p, w, w / period))
             res.work[h] += s
             res.util[h] += s / period
@@ -247,7 +256,8 @@ class Engine:
                 cached = set(hits)
                 groups = {h: kept for h, b in groups.items() if (kept := [x for x in b if x not in cached])}
         rows = req.step_tokens * self.heads
-        prims, keep = self.decide(r, req, groups, rows) if groups else ({}, frozenset())
+        idle = self.idle_s(groups, t)
+        prims, keep = self.decide(r, req, groups, rows, idle) if groups else ({}, frozenset())
         t1 = t + (m.reprefill_s(req.offset, L) if self.price_task_prefill and req.offset else 0.0)
         fetched = [h for h in groups if prims[h] == "fetch"]
         if fetched:
@@ -267,9 +277,10 @@ class Engine:
         over = Phases(compute=m.attention_s(rows, moved, local=True) if moved else 0.0,
                       merge=m.merge_s(rows, partials, routed=bool(routed), moved=moved))  # fmt: skip
         moved_s = float(over.total)
-        cold = max((self.paths[p].cold_s for _, p, _, _ in routed), default=0.0)
+        cold = max((self.paths[p].cold_at(idle.get(h)) for h, p, _, _ in routed), default=0.0)
         slowest = m.exchange_compute_s(max((a for *_, a in routed), default=0.0), max(len(routed), 1))
-        cold += L * m.first_step_s(slowest)  # the holders' first step, caches cold
+        known = [idle[h] for h, *_ in routed if idle.get(h) is not None]  # the coldest routed holder sets it
+        cold += L * m.first_step_s(slowest, max(known) if known else None)  # the holders' first step, caches cold
         cold += L * float(m.moved_first_step(over).total) if moved else 0.0  # and the requester's over moved KV
         for p in prims.values():
             self.choices[p] += 1
@@ -290,25 +301,33 @@ class Engine:
         for i in [largest] + [i for i in range(len(fetched)) if i != largest]:
             seconds = moves[i] if i == largest else serial * moves[i]
             cursor = self.res.reserve((self.port(fetched[i], paths[i]), self.port(r.instance, paths[i])), cursor, seconds)
+            self.answered[fetched[i]] = max(self.answered.get(fetched[i], 0.0), cursor)
             self.bytes["fetch"] += nbytes[i]
         tokens = bs * sum(len(groups[h]) for h in fetched)
         return cursor + m.fetched_adapt_s(tokens, len(fetched), L, self._scattered(req, groups), req.offset)
 
     # ------------------------------------------------------------------ planning
 
-    def decide(self, r: Requester, req: SimRequest, groups: dict, rows: int) -> tuple[dict, frozenset]:
-        """Primitive per holder and the holders whose fetch is kept, through `qroute.policies.decide`."""
+    def idle_s(self, groups: dict, t: float) -> dict[int, float | None]:
+        """Each holder's idle seconds at `t`: since it last answered a requester (None: never yet)."""
+        return {h: (max(t - self.answered[h], 0.0) if h in self.answered else None) for h in groups}
+
+    def decide(self, r: Requester, req: SimRequest, groups: dict, rows: int,
+               idle: dict[int, float | None] | None = None) -> tuple[dict, frozenset]:  # fmt: skip
+        """Primitive per holder and the holders whose fetch is kept, through `qroute.policies.decide`; `idle`: each
+        holder's idle seconds, planned with rounded to a power of 2 (where the profile prices them at all)."""
         holders = sorted(groups)
         scattered = self._scattered(req, groups)
         paths = [self.path_names[self._path(r.instance, h)] for h in holders]
         prefill = [self._prefill_tokens(req, groups[h]) for h in holders]
+        idle = [_rounded(idle.get(h)) if idle and self._idle_priced else None for h in holders]
         key = None
         if self.policy in STATELESS:
-            shape = tuple((len(groups[h]), p, f) for h, p, f in zip(holders, paths, prefill))
+            shape = tuple((len(groups[h]), p, f, i) for h, p, f, i in zip(holders, paths, prefill, idle))
             key = (rows, req.steps, scattered, req.offset, shape)
             if key in self._memo:
                 return dict(zip(holders, self._memo[key])), frozenset()
-        demands = tuple(HolderDemand(h, len(groups[h]) * self.bs, (p,), f) for h, p, f in zip(holders, paths, prefill))
+        demands = tuple(HolderDemand(h, len(groups[h]) * self.bs, (p,), f, i) for h, p, f, i in zip(holders, paths, prefill, idle))
         request = Request(rows, self.layers, demands, req.steps, scattered, req.offset)
         if self.policy == "load":
             for h in holders:
@@ -373,6 +392,11 @@ class Engine:
             "port_utilisation": {(i, name): util(self.port(i, p)) for i in range(n)
                                  for p, name in enumerate(self.path_names) if self.res.busy[self.port(i, p)] > 0},
         }  # fmt: skip
+
+
+def _rounded(idle_s: float | None) -> float | None:
+    """`idle_s` rounded to a power of 2 seconds in log terms (None stays None; 0 and below 1 us: 1 us)."""
+    return None if idle_s is None else 2.0 ** round(math.log2(max(idle_s, 1e-6)))
 
 
 def _runs(copies: list[tuple[int, ...]], blocks: Sequence[int]) -> list[tuple[tuple[int, ...], list[int]]]:

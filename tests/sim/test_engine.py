@@ -116,6 +116,34 @@ def test_a_routed_requests_first_step_pays_the_holders_cold_caches_once(excess):
         assert want.phases.compute == pytest.approx((steps + excess) * L * model.attention_s(HEADS, 8 * 64), rel=1e-9)
 
 
+@pytest.mark.parametrize("gap", [0.004, 0.05, 0.5])
+def test_a_holder_idle_between_requests_wakes_as_the_plan_prices_it(gap):
+    """A profile that measured the wake-up and the first step after idle times: a second request routed to the same
+    holder `gap` seconds after the first one ended (paced arrivals) pays the wake-up and first step the plan prices for
+    that idle time; the first, to a holder never asked, pays the unknown ones (`cold_s`, `first_step_excess`)."""
+    nvlink = dataclasses.replace(PROFILE.path("nvlink4"), cold_s=2e-5, cold_idle=((0.01, 1e-5), (0.1, 2e-4), (1.0, 6e-4)))
+    attention = dataclasses.replace(PROFILE.compute.attention, first_step_excess=0.1, first_step_idle=((0.01, 0.05), (1.0, 0.4)))
+    profile = dataclasses.replace(PROFILE, paths={**PROFILE.paths, "nvlink4": nvlink},
+                                  compute=dataclasses.replace(PROFILE.compute, attention=attention))
+    model, layout, steps = CostModel(GEOMETRY, profile), Layout.uniform(1, 8, 64), 3
+    topology = Topology(nodes=1, gpus_per_node=2, inter=None)
+    demand = HolderDemand(1, 8 * 64, (topology.path(0, 1),), 8 * 64)
+    first = forced_plan(model, Request(HEADS, L, (demand,), steps, False, 64), "route")
+    reqs = [SimRequest(0, 0.0, 0, range(8), steps, 64), SimRequest(0, first.total_s + gap, 0, range(8), steps, 64)]
+    cfg = config(reqs, layout, topology, requesters=1, concurrency=1, paced=True, policies=("always-route",), profile=profile)
+    out = simulate(cfg)["policies"]["always-route"]
+    idle = dataclasses.replace(demand, idle_s=gap)
+    second = forced_plan(model, Request(HEADS, L, (idle,), steps, False, 64), "route")
+    assert out["mean_s"] * 2 * steps == pytest.approx(first.total_s + second.total_s, rel=1e-9)
+    assert (second.total_s > first.total_s) == (gap > 0.02)  # longer than ~20 ms idle: slower than the unknown prices
+
+
+def test_the_simulators_decisions_round_the_idle_time_to_a_power_of_two():
+    from qroute.sim.engine import _rounded
+
+    assert _rounded(None) is None and _rounded(0.0) == 2.0**-20 and _rounded(0.05) == 2.0**-4 and _rounded(3.0) == 4.0
+
+
 def two_on_one_holder(attention_flops):
     """Requesters 0 and 1 each route one long request to holder 2; returns (simulated, T, s, steps)."""
     slow = dataclasses.replace(PROFILE.compute, attention=AttentionCoeffs(3e-6, 3e12, attention_flops))
