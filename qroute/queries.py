@@ -87,7 +87,7 @@ def explain_summary(model: CostModel, request: Request) -> dict:
 
 COMPARE_SIZES = (1024, 64 << 10, 1 << 20, 16 << 20)  # exchange bytes (out + back) at which `compare` prices each path
 PATH_CONSTANTS = ("alpha_s", "beta_Bps", "cold_s", "per_holder_s", "holder_serial", "bytes_serial", "fetch_offset_s",
-                  "stall_rate_multi", "stall_s_multi")  # fmt: skip
+                  "stall_rate_multi", "stall_per_exchange_multi", "stall_s_multi")  # fmt: skip
 
 
 def compare_profiles(profiles, names, sizes=COMPARE_SIZES, tolerance: float = 0.10) -> dict:
@@ -100,7 +100,8 @@ def compare_profiles(profiles, names, sizes=COMPARE_SIZES, tolerance: float = 0.
     paths = {}
     for name in common:
         specs = [p.paths[name] for p in profiles]
-        constants = {c: _spread([getattr(s, c) for s in specs]) for c in PATH_CONSTANTS}
+        constants = {c: _spread([getattr(s, c) for s in specs]) for c in PATH_CONSTANTS
+                     if all(getattr(s, c) is not None for s in specs)}  # a constant every profile has
         exchange = {str(b): _spread([float(s.time(b)) for s in specs]) for b in sizes}
         probes = [p.fits.get("speed_probe", {}).get(name, {}).get("route") for p in profiles]
         probe = _spread(probes) if all(probes) else None

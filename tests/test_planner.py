@@ -33,6 +33,7 @@ def two_path_model(model):
 def test_uniform_combination_equals_the_homogeneous_formula(model, holders, prim, ports, serial, cap, stalls):
     ibgda = dataclasses.replace(model.profile.path("ibgda"), bytes_serial=ports, holder_serial=serial, serial_cap_s=cap,
                                 stall_rate=stalls, stall_s=1e-5, stall_rate_multi=1.5 * stalls, stall_s_multi=2e-5,
+                                stall_per_exchange_multi=0.04 if stalls else None,  # several holders: per exchange
                                 fetch_beta_Bps=2e10 if stalls else None, fetch_bytes_serial=ports,
                                 cold_idle=((0.01, 2e-5), (0.1, 3e-4)) if stalls else ())  # fmt: skip
     compute = model.profile.compute
@@ -52,7 +53,8 @@ def test_uniform_combination_equals_the_homogeneous_formula(model, holders, prim
     expected = model.primitive(prim, shape, ibgda)
     assert float(uniform_phases(model, request, prim).total) == pytest.approx(float(expected.total))
     if stalls and prim == "route":  # 81 exchanges of tens of us at thousands of stalls per second: some stall
-        assert float(expected.probe) > float(model.route(shape, dataclasses.replace(ibgda, stall_rate=0.0, stall_rate_multi=0.0)).probe)
+        calm = dataclasses.replace(ibgda, stall_rate=0.0, stall_rate_multi=0.0, stall_per_exchange_multi=None)
+        assert float(expected.probe) > float(model.route(shape, calm).probe)
     if stalls and prim == "route":  # the idle holders wake slower than calibration's back-to-back ones
         unknown = model.route(dataclasses.replace(shape, idle_s=None), ibgda)
         assert float(expected.probe - unknown.probe) == pytest.approx(ibgda.cold_at(0.04) - ibgda.cold_s)

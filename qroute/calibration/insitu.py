@@ -20,7 +20,7 @@ import numpy as np
 from qroute.calibration.fit import PathFit, fit_idle_curve, fit_path, robust_median
 from qroute.calibration.insitu_parallel import fetch_per_holder_excess, per_holder_excess
 from qroute.calibration.insitu_records import _grouped, _net, _of, _route_bytes, _tokens, exchange_times, idle_of, route_exchanges
-from qroute.cost.profile import STALL_FIELDS, PathSpec, SmallRegime
+from qroute.cost.profile import PathSpec, SmallRegime
 from qroute.errors import QrouteError
 
 
@@ -87,35 +87,69 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
     parallel: dict = {}
     per_holder, serial, ports, cap = per_holder_excess(trace, spec, parallel) or (0.0, 0.0, 1.0, None)
     spec = replace(spec, per_holder_s=per_holder, holder_serial=serial, bytes_serial=ports, serial_cap_s=cap)
-    spec = replace(spec, **dict(zip(STALL_FIELDS, stall_terms(trace))))
+    p, size, p_multi, size_multi = stall_terms(trace)
+    spec = replace(spec, stall_rate=0.0, stall_rate_multi=0.0, stall_per_exchange=p, stall_s=size,
+                   stall_per_exchange_multi=p_multi, stall_s_multi=size_multi)  # fmt: skip
     fetch_extra, fetch_ports = fetch_per_holder_excess(trace, spec) or (None, 1.0)
     spec = replace(spec, fetch_per_holder_s=fetch_extra, fetch_bytes_serial=fetch_ports)
     return spec, replace(fit, extra=(("parallel", parallel),) + fetch_line)
 
 
 STALL_OVER, STALL_MIN_EXCHANGES = 1.5, 8  # a stall: over 1.5x its shape's median; shapes with 8 exchanges or more
+STALL_MIN_REQUESTS = 12  # requests (by their sessions) that the clustering of stalls is read from
 
 
 def stall_terms(trace: list[dict]) -> tuple[float, float, float, float]:
-    """(`stall_rate`, `stall_s`, `stall_rate_multi`, `stall_s_multi`) from the warm route exchanges of each shape
-    (holders asked at once, their bytes and tokens; 8 exchanges or more): a stall is an exchange whose network time
-    (the wall less the slowest holder's compute) exceeds 1.5x its shape's median. The rate: stalls per second of
-    the exchanges' wall time (each counted at its shape's median); the size: the stalls' median excess over their
-    shape's median. Pooled over one-holder shapes and over several-holder shapes; (0, 0) where none stalled."""
-    shapes: dict[tuple, list[tuple[float, float]]] = {}
-    for recs in route_exchanges(trace):
-        shapes.setdefault(tuple(sorted((_route_bytes(r), _tokens(r)) for r in recs)), []).append(exchange_times(recs))
+    """(`stall_per_exchange`, `stall_s`, `stall_per_exchange_multi`, `stall_s_multi`) from the warm route exchanges of
+    each shape (holders asked at once, their bytes and tokens; 8 exchanges or more): a stall is an exchange whose
+    network time (the wall less the slowest holder's compute) exceeds 1.5x its shape's median, by the excess. Pooled
+    over one-holder shapes and over several-holder shapes; (0, 0) where none stalled. The idle ladder's requests
+    (`ladder` records) are left out.
+
+    Counted per exchange, not per second (profile/10): on the dev VM (gloo, one calibration's 588 one-holder
+    exchanges) shapes of 2.5-5 ms stalled in 7.4% of their exchanges and shapes of 1-1.5 ms in 7.2%.
+
+    Stalls come in clusters: in that calibration 4 of 126 requests of ~5 warm exchanges stalled 3 times, and 19% of
+    them stalled at all, where independent stalls at 6.1% of exchanges give 25%. A request's median count is set by
+    how many requests stall at all, so where the records say which sessions they belong to (`sessions`; 12 requests
+    or more), a "stall" of the profile is a cluster: its share of exchanges `q` solves `mean((1 - q)^n) = ` the share of
+    requests with none (n: each request's warm exchanges), never above the stalls' share `p`, and its seconds are the
+    median excess times `p / q` (so the mean per exchange stays `p` stalls). Elsewhere one stall each (`q = p`)."""
+    shapes: dict[tuple, list[tuple[tuple, float]]] = {}  # shape -> (request, network seconds) of each exchange
+    for recs in route_exchanges([r for r in trace if not r.get("ladder")]):  # not after a set idle time
+        request = (recs[0].get("run", 0), tuple(sorted({x for r in recs for x in r.get("sessions", ())})))
+        shape = tuple(sorted((_route_bytes(r), _tokens(r)) for r in recs))
+        shapes.setdefault(shape, []).append((request, exchange_times(recs)[0]))
     out: list[float] = []
     for multi in (False, True):
-        seconds, excess = 0.0, []
+        stalled: dict[tuple, list[bool]] = {}  # request -> whether each of its exchanges stalled
+        excess: list[float] = []
         for key, runs in shapes.items():
             if (len(key) > 1) == multi and len(runs) >= STALL_MIN_EXCHANGES:
-                net, wall = np.array(runs).T
-                med = float(np.median(net))
-                seconds += len(runs) * float(np.median(wall))
-                excess += [float(t - med) for t in net if t > STALL_OVER * med]
-        out += [len(excess) / seconds, float(np.median(excess))] if excess else [0.0, 0.0]
+                med = float(np.median([t for _, t in runs]))
+                for request, t in runs:
+                    stalled.setdefault(request, []).append(t > STALL_OVER * med)
+                    excess += [t - med] if t > STALL_OVER * med else []
+        out += _stall_class(stalled, excess)
     return tuple(out)
+
+
+def _stall_class(stalled: dict[tuple, list[bool]], excess: list[float]) -> list[float]:
+    """[share of exchanges that start a cluster of stalls, a cluster's seconds] of one class (see `stall_terms`)."""
+    if not excess:
+        return [0.0, 0.0]
+    p, size = len(excess) / sum(map(len, stalled.values())), float(np.median(excess))
+    known = [np.array(v) for (_, sessions), v in stalled.items() if sessions]
+    calm = sum(not v.any() for v in known)
+    if len(known) < STALL_MIN_REQUESTS or calm == 0:
+        return [p, size]
+    lengths = np.array([len(v) for v in known], dtype=np.float64)
+    lo, hi = 0.0, 1.0  # mean((1 - q)^n) falls with q: bisect for the share of calm requests
+    for _ in range(60):
+        q = (lo + hi) / 2
+        lo, hi = (q, hi) if np.mean((1 - q) ** lengths) > calm / len(known) else (lo, q)
+    q = min((lo + hi) / 2, p)
+    return [q, size * p / q] if q > 0 else [p, size]
 
 
 def _own_lines(routed: dict, fetched: dict, sweep: dict[int, float], chunk: float | None = None) -> tuple[PathFit, PathSpec, dict] | None:

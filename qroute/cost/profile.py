@@ -26,7 +26,8 @@ and `fetch_offset_s`, what a fetch exchange costs beyond a route exchange of the
 route exchanges with one holder stall `stall_rate` times per second of their wall time, each by `stall_s`
 seconds beyond the line (`stall_rate_multi`, `stall_s_multi`: exchanges with several holders at once); a
 request pays the median of a Poisson count over its exchanges' seconds (`PathSpec.stalls_s`): none in a
-short request, its share in a long one. Compute's `gather.reply_s` (profile/7) prices what each fetched
+short request, its share in a long one; profile/10 counts them per exchange instead (`stall_per_exchange`,
+`stall_per_exchange_multi`: on the dev VM a 2.5 ms exchange stalled no more often than a 1 ms one). Compute's `gather.reply_s` (profile/7) prices what each fetched
 holder's reply costs the requester beyond the splice and the gather, and `attention.first_step_excess` how much
 longer a holder attends in a request's first decode step than in later ones. And `attention.parallel_excess`
 (profile/8): how much longer, relative, the slowest of several holders asked at once attends than one holder alone,
@@ -97,6 +98,8 @@ class PathSpec:
     fetch_bytes_serial: float = 1.0  # profile/9: fraction of the other holders' fetch bytes moved after the largest's
     chunk_bytes: float | None = None  # profile/9: a message moves in chunks of this many bytes, one hand-off each
     chunk_s: float = 0.0  # profile/9: a fetch's seconds per chunk beyond its first
+    stall_per_exchange: float | None = None  # profile/10: stalls per warm one-holder route exchange (None: `stall_rate`)
+    stall_per_exchange_multi: float | None = None  # the same for exchanges with several holders at once
 
     def chunk_extra_s(self, nbytes):
         """Seconds a message of `nbytes` pays for its chunks beyond the first (`chunk_s` each; 0 for a stream)."""
@@ -119,14 +122,20 @@ class PathSpec:
         """A parallel fetch's extra seconds for each holder beyond the first."""
         return self.per_holder_s if self.fetch_per_holder_s is None else self.fetch_per_holder_s
 
+    def stalls_per_exchange(self, multi: bool, exchange_s):
+        """Mean stalls of one route exchange of `exchange_s` seconds, one holder or several (`multi`): `stall_per_exchange`
+        where calibrated so (profile/10), else `stall_rate` per second of it."""
+        per, rate = (self.stall_per_exchange_multi, self.stall_rate_multi) if multi else (self.stall_per_exchange, self.stall_rate)
+        return rate * exchange_s if per is None else per + 0 * exchange_s
+
     def stalls_s(self, exchanges, holders, exchange_s):
         """Seconds of stalls that the median request of `exchanges` route exchanges of `exchange_s` seconds each with
-        `holders` holders at once pays (numbers or numpy arrays): the median of a Poisson count of mean `exchanges *
-        exchange_s * rate` (floor(mu + 1/3 - 0.02/mu), Choi's approximation: 0 below mu ~ ln 2) times `stall_s`, of
+        `holders` holders at once pays (numbers or numpy arrays): the median of a Poisson count of mean `exchanges *`
+        `stalls_per_exchange` (floor(mu + 1/3 - 0.02/mu), Choi's approximation: 0 below mu ~ ln 2) times `stall_s`, of
         the one- or several-holder class."""
         multi = np.asarray(holders) > 1
-        rate = np.where(multi, self.stall_rate_multi, self.stall_rate)
-        mu = np.maximum(exchanges * exchange_s * rate, 1e-12)
+        per = np.where(multi, self.stalls_per_exchange(True, exchange_s), self.stalls_per_exchange(False, exchange_s))
+        mu = np.maximum(exchanges * per, 1e-12)
         out = np.floor(np.maximum(mu + 1 / 3 - 0.02 / mu, 0.0)) * np.where(multi, self.stall_s_multi, self.stall_s)
         return float(out) if out.ndim == 0 else out
 
@@ -175,6 +184,7 @@ class PathSpec:
         if self.chunk_bytes:
             d.update(chunk_bytes=self.chunk_bytes, chunk_s=self.chunk_s)
         d.update({k: getattr(self, k) for k in STALL_FIELDS if getattr(self, k)})
+        d.update({k: getattr(self, k) for k in PER_EXCHANGE if getattr(self, k) is not None})
         if self.small is not None:
             d["small"] = asdict(self.small)
         return d
@@ -187,10 +197,11 @@ class PathSpec:
                    d.get("holder_serial", 0.0), d.get("fetch_per_holder_s"), d.get("bytes_serial", 1.0),
                    d.get("serial_cap_s"), *(d.get(k, 0.0) for k in STALL_FIELDS), d.get("fetch_beta_Bps"),
                    tuple(map(tuple, d.get("cold_idle", ()))), d.get("fetch_bytes_serial", 1.0), d.get("chunk_bytes"),
-                   d.get("chunk_s", 0.0))  # fmt: skip
+                   d.get("chunk_s", 0.0), *(d.get(k) for k in PER_EXCHANGE))  # fmt: skip
 
 
 STALL_FIELDS = ("stall_rate", "stall_s", "stall_rate_multi", "stall_s_multi")
+PER_EXCHANGE = ("stall_per_exchange", "stall_per_exchange_multi")  # profile/10
 
 
 @dataclass(frozen=True)

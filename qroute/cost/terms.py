@@ -43,7 +43,7 @@ def serial_terms(paths) -> tuple[float, float | None]:
 
 def mean_stall_s(paths, holders: int, exchange_s: float) -> float:
     """The mean stall seconds of one route exchange of `exchange_s` seconds with `holders` holders at once over
-    `paths` (rate x seconds x size of the one- or several-holder class, the paths' largest): what a long run of
+    `paths` (stalls per exchange x size of the one- or several-holder class, the paths' largest): what a long run of
     exchanges pays per exchange (`PathSpec.stalls_s` prices the median request of a given length)."""
     multi = holders > 1
-    return max((p.stall_rate_multi * p.stall_s_multi if multi else p.stall_rate * p.stall_s) for p in paths) * exchange_s
+    return max(float(p.stalls_per_exchange(multi, exchange_s)) * (p.stall_s_multi if multi else p.stall_s) for p in paths)

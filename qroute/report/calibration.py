@@ -54,8 +54,8 @@ def fit_table(results: dict) -> Table:
         if path.get("fetch_beta_Bps"):  # the fetches on a line of their own
             chunks = f", {fmt_s(path['chunk_s'])} per {fmt_bytes(path['chunk_bytes'])} chunk beyond the first" if path.get("chunk_s") else ""
             t.add_row(f"{name} fetch rate", f"{path['fetch_beta_Bps'] / 1e9:.3g} GB/s{chunks}", "", "")
-        t.add_row(f"{name} stalls (1 holder; several)", f"{path.get('stall_rate', 0):.3g}/s of {fmt_s(path.get('stall_s', 0))}; "
-                  f"{path.get('stall_rate_multi', 0):.3g}/s of {fmt_s(path.get('stall_s_multi', 0))}", "", "")  # fmt: skip
+        t.add_row(f"{name} stalls (1 holder; several)", f"{_stalls(path, '')} of {fmt_s(path.get('stall_s', 0))}; "
+                  f"{_stalls(path, '_multi')} of {fmt_s(path.get('stall_s_multi', 0))}", "", "")  # fmt: skip
         sp = results["spread"][name]
         if sp["repeats"] > 1:
             t.add_row(f"{name} repeat spread ({sp['repeats']} runs)", f"alpha {sp['alpha_rel_spread']:.1%}, beta {sp['beta_rel_spread']:.1%}, predicted exchange "
@@ -86,6 +86,12 @@ def flips_table(results: dict) -> Table:
                 winners.append(w)
         t.add_row(f"{f['a']} vs {f['b']}", predicted, measured, " -> ".join(winners))
     return t
+
+
+def _stalls(path: dict, cls: str) -> str:
+    """How often a class of route exchanges stalls: per exchange (profile/10) or per second of exchange (older)."""
+    per = path.get(f"stall_per_exchange{cls}")
+    return f"{per:.1%} of exchanges" if per is not None else f"{path.get(f'stall_rate{cls}', 0):.3g}/s"
 
 
 def _compute_value(c: dict) -> str:
@@ -138,7 +144,9 @@ _COMPARED = {"alpha_s": ("alpha", fmt_s), "beta_Bps": ("beta", lambda v: f"{v / 
              "cold_s": ("wake-up", fmt_s), "per_holder_s": ("per extra holder", fmt_s),
              "holder_serial": ("holders' compute serial", lambda v: f"{v:.0%}"),
              "bytes_serial": ("holders' bytes serial", lambda v: f"{v:.0%}"), "fetch_offset_s": ("fetch offset", fmt_s),
-             "stall_rate_multi": ("stalls per s (holders)", lambda v: f"{v:.3g}"), "stall_s_multi": ("stall (holders)", fmt_s)}  # fmt: skip
+             "stall_rate_multi": ("stalls per s (holders)", lambda v: f"{v:.3g}"),
+             "stall_per_exchange_multi": ("stalls per exchange (holders)", lambda v: f"{v:.1%}"),
+             "stall_s_multi": ("stall (holders)", fmt_s)}  # fmt: skip
 _CHECKED = ("alpha_s", "beta_Bps")  # with the exchange times: what `agree` looks at
 
 
@@ -162,7 +170,7 @@ def compare_table(result: dict) -> Table:
 
     for path, r in result["paths"].items():
         for key, (label, fmt) in _COMPARED.items():
-            row(f"{path}: {label}", r["constants"][key], fmt, key in _CHECKED)
+            row(f"{path}: {label}", r["constants"].get(key), fmt, key in _CHECKED)
         for size, entry in r["exchange_s"].items():
             row(f"{path}: exchange of {fmt_bytes(int(size))}", entry, fmt_s, True)
         row(f"{path}: route speed probe", r["route_probe_s"], fmt_s, False)

@@ -110,7 +110,8 @@ class BatchContext:
             o, lse = (t.clone() for t in msg.tensors)  # the states where this instance computes (part of the return)
             holder_compute = max(holder_compute, msg.meta[0] / 1e9)
             first = all(not self.sessions[b].inputs for b in members)  # the sessions' first decode step
-            self._record(layer, key, messages[key], msg, t_post, len(by_holder), first, idle[key], self._planned_idle(key[0], members))
+            self._record(layer, key, messages[key], msg, t_post, len(by_holder), first, idle[key], self._planned_idle(key[0], members),
+                         members)  # fmt: skip
             row = 0
             for b in members:
                 k = self.spans[b][1] - self.spans[b][0]
@@ -147,7 +148,7 @@ class BatchContext:
 
     def _record(self, layer: int, key: tuple[int, str | None], message: list[Tensor], reply: transport.Message,
                 t_post: float, parallel: int, first_step: bool, idle_s: float | None = None,
-                planned_idle_s: float | None = None) -> None:  # fmt: skip
+                planned_idle_s: float | None = None, members: Sequence[int] = ()) -> None:  # fmt: skip
         holder, path = key
         q, groups = message[0], message[1]
         sent = sum(t.numel() * t.element_size() for t in message)
@@ -160,6 +161,7 @@ class BatchContext:
             "rtt_s": time.perf_counter() - t_post, "holder_compute_s": reply.meta[0] / 1e9,
             "payload_out": q.numel() * q.element_size(), "payload_back": reply.nbytes, "parallel": parallel,
             "first_step": first_step, "t_post": t_post, "idle_s": idle_s, "planned_idle_s": planned_idle_s,
+            "sessions": sorted(self.sessions[b].serial for b in members),
             "holder_start": reply.meta[2] / 1e9 if len(reply.meta) > 2 else None,  # same host: same clock
         })  # fmt: skip
 

@@ -83,6 +83,7 @@ class Session:
     cached: list[int] = field(default_factory=list)  # selected blocks found in the requester's cache (copied at opening)
     keep: frozenset[int] = frozenset()  # holders whose fetched blocks went to the cache
     cache_hits: int = 0  # selected blocks found in the cache at opening
+    serial: int = 0  # the executor's count of sessions opened before it: which session a trace record belongs to
 
     @property
     def primitives(self) -> dict[int, str]:
@@ -108,6 +109,7 @@ class Executor:
         self.links = dict(links or {})
         self.device = model.device
         self.trace: list[dict] = []  # measured exchanges, per holder and layer (and setup per holder)
+        self.opened = 0  # sessions opened so far (`Session.serial`)
         self.steps = 0
         self.base_steps: list[float] = []  # per decode step: its seconds beyond what the cost model prices
         self.force_path: str | None = None  # calibration: every message on this path, whatever the plan says
@@ -192,6 +194,7 @@ class Executor:
         primitives = {h.holder: h.primitive for h in p.holders} if p else {}
         s = Session(r, p, own, None, {}, inplace, r.step_inputs(0, r.first_token), r.first_position)
         s.cached, s.keep, s.cache_hits = cached, decision.keep if decision else frozenset(), len(cached)
+        s.serial, self.opened = self.opened, self.opened + 1
         s.measured.base += time.perf_counter() - t0
         s.routed = {h: b for h, b in by_holder.items() if primitives[h] == "route"}
         s.paths = {h.holder: self.force_path or h.path for h in p.holders} if p else {}

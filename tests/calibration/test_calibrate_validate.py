@@ -68,6 +68,8 @@ def test_validate_cli_small_grid_and_bad_profiles(tmp_path):
     (runs,) = json.loads(trace_file.read_text()).values()
     routes = [rec for run_ in runs for rec in run_ if rec["kind"] == "route"]
     assert routes and all(rec["t_post"] > 0 and rec["holder_start"] for rec in routes)
+    ladder = [rec for rec in routes if rec.get("ladder")]  # the idle ladder's requests, tagged for the stall count
+    assert ladder and len(ladder) < len(routes) and any(rec["first_step"] for rec in ladder)
     assert "trace" not in json.loads(next(tmp_path.glob("calibration-t-*.json")).read_text())
     r = run("validate", "--quiet", "--json", *small, "--step-tokens", "1,4", "--chunk-blocks", "4,16", "--steps", "1",
             "--reps", "1", "--max-reps", "1", "--out", str(tmp_path), "--tag", "t")  # fmt: skip

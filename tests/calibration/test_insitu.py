@@ -352,9 +352,10 @@ def _exchange(step, nbytes, net, holders=1, compute=5e-4):
     return recs
 
 
-def test_stalls_per_second_of_exchange_and_their_size_are_recovered():
+def test_stalls_per_exchange_and_their_size_are_recovered():
     """Two one-holder shapes (20 exchanges, 2 of them stalled by 4 ms) and one two-holder shape (20, 5 stalled by
-    3 ms); a shape of 6 exchanges is too small to read; a 20% spread in the body is no stall."""
+    3 ms); a shape of 6 exchanges is too small to read; a 20% spread in the body is no stall. Stalls are counted
+    per exchange, however long the exchanges (1 and 2 ms here)."""
     rng = np.random.default_rng(1)
     trace, step = [], 0
     for nbytes, net, holders, stalls, extra in ((8000, 1e-3, 1, 2, 4e-3), (64000, 2e-3, 1, 2, 4e-3),
@@ -364,12 +365,40 @@ def test_stalls_per_second_of_exchange_and_their_size_are_recovered():
             body = net * rng.uniform(0.9, 1.1)
             trace += _exchange(step, nbytes, body + (extra if i < stalls else 0.0), holders)
             step += 1
-    rate, size, rate_multi, size_multi = stall_terms(trace)
-    seconds = 20 * (1e-3 + 5e-4) + 20 * (2e-3 + 5e-4)  # each exchange at its shape's median wall (about)
-    assert rate == pytest.approx(4 / seconds, rel=0.05) and size == pytest.approx(4e-3, rel=0.05)
-    assert rate_multi == pytest.approx(5 / (20 * 2.5e-3), rel=0.05) and size_multi == pytest.approx(3e-3, rel=0.05)
+    ladder = []  # the idle ladder's requests: 20 more exchanges of a one-holder shape, half stalled, left out
+    for i in range(20):
+        ladder += [dict(r, ladder=True) for r in _exchange(step, 8000, 1e-3 + (4e-3 if i % 2 else 0.0))]
+        step += 1
+    assert stall_terms(trace + ladder) == stall_terms(trace)
+    per, size, per_multi, size_multi = stall_terms(trace)
+    assert per == pytest.approx(4 / 40) and size == pytest.approx(4e-3, rel=0.05)
+    assert per_multi == pytest.approx(5 / 20) and size_multi == pytest.approx(3e-3, rel=0.05)
     calm = [r for r in trace if r["payload_out"] != 4500]
     assert stall_terms([dict(r, wall_s=r["holder_compute_s"] + 1e-3) for r in calm]) == (0.0, 0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("clustered", [True, False])
+def test_stalls_that_come_in_clusters_are_priced_as_clusters(clustered):
+    """30 requests (sessions) of 6 warm one-holder exchanges, 9 of the 180 stalled by 4 ms: in 3 requests 3 each
+    (clustered) or in 9 requests one each. Clustered, a profile "stall" is a cluster: 10% of requests stall at all, so
+    clusters start in 1 - 0.9^(1/6) of exchanges and each lasts 9/180 over that times 4 ms (the mean per exchange kept);
+    spread out (more requests stall than independent stalls would give), one stall each at 9/180 of exchanges."""
+    rng, trace, step = np.random.default_rng(2), [], 0
+    hit = {0: 3, 1: 3, 2: 3} if clustered else {i: 1 for i in range(9)}
+    for session in range(30):
+        for i in range(6):
+            extra = 4e-3 if i < hit.get(session, 0) else 0.0
+            trace += [dict(r, sessions=[session]) for r in _exchange(step, 8000, 1e-3 * rng.uniform(0.95, 1.05) + extra)]
+            step += 1
+    per, size, *_ = stall_terms(trace)
+    if clustered:
+        q = 1 - 0.9 ** (1 / 6)
+        assert per == pytest.approx(q, rel=1e-6) and size == pytest.approx(4e-3 * (9 / 180) / q, rel=0.05)
+        assert per * size == pytest.approx(9 / 180 * 4e-3, rel=0.05)  # the mean per exchange: every stall's
+    else:
+        assert per == pytest.approx(9 / 180) and size == pytest.approx(4e-3, rel=0.05)
+    anonymous = [{k: v for k, v in r.items() if k != "sessions"} for r in trace]  # records before profile/10
+    assert stall_terms(anonymous)[0] == pytest.approx(9 / 180)
 
 
 @pytest.mark.parametrize("reply", [0.0, 9e-5])

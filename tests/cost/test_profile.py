@@ -121,3 +121,21 @@ def test_stalls_are_the_median_of_a_poisson_count_and_round_trip():
     got = spec.stalls_s(np.array([4, 8, 8]), np.array([1, 1, 2]), 1e-2)  # batched planning: numpy arrays
     assert got == pytest.approx([0.0, 2e-3, 16e-3])
     assert PathSpec(1e-4, 1e9).stalls_s(1000, 2, 1.0) == 0.0
+
+
+def test_stalls_counted_per_exchange_do_not_grow_with_the_exchanges_seconds():
+    """profile/10: 10% of one-holder exchanges stall (the per-second rate, if any, is then not read), 50% of
+    several-holder ones; a request pays the median count whatever its exchanges last, and it round trips."""
+    from qroute.cost.profile import PathSpec
+    from qroute.cost.terms import mean_stall_s
+
+    spec = PathSpec(1e-4, 1e9, stall_rate=1e4, stall_s=2e-3, stall_s_multi=4e-3, stall_per_exchange=0.1,
+                    stall_per_exchange_multi=0.5)  # fmt: skip
+    assert PathSpec.from_dict(spec.to_dict()) == spec and "stall_per_exchange" not in PathSpec(1e-4, 1e9).to_dict()
+    for seconds in (1e-4, 1e-2):  # mean 0.4 (median 0), 0.8 (1), 3 (3) over 4, 8 and 30 exchanges
+        assert [spec.stalls_s(n, 1, seconds) for n in (4, 8, 30)] == pytest.approx([0.0, 2e-3, 6e-3])
+        assert spec.stalls_s(8, 2, seconds) == pytest.approx(4 * 4e-3)
+        assert mean_stall_s([spec], 1, seconds) == pytest.approx(0.1 * 2e-3)
+        assert mean_stall_s([spec], 3, seconds) == pytest.approx(0.5 * 4e-3)
+    got = spec.stalls_s(np.array([4, 8, 8]), np.array([1, 1, 2]), np.array([1e-3, 1e-3, 1e-2]))
+    assert got == pytest.approx([0.0, 2e-3, 16e-3])

@@ -29,6 +29,8 @@ def test_every_primitive_is_exact_and_really_moves_data(tiny):
     # per holder and layer, measured beside predicted
     trace = [t for r in route for t in r["trace"] if t["kind"] == "route"]
     assert {t["layer"] for t in trace} == {0, 1} and all(t["rtt_s"] > t["holder_compute_s"] > 0 for t in trace)
+    for r in route:  # each route record names its sessions (how calibration reads stalls in clusters): one per request
+        assert len({x for t in r["trace"] if t["kind"] == "route" for x in t["sessions"]}) == len(r["requests"])
     assert_idle_times(route)
     assert all(r["predicted"]["total_s"] > 0 and r["plans"][0]["holders"] for r in route)
     local = [r for r in results["runs"] if r["mode"] == "local"]

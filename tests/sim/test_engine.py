@@ -97,6 +97,8 @@ def test_stalls_are_simulated_at_their_mean_per_exchange():
     stalled_s, _, _ = two_sessions_on_three_holders(stall_rate_multi=2e4, stall_s_multi=1e-5)
     exchange_s = float(_routed_per_layer(CostModel(GEOMETRY, profile), sessions).total)
     assert stalled_s - plain_s == pytest.approx(L * 2e4 * 1e-5 * exchange_s, rel=1e-9)
+    counted_s, _, _ = two_sessions_on_three_holders(stall_per_exchange_multi=0.3, stall_s_multi=1e-5)  # profile/10
+    assert counted_s - plain_s == pytest.approx(L * 0.3 * 1e-5, rel=1e-9)
 
 
 @pytest.mark.parametrize("excess", [0.0, 0.25])
