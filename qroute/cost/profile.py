@@ -1,49 +1,20 @@
 """Profiles: the measured (or published, or what-if) constants of one cluster.
 
-A profile is a JSON file, schema `qroute.profile/10` (`profile.schema.json` beside this
-module; `qroute.profile/1` to `/9` files still load, their newer fields taken as 0, `bytes_serial` as 1 and
-`serial_cap_s` as none), validated on
-load and never pickled. Calibration is the only code that writes
-measured profiles; everything else reads them. Built-in profiles live in `profiles/`:
-`published-h100` carries the paper's published figures, labelled as such.
+A profile is a JSON file, schema `qroute.profile/10` (`profile.schema.json` beside this module; `qroute.profile/1`
+to `/9` files still load, their newer fields taken as 0, `bytes_serial` as 1 and `serial_cap_s` as none), validated
+on load and never pickled. Calibration is the only code that writes measured profiles; everything else reads them.
+Built-in profiles live in `profiles/`: `published-h100` carries the paper's published figures, labelled as such.
 
-Path model: an exchange of `b` bytes on a path costs `alpha_s + b / beta_Bps`, where
-`alpha_s` is the probe latency (the zero-byte round trip, paid once per exchange). A
-path may add a small-message regime: exchanges under `small.below_bytes` cost
-`small.alpha_s + b / small.beta_Bps` instead (the fixed turnaround of small messages that
-one alpha-beta line misses). Five terms price what one exchange in a loop does not see:
-`cold_s`, paid once by a routed request's first exchange with holders that sat idle (a
-sleeping process or core waking up), `per_holder_s`, added to a parallel exchange for each
-holder beyond the first (the requester posts, receives and unpacks one message per holder),
-`holder_serial`, the fraction of the other holders' compute that does not overlap (holders
-sharing cores or copy engines), of at most `serial_cap_s` of each holder's compute where set (profile/5:
-on an oversubscribed host a woken holder waits for a core until the other's compute ends or the scheduler
-moves it), `bytes_serial`, the fraction of the other holders' route bytes
-that move after the largest holder's rather than beside them (1: one port, as a NIC; lower
-where the holders' copies overlap, as over loopback or shared memory with cores to spare),
-and `fetch_offset_s`, what a fetch exchange costs beyond a route exchange of the same bytes
-(one request message, no per-layer framing, a holder woken from idle). And the tail (profile/6): warm
-route exchanges with one holder stall `stall_rate` times per second of their wall time, each by `stall_s`
-seconds beyond the line (`stall_rate_multi`, `stall_s_multi`: exchanges with several holders at once); a
-request pays the median of a Poisson count over its exchanges' seconds (`PathSpec.stalls_s`): none in a
-short request, its share in a long one; profile/10 counts them per exchange instead (`stall_per_exchange`,
-`stall_per_exchange_multi`: on the dev VM a 2.5 ms exchange stalled no more often than a 1 ms one). Compute's `gather.reply_s` (profile/7) prices what each fetched
-holder's reply costs the requester beyond the splice and the gather, and `attention.first_step_excess` how much
-longer a holder attends in a request's first decode step than in later ones. And `attention.parallel_excess`
-(profile/8): how much longer, relative, the slowest of several holders asked at once attends than one holder alone,
-per holder beyond the first (holders sharing cores, and the slowest of several noisy computes); and a path's
-`fetch_beta_Bps` (profile/8): a fetch's own rate, one large message against a route exchange's per-layer ones, and
-`fetch_bytes_serial` (profile/9), `bytes_serial` of a fetch from several holders at once; and where a path moves a
-message in chunks of `chunk_bytes` (the shared-memory path's 1 MiB slot, handed from writer to reader one chunk at
-a time), `chunk_s` for each chunk of a fetch beyond the first (profile/9).
-And how long the holder sat idle (profile/9): `cold_idle` and `attention.first_step_idle`, measured points
-(idle seconds, wake-up seconds or relative first-step extra) interpolated in log idle time (`terms.idle_curve`), price a
-request's first exchange with a holder idle `t` seconds (`PathSpec.cold_at`, `AttentionCoeffs.first_step_at`):
-on the dev VM a gloo holder asked again after 11 ms woke in 66 us, after 24-312 ms in 545-568 us. An unknown idle
-time (None) prices `cold_s` and `first_step_excess`: calibration's requests as they came.
-The requester's first decode step too (profile/10): `local_attention.first_step_excess` and `merge.first_step_excess`,
-how much longer, relative, its attention over moved KV and the merge after it take in a request's first step (the
-moved KV and the merge's inputs not yet in the caches; on the dev VM +4% and +9% at the median).
+Per path (`PathSpec`): an exchange of `b` bytes costs `alpha_s + b / beta_Bps` (with a small-message regime below
+`small.below_bytes`), plus what one exchange in a loop does not see: the wake-up of idle holders (`cold_s`, and
+after a measured idle time `cold_idle`, profile/9), several holders at once (`per_holder_s`, the serial fractions of
+their compute and bytes, with a cap), a fetch's own offset, rate, overlap and chunks (profile/8-9), and the tail:
+stalls per exchange, as clusters per request (`stall_per_exchange`, profile/10; per second of exchange before,
+`stall_rate`, profile/6), the median request paying the median of a Poisson count (`PathSpec.stalls_s`). Compute
+(`Compute`): attention, merge, splice, gather and re-prefill coefficients, with a holder's first decode step (and
+after an idle time), the slowest of parallel holders, a fetched reply's handling, the merge after a route exchange
+or after moved KV, and the requester's first step over moved KV (profile/10). docs/cost-model.md defines every term
+and what was measured for it.
 """
 
 from __future__ import annotations
@@ -58,7 +29,7 @@ from typing import Any, Mapping
 import jsonschema
 import numpy as np
 
-from qroute.cost.terms import idle_curve, pick
+from qroute.cost.terms import idle_curve, pick, poisson_median
 from qroute.errors import QrouteError
 
 SCHEMA_ID = "qroute.profile/10"
@@ -131,12 +102,11 @@ class PathSpec:
     def stalls_s(self, exchanges, holders, exchange_s):
         """Seconds of stalls that the median request of `exchanges` route exchanges of `exchange_s` seconds each with
         `holders` holders at once pays (numbers or numpy arrays): the median of a Poisson count of mean `exchanges *`
-        `stalls_per_exchange` (floor(mu + 1/3 - 0.02/mu), Choi's approximation: 0 below mu ~ ln 2) times `stall_s`, of
-        the one- or several-holder class."""
+        `stalls_per_exchange` (`terms.poisson_median`: 0 below mu ~ ln 2) times `stall_s`, of the one- or several-holder
+        class."""
         multi = np.asarray(holders) > 1
         per = np.where(multi, self.stalls_per_exchange(True, exchange_s), self.stalls_per_exchange(False, exchange_s))
-        mu = np.maximum(exchanges * per, 1e-12)
-        out = np.floor(np.maximum(mu + 1 / 3 - 0.02 / mu, 0.0)) * np.where(multi, self.stall_s_multi, self.stall_s)
+        out = poisson_median(exchanges * per) * np.where(multi, self.stall_s_multi, self.stall_s)
         return float(out) if out.ndim == 0 else out
 
     def fetch_alpha(self, nbytes):

@@ -15,6 +15,13 @@ def idle_curve(points, idle_s: float | None, unknown: float) -> float:
     return float(np.interp(np.log(max(idle_s, 1e-6)), np.log(at), values))
 
 
+def poisson_median(mu):
+    """The median of a Poisson count of mean `mu` (a number or numpy array): floor(mu + 1/3 - 0.02/mu), Choi's
+    approximation; 0 below mu ~ ln 2."""
+    mu = np.maximum(mu, 1e-12)
+    return np.floor(np.maximum(mu + 1 / 3 - 0.02 / mu, 0.0))
+
+
 def pick(small, cond, big):
     """`small` where `cond` else `big`, for numbers or numpy arrays."""
     if isinstance(cond, np.ndarray):

@@ -35,42 +35,12 @@ from qroute.cost.terms import mean_stall_s, overlapped, serial_terms
 from qroute.planner import HolderDemand, Request
 from qroute.policies import PolicyState, decide
 from qroute.sim.cache import LruCache, merge_caches
+from qroute.sim.resources import Resources
 from qroute.sim.stats import LogHistogram
 from qroute.sim.topology import Layout, Topology
 from qroute.sim.workload import SimRequest
 
 STATELESS = ("always-route", "always-fetch", "predicate")  # decisions depend on the request's shape only
-
-
-class Resources:
-    """Holders' compute (ids = instances) and ports (id `N + instance * P + path`): trains and reservations."""
-
-    def __init__(self, caps: Sequence[int]) -> None:
-        n = len(caps)
-        self.cap = list(caps)
-        self.work = [0.0] * n  # S: per-round seconds of the trains running on it
-        self.util = [0.0] * n  # U: busy fraction the trains running on it take
-        self.free_at = [0.0] * n  # end of its last block transfer
-        self.busy = [0.0] * n  # seconds of service, over the run
-
-    def period(self, r: int, work: float, own: float) -> float:
-        """Per-layer period of a train needing `work` s of `r` per layer, with uncontended period `own`."""
-        cap, util = self.cap[r], max(self.util[r], 0.0)
-        if util + work / own <= cap:
-            return own
-        p = (max(self.work[r], 0.0) + work) / cap
-        if util < cap:
-            p = min(p, work / (cap - util))
-        return max(own, p)
-
-    def reserve(self, ids: Sequence[int], ready: float, seconds: float) -> float:
-        """A block transfer of `seconds` through every resource in `ids`, FIFO after `ready`; its end."""
-        start = max(ready, *(self.free_at[i] for i in ids))
-        end = start + seconds
-        for i in ids:
-            self.free_at[i] = end
-            self.busy[i] += seconds
-        return end
 
 
 @dataclass
@@ -187,7 +157,7 @@ class Engine:
         cold = max((s.cold_s for s in r.active if s.done == 0), default=0.0)
         end = t + wait + cold + L * period + self.base_step_s
         for h, s, p, w in routed:
-            self.answered[h] = end
+            self.answered[h] = max(self.answered.get(h, 0.0), end)
             r.trains += ((h, s, s / period), (p, w, w / period))
             res.work[h] += s
             res.util[h] += s / period
@@ -315,7 +285,7 @@ class Engine:
     def decide(self, r: Requester, req: SimRequest, groups: dict, rows: int,
                idle: dict[int, float | None] | None = None) -> tuple[dict, frozenset]:  # fmt: skip
         """Primitive per holder and the holders whose fetch is kept, through `qroute.policies.decide`; `idle`: each
-        holder's idle seconds, planned with rounded to a power of 2 (where the profile prices them at all)."""
+        holder's idle seconds, rounded to a power of 2 for planning (where the profile prices them at all)."""
         holders = sorted(groups)
         scattered = self._scattered(req, groups)
         paths = [self.path_names[self._path(r.instance, h)] for h in holders]
@@ -395,7 +365,7 @@ class Engine:
 
 
 def _rounded(idle_s: float | None) -> float | None:
-    """`idle_s` rounded to a power of 2 seconds in log terms (None stays None; 0 and below 1 us: 1 us)."""
+    """`idle_s` rounded to a power of 2 seconds in log terms (None stays None; 0 and below 1 us: 2^-20 s)."""
     return None if idle_s is None else 2.0 ** round(math.log2(max(idle_s, 1e-6)))
 
 
