@@ -106,7 +106,7 @@ def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, f
     kv, f, o = coef.kv_token_layer_bytes, g.attn_flops_per_row_token, coef.o_row_bytes
 
     route = _of(trace, "route")
-    warm = [r for r in route if not r.get("first_step")] or route  # the first step's excess is priced on its own
+    warm = _warm(route)  # the first step's excess is priced on its own
     alone = [r for r in warm if r.get("parallel", 1) == 1] or warm  # and several holders at once (`parallel_excess`)
     holder = _grouped(alone, _groups_key, lambda r: r["holder_compute_s"])
     a = _fit(holder, lambda k: [len(k), sum(t for _, t in k) * kv, sum(r * t for r, t in k) * f, sum(r for r, _ in k)],
