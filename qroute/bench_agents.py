@@ -35,7 +35,8 @@ from qroute.errors import QrouteError, non_negative_int, positive_int
 from qroute.indexer import BlockIndexer
 from qroute.policies import POLICIES, check_policies
 from qroute.runtime.cache import BlockCache
-from qroute.runtime.executor import Executor, Session, stop_holders
+from qroute.runtime.control import stop_holders
+from qroute.runtime.executor import Executor, Session
 from qroute.runtime.holder import AttentionSpec, build_store, serve
 from qroute.runtime.launcher import ClusterSpec, Instance, launch
 from qroute.runtime.reference import reference_logits, relative_error

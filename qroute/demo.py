@@ -23,7 +23,8 @@ from qroute.cost.online import OnlineScale
 from qroute.errors import QrouteError, positive_int
 from qroute.indexer import BlockIndexer
 from qroute.planner import combine_batch
-from qroute.runtime.executor import MODES, Executor, Measured, predicted_groups, stop_holders
+from qroute.runtime.control import stop_holders
+from qroute.runtime.executor import MODES, Executor, Measured, predicted_groups
 from qroute.runtime.holder import AttentionSpec, build_store, serve
 from qroute.runtime.launcher import ClusterSpec, Instance, launch
 from qroute.runtime.reference import reference_logits, relative_error

@@ -42,7 +42,7 @@ from qroute.cost.model import PRIMITIVES, path_flips
 from qroute.cost.profile import Profile
 from qroute.errors import QrouteError, positive_int
 from qroute.runtime import holder, launcher, paths
-from qroute.runtime.executor import KeepAlive, stop_holders
+from qroute.runtime.control import KeepAlive, stop_holders
 from qroute.runtime.holder import AttentionSpec, build_store
 from qroute.runtime.launcher import ClusterSpec, Instance, launch
 from qroute.runtime.world import WorldSpec, build_world, check_spec

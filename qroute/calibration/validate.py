@@ -55,7 +55,8 @@ from qroute.cost.model import PRIMITIVES
 from qroute.calibration.shapes import serve, shaped_request, speed_probe, warm_up
 from qroute.errors import QrouteError, positive_int
 from qroute.planner import combine_batch
-from qroute.runtime.executor import Executor, KeepAlive, predicted_groups, stop_holders
+from qroute.runtime.control import KeepAlive, stop_holders
+from qroute.runtime.executor import Executor, predicted_groups
 from qroute.runtime import holder, paths
 from qroute.runtime.holder import AttentionSpec, build_store
 from qroute.runtime.launcher import ClusterSpec, Instance, launch

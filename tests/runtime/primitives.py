@@ -8,7 +8,8 @@ from qroute.calibration.shapes import serve, shaped_request
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import PRIMITIVES
 from qroute.runtime import holder, paths
-from qroute.runtime.executor import Executor, stop_holders
+from qroute.runtime.control import stop_holders
+from qroute.runtime.executor import Executor
 from qroute.runtime.reference import reference_logits, relative_error
 from qroute.runtime.store import Placement
 from qroute.runtime.world import WorldSpec, build_world

@@ -187,7 +187,7 @@ def test_poller_is_not_held_up_by_a_late_sender_and_forgets_stopped_ones():
 
 def keep_alive(instance):
     from qroute.runtime import holder, paths
-    from qroute.runtime.executor import KeepAlive, stop_holders
+    from qroute.runtime.control import KeepAlive, stop_holders
 
     if instance.rank == 1:
         return holder.serve(None, None, [0], groups=[]).requesters  # the world group only, as a fabric's holder does

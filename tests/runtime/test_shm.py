@@ -79,7 +79,7 @@ def idle_paths(instance, world_only: bool):
     import time
 
     from qroute.runtime import holder
-    from qroute.runtime.executor import KeepAlive, stop_holders
+    from qroute.runtime.control import KeepAlive, stop_holders
 
     if instance.rank != 0:
         return sorted(holder.serve(None, None, [0]).requesters)
