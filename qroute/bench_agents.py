@@ -34,6 +34,7 @@ from qroute.cost import CostModel, load_profile
 from qroute.errors import QrouteError, non_negative_int, positive_int
 from qroute.indexer import BlockIndexer
 from qroute.policies import POLICIES, check_policies
+from qroute.runtime import paths
 from qroute.runtime.cache import BlockCache
 from qroute.runtime.control import stop_holders
 from qroute.runtime.executor import Executor, Session
@@ -144,7 +145,7 @@ def _requester(instance: Instance, config: AgentBenchConfig, world, group) -> di
 
 def _profile(config: AgentBenchConfig, world, instance: Instance):
     if config.profile != "auto":
-        return load_profile(config.profile)
+        return paths.opened(load_profile(config.profile))
     holder = instance.holders[instance.rank % len(instance.holders)]
     dtype = "fp32" if world.model.dtype == torch.float32 else "bf16"
     return quick_profile(world.model, world.geometry, holder, world.directory.blocks_on(holder), world.corpus.block_size,

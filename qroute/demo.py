@@ -23,6 +23,7 @@ from qroute.cost.online import OnlineScale
 from qroute.errors import QrouteError, positive_int
 from qroute.indexer import BlockIndexer
 from qroute.planner import combine_batch
+from qroute.runtime import paths
 from qroute.runtime.control import stop_holders
 from qroute.runtime.executor import MODES, Executor, Measured, predicted_groups
 from qroute.runtime.holder import AttentionSpec, build_store, serve
@@ -113,7 +114,7 @@ def _instance(instance: Instance, config: DemoConfig) -> dict:
 
 def _profile(config: DemoConfig, world, instance: Instance):
     if config.profile != "auto":
-        return load_profile(config.profile)
+        return paths.opened(load_profile(config.profile))
     if instance.world_size == 1:
         return quick_profile(world.model, world.geometry, None, [], world.corpus.block_size, _dtype_name(world.model))
     holder = instance.holders[instance.rank % len(instance.holders)]

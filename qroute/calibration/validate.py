@@ -185,7 +185,7 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
 
     dtype = "fp32" if world.model.dtype == torch.float32 else "bf16"
     shapes = [(k, n, s) for k in config.step_tokens for n in config.chunk_blocks for s in config.steps]
-    names = [n for n in profile.default_paths if not paths.names() or n in paths.names()]
+    names = paths.opened(profile).default_paths
     rows, order = [], itertools.count()
     alive = KeepAlive.of(world, config.cluster.timeout_s)
     with Progress(disable=not config.progress, transient=True) as bar:

@@ -69,6 +69,19 @@ def chunk_bytes(name: str | None) -> int | None:
     return getattr(group(name), "slot", None)
 
 
+def opened(profile):
+    """`profile` planning only on the paths this cluster opened (`names()`, or the world group's path without any),
+    in the profile's order; unchanged where it names none of them (a profile of another cluster prices that cluster:
+    its messages travel on the world group). Without this, a profile naming `shm` on a cluster without it would price
+    shared memory for messages the world group carries (a demo with the `--shm` validation's profile did: its routes
+    priced 17% low)."""
+    from dataclasses import replace
+
+    here = names() or [world_path()]
+    usable = tuple(n for n in profile.default_paths if n in here)
+    return replace(profile, default_paths=usable) if usable else profile
+
+
 def groups() -> list:
     """Every opened path group besides the world group."""
     return [g for g in _GROUPS.values() if g is not None]
