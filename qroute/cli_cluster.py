@@ -232,6 +232,8 @@ def add_validate(sub) -> None:
     p.add_argument("--step-tokens", type=int_list, default=(1, 4, 16), help="tokens per step to sweep; rows = tokens x heads (default: 1,4,16)")
     p.add_argument("--chunk-blocks", type=int_list, default=(4, 16, 32), help="chunk sizes in blocks to sweep (default: 4,16,32)")
     p.add_argument("--steps", type=int_list, default=(1, 4), help="decode steps to sweep (default: 1,4)")
+    p.add_argument("--batches", type=int_list, default=(1, 3), help="requests decoded together: every shape alone, and "
+                   "batches beyond 1 of the shapes with the most steps over chunks below the largest (default: 1,3)")
     p.add_argument("--reps", type=int_at_least(1), default=5, help="runs per shape, spread over passes of the whole sweep; the median is compared (default: %(default)s)")
     p.add_argument("--max-reps", type=int_at_least(1), default=15, help="further passes rerun the shapes whose median is "
                    "not yet known within --ci, up to this many runs (default: %(default)s; = --reps for a fixed count)")
@@ -268,9 +270,9 @@ def cmd_validate(args) -> None:
     blocks = max(*args.chunk_blocks, PROBE[1], *(TRAIN_CHUNK_BLOCKS if profile == "auto" else ()))
     world = _world(args, CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=blocks))
     cluster = cluster_spec(args, 2 if args.fabric else args.instances, 1, args.fabric)
-    config = ValidationConfig(profile, cluster, world, args.step_tokens, args.chunk_blocks, args.steps, args.reps,
-                              max(args.max_reps, args.reps), args.ci, budget_s=args.budget, progress=not (args.quiet or args.json),
-                              device=device)  # fmt: skip
+    config = ValidationConfig(profile, cluster, world, args.step_tokens, args.chunk_blocks, args.steps, args.batches,
+                              args.reps, max(args.max_reps, args.reps), args.ci, budget_s=args.budget,
+                              progress=not (args.quiet or args.json), device=device)  # fmt: skip
     calibrated = f"{args.out}/profile-{args.tag or socket.gethostname()}-auto-{dt.date.today():%Y-%m-%d}.json"
     results = run_validation(config, calibrated)
     if results.get("rank") != 0:
@@ -280,7 +282,7 @@ def cmd_validate(args) -> None:
         files.insert(0, calibrated)
     m = results["metrics"]
     if args.json:
-        keys = ("median_ape", "p90_ape", "n", "per_path", "per_primitive", "per_holders", "per_phase", "signed", "hit_rate", "regret",
+        keys = ("median_ape", "p90_ape", "n", "per_path", "per_primitive", "per_holders", "per_batch", "per_phase", "signed", "hit_rate", "regret",
                 "decisive_configs", "configs", "drift", "drift_corrected", "online", "measurement")  # fmt: skip
         print(json.dumps({**{k: m[k] for k in keys}, "profile": results["profile_file"], "files": [str(f) for f in files]}, indent=2))
         return

@@ -203,10 +203,15 @@ def _routed_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
     longest = max(compute.values())
     return Phases(  # the others' serial compute is waited for in the exchange: probe (network), as the runtime measures
         probe=max(paths[h].alpha(exchange[h]) for h in rows) + extra + overlapped(list(compute.values()), serial, cap) - longest,
-        transfer=overlapped([rows[h] * c.q_row_bytes / beta[h] for h in rows], ports),
+        transfer=overlapped([_moves(paths[h], rows[h] * c.q_row_bytes, beta[h]) for h in rows], ports),
         compute=model.exchange_compute_s(longest, len(rows)),
-        ret=overlapped([rows[h] * c.o_row_bytes / beta[h] for h in rows], ports),
+        ret=overlapped([_moves(paths[h], rows[h] * c.o_row_bytes, beta[h]) for h in rows], ports),
     )
+
+
+def _moves(path, nbytes, beta):
+    """Seconds one message of a route exchange moves: its bytes at the exchange's rate and its chunks beyond the first."""
+    return nbytes / beta + path.chunk_extra_s(nbytes)
 
 
 def _route_cold(model: CostModel, sessions: Sequence[Session], exchanges: int, exchange_s: float) -> Phases:
@@ -242,14 +247,16 @@ def _routed_idle(sessions: Sequence[Session]) -> float | None:
 def _moved_per_layer(model: CostModel, sessions: Sequence[Session], first_step: bool = False) -> Phases:
     """Per layer and step, each request's attention over its moved KV and its merge; `first_step`: what they cost more
     in the first step (`CostModel.moved_first_step`; nothing for a request without moved KV)."""
-    total = Phases()
+    total, waited = Phases(), False
     for request, holders in sessions:
         routed = sum(h.primitive == "route" for h in holders)
+        after = routed > 0 and not waited  # only the first merge after the layer's exchange pays `after_route_s`
+        waited = waited or after
         moved = sum(h.tokens for h in holders if h.primitive != "route")
         attend = model.attention_s(request.rows, moved, local=True) if moved else 0.0
         partials = 1 + routed + (1 if moved else 0)
         owner = "fetch" if any(h.primitive == "fetch" for h in holders) else "local" if moved else "route"
-        part = Phases(compute=attend, merge=model.merge_s(request.rows, partials, routed=routed > 0, moved=moved))
+        part = Phases(compute=attend, merge=model.merge_s(request.rows, partials, routed=after, moved=moved))
         if first_step:
             part = model.moved_first_step(part) if moved else Phases()
         total = total + model.rescaled(owner, part)

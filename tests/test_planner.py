@@ -35,6 +35,7 @@ def test_uniform_combination_equals_the_homogeneous_formula(model, holders, prim
                                 stall_rate=stalls, stall_s=1e-5, stall_rate_multi=1.5 * stalls, stall_s_multi=2e-5,
                                 stall_per_exchange_multi=0.04 if stalls else None,  # several holders: per exchange
                                 fetch_beta_Bps=2e10 if stalls else None, fetch_bytes_serial=ports,
+                                chunk_bytes=8192 if stalls else None, chunk_s=4e-6 if stalls else 0.0,
                                 cold_idle=((0.01, 2e-5), (0.1, 3e-4)) if stalls else ())  # fmt: skip
     compute = model.profile.compute
     compute = dataclasses.replace(compute, gather=dataclasses.replace(compute.gather, reply_s=7e-5 if stalls else 0.0),
@@ -178,3 +179,29 @@ def test_the_executor_learns_uniform_batches_against_the_static_prediction(model
     mixed = dataclasses.replace(route, holders=(route.holders[0], dataclasses.replace(route.holders[1], primitive="local")))
     Executor.learn(executor, [SimpleNamespace(plan=mixed)], {g: 9.0 for g in measured})  # mixed: nothing learned
     assert online.online.factor("local", "compute_s") == 1.0
+
+
+@pytest.mark.parametrize("sessions", [1, 3])
+def test_a_batch_pays_the_merge_after_the_exchange_once_per_layer(model, sessions):
+    """Sessions routed to one holder together: only the first merge of each layer follows the exchange directly."""
+    from qroute.planner import combine_batch, forced_plan
+
+    def merge_s(after):
+        merge = dataclasses.replace(model.profile.compute.merge, after_route_s=after)
+        m = dataclasses.replace(model, profile=dataclasses.replace(model.profile, compute=dataclasses.replace(
+            model.profile.compute, merge=merge)))  # fmt: skip
+        request = Request(64, 27, (HolderDemand(1, 512, ("ibgda",), 512),), 3, False, 9)
+        return float(combine_batch(m, [(request, forced_plan(m, request, "route").holders)] * sessions).merge)
+
+    assert merge_s(1e-4) - merge_s(0.0) == pytest.approx(27 * 3 * 1e-4)
+
+
+def test_route_messages_pay_their_chunks(model):
+    """A route exchange's rows and states each pay `chunk_s` per chunk beyond the first, as fetches do."""
+    path = model.profile.path("ibgda")
+    chunked = dataclasses.replace(path, chunk_bytes=4096, chunk_s=1e-5)
+    shape = Shape(64, 512, 27, 3, 1, False, 9)
+    extra = float(model.route(shape, chunked).total - model.route(shape, path).total)
+    c = model.coef
+    per_exchange = chunked.chunk_extra_s(64 * c.q_row_bytes) + chunked.chunk_extra_s(64 * c.o_row_bytes)
+    assert per_exchange > 0 and extra == pytest.approx(27 * 3 * per_exchange)

@@ -58,11 +58,13 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
     share the line's rate and price their own fixed cost, `fetch_offset_s` (`fetch_offset`). Parallel exchanges
     (several holders at once) price `per_holder_s`, `holder_serial` and `bytes_serial`; parallel fetches
     `fetch_per_holder_s` and `fetch_bytes_serial`. Warm route exchanges of every shape price the tail
-    (`stall_terms`). `chunk_bytes`: the path moves a message in chunks that large (`_own_lines`: `chunk_s`).
+    (`stall_terms`). `chunk_bytes`: the path moves a message in chunks that large (`_own_lines`: `chunk_s`, which
+    route exchanges pay too); the line is drawn through route exchanges whose messages fit one chunk.
     """
     route = [r for r in _of(trace, "route") if r["parallel"] == 1]
     fetch = [r for r in _of(trace, "fetch") if r["parallel"] == 1]
-    routed = _grouped([r for r in route if not r.get("first_step")], lambda r: (_route_bytes(r),), _net)
+    whole = [r for r in route if not chunk_bytes or max(r.get("payload_out", 0), r.get("payload_back", 0)) <= chunk_bytes]
+    routed = _grouped([r for r in whole if not r.get("first_step")], lambda r: (_route_bytes(r),), _net)  # one chunk each way
     fetched = _grouped(fetch, lambda r: (r["bytes"],), _net)
     lo, hi = min({**routed, **fetched}, default=(float("inf"),))[0], max({**routed, **fetched}, default=(0,))[0]
     swept = {(b,): t for b, t in (sweep or {}).items() if not lo <= b <= hi}  # the sweep extends, never overrules

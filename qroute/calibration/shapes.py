@@ -12,15 +12,22 @@ from qroute.workload.agents import AgentRequest
 
 
 def shaped_request(world, holders: int, step_tokens: int, blocks: int, steps: int, seed: int, stride: int = 1,
-                   on: int | None = None) -> AgentRequest:  # fmt: skip
+                   on: int | None = None, nth: int = 0) -> AgentRequest:  # fmt: skip
     """A request over `blocks` blocks of a chunk (its first ones, or every `stride`-th: a scattered selection) spread
-    over exactly `holders` holders (all on holder `on` if given); rows per layer = step_tokens x heads."""
+    over exactly `holders` holders (all on holder `on` if given); rows per layer = step_tokens x heads. The first
+    chunk that fits, or its `nth` (counted round the fitting chunks where there are fewer)."""
     bs = world.corpus.block_size
+    fits = []
     for chunk in world.corpus.chunks:
         ids = list(chunk.blocks(bs))[: blocks * stride : stride]
         by_holder = world.directory.by_holder(ids)
         if len(ids) == blocks and len(by_holder) == holders and (on is None or set(by_holder) == {on}):
-            return _request(world, chunk, ids, step_tokens, steps, seed)
+            fits.append((chunk, ids))
+            if len(fits) > nth:
+                break
+    if fits:
+        chunk, ids = fits[nth % len(fits)]
+        return _request(world, chunk, ids, step_tokens, steps, seed)
     where = f" on holder {on}" if on is not None else ""
     raise QrouteError(f"no chunk with {blocks} blocks (stride {stride}) on {holders} holders{where}: expected a larger corpus")
 

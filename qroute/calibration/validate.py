@@ -7,7 +7,9 @@ in the same state: on shared machines timings drift by 10-20% within minutes.
 A held-out sweep, executed for real by the runtime: for every primitive, over rows (tokens
 per step x heads), chunk tokens, decode steps and holders (1 holder with contiguous
 placement, 2 with hashed placement), one request is served end to end (fetch or re-prefill
-once, then every layer's round trips, attention and merges), a few times, in passes over
+once, then every layer's round trips, attention and merges), or a batch of requests of one
+shape decoded together (`batches`: their rows for a holder share a message, as in serving),
+a few times, in passes over
 the whole sweep (so that drift in the machine's speed does not single out configurations);
 the median measured phases are set beside the median of the profile's predictions of those runs
 (`planner.combine_batch` of each run's plan: what the planner knew when it planned that run, such as how
@@ -52,11 +54,11 @@ from qroute.calibration.validation_metrics import GROUPS, median_ci, metrics
 from qroute.cost import CostModel, load_profile
 from qroute.cost.profile import from_dict
 from qroute.cost.model import PRIMITIVES
-from qroute.calibration.shapes import serve, shaped_request, speed_probe, warm_up
+from qroute.calibration.shapes import serve_together, shaped_request, speed_probe, warm_up
 from qroute.errors import QrouteError, positive_int
 from qroute.planner import combine_batch
 from qroute.runtime.control import KeepAlive, stop_holders
-from qroute.runtime.executor import Executor, predicted_groups
+from qroute.runtime.executor import Executor, Measured, predicted_groups
 from qroute.runtime import holder, paths
 from qroute.runtime.holder import AttentionSpec, build_store
 from qroute.runtime.launcher import ClusterSpec, Instance, launch
@@ -77,6 +79,7 @@ class ValidationConfig:
     step_tokens: tuple[int, ...] = (1, 4, 16)
     chunk_blocks: tuple[int, ...] = (4, 16, 32)
     steps: tuple[int, ...] = (1, 4)
+    batches: tuple[int, ...] = (1, 3)  # requests decoded together; batches beyond 1 over some shapes (`sweep_shapes`)
     reps: int = 5
     max_reps: int = 15  # more passes for configurations whose median is not yet within `ci` (noisy short requests)
     ci: float = 0.03  # target half-width of the median's ~95% confidence interval, relative to the median
@@ -96,6 +99,8 @@ class ValidationConfig:
             raise QrouteError(f"budget={self.budget_s!r} s: expected a positive number of seconds")
         if self.device is None and self.cluster.world_size < 2:
             raise QrouteError(f"instances={self.cluster.world_size}: validation needs 2 (1 requester + 1 holder) or 3")
+        for b in self.batches:
+            positive_int("batch", b)
         if max(self.chunk_blocks) > self.world.corpus.chunk_blocks:
             raise QrouteError(f"chunk blocks {max(self.chunk_blocks)}: expected <= the corpus's {self.world.corpus.chunk_blocks}")
 
@@ -184,20 +189,19 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
     from rich.progress import Progress
 
     dtype = "fp32" if world.model.dtype == torch.float32 else "bf16"
-    shapes = [(k, n, s) for k in config.step_tokens for n in config.chunk_blocks for s in config.steps]
     names = paths.opened(profile).default_paths
     rows, order = [], itertools.count()
     alive = KeepAlive.of(world, config.cluster.timeout_s)
     with Progress(disable=not config.progress, transient=True) as bar:
         label = f"validating ({holders} holder{'s' * (holders > 1)}, {len(names)} path{'s' * (len(names) > 1)})"
-        task = bar.add_task(label, total=len(names) * len(shapes) * len(PRIMITIVES) * config.reps)
+        task = bar.add_task(label, total=len(names) * len(sweep_shapes(config)) * len(PRIMITIVES) * config.reps)
         for name in names:
             cost = CostModel(world.geometry, replace(profile, default_paths=(name,)), dtype, dtype)
             executor = Executor(0, world.model, world.corpus, world.directory, cost, links=links)
             executor.force_path = name if paths.names() else None
             warm_up(executor, world)
-            configs = [(shaped_request(world, holders, k, n, s, seed=i), p) for i, (k, n, s) in enumerate(shapes)
-                       for p in PRIMITIVES]  # fmt: skip
+            configs = [(batch_requests(world, holders, k, n, s, b, seed=100 * i), p)
+                       for i, (k, n, s, b) in enumerate(sweep_shapes(config)) for p in PRIMITIVES]  # fmt: skip
             rows += [{"holders": holders, "pass": name} for _ in configs]
             reference = profile.fits.get("speed_probe", {}).get(name)
             todo = list(zip(configs, rows[-len(configs) :]))
@@ -210,15 +214,15 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
                         break
                     bar.update(task, total=next(t.total for t in bar.tasks if t.id == task) + len(todo))
                 speed = _speed(executor, world, reference)
-                for (request, primitive), row in todo:
+                for (requests, primitive), row in todo:
                     alive()
                     first = len(executor.trace)
-                    session = serve(executor, request, primitive)
+                    sessions = serve_together(executor, requests, primitive)
                     row["exchanges"] = row.get("exchanges", []) + route_exchanges(executor.trace[first:])
                     if rep == 0:
-                        row.update(_describe(executor, world, request, primitive, session))
-                    row["runs"] = row.get("runs", []) + [session.measured.as_dict()]
-                    row["predicted_runs"] = row.get("predicted_runs", []) + [_predicted(executor, session)]
+                        row.update(_describe(executor, world, requests, primitive, sessions))
+                    row["runs"] = row.get("runs", []) + [_measured(sessions)]
+                    row["predicted_runs"] = row.get("predicted_runs", []) + [_predicted(executor, sessions)]
                     row["run_order"] = row.get("run_order", []) + [next(order)]  # when it ran, on this path
                     row["speed"] = row.get("speed", []) + [speed[primitive]] if speed else None
                     bar.advance(task)
@@ -251,20 +255,46 @@ def _speed(executor: Executor, world, reference: dict | None) -> dict[str, float
     return {p: now[p] / reference[p] for p in now if reference.get(p, 0) > 0}
 
 
-def _predicted(executor: Executor, session) -> dict[str, float]:
-    """The profile's prediction of one run, from its plan (the request and the holders' idle times when planned)."""
-    return predicted_groups(combine_batch(executor.cost, [(session.plan.request, session.plan.holders)]))
+def sweep_shapes(config: ValidationConfig) -> list[tuple[int, int, int, int]]:
+    """(step tokens, chunk blocks, steps, batch) of every configuration: each shape served alone, and in batches of
+    `config.batches` beyond 1 the shapes of the most steps over chunks below the largest (batched re-prefills of
+    the largest chunk would take most of the sweep's time; their compute is the same per request)."""
+    shapes = [(k, n, s, 1) for k in config.step_tokens for n in config.chunk_blocks for s in config.steps]
+    small = [n for n in config.chunk_blocks if n < max(config.chunk_blocks)]
+    return shapes + [(k, n, max(config.steps), b) for b in config.batches if b > 1 for k in config.step_tokens for n in small]
 
 
-def _describe(executor: Executor, world, request: AgentRequest, primitive: str, session) -> dict:
-    """A configuration's shape and exactness (its first run against the single-instance reference); its prediction is
-    the median of its runs' (`_settle`)."""
-    ref = reference_logits(world.model, world.corpus, request, session.inputs)
-    plan = session.plan
+def batch_requests(world, holders: int, step_tokens: int, blocks: int, steps: int, batch: int, seed: int) -> list[AgentRequest]:
+    """`batch` requests of one shape decoded together, each over `holders` holders, on distinct chunks where the corpus
+    has enough (`shaped_request`'s `nth` match; else they repeat)."""
+    if batch == 1:
+        return [shaped_request(world, holders, step_tokens, blocks, steps, seed=seed)]
+    return [shaped_request(world, holders, step_tokens, blocks, steps, seed=seed + j, nth=j) for j in range(batch)]
+
+
+def _measured(sessions) -> dict[str, float]:
+    """A run's measured phase groups: its sessions' together (a batch shares its messages)."""
+    measured = Measured()
+    for s in sessions:
+        measured.add(s.measured)
+    return measured.as_dict()
+
+
+def _predicted(executor: Executor, sessions) -> dict[str, float]:
+    """The profile's prediction of one run, from its plans (the requests and the holders' idle times when planned)."""
+    return predicted_groups(combine_batch(executor.cost, [(s.plan.request, s.plan.holders) for s in sessions]))
+
+
+def _describe(executor: Executor, world, requests: list[AgentRequest], primitive: str, sessions) -> dict:
+    """A configuration's shape and exactness (its first run against the single-instance reference, every request of
+    a batch); its prediction is the median of its runs' (`_settle`)."""
+    errors = [relative_error(torch.cat(s.logits), reference_logits(world.model, world.corpus, r, s.inputs))
+              for r, s in zip(requests, sessions)]  # fmt: skip
+    plan, request = sessions[0].plan, requests[0]
     return {
         "placement": "contiguous" if len(plan.holders) == 1 else "hashed",
         "path": plan.holders[0].path, "primitive": primitive, "step_tokens": request.step_tokens,
         "rows": plan.request.rows, "chunk_tokens": len(request.blocks) * world.corpus.block_size,
-        "steps": request.steps,
-        "max_rel_err": relative_error(torch.cat(session.logits), ref),
+        "steps": request.steps, "batch": len(requests),
+        "max_rel_err": max(errors),
     }  # fmt: skip

@@ -89,9 +89,9 @@ def metrics(rows: list[dict], margin: float = 0.10) -> dict:
     """Prediction error overall / per path / per primitive / per phase; the predicate's hit rate and regret."""
     apes = [a for r in rows if (a := _ape(r)) is not None]
     out = {**_summary(apes)}
-    for key in ("path", "primitive", "holders"):
-        out[f"per_{key}"] = {v: _summary([a for r in rows if r[key] == v and (a := _ape(r)) is not None])
-                             for v in sorted({r[key] for r in rows if r[key]}, key=str)}  # fmt: skip
+    for key in ("path", "primitive", "holders", "batch"):  # rows of validations before batches were sweeps of 1
+        out[f"per_{key}"] = {v: _summary([a for r in rows if r.get(key, 1) == v and (a := _ape(r)) is not None])
+                             for v in sorted({r.get(key, 1) for r in rows if r.get(key, 1)}, key=str)}  # fmt: skip
     out["per_phase"] = {g: _summary([a for r in rows if (a := _ape(r, g)) is not None]) for g in GROUPS[:-1]}
     out["signed"] = signed_errors(rows)
     out["drift"] = drift(rows)
@@ -126,7 +126,7 @@ def decisions(rows: list[dict], margin: float = 0.10) -> dict:
     """Per configuration: the predicted-cheapest and the measured-fastest primitive."""
     configs: dict[tuple, dict[str, dict]] = {}
     for r in rows:
-        key = (r["holders"], r.get("pass"), r["rows"], r["chunk_tokens"], r["steps"])
+        key = (r["holders"], r.get("pass"), r["rows"], r["chunk_tokens"], r["steps"], r.get("batch", 1))
         configs.setdefault(key, {})[r["primitive"]] = r
     hits = decisive = 0
     chosen = best = 0.0
@@ -141,7 +141,7 @@ def decisions(rows: list[dict], margin: float = 0.10) -> dict:
         hits += is_decisive and pick == fastest
         chosen += measured[pick]
         best += measured[fastest]
-        table.append({"holders": key[0], "path": key[1], "rows": key[2], "chunk_tokens": key[3], "steps": key[4],
+        table.append({"holders": key[0], "path": key[1], "rows": key[2], "chunk_tokens": key[3], "steps": key[4], "batch": key[5],
                       "predicted": pick, "measured_fastest": fastest, "decisive": bool(is_decisive)})  # fmt: skip
     return {"hit_rate": hits / decisive if decisive else None, "decisive_configs": decisive, "configs": len(configs),
             "regret": chosen / best - 1 if best else None, "decisions": table}  # fmt: skip

@@ -189,9 +189,9 @@ class CostModel:
         attention = self.attention_s(s.rows, s.tokens)
         per_layer = Phases(  # the others' serial compute is waited for in the exchange: probe (network), as measured
             probe=path.alpha(exchange) + (s.holders - 1) * path.per_holder_s + _waited(attention, s.holders, path),
-            transfer=ports * s.rows * c.q_row_bytes / beta,
+            transfer=ports * (s.rows * c.q_row_bytes / beta + path.chunk_extra_s(s.rows * c.q_row_bytes)),
             compute=self.exchange_compute_s(attention, s.holders),
-            ret=ports * s.rows * c.o_row_bytes / beta,
+            ret=ports * (s.rows * c.o_row_bytes / beta + path.chunk_extra_s(s.rows * c.o_row_bytes)),
             merge=self.merge_s(s.rows, s.holders + 1, routed=True),
         )
         n = s.steps * s.layers  # exchanges: the first wakes the holders, the tail stalls some

@@ -68,7 +68,7 @@ class PathSpec:
     cold_idle: tuple[tuple[float, float], ...] = ()  # profile/9: (idle seconds, wake-up seconds), measured
     fetch_bytes_serial: float = 1.0  # profile/9: fraction of the other holders' fetch bytes moved after the largest's
     chunk_bytes: float | None = None  # profile/9: a message moves in chunks of this many bytes, one hand-off each
-    chunk_s: float = 0.0  # profile/9: a fetch's seconds per chunk beyond its first
+    chunk_s: float = 0.0  # profile/9: a message's seconds per chunk beyond its first (fetches; route exchanges too)
     stall_per_exchange: float | None = None  # profile/10: stalls per warm one-holder route exchange (None: `stall_rate`)
     stall_per_exchange_multi: float | None = None  # the same for exchanges with several holders at once
 
@@ -78,6 +78,12 @@ class PathSpec:
             return 0.0 * nbytes
         out = np.maximum(np.ceil(np.asarray(nbytes, dtype=np.float64) / self.chunk_bytes) - 1, 0) * self.chunk_s
         return float(out) if out.ndim == 0 else out
+
+    def route_chunks_s(self, out_bytes, back_bytes):
+        """Seconds a route exchange of `out_bytes` rows out and `back_bytes` states back pays for its two messages'
+        chunks beyond the first (`chunk_extra_s` of each; measured on the dev VM's shared memory, one holder: the
+        network of exchanges of 512-2048 rows, 2.2-8.9 MB, 0.4-1.5 ms above the line through smaller ones)."""
+        return self.chunk_extra_s(out_bytes) + self.chunk_extra_s(back_bytes)
 
     def fetch_move_s(self, nbytes):
         """Seconds one holder's fetch reply of `nbytes` moves: its bytes at the fetch rate and its further chunks."""
@@ -199,7 +205,8 @@ class AttentionCoeffs:
 @dataclass(frozen=True)
 class MergeCoeffs:
     """Merge of P partial states of R rows: `fixed + R*P*state_bytes/Bps`; `after_route_s` more when it follows a
-    route exchange (the requester's first computation after waiting on the network: measured 30-80 us on CPUs);
+    route exchange (the requester's first computation after waiting on the network: measured 30-80 us on CPUs; in a
+    batch, the first session's merge of each layer only);
     `per_moved_token_s` more per token of moved KV attended just before it (profile/9: that attention pushes the
     merge's inputs out of the caches; on the dev VM 11-44 us more per merge after 256-512 moved tokens); after moved
     KV in a request's first decode step, `first_step_excess` more, relative (profile/10)."""

@@ -30,8 +30,8 @@ def metrics_table(results: dict) -> Table:
     for col in ("scope", "median APE", "p90 APE", "runs"):
         t.add_column(col, justify="left" if col == "scope" else "right")
     t.add_row("all", _pct(m["median_ape"]), _pct(m["p90_ape"]), str(m["n"]))
-    for key in ("per_path", "per_primitive", "per_holders", "per_phase"):
-        for name, s in m[key].items():
+    for key in ("per_path", "per_primitive", "per_holders", "per_batch", "per_phase"):
+        for name, s in m.get(key, {}).items():
             t.add_row(f"{key[4:]} {name}", _pct(s["median_ape"]), _pct(s["p90_ape"]), str(s["n"]))
     c = m.get("drift_corrected") or {}
     if c.get("n"):
@@ -57,13 +57,13 @@ def metrics_table(results: dict) -> Table:
 
 
 def write_csv(rows: list[dict], path: Path) -> Path:
-    fields = ["holders", "placement", "path", "primitive", "step_tokens", "rows", "chunk_tokens", "steps"]
+    fields = ["holders", "placement", "path", "primitive", "step_tokens", "rows", "chunk_tokens", "steps", "batch"]
     groups = ["network_s", "compute_s", "merge_s", "total_s"]
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(fields + [f"predicted_{g}" for g in groups] + [f"measured_{g}" for g in groups] + ["max_rel_err"])
         for r in rows:
-            w.writerow([r[k] for k in fields] + [r["predicted"][g] for g in groups] + [r["measured"][g] for g in groups]
+            w.writerow([r.get(k, 1) if k == "batch" else r[k] for k in fields] + [r["predicted"][g] for g in groups] + [r["measured"][g] for g in groups]
                        + [r["max_rel_err"]])  # fmt: skip
     return path
 
@@ -90,11 +90,12 @@ def scatter(rows: list[dict], path: Path) -> Path:
 
 
 def crossover_map(decisions: list[dict], path: Path) -> Path:
-    """Predicted choice (colour) and measured fastest (letter) over rows x chunk tokens, per holders and steps."""
-    panels = sorted({(d["holders"], d["steps"], d["path"] or "") for d in decisions})
+    """Predicted choice (colour) and measured fastest (letter) over rows x chunk tokens, per holders, steps and batch."""
+    key = lambda d: (d["holders"], d["steps"], d["path"] or "", d.get("batch", 1))  # noqa: E731
+    panels = sorted({key(d) for d in decisions})
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
-    for ax, (holders, steps, fabric_path) in zip(axes[0], panels):
-        cells = [d for d in decisions if (d["holders"], d["steps"], d["path"] or "") == (holders, steps, fabric_path)]
+    for ax, (holders, steps, fabric_path, batch) in zip(axes[0], panels):
+        cells = [d for d in decisions if key(d) == (holders, steps, fabric_path, batch)]
         xs, ys = sorted({d["rows"] for d in cells}), sorted({d["chunk_tokens"] for d in cells})
         for d in cells:
             x, y = xs.index(d["rows"]), ys.index(d["chunk_tokens"])
@@ -102,7 +103,8 @@ def crossover_map(decisions: list[dict], path: Path) -> Path:
             mark = LETTER[d["measured_fastest"]] + ("" if d["predicted"] == d["measured_fastest"] or not d["decisive"] else "!")
             ax.text(x, y, mark, ha="center", va="center", fontsize=11, weight="bold")
         ax.set(xlim=(-0.5, len(xs) - 0.5), ylim=(-0.5, len(ys) - 0.5), xticks=range(len(xs)), yticks=range(len(ys)),
-               xlabel="rows per layer", ylabel="chunk tokens", title=f"{fabric_path}: {holders} holder(s), {steps} step(s)")  # fmt: skip
+               xlabel="rows per layer (a request's)", ylabel="chunk tokens",
+               title=f"{fabric_path}: {holders} holder(s), {steps} step(s)" + (f", batches of {batch}" if batch > 1 else ""))  # fmt: skip
         ax.set_xticklabels(xs)
         ax.set_yticklabels(ys)
     fig.suptitle("Colour: predicted choice (route blue, fetch orange, local green); letter: measured fastest (! = miss)",

@@ -186,7 +186,8 @@ class Engine:
         route bytes per layer) of a batch, as `planner.combine_batch` prices one layer of it; the exchange's stalls
         at their mean (`mean_stall_s`), what the median request pays over the many steps a simulation runs."""
         m, rows, comp, path = self.model, {}, {}, {}
-        moved = sum(s.moved_s for s in sessions)
+        waits = sum(bool(s.routed) for s in sessions)  # only the first merge after the exchange pays `after_route_s`
+        moved = sum(s.moved_s for s in sessions) - max(waits - 1, 0) * m.profile.compute.merge.after_route_s
         for s in sessions:
             for h, p, n, c in s.routed:
                 rows[h], comp[h], path[h] = rows.get(h, 0) + n, comp.get(h, 0.0) + c, p
@@ -200,10 +201,10 @@ class Engine:
             nbytes = m.route_bytes(rows[h])
             beta = spec.beta(nbytes)
             probe = max(probe, spec.alpha(nbytes))
-            out.append(rows[h] * q / beta)
-            back.append(rows[h] * o / beta)
+            out.append(rows[h] * q / beta + spec.chunk_extra_s(rows[h] * q))
+            back.append(rows[h] * o / beta + spec.chunk_extra_s(rows[h] * o))
             total += nbytes
-            routed.append((h, comp[h], self.port(h, path[h]), nbytes / beta))
+            routed.append((h, comp[h], self.port(h, path[h]), out[-1] + back[-1]))
         used = [self.paths[p] for p in set(path.values())]
         probe += (len(rows) - 1) * max(p.per_holder_s for p in used)
         ports = max(p.bytes_serial for p in used)

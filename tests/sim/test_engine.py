@@ -52,13 +52,14 @@ def test_one_requester_one_holder_matches_the_plan(policy, chunk_blocks, steps, 
     assert out["throughput"] == pytest.approx(steps * step_tokens / want.total_s, rel=1e-9)
 
 
-def two_sessions_on_three_holders(parallel_excess=0.0, **nvlink_fields):
+def two_sessions_on_three_holders(parallel_excess=0.0, after_route_s=0.0, **nvlink_fields):
     """Two sessions decoded together, each spread over three holders (hashed placement), always routed: the
     simulated seconds of one step, the sessions as the planner sees them, and the profile."""
     nvlink = dataclasses.replace(PROFILE.path("nvlink4"), **nvlink_fields)
     attention = dataclasses.replace(PROFILE.compute.attention, parallel_excess=parallel_excess)
+    merge = dataclasses.replace(PROFILE.compute.merge, after_route_s=after_route_s)
     profile = dataclasses.replace(PROFILE, paths={**PROFILE.paths, "nvlink4": nvlink},
-                                  compute=dataclasses.replace(PROFILE.compute, attention=attention))
+                                  compute=dataclasses.replace(PROFILE.compute, attention=attention, merge=merge))
     layout = Layout.uniform(2, 16, 64)
     reqs = [SimRequest(0, 0.0, c, range(16 * c, 16 * c + 16), 6, 100) for c in (0, 1)]
     cfg = config(reqs, layout, Topology(nodes=1, gpus_per_node=4, inter=None), requesters=1, concurrency=2,
@@ -86,6 +87,17 @@ def test_many_holders_and_a_batch_match_combine_batch(ports, serial, cap, parall
     assert step_s * 6 == pytest.approx(float(combine_batch(CostModel(GEOMETRY, profile), sessions).total), rel=1e-9)
     if parallel:
         assert step_s > two_sessions_on_three_holders(bytes_serial=ports, holder_serial=serial, serial_cap_s=cap)[0]
+
+
+def test_chunked_messages_and_one_merge_after_the_exchange_match_combine_batch():
+    """Route messages in chunks of 2 KB (each beyond the first 3 us) and a merge after the exchange 20 us dearer:
+    simulated as `combine_batch` prices them, the chunks paid, the merge's extra once per layer for both sessions."""
+    plain, _, _ = two_sessions_on_three_holders()
+    step_s, sessions, profile = two_sessions_on_three_holders(after_route_s=2e-5, chunk_bytes=2048, chunk_s=3e-6)
+    assert step_s * 6 == pytest.approx(float(combine_batch(CostModel(GEOMETRY, profile), sessions).total), rel=1e-9)
+    merged, _, _ = two_sessions_on_three_holders(after_route_s=2e-5)
+    assert merged - plain == pytest.approx(L * 2e-5, rel=1e-6)  # once per layer, not once per session
+    assert step_s > merged
 
 
 def test_stalls_are_simulated_at_their_mean_per_exchange():
