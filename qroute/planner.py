@@ -157,7 +157,8 @@ def combine_batch(model: CostModel, sessions: Sequence[Session]) -> Phases:
 
     Per layer and step: the rows of every request routed to a holder travel in one message
     (one probe for all holders plus `per_holder_s` per extra holder, bytes serialised,
-    holders in parallel, each holder computing one partial attention per request); then on
+    holders in parallel, each holder computing one partial attention per request, its fixed
+    part `group_s` for each request beyond the first: `AttentionCoeffs.batched_s`); then on
     the requester an attention over each request's moved KV and a merge per request. Once:
     the routed holders' wake-up (`cold_s`) and the exchanges' stalls (`stalls_s`), each
     request's fetches (its holders asked at once: one fetch probe plus `fetch_per_holder_s`
@@ -186,15 +187,17 @@ def _common(sessions: Sequence[Session]) -> tuple[int, int]:
 
 
 def _routed_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
-    c, rows, compute, paths = model.coef, {}, {}, {}
+    c, rows, compute, paths, asked = model.coef, {}, {}, {}, {}
     for request, holders in sessions:
         for h in holders:
             if h.primitive == "route":
                 rows[h.holder] = rows.get(h.holder, 0) + request.rows
                 compute[h.holder] = compute.get(h.holder, 0.0) + model.attention_s(request.rows, h.tokens)
                 paths.setdefault(h.holder, model.profile.path(h.path))
+                asked[h.holder] = asked.get(h.holder, 0) + 1
     if not rows:
         return Phases()
+    compute = {h: model.profile.compute.attention.batched_s(compute[h], asked[h]) for h in rows}  # one message each
     exchange = {h: model.route_bytes(rows[h]) for h in rows}
     beta = {h: paths[h].beta(exchange[h]) for h in rows}
     extra = (len(rows) - 1) * max(p.per_holder_s for p in paths.values())

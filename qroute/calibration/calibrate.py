@@ -13,7 +13,7 @@ Rank 0 measures; the other instances hold blocks and serve (the runtime's holder
    how it grows with the holder's idle time from route requests after 10-300 ms idle),
    the parallel exchange's extra per holder (`per_holder_s`), the holder's attention, the
    requester's attention, merge, splice, gather and re-prefill.
-The profile (schema `qroute.profile/10`) carries machine and fabric metadata, each fit's
+The profile (schema `qroute.profile/11`) carries machine and fabric metadata, each fit's
 residuals and how far alpha and beta moved between repeats.
 """
 
@@ -104,6 +104,7 @@ def calibrate_instance(instance: Instance, config: CalibrationConfig) -> dict:
 
 TRAIN_STEP_TOKENS = (1, 2, 8, 24)  # route exchanges from the smallest a decode step sends; validation uses 1, 4, 16
 TRAIN_LOCAL_STEP_TOKENS = (2, 8)  # local re-prefills the chunk whatever the rows: fewer shapes suffice
+TRAIN_BATCH, TRAIN_BATCH_STEP_TOKENS = 3, (2, 8)  # batches of 3 requests routed to one holder together: `group_s`
 TRAIN_CHUNK_BLOCKS = (2, 6, 12, 20, 30)  # spans the sizes validation uses (4, 16, 32): re-prefill extrapolates badly
 QUICK_CHUNK_BLOCKS = (2, 14, 30)
 TRAIN_STEPS = 4  # validation uses 1 and 4; 4 steps give 3 warm route exchanges per layer and shape (2 gave 1)
@@ -214,7 +215,8 @@ def flips(latency: dict, profile: Profile) -> list[dict]:
 
 def _train(world, shapes, advance, seed: int, path: str, probes: list | None = None, links: dict | None = None) -> list[dict]:
     """Serve the training grid on `path`, the executor's trace: per shape every primitive forced on one holder, a
-    scattered fetch (every other block: the gather), and with two holders or more a batch of two requests routed to
+    scattered fetch (every other block: the gather), for some shapes a batch of `TRAIN_BATCH` requests routed to one
+    holder together (their rows in one message: `group_s`), and with two holders or more a batch of two requests routed to
     two holders at once (the parallel exchange) and, for some shapes, a fetch from two holders at once; then a fetch
     `WIDE_BLOCKS` times the largest shape's blocks (`wide_request`), three times."""
     executor = forced_executor(world, links=links)
@@ -232,6 +234,9 @@ def _train(world, shapes, advance, seed: int, path: str, probes: list | None = N
                 serve(executor, request, primitive)
         advance()
         serve(executor, shaped_request(world, 1, k, max(2, n // 2), TRAIN_STEPS, seed=s, stride=2), "fetch")
+        if k in TRAIN_BATCH_STEP_TOKENS:  # one message carrying several requests' rows (`group_s`)
+            batch = [shaped_request(world, 1, k, n, TRAIN_STEPS, seed=s + 10 + j, on=holders[0], nth=j) for j in range(TRAIN_BATCH)]
+            serve_together(executor, batch, "route")
         if len(holders) > 1:
             pair = [shaped_request(world, 1, k, n, TRAIN_STEPS, seed=s + j, on=h) for j, h in enumerate(holders[:2])]
             serve_together(executor, pair, "route")

@@ -25,6 +25,17 @@ def _after_route(points: dict[tuple, float], m: np.ndarray, o: float, fits: dict
     return max(0.0, robust_median(list(excess.values())))
 
 
+def _holder_attention(points: dict[tuple, float], kv: float, f: float, fits: dict) -> tuple[np.ndarray, float | None]:
+    """([fixed_s, read, flops, per_row] coefficients, `group_s`) of the holders' attention over their messages' medians
+    (key: the message's groups, (rows, tokens) per request): `fixed_s` once per message and `group_s` for each group
+    beyond the first where some message carried several (a batch; profile/11), else `fixed_s` per group (None)."""
+    work = lambda k: [sum(t for _, t in k) * kv, sum(r * t for r, t in k) * f, sum(r for r, _ in k)]  # noqa: E731
+    if not any(len(k) > 1 for k in points):
+        return _fit(points, lambda k: [len(k), *work(k)], "attention", fits), None
+    a = _fit(points, lambda k: [1.0, len(k) - 1, *work(k)], "attention", fits)
+    return np.concatenate([a[:1], a[2:]]), float(a[1])
+
+
 def _groups_key(r: dict) -> tuple:
     return tuple(map(tuple, r["groups"]))
 
@@ -109,8 +120,7 @@ def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, f
     warm = _warm(route)  # the first step's excess is priced on its own
     alone = [r for r in warm if r.get("parallel", 1) == 1] or warm  # and several holders at once (`parallel_excess`)
     holder = _grouped(alone, _groups_key, lambda r: r["holder_compute_s"])
-    a = _fit(holder, lambda k: [len(k), sum(t for _, t in k) * kv, sum(r * t for r, t in k) * f, sum(r for r, _ in k)],
-             "attention", fits)  # fmt: skip
+    a, group = _holder_attention(holder, kv, f, fits)
     moved_key = lambda r: (r["rows"], r["tokens"])  # noqa: E731
     moved = _grouped(_warm(_of(trace, "moved")), moved_key, lambda r: r["seconds"])
     la = _fit(moved, lambda k: [1.0, k[1] * kv, k[0] * k[1] * f, k[0]], "local_attention", fits)
@@ -134,7 +144,7 @@ def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, f
     first = first_step_excess(trace, fits)
     return Compute(
         attention=AttentionCoeffs(float(a[0]), rate(a[1]), rate(a[2]), src, float(a[3]), first[0], parallel_excess(trace, fits),
-                                  first[1]),  # fmt: skip
+                                  first[1], group),  # fmt: skip
         local_attention=AttentionCoeffs(float(la[0]), rate(la[1]), rate(la[2]), src, float(la[3]),
                                         requester_first_step(_of(trace, "moved"), moved_key, fits, "moved_first_step")),
         merge=MergeCoeffs(float(m[0]), rate(m[1]), src, after_route, float(m[2]),

@@ -1,7 +1,7 @@
 """Profiles: the measured (or published, or what-if) constants of one cluster.
 
-A profile is a JSON file, schema `qroute.profile/10` (`profile.schema.json` beside this module; `qroute.profile/1`
-to `/9` files still load, their newer fields taken as 0, `bytes_serial` as 1 and `serial_cap_s` as none), validated
+A profile is a JSON file, schema `qroute.profile/11` (`profile.schema.json` beside this module; `qroute.profile/1`
+to `/10` files still load, their newer fields taken as 0, `bytes_serial` as 1 and `serial_cap_s` as none), validated
 on load and never pickled. Calibration is the only code that writes measured profiles; everything else reads them.
 Built-in profiles live in `profiles/`: `published-h100` carries the paper's published figures, labelled as such.
 
@@ -13,7 +13,8 @@ stalls per exchange, as clusters per request (`stall_per_exchange`, profile/10; 
 `stall_rate`, profile/6), the median request paying the median of a Poisson count (`PathSpec.stalls_s`). Compute
 (`Compute`): attention, merge, splice, gather and re-prefill coefficients, with a holder's first decode step (and
 after an idle time), the slowest of parallel holders, a fetched reply's handling, the merge after a route exchange
-or after moved KV, and the requester's first step over moved KV (profile/10). docs/cost-model.md defines every term
+or after moved KV, the requester's first step over moved KV (profile/10), and a holder's attention for each further
+request of a batch sharing one message (profile/11). docs/cost-model.md defines every term
 and what was measured for it.
 """
 
@@ -32,8 +33,8 @@ import numpy as np
 from qroute.cost.terms import idle_curve, pick, poisson_median
 from qroute.errors import QrouteError
 
-SCHEMA_ID = "qroute.profile/10"
-READABLE = tuple(f"qroute.profile/{v}" for v in range(1, 10)) + (SCHEMA_ID,)
+SCHEMA_ID = "qroute.profile/11"
+READABLE = tuple(f"qroute.profile/{v}" for v in range(1, 11)) + (SCHEMA_ID,)
 
 
 @dataclass(frozen=True)
@@ -192,9 +193,19 @@ class AttentionCoeffs:
     first_step_excess: float = 0.0  # profile/7: a request's first decode step, relative extra (caches cold; local: profile/10)
     parallel_excess: float = 0.0  # profile/8: per holder beyond the first asked at once, relative extra of the slowest
     first_step_idle: tuple[tuple[float, float], ...] = ()  # profile/9: (idle seconds, first-step extra), measured
+    group_s: float | None = None  # profile/11: fixed seconds of each further request in one message (None: fixed_s)
 
     def __post_init__(self) -> None:  # from JSON: lists of lists
         object.__setattr__(self, "first_step_idle", tuple(map(tuple, self.first_step_idle)))
+
+    def batched_s(self, attentions: float, requests: int) -> float:
+        """Seconds of `requests` partial attentions (`attentions` seconds when each is priced alone) whose rows share
+        one message: each request beyond the first pays `group_s` instead of `fixed_s` where fitted (profile/11;
+        measured on the dev VM, a holder's attention per 1-token request over 16 blocks: 0.46 ms alone, 0.38 ms
+        each in a message of 8 requests)."""
+        if self.group_s is None or requests <= 1:
+            return attentions
+        return attentions - (requests - 1) * (self.fixed_s - self.group_s)
 
     def first_step_at(self, idle_s: float | None = None) -> float:
         """The first decode step's relative extra for a holder idle `idle_s` seconds (`first_step_idle`; None:
@@ -308,6 +319,8 @@ class Profile:
             for key in ("per_row_s", "first_step_excess", "parallel_excess", "first_step_idle"):
                 if not d["compute"][name][key]:
                     del d["compute"][name][key]
+            if d["compute"][name]["group_s"] is None:  # profile/11's term, where fitted
+                del d["compute"][name]["group_s"]
             if "first_step_idle" in d["compute"][name]:  # JSON's form: a list of [idle seconds, value]
                 d["compute"][name]["first_step_idle"] = [list(p) for p in d["compute"][name]["first_step_idle"]]
         if self.fits:
@@ -327,7 +340,7 @@ def _schema() -> dict[str, Any]:
 
 
 def validate(data: Any, origin: str) -> None:
-    """Validate a profile dict against schema `qroute.profile/10` (or /1 to /9); one-line error on failure."""
+    """Validate a profile dict against schema `qroute.profile/11` (or /1 to /10); one-line error on failure."""
     if isinstance(data, dict) and data.get("schema") not in READABLE:
         raise QrouteError(f"profile {origin}: schema={data.get('schema')!r}: expected {SCHEMA_ID!r} (or one of "
                           f"{', '.join(map(repr, READABLE[:-1]))})")  # fmt: skip

@@ -188,11 +188,14 @@ class Engine:
         m, rows, comp, path = self.model, {}, {}, {}
         waits = sum(bool(s.routed) for s in sessions)  # only the first merge after the exchange pays `after_route_s`
         moved = sum(s.moved_s for s in sessions) - max(waits - 1, 0) * m.profile.compute.merge.after_route_s
+        asked: dict[int, int] = {}
         for s in sessions:
             for h, p, n, c in s.routed:
                 rows[h], comp[h], path[h] = rows.get(h, 0) + n, comp.get(h, 0.0) + c, p
+                asked[h] = asked.get(h, 0) + 1
         if not rows:
             return moved, (), 0.0
+        comp = {h: m.profile.compute.attention.batched_s(comp[h], asked[h]) for h in comp}  # one message per holder
         probe = total = 0.0
         routed, out, back = [], [], []
         q, o = m.coef.q_row_bytes, m.coef.o_row_bytes

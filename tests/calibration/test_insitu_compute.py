@@ -20,9 +20,11 @@ TRUE = Compute(
 )  # fmt: skip
 
 
-def synthetic_compute_trace(seed: int) -> list[dict]:
-    """Every record kind the fit reads, 5 samples per shape with 1% noise and one 4 ms stall in each shape."""
-    model = CostModel(GEOMETRY, replace(load_profile("published-h100"), compute=TRUE))
+def synthetic_compute_trace(seed: int, group_s: float | None = None) -> list[dict]:
+    """Every record kind the fit reads, 5 samples per shape with 1% noise and one 4 ms stall in each shape; with
+    `group_s`, messages carrying 3 requests' rows too (each beyond the first paying `group_s` instead of `fixed_s`)."""
+    attention = replace(TRUE.attention, group_s=group_s)
+    model = CostModel(GEOMETRY, replace(load_profile("published-h100"), compute=replace(TRUE, attention=attention)))
     rng = np.random.default_rng(seed)
     trace = []
 
@@ -42,7 +44,9 @@ def synthetic_compute_trace(seed: int) -> list[dict]:
         add("splice", model.splice_s(tokens, 4), tokens=tokens, layers=4)
         add("fetch", model.gather_s(tokens, 1, 4), "holder_compute_s", tokens=tokens, layers=4, scattered=True)
         add("local", model.reprefill_s(tokens, GEOMETRY.layers), tokens=tokens)
-    add("route", 2 * model.attention_s(16, 64), "holder_compute_s", groups=[[16, 64], [16, 64]])  # two groups
+    add("route", attention.batched_s(2 * model.attention_s(16, 64), 2), "holder_compute_s", groups=[[16, 64], [16, 64]])
+    for rows, tokens in ((32, 32), (128, 480), (16, 160)) if group_s is not None else ():  # batches of 3
+        add("route", attention.batched_s(3 * model.attention_s(rows, tokens), 3), "holder_compute_s", groups=[[rows, tokens]] * 3)
     return trace
 
 
@@ -116,3 +120,32 @@ def test_a_requesters_first_step_excess_is_never_negative_and_zero_without_both_
     assert requester_first_step(warm, key) == 0.0 and requester_first_step(faster, key) == 0.0
     other = [{"rows": 32, "seconds": 2e-4, "first_step": True}]  # a shape never seen warm: not read
     assert requester_first_step(warm + other, key) == 0.0
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_a_batchs_further_requests_fixed_cost_is_recovered(seed):
+    """Messages of 3 requests whose further requests pay 1.2e-4 s fixed (the message 3e-4): `group_s`, the rest as
+    before; without such messages `group_s` is unknown (None: `fixed_s` per request, as profiles before 11)."""
+    fitted = fit_compute_from_trace(synthetic_compute_trace(seed, group_s=1.2e-4), GEOMETRY, GEOMETRY.coefficients(), {})
+    assert fitted.attention.group_s == pytest.approx(1.2e-4, rel=0.1)
+    assert fitted.attention.fixed_s == pytest.approx(3e-4, rel=0.05)
+    alone = CostModel(GEOMETRY, replace(load_profile("published-h100"), compute=fitted)).attention_s(64, 256)
+    true = CostModel(GEOMETRY, replace(load_profile("published-h100"), compute=TRUE)).attention_s(64, 256)
+    assert alone == pytest.approx(true, rel=0.03)
+    assert fitted.attention.batched_s(4 * alone, 4) == pytest.approx(4 * true - 3 * (3e-4 - 1.2e-4), rel=0.03)
+    single = [r for r in synthetic_compute_trace(seed) if len(r.get("groups", [[0]])) == 1]
+    assert fit_compute_from_trace(single, GEOMETRY, GEOMETRY.coefficients(), {}).attention.group_s is None
+
+
+def test_a_batch_to_one_holder_is_priced_with_group_s():
+    """`combine_batch`: three requests routed to one holder together pay its `fixed_s` once and `group_s` twice."""
+    from qroute.planner import HolderDemand, Request, combine_batch, forced_plan
+
+    def compute(group_s):
+        profile = replace(load_profile("published-h100"), compute=replace(TRUE, attention=replace(TRUE.attention, group_s=group_s)))
+        model = CostModel(GEOMETRY, profile)
+        request = Request(32, 2, (HolderDemand(1, 256, (profile.default_paths[0],), 256),), 1, False, 0)
+        return float(combine_batch(model, [(request, forced_plan(model, request, "route").holders)] * 3).compute)
+
+    first = 1 + TRUE.attention.first_step_excess  # one step: the holders' first
+    assert compute(None) - compute(1e-4) == pytest.approx(2 * 2 * (3e-4 - 1e-4) * first)

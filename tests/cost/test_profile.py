@@ -40,7 +40,7 @@ def test_roundtrip_through_a_file(tmp_path):
         (lambda d: d["paths"]["ibgda"].update(alpha_s=-1e-6), r"paths\.ibgda\.alpha_s: -1e-06 is less than the minimum"),
         (lambda d: d["paths"]["ibgda"].update(beta_Bps=0), r"paths\.ibgda\.beta_Bps: 0 is less than or equal"),
         (lambda d: d["compute"].pop("splice"), "'splice' is a required property"),
-        (lambda d: d.update(schema="qroute.profile/0"), "expected 'qroute.profile/10'"),
+        (lambda d: d.update(schema="qroute.profile/0"), "expected 'qroute.profile/11'"),
         (lambda d: d.update(default_paths=["pcie9"]), "default path 'pcie9' is not in paths"),
         (lambda d: d["compute"]["merge"].update(fixed_s="2us"), r"compute\.merge\.fixed_s: '2us' is not of type 'number'"),
         (lambda d: d.update(provenance="guessed"), "provenance: 'guessed' is not one of"),
@@ -89,8 +89,10 @@ def test_measured_extras_roundtrip_and_old_profiles_read_and_write_unchanged(tmp
     gather = replace(p.compute.gather, reply_s=8e-5)
     assert "parallel_excess" not in published()["compute"]["attention"]
     attention = replace(p.compute.attention, first_step_excess=0.09, parallel_excess=0.11,
-                        first_step_idle=((0.01, 0.08), (0.1, 0.3)))  # fmt: skip
-    assert "first_step_idle" not in published()["compute"]["attention"]
+                        first_step_idle=((0.01, 0.08), (0.1, 0.3)), group_s=p.compute.attention.fixed_s / 2)  # fmt: skip
+    assert not {"first_step_idle", "group_s"} & set(published()["compute"]["attention"])
+    assert p.compute.attention.group_s is None and p.compute.attention.batched_s(3e-3, 3) == 3e-3
+    assert attention.batched_s(3e-3, 3) == pytest.approx(3e-3 - attention.fixed_s)  # 2 further requests, half off each
     q = replace(p, paths={**p.paths, "ibgda": ibgda}, compute=replace(p.compute, merge=merge, gather=gather, attention=attention))
     q.save(tmp_path / "q.json")
     assert prof.load(tmp_path / "q.json") == q
