@@ -267,8 +267,6 @@ def sweep_shapes(config: ValidationConfig) -> list[tuple[int, int, int, int]]:
 def batch_requests(world, holders: int, step_tokens: int, blocks: int, steps: int, batch: int, seed: int) -> list[AgentRequest]:
     """`batch` requests of one shape decoded together, each over `holders` holders, on distinct chunks where the corpus
     has enough (`shaped_request`'s `nth` match; else they repeat)."""
-    if batch == 1:
-        return [shaped_request(world, holders, step_tokens, blocks, steps, seed=seed)]
     return [shaped_request(world, holders, step_tokens, blocks, steps, seed=seed + j, nth=j) for j in range(batch)]
 
 

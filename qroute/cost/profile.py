@@ -74,17 +74,13 @@ class PathSpec:
     stall_per_exchange_multi: float | None = None  # the same for exchanges with several holders at once
 
     def chunk_extra_s(self, nbytes):
-        """Seconds a message of `nbytes` pays for its chunks beyond the first (`chunk_s` each; 0 for a stream)."""
+        """Seconds a message of `nbytes` pays for its chunks beyond the first (`chunk_s` each; 0 for a stream): a fetch's
+        reply, and each message of a route exchange (on the dev VM's shared memory, one holder's route exchanges of
+        512-2048 rows, 2.2-8.9 MB, took 0.4-1.5 ms above the line through smaller ones)."""
         if not self.chunk_bytes or not self.chunk_s:
             return 0.0 * nbytes
         out = np.maximum(np.ceil(np.asarray(nbytes, dtype=np.float64) / self.chunk_bytes) - 1, 0) * self.chunk_s
         return float(out) if out.ndim == 0 else out
-
-    def route_chunks_s(self, out_bytes, back_bytes):
-        """Seconds a route exchange of `out_bytes` rows out and `back_bytes` states back pays for its two messages'
-        chunks beyond the first (`chunk_extra_s` of each; measured on the dev VM's shared memory, one holder: the
-        network of exchanges of 512-2048 rows, 2.2-8.9 MB, 0.4-1.5 ms above the line through smaller ones)."""
-        return self.chunk_extra_s(out_bytes) + self.chunk_extra_s(back_bytes)
 
     def fetch_move_s(self, nbytes):
         """Seconds one holder's fetch reply of `nbytes` moves: its bytes at the fetch rate and its further chunks."""

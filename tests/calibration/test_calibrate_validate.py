@@ -78,9 +78,12 @@ def test_validate_cli_small_grid_and_bad_profiles(tmp_path):
     assert {"median_ape", "p90_ape", "hit_rate", "regret", "per_path", "per_primitive", "per_phase", "signed"} <= set(out)
     assert out["per_path"]["gloo-loopback"]["n"] > 0 and 0 <= out["regret"] < 10
     assert any(Path(f).suffix == ".csv" for f in out["files"]) and sum(Path(f).suffix == ".png" for f in out["files"]) == 2
-    assert set(out["per_holders"]) == {"1", "2"}
+    assert set(out["per_holders"]) == {"1", "2"} and set(out["per_batch"]) == {"1", "3"}
     rows = json.loads(next(tmp_path.glob("validation-t-*.json")).read_text())["rows"]
     assert all(r["predicted_spread"] == 0.0 and r["predicted"]["total_s"] > 0 for r in rows)  # one run: one prediction
+    batched = [r for r in rows if r["batch"] == 3]  # 4-block chunks (below the largest), 3 requests decoded together
+    assert {r["chunk_tokens"] for r in batched} == {4 * 8} and {r["primitive"] for r in batched} == {"route", "fetch", "local"}
+    assert all(r["max_rel_err"] < 1e-4 for r in rows)  # every request of every batch against the oracle
     r = run("validate", "--quiet", "--json", *small, "--instances", "2", "--step-tokens", "1", "--chunk-blocks", "4",
             "--steps", "1", "--reps", "1", "--max-reps", "1", "--out", str(tmp_path), "--tag", "t2")  # fmt: skip
     assert r.returncode == 0, r.stderr
