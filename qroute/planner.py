@@ -199,22 +199,16 @@ def _routed_per_layer(model: CostModel, sessions: Sequence[Session]) -> Phases:
         return Phases()
     compute = {h: model.profile.compute.attention.batched_s(compute[h], asked[h]) for h in rows}  # one message each
     exchange = {h: model.route_bytes(rows[h]) for h in rows}
-    beta = {h: paths[h].beta(exchange[h]) for h in rows}
     extra = (len(rows) - 1) * max(p.per_holder_s for p in paths.values())
     serial, cap = serial_terms(paths.values())  # the others' compute that does not overlap
     ports = max(p.bytes_serial for p in paths.values())  # the others' bytes that move after the largest's
     longest = max(compute.values())
     return Phases(  # the others' serial compute is waited for in the exchange: probe (network), as the runtime measures
         probe=max(paths[h].alpha(exchange[h]) for h in rows) + extra + overlapped(list(compute.values()), serial, cap) - longest,
-        transfer=overlapped([_moves(paths[h], rows[h] * c.q_row_bytes, beta[h]) for h in rows], ports),
+        transfer=overlapped([paths[h].route_move_s(rows[h] * c.q_row_bytes, exchange[h]) for h in rows], ports),
         compute=model.exchange_compute_s(longest, len(rows)),
-        ret=overlapped([_moves(paths[h], rows[h] * c.o_row_bytes, beta[h]) for h in rows], ports),
+        ret=overlapped([paths[h].route_move_s(rows[h] * c.o_row_bytes, exchange[h]) for h in rows], ports),
     )
-
-
-def _moves(path, nbytes, beta):
-    """Seconds one message of a route exchange moves: its bytes at the exchange's rate and its chunks beyond the first."""
-    return nbytes / beta + path.chunk_extra_s(nbytes)
 
 
 def _route_cold(model: CostModel, sessions: Sequence[Session], exchanges: int, exchange_s: float) -> Phases:

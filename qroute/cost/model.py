@@ -184,14 +184,13 @@ class CostModel:
         """All H holders routed; phases summed over N steps and L layers."""
         c = self.coef
         exchange = self.route_bytes(s.rows)
-        beta = path.beta(exchange)
         ports = 1 + (s.holders - 1) * path.bytes_serial  # the holders' bytes, as one holder's
         attention = self.attention_s(s.rows, s.tokens)
         per_layer = Phases(  # the others' serial compute is waited for in the exchange: probe (network), as measured
             probe=path.alpha(exchange) + (s.holders - 1) * path.per_holder_s + _waited(attention, s.holders, path),
-            transfer=ports * (s.rows * c.q_row_bytes / beta + path.chunk_extra_s(s.rows * c.q_row_bytes)),
+            transfer=ports * path.route_move_s(s.rows * c.q_row_bytes, exchange),
             compute=self.exchange_compute_s(attention, s.holders),
-            ret=ports * (s.rows * c.o_row_bytes / beta + path.chunk_extra_s(s.rows * c.o_row_bytes)),
+            ret=ports * path.route_move_s(s.rows * c.o_row_bytes, exchange),
             merge=self.merge_s(s.rows, s.holders + 1, routed=True),
         )
         n = s.steps * s.layers  # exchanges: the first wakes the holders, the tail stalls some

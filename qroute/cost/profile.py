@@ -82,6 +82,11 @@ class PathSpec:
         out = np.maximum(np.ceil(np.asarray(nbytes, dtype=np.float64) / self.chunk_bytes) - 1, 0) * self.chunk_s
         return float(out) if out.ndim == 0 else out
 
+    def route_move_s(self, nbytes, exchange_bytes):
+        """Seconds one message of `nbytes` of a route exchange of `exchange_bytes` (out and back) moves: its bytes at
+        the exchange's rate and its chunks beyond the first."""
+        return nbytes / self.beta(exchange_bytes) + self.chunk_extra_s(nbytes)
+
     def fetch_move_s(self, nbytes):
         """Seconds one holder's fetch reply of `nbytes` moves: its bytes at the fetch rate and its further chunks."""
         return nbytes / self.fetch_beta(nbytes) + self.chunk_extra_s(nbytes)

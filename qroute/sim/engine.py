@@ -202,10 +202,9 @@ class Engine:
         for h in rows:
             spec = self.paths[path[h]]
             nbytes = m.route_bytes(rows[h])
-            beta = spec.beta(nbytes)
             probe = max(probe, spec.alpha(nbytes))
-            out.append(rows[h] * q / beta + spec.chunk_extra_s(rows[h] * q))
-            back.append(rows[h] * o / beta + spec.chunk_extra_s(rows[h] * o))
+            out.append(spec.route_move_s(rows[h] * q, nbytes))
+            back.append(spec.route_move_s(rows[h] * o, nbytes))
             total += nbytes
             routed.append((h, comp[h], self.port(h, path[h]), out[-1] + back[-1]))
         used = [self.paths[p] for p in set(path.values())]
