@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from qroute.calibration.compute import quick_profile
+from qroute.calibration.auto import auto_profile
 from qroute.calibration.shapes import forced_executor, warm_up
 from qroute.cost import CostModel, load_profile
 from qroute.errors import QrouteError, non_negative_int, positive_int
@@ -146,10 +146,7 @@ def _requester(instance: Instance, config: AgentBenchConfig, world, group) -> di
 def _profile(config: AgentBenchConfig, world, instance: Instance):
     if config.profile != "auto":
         return paths.opened(load_profile(config.profile))
-    holder = instance.holders[instance.rank % len(instance.holders)]
-    dtype = "fp32" if world.model.dtype == torch.float32 else "bf16"
-    return quick_profile(world.model, world.geometry, holder, world.directory.blocks_on(holder), world.corpus.block_size,
-                         dtype)  # fmt: skip
+    return auto_profile(instance, config.cluster, config.world, world, progress=False)
 
 
 def serve_policy(rank: int, world, cost: CostModel, requests: list, policy: str, config: AgentBenchConfig) -> dict:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.distributed as dist
 
-from qroute.calibration.compute import quick_profile
+from qroute.calibration.auto import auto_profile
 from qroute.calibration.shapes import forced_executor, serve_together, warm_up
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import PRIMITIVES
@@ -115,14 +115,7 @@ def _instance(instance: Instance, config: DemoConfig) -> dict:
 def _profile(config: DemoConfig, world, instance: Instance):
     if config.profile != "auto":
         return paths.opened(load_profile(config.profile))
-    if instance.world_size == 1:
-        return quick_profile(world.model, world.geometry, None, [], world.corpus.block_size, _dtype_name(world.model))
-    holder = instance.holders[instance.rank % len(instance.holders)]
-    held = world.directory.blocks_on(holder)
-    others = [h for h in instance.holders if h != holder]
-    other = (others[0], world.directory.blocks_on(others[0])) if others else None  # asking two holders at once
-    return quick_profile(world.model, world.geometry, holder, held, world.corpus.block_size, _dtype_name(world.model),
-                         other)  # fmt: skip
+    return auto_profile(instance, config.cluster, config.world, world, config.progress and instance.rank == 0)
 
 
 def _dtype_name(model) -> str:

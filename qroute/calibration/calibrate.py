@@ -63,6 +63,7 @@ class CalibrationConfig:
     holder_stops_after: int | None = None  # fault injection for tests: the holder exits after this many messages
     device: str | None = None  # the host tier on this device ("auto", "cpu", "cuda"), instead of a launched cluster
     keep_trace: bool = False  # the results carry the raw trace (`trace`: per path, per training run, its records)
+    chunk_blocks: tuple[int, ...] | None = None  # the training grid's chunk sizes (None: QUICK_ or TRAIN_CHUNK_BLOCKS)
 
     def __post_init__(self) -> None:
         positive_int("repeats", self.repeats)
@@ -118,8 +119,9 @@ WIDE_BLOCKS = 4  # x the largest training chunk: one fetch that large per pass, 
 
 
 def measure(instance: Instance, config: CalibrationConfig, world) -> dict:
-    """Everything `qroute calibrate` measures, on rank 0 while the holders serve: sweeps, training grid, fits."""
-    peer = instance.holders[0]
+    """Everything `qroute calibrate` measures, on rank 0 while the holders serve: sweeps, training grid, fits (or on
+    any requester: `auto.auto_profile`; each requester sweeps its own holder)."""
+    peer = instance.holders[instance.rank % len(instance.holders)]
     filler = torch.randint(0, world.model.config.vocab_size, (4,))
     between = lambda: world.model.prefill(filler)  # noqa: E731 - the model's compute between exchanges
 
@@ -141,7 +143,8 @@ def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int,
 
     sizes = QUICK_SIZES if config.quick else LATENCY_SIZES
     repeats = 1 if config.quick else config.repeats
-    shapes = [(k, n) for k in TRAIN_STEP_TOKENS for n in (QUICK_CHUNK_BLOCKS if config.quick else TRAIN_CHUNK_BLOCKS)]
+    blocks = config.chunk_blocks or (QUICK_CHUNK_BLOCKS if config.quick else TRAIN_CHUNK_BLOCKS)
+    shapes = [(k, n) for k in TRAIN_STEP_TOKENS for n in blocks]
     latency, bandwidth, traces, probes = {}, {}, {}, {}
     with Progress(disable=not config.progress, transient=True) as bar:
         steps = len(names) * (len(sizes) + len(BANDWIDTH_SIZES) + repeats * len(shapes) * 2)
@@ -243,7 +246,8 @@ def _train(world, shapes, advance, seed: int, path: str, probes: list | None = N
             if k in TRAIN_LOCAL_STEP_TOKENS:  # a fetch from two holders at once (its size does not depend on k)
                 serve(executor, spanning_request(world, k, n, 1, seed=s), "fetch")
         advance()
-    idle_ladder(executor, world, shaped_request(world, 1, *IDLE_SHAPE, TRAIN_STEPS, seed=1000 * (seed + 1) + len(shapes) + 1))
+    idle = (IDLE_SHAPE[0], min(IDLE_SHAPE[1], max(n for _, n in shapes)))  # a grid of small chunks: its largest
+    idle_ladder(executor, world, shaped_request(world, 1, *idle, TRAIN_STEPS, seed=1000 * (seed + 1) + len(shapes) + 1))
     wide = wide_request(world, WIDE_BLOCKS * max(n for _, n in shapes), seed=1000 * (seed + 1) + len(shapes))
     for _ in range(FETCH_SAMPLES if wide is not None else 0):
         serve(executor, wide, "fetch")
@@ -335,3 +339,4 @@ def _profile(config, world, specs: dict, compute, fits, fabric: str) -> Profile:
         paths=specs, default_paths=tuple(specs), compute=compute, machine=machine,
         created=dt.datetime.now(dt.timezone.utc).isoformat(), fits=fits,
     )  # fmt: skip
+

@@ -118,13 +118,26 @@ def test_calibrated_profile_and_bfloat16(tiny):
         assert run["exact"], run["max_rel_err"]
 
 
-def test_the_quick_calibration_asks_two_holders_at_once(tiny):
-    """With two holders, `--profile auto` prices asking both at once: exchanges with both over a small and a large
-    chunk, fitted as calibration fits its parallel exchanges (the demo's always-route had missed by 11-23% without)."""
+def test_the_quick_calibration_is_calibrate_quick_in_the_cluster(tiny):
+    """`--profile auto` serves the quick training grid, scaled to the world's 8-block chunks, through the cluster's
+    own holders and fits the profile to the trace: asking two holders at once included (`per_holder_s`)."""
     results = run_demo(tiny(instances=3, profile="auto", modes=("route",)))
+    profile = results["profile"]
+    assert "in situ" in profile["description"]
+    path = profile["paths"]["gloo-loopback"]
+    assert path["per_holder_s"] is not None and path["holder_serial"] is not None
+    assert "parallel_compute" in profile["fits"] and "merge_after_route" in profile["fits"]
+    assert all(run["exact"] for run in results["runs"])
+
+
+def test_the_quick_calibration_falls_back_to_its_loops_under_hashed_placement(tiny):
+    """No chunk's first blocks sit on one holder: each constant is timed in a loop of its own, asking two holders at
+    once over a small and a large selection, fitted as calibration fits its parallel exchanges."""
+    results = run_demo(tiny(instances=3, profile="auto", placement="hashed", modes=("route",)))
     report = results["profile"]["fits"]["parallel"]["gloo-loopback"]
     assert [s[0] for s in report["shapes"]] == [2, 2] and [s[2] for s in report["shapes"]] == [15, 15]
     assert [t for _, t in report["shapes"][0][1]] == [4 * 8, 4 * 8] and [t for _, t in report["shapes"][1][1]] == [32 * 8] * 2
+    assert "in situ" not in results["profile"]["description"]
     assert all(run["exact"] for run in results["runs"])
 
 
