@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qroute.calibration.fit import fit_idle_curve, rate, robust_median
+from qroute.calibration.fit import fit_idle_curve, rate, robust_median, tail_mean
 from qroute.calibration.insitu_records import _fit, _grouped, _of, idle_of, route_exchanges
 from qroute.cost.profile import (
     AttentionCoeffs, Compute, GatherCoeffs, MergeCoeffs, ReprefillCoeffs, SpliceCoeffs,
@@ -113,31 +113,34 @@ def _median_excess(values: list[float], fits: dict | None, name: str, keys: tupl
 
 
 def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, fits: dict) -> Compute:
-    """Every compute coefficient from the trace (see the module doc)."""
+    """Every compute coefficient from the trace (see the module doc). A shape's point is the `tail_mean` of its
+    records, not their median: a request's phase is a sum of many of them (the first-step and parallel excesses stay
+    ratios of medians)."""
+    grouped = lambda records, key, value: _grouped(records, key, value, tail_mean)  # noqa: E731
     kv, f, o = coef.kv_token_layer_bytes, g.attn_flops_per_row_token, coef.o_row_bytes
 
     route = _of(trace, "route")
     warm = _warm(route)  # the first step's excess is priced on its own
     alone = [r for r in warm if r.get("parallel", 1) == 1] or warm  # and several holders at once (`parallel_excess`)
-    holder = _grouped(alone, _groups_key, lambda r: r["holder_compute_s"])
+    holder = grouped(alone, _groups_key, lambda r: r["holder_compute_s"])
     a, group = _holder_attention(holder, kv, f, fits)
     moved_key = lambda r: (r["rows"], r["tokens"])  # noqa: E731
-    moved = _grouped(_warm(_of(trace, "moved")), moved_key, lambda r: r["seconds"])
+    moved = grouped(_warm(_of(trace, "moved")), moved_key, lambda r: r["seconds"])
     la = _fit(moved, lambda k: [1.0, k[1] * kv, k[0] * k[1] * f, k[0]], "local_attention", fits)
     merges = _warm(_of(trace, "merge"))  # the first step's excess is priced on its own (`requester_first_step`)
     after = [r for r in merges if r.get("routed")]
     others = [r for r in merges if not r.get("routed")]
     merge_key = lambda r: (r["rows"], r["partials"], r.get("moved", 0))  # noqa: E731
-    base = _grouped(others, merge_key, lambda r: r["seconds"])
-    m = _fit(base if len(base) >= 3 else _grouped(merges, merge_key, lambda r: r["seconds"]),
+    base = grouped(others, merge_key, lambda r: r["seconds"])
+    m = _fit(base if len(base) >= 3 else grouped(merges, merge_key, lambda r: r["seconds"]),
              lambda k: [1.0, k[0] * k[1] * o, k[2]], "merge", fits)  # fmt: skip
-    after_route = _after_route(_grouped(after, merge_key, lambda r: r["seconds"]), m, o, fits) if len(base) >= 3 else 0.0
-    splice = _grouped(_of(trace, "splice"), lambda r: (r["tokens"], r["layers"]), lambda r: r["seconds"])
+    after_route = _after_route(grouped(after, merge_key, lambda r: r["seconds"]), m, o, fits) if len(base) >= 3 else 0.0
+    splice = grouped(_of(trace, "splice"), lambda r: (r["tokens"], r["layers"]), lambda r: r["seconds"])
     s = _fit(splice, lambda k: [1.0, k[0] * k[1]], "splice", fits)
     scattered = [r for r in _of(trace, "fetch") if r.get("scattered")]  # a contiguous run is sent as stored
-    gather = _grouped(scattered, lambda r: (r["tokens"], r["layers"]), lambda r: r["holder_compute_s"])
+    gather = grouped(scattered, lambda r: (r["tokens"], r["layers"]), lambda r: r["holder_compute_s"])
     gt = _fit(gather, lambda k: [1.0, k[0] * k[1]], "gather", fits)
-    local = _grouped(_of(trace, "local"), lambda r: (r["tokens"],), lambda r: r["seconds"])
+    local = grouped(_of(trace, "local"), lambda r: (r["tokens"],), lambda r: r["seconds"])
     rp = _fit(local, lambda k: [1.0, g.layers * k[0] * g.dense_flops_per_token_layer,
                                 g.layers * k[0] * (k[0] + 1) / 2 * g.attn_flops_per_token_pair], "reprefill", fits)  # fmt: skip
     src = "measured in situ: fitted to the runtime's trace"

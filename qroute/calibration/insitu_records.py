@@ -11,12 +11,13 @@ from qroute.calibration.fit import nonneg_lstsq, robust_median
 from qroute.errors import QrouteError
 
 
-def _grouped(records: Iterable[dict], key: Callable[[dict], tuple], value: Callable[[dict], float]) -> dict[tuple, float]:
-    """Robust median of `value` per distinct `key` (one point per shape)."""
+def _grouped(records: Iterable[dict], key: Callable[[dict], tuple], value: Callable[[dict], float],
+             centre: Callable[[list[float]], float] = robust_median) -> dict[tuple, float]:  # fmt: skip
+    """`centre` (default: the robust median) of `value` per distinct `key` (one point per shape)."""
     groups: dict[tuple, list[float]] = {}
     for r in records:
         groups.setdefault(key(r), []).append(value(r))
-    return {k: robust_median(v) for k, v in groups.items()}
+    return {k: centre(v) for k, v in groups.items()}
 
 
 def _fit(points: dict[tuple, float], features: Callable[[tuple], list[float]], name: str, fits: dict) -> np.ndarray:

@@ -146,3 +146,14 @@ def test_an_idle_curve_is_binned_made_non_decreasing_and_needs_a_span():
     assert all(v == 0.0 for _, v in fit_idle_curve(idle, -values))  # never below 0
     with pytest.raises(QrouteError, match="one value per idle time"):
         fit_idle_curve(idle, values[:3])
+
+
+def test_tail_mean_keeps_a_moderate_tail_and_drops_long_stalls():
+    from qroute.calibration.fit import TAIL_CAP, tail_mean
+
+    body = [1.0] * 16 + [1.5] * 4  # a fifth of the samples 1.5x: the mean 1.1x, the median 1.0x
+    assert tail_mean(body) == pytest.approx(1.1)
+    assert tail_mean(body + [TAIL_CAP * 1.01, 40.0]) == pytest.approx(1.1)  # beyond the cap: stalls
+    assert tail_mean(body + [TAIL_CAP]) == pytest.approx((22 + TAIL_CAP) / 21)
+    with pytest.raises(QrouteError, match="no timing samples"):
+        tail_mean([])
