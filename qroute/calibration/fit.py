@@ -32,7 +32,8 @@ def tail_mean(samples) -> float:
     rare long stalls. What a sum of many such timings grows by per term, where the median is what one takes alone.
     On the dev VM (a `calibrate --quick` trace, 2026-11-26) 8% of a shape's merges and 17% of its attentions over
     moved KV lay above `robust_median`'s cut (median + 5 MAD), and their mean was 1.05x the median (1.01x without
-    that tail); the validations of that day priced requests' merges 3-12% low and their compute 1-7% low."""
+    that tail); the validations of that day priced requests' merges 3-12% low and their compute 1-7% low. Not for a
+    timing taken once per request from few samples (a re-prefill: one slow one of three moves the mean 40%)."""
     x = np.asarray(samples, dtype=np.float64)
     if x.size == 0:
         raise QrouteError("no timing samples: expected at least one")

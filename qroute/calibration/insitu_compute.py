@@ -113,9 +113,11 @@ def _median_excess(values: list[float], fits: dict | None, name: str, keys: tupl
 
 
 def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, fits: dict) -> Compute:
-    """Every compute coefficient from the trace (see the module doc). A shape's point is the `tail_mean` of its
-    records, not their median: a request's phase is a sum of many of them (the first-step and parallel excesses stay
-    ratios of medians)."""
+    """Every compute coefficient from the trace (see the module doc). A shape's point is the robust median of its
+    records, but for what a request does once per layer and step (the holders' attention, the attention over moved
+    KV, merges) the `tail_mean`: the request's phase sums many of them. A splice, a gather or a re-prefill comes once
+    per request: there the median is what a request pays, and the mean of the few records a shape has is one slow
+    record away from it (the first-step and parallel excesses stay ratios of medians)."""
     grouped = lambda records, key, value: _grouped(records, key, value, tail_mean)  # noqa: E731
     kv, f, o = coef.kv_token_layer_bytes, g.attn_flops_per_row_token, coef.o_row_bytes
 
@@ -135,12 +137,12 @@ def fit_compute_from_trace(trace: list[dict], g: Geometry, coef: Coefficients, f
     m = _fit(base if len(base) >= 3 else grouped(merges, merge_key, lambda r: r["seconds"]),
              lambda k: [1.0, k[0] * k[1] * o, k[2]], "merge", fits)  # fmt: skip
     after_route = _after_route(grouped(after, merge_key, lambda r: r["seconds"]), m, o, fits) if len(base) >= 3 else 0.0
-    splice = grouped(_of(trace, "splice"), lambda r: (r["tokens"], r["layers"]), lambda r: r["seconds"])
+    splice = _grouped(_of(trace, "splice"), lambda r: (r["tokens"], r["layers"]), lambda r: r["seconds"])
     s = _fit(splice, lambda k: [1.0, k[0] * k[1]], "splice", fits)
     scattered = [r for r in _of(trace, "fetch") if r.get("scattered")]  # a contiguous run is sent as stored
-    gather = grouped(scattered, lambda r: (r["tokens"], r["layers"]), lambda r: r["holder_compute_s"])
+    gather = _grouped(scattered, lambda r: (r["tokens"], r["layers"]), lambda r: r["holder_compute_s"])
     gt = _fit(gather, lambda k: [1.0, k[0] * k[1]], "gather", fits)
-    local = grouped(_of(trace, "local"), lambda r: (r["tokens"],), lambda r: r["seconds"])
+    local = _grouped(_of(trace, "local"), lambda r: (r["tokens"],), lambda r: r["seconds"])
     rp = _fit(local, lambda k: [1.0, g.layers * k[0] * g.dense_flops_per_token_layer,
                                 g.layers * k[0] * (k[0] + 1) / 2 * g.attn_flops_per_token_pair], "reprefill", fits)  # fmt: skip
     src = "measured in situ: fitted to the runtime's trace"

@@ -74,12 +74,12 @@ def test_compute_coefficients_are_recovered_with_noise_and_stalls():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a_frequent_moderate_tail_is_priced_at_its_mean(seed):
     """As on the dev VM: 20% of each shape's records 1.3x longer (the rest 1% noise) and one long stall in 20. A
-    request sums many records, so its phase grows by the tail's mean (1.06x), which a median (1.0x) leaves out; the
-    stall is left out."""
+    request sums many merges and attentions over moved KV, so its phase grows by the tail's mean (1.06x), which a
+    median (1.0x) leaves out; the stall is left out. A splice or re-prefill comes once per request: its median."""
     rng = np.random.default_rng(seed)
     trace = []
     for r in synthetic_compute_trace(seed):
-        if r["kind"] in ("moved", "merge") and not r.get("routed"):
+        if r["kind"] in ("moved", "merge", "splice", "local") and not r.get("routed"):
             base = r["seconds"]
             for i in range(20):
                 t = base * (1.3 if i % 5 == 0 else 1.0) * (1 + rng.normal(0, 0.01)) + (max(4e-3, 3 * base) if i == 7 else 0.0)
@@ -93,6 +93,8 @@ def test_a_frequent_moderate_tail_is_priced_at_its_mean(seed):
         assert got.attention_s(rows, tokens, local=True) == pytest.approx(1.06 * true.attention_s(rows, tokens, local=True), rel=0.02)
         assert got.merge_s(rows, 3, False, tokens) == pytest.approx(1.06 * true.merge_s(rows, 3, False, tokens), rel=0.02)
         assert got.attention_s(rows, tokens) == pytest.approx(true.attention_s(rows, tokens), rel=0.03)  # no tail there
+    assert got.splice_s(200, 4) == pytest.approx(true.splice_s(200, 4), rel=0.03)
+    assert got.reprefill_s(256, GEOMETRY.layers) == pytest.approx(true.reprefill_s(256, GEOMETRY.layers), rel=0.03)
 
 
 def test_a_trace_without_routed_merges_prices_no_extra_and_the_route_merge_carries_it():
