@@ -28,13 +28,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from qroute.calibration.auto import auto_profile
+from qroute.calibration.auto import cluster_profile
 from qroute.calibration.shapes import forced_executor, warm_up
 from qroute.cost import CostModel, load_profile
 from qroute.errors import QrouteError, non_negative_int, positive_int
 from qroute.indexer import BlockIndexer
 from qroute.policies import POLICIES, check_policies
-from qroute.runtime import paths
 from qroute.runtime.cache import BlockCache
 from qroute.runtime.control import stop_holders
 from qroute.runtime.executor import Executor, Session
@@ -126,7 +125,7 @@ def _requester(instance: Instance, config: AgentBenchConfig, world, group) -> di
     index, count = instance.requester_ranks.index(instance.rank), len(instance.requester_ranks)
     mine = [t.request for t in timed if t.agent % count == index]
     warm_up(forced_executor(world, instance.rank), world)  # untimed: the quick calibration and the runs see a warm machine
-    cost = CostModel(world.geometry, _profile(config, world, instance))
+    cost = CostModel(world.geometry, cluster_profile(config.profile, instance, config.cluster, config.world, world, progress=False))
     runs: dict[str, list[dict]] = {name: [] for name in config.policies}
     for round_ in range(config.repeats):
         for name in config.policies:
@@ -141,12 +140,6 @@ def _requester(instance: Instance, config: AgentBenchConfig, world, group) -> di
                            "skew": skew.summary(sels, world.corpus.num_blocks)}  # fmt: skip
         out["profile"] = cost.profile.name
     return out
-
-
-def _profile(config: AgentBenchConfig, world, instance: Instance):
-    if config.profile != "auto":
-        return paths.opened(load_profile(config.profile))
-    return auto_profile(instance, config.cluster, config.world, world, progress=False)
 
 
 def serve_policy(rank: int, world, cost: CostModel, requests: list, policy: str, config: AgentBenchConfig) -> dict:

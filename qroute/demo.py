@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.distributed as dist
 
-from qroute.calibration.auto import auto_profile
+from qroute.calibration.auto import cluster_profile
 from qroute.calibration.shapes import forced_executor, serve_together, warm_up
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import PRIMITIVES
@@ -23,7 +23,6 @@ from qroute.cost.online import OnlineScale
 from qroute.errors import QrouteError, positive_int
 from qroute.indexer import BlockIndexer
 from qroute.planner import combine_batch
-from qroute.runtime import paths
 from qroute.runtime.control import stop_holders
 from qroute.runtime.executor import MODES, Executor, Measured, predicted_groups
 from qroute.runtime.holder import AttentionSpec, build_store, serve
@@ -112,12 +111,6 @@ def _instance(instance: Instance, config: DemoConfig) -> dict:
             stop_holders(instance.rank, instance.holders)
 
 
-def _profile(config: DemoConfig, world, instance: Instance):
-    if config.profile != "auto":
-        return paths.opened(load_profile(config.profile))
-    return auto_profile(instance, config.cluster, config.world, world, config.progress and instance.rank == 0)
-
-
 def _dtype_name(model) -> str:
     return "fp32" if model.dtype == torch.float32 else "bf16"
 
@@ -134,7 +127,7 @@ def _requester(instance: Instance, config: DemoConfig, world, store) -> dict:
     _say(config, instance, "calibrating this cluster (--profile auto)" if config.profile == "auto" else f"profile {config.profile}")
     if config.profile == "auto" and instance.world_size > 1:
         warm_up(forced_executor(world, instance.rank), world)  # the quick calibration times a warm machine
-    profile = _profile(config, world, instance)
+    profile = cluster_profile(config.profile, instance, config.cluster, config.world, world, config.progress and instance.rank == 0)
     calibrate_s = time.perf_counter() - t0
     online = OnlineScale() if config.online else None
     cost = CostModel(world.geometry, profile, _dtype_name(world.model), _dtype_name(world.model), online)

@@ -18,6 +18,7 @@ import torch
 from qroute.calibration.calibrate import QUICK_CHUNK_BLOCKS, CalibrationConfig, measure
 from qroute.calibration.compute import quick_profile
 from qroute.calibration.shapes import PROBE, shaped_request
+from qroute.cost import load_profile
 from qroute.cost.profile import Profile
 from qroute.cost.profile import from_dict as profile_from_dict
 from qroute.errors import QrouteError
@@ -26,6 +27,15 @@ from qroute.runtime.launcher import ClusterSpec, Instance
 from qroute.runtime.world import WorldSpec
 
 GRID_CHUNK = 32  # the chunk size the quick grid is set for (`qroute calibrate`'s world)
+
+
+def cluster_profile(name: str, instance: Instance, cluster: ClusterSpec, world_spec: WorldSpec, world,
+                    progress: bool = True) -> Profile:  # fmt: skip
+    """The profile a live cluster plans with: `name` ("auto": `auto_profile`; else a built-in or a profile JSON), of the
+    paths the cluster opened (`paths.opened`)."""
+    if name != "auto":
+        return paths.opened(load_profile(name))
+    return auto_profile(instance, cluster, world_spec, world, progress)
 
 
 def auto_profile(instance: Instance, cluster: ClusterSpec, world_spec: WorldSpec, world, progress: bool = True) -> Profile:
@@ -48,8 +58,8 @@ def auto_profile(instance: Instance, cluster: ClusterSpec, world_spec: WorldSpec
 
 def quick_chunk_blocks(world) -> tuple[int, ...] | None:
     """The quick grid's chunk sizes scaled to the world's largest chunk (as they are for chunks of `GRID_CHUNK`
-    blocks or more), or None where a request the in-situ grid serves cannot be made: one holder's chunk of each size
-    (on the first two holders, and three of them for a batch), its scattered half, and the speed probe."""
+    blocks or more), or None where a request the in-situ grid serves cannot be made: a chunk of each size on each of
+    the first two holders, its scattered half, and the speed probe."""
     bs = world.corpus.block_size
     largest = max(c.n_blocks(bs) for c in world.corpus.chunks)
     scale = min(1.0, largest / GRID_CHUNK)

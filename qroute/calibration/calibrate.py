@@ -341,4 +341,3 @@ def _profile(config, world, specs: dict, compute, fits, fabric: str) -> Profile:
         paths=specs, default_paths=tuple(specs), compute=compute, machine=machine,
         created=dt.datetime.now(dt.timezone.utc).isoformat(), fits=fits,
     )  # fmt: skip
-
