@@ -124,7 +124,7 @@ def add_demo(sub) -> None:
     g.add_argument("--sparse", action="store_true", help="select the top-k blocks of a chunk instead of the whole chunk")
     g.add_argument("--seed", type=int_at_least(0), default=0, help="seed of weights and workload (default: %(default)s)")
     g = p.add_argument_group("planning and output")
-    g.add_argument("--profile", default="auto", help="'auto' (calibrate this cluster first), a built-in profile, or a profile JSON (default: %(default)s)")
+    g.add_argument("--profile", default="auto", help="'auto' (calibrate this cluster first: `qroute calibrate --quick` inside it, ~10 s on 2 cores), a built-in profile, or a profile JSON (default: %(default)s)")
     g.add_argument("--modes", type=names, default=("predicate", "route", "fetch", "local"), help="comma-separated modes (default: predicate,route,fetch,local)")
     g.add_argument("--online", action="store_true", help="plan and predict with the profile rescaled online: per primitive "
                    "and phase group, the median measured / predicted of the last 16 batches served with that primitive")
