@@ -103,9 +103,7 @@ def calibrate_instance(instance: Instance, config: CalibrationConfig) -> dict:
     return result
 
 
-TRAIN_STEP_TOKENS = (1, 2, 5, 8, 24)  # route exchanges from the smallest a decode step sends; validation uses 1, 4, 16
-# 5: on gloo the route line is concave in size (steepest just above 64 KiB); without a point between 2 and 8 tokens the
-# 4-token exchanges (279 KB) sat a median 5 points lower than the 1-token ones over 27 dev-VM validations (2026-11-26)
+TRAIN_STEP_TOKENS = (1, 2, 8, 24)  # route exchanges from the smallest a decode step sends; validation uses 1, 4, 16
 TRAIN_LOCAL_STEP_TOKENS = (2, 8)  # local re-prefills the chunk whatever the rows: fewer shapes suffice
 TRAIN_BATCH, TRAIN_BATCH_STEP_TOKENS = 3, (2, 8)  # batches of 3 requests routed to one holder together: `group_s`
 TRAIN_CHUNK_BLOCKS = (2, 6, 12, 20, 30)  # spans the sizes validation uses (4, 16, 32): re-prefill extrapolates badly
