@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from qroute.calibration.auto import cluster_profile
+from qroute.calibration.compute import dtype_name
 from qroute.calibration.shapes import forced_executor, serve_together, warm_up
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import PRIMITIVES
@@ -111,10 +112,6 @@ def _instance(instance: Instance, config: DemoConfig) -> dict:
             stop_holders(instance.rank, instance.holders)
 
 
-def _dtype_name(model) -> str:
-    return "fp32" if model.dtype == torch.float32 else "bf16"
-
-
 def _say(config: DemoConfig, instance: Instance, text: str) -> None:
     if config.progress and instance.rank == 0:
         from rich.console import Console
@@ -130,7 +127,7 @@ def _requester(instance: Instance, config: DemoConfig, world, store) -> dict:
     profile = cluster_profile(config.profile, instance, config.cluster, config.world, world, config.progress and instance.rank == 0)
     calibrate_s = time.perf_counter() - t0
     online = OnlineScale() if config.online else None
-    cost = CostModel(world.geometry, profile, _dtype_name(world.model), _dtype_name(world.model), online)
+    cost = CostModel(world.geometry, profile, dtype_name(world.model), dtype_name(world.model), online)
     executor = Executor(instance.rank, world.model, world.corpus, world.directory, cost, store)
     indexer = BlockIndexer(world.corpus, seed=config.world.seed)
     spec = WorkloadSpec(**{**asdict(config.workload), "seed": config.workload.seed + instance.rank})

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import socket
 
-import torch
-
 from qroute.calibration.calibrate import QUICK_CHUNK_BLOCKS, CalibrationConfig, measure
-from qroute.calibration.compute import quick_profile
+from qroute.calibration.compute import dtype_name, quick_profile
 from qroute.calibration.shapes import PROBE, shaped_request
 from qroute.cost import load_profile
 from qroute.cost.profile import Profile
@@ -41,7 +39,7 @@ def cluster_profile(name: str, instance: Instance, cluster: ClusterSpec, world_s
 def auto_profile(instance: Instance, cluster: ClusterSpec, world_spec: WorldSpec, world, progress: bool = True) -> Profile:
     """A profile of this cluster measured now by requester `instance` (every requester measures its own), of the
     paths the cluster opened. Its description says which calibration made it."""
-    dtype = "fp32" if world.model.dtype == torch.float32 else "bf16"
+    dtype = dtype_name(world.model)
     if instance.world_size == 1:
         return quick_profile(world.model, world.geometry, None, [], world.corpus.block_size, dtype)
     blocks = quick_chunk_blocks(world)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from qroute.calibration.compute import dtype_name
 from qroute.calibration.fit import fit_path, rel_spread, speed_spread
 from qroute.calibration.insitu import fit_path_from_trace, path_line
 from qroute.calibration.insitu_compute import fit_compute_from_trace
@@ -175,7 +176,7 @@ def _keep_partial(config: CalibrationConfig, latency: dict, bandwidth: dict) -> 
 
 
 def _results(config, world, peer, latency, bandwidth, traces, probes, fabric: str) -> dict:
-    dtype = _kv_dtype(world.model)
+    dtype = dtype_name(world.model)
     fits: dict = {"pingpong": {n: fit_path([2 * r.size for r in rows], [r.median_s for r in rows]).report()
                                for n, rows in latency.items()}, "path": {},
                   "speed_probe": {n: {p: float(np.median([x[p] for x in runs])) for p in PRIMITIVES}
@@ -288,9 +289,6 @@ def _fabric(config) -> str:
     return "; ".join(f"{link.name}: {link.kind}" + (f", tbf {link.rate_mbit} Mbit/s" if link.rate_mbit else "")
                      + (f", +{link.delay_us} us each way" if link.delay_us else "") for link in config.cluster.links)  # fmt: skip
 
-
-def _kv_dtype(model) -> str:
-    return "fp32" if model.dtype == torch.float32 else "bf16"
 
 
 def spread(fits, speeds: list[float] | None = None) -> dict:

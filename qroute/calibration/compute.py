@@ -38,6 +38,11 @@ from qroute.runtime.store import BlockStore
 PATH = "gloo-loopback"
 
 
+def dtype_name(model: MLATransformer) -> str:
+    """The cost model's dtype name for `model`'s rows and cache: "fp32" or "bf16"."""
+    return "fp32" if model.dtype == torch.float32 else "bf16"
+
+
 def route_exchange(holder: int, q: torch.Tensor, blocks: list[int], group=None) -> float:
     """One ROUTE round trip as the executor does it, over `group` (a path; None: the world group); returns its
     network time (RTT - holder compute)."""
@@ -120,8 +125,7 @@ class QuickCalibration:
         self.model, self.g, self.block_size, self.grids = model, geometry, block_size, grids
         self.reps = grids.reps
         self.on_step = on_step or (lambda name: None)
-        row_dtype = "fp32" if model.dtype == torch.float32 else "bf16"
-        self.coef = geometry.coefficients(kv_dtype, row_dtype)
+        self.coef = geometry.coefficients(kv_dtype, dtype_name(model))
         self.filler = torch.randint(0, model.config.vocab_size, (4,))
         self.fits: dict = {}
         self.device = model.device  # every operand on the model's device (a GPU under NCCL), timed to completion

@@ -48,6 +48,7 @@ import torch
 import torch.distributed as dist
 
 from qroute.calibration.calibrate import CalibrationConfig, measure
+from qroute.calibration.compute import dtype_name
 from qroute.calibration.fit import speed_spread
 from qroute.calibration.insitu_records import exchange_summary, route_exchanges
 from qroute.calibration.validation_metrics import GROUPS, median_ci, metrics
@@ -188,7 +189,7 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
     """
     from rich.progress import Progress
 
-    dtype = "fp32" if world.model.dtype == torch.float32 else "bf16"
+    dtype = dtype_name(world.model)
     names = paths.opened(profile).default_paths
     rows, order = [], itertools.count()
     alive = KeepAlive.of(world, config.cluster.timeout_s)
