@@ -124,7 +124,8 @@ def workload_spec(args) -> SimWorkload:
 
 def what_if_profile(profile: Profile, constant: str, value: float) -> Profile:
     """`profile` with one constant set: `constant` is a dotted path into its JSON form under `paths` or `compute`
-    (`paths.ibgda.alpha_s`, `paths.ibgda.small.beta_Bps`, `compute.attention.flops_per_s`); validated as a profile."""
+    (`paths.ibgda.alpha_s`, `paths.ibgda.small.beta_Bps`, `compute.attention.flops_per_s`); validated as a profile.
+    Setting a path's `alpha_s` or `beta_Bps` drops its knots (profile/12), so that the line set prices every size."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
     require(ok, f"what-if {constant}={value!r}: expected a finite number >= 0")
     data, keys = profile.to_dict(), constant.split(".")
@@ -141,6 +142,8 @@ def what_if_profile(profile: Profile, constant: str, value: float) -> Profile:
                               f"expected one of {', '.join(choices)}")  # fmt: skip
         if leaf:
             node[key] = float(value)
+            if keys[0] == "paths" and depth == 2 and key in ("alpha_s", "beta_Bps"):
+                node.pop("knots", None)  # the path's line, set, rules every size: its measured knots would overrule it
         else:
             node = node[key]
     data.update(provenance="what-if", name=f"{profile.name} ({constant}={value:g})")

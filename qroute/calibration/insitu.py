@@ -21,6 +21,7 @@ from qroute.calibration.fit import PathFit, fit_idle_curve, fit_path, robust_med
 from qroute.calibration.insitu_parallel import fetch_per_holder_excess, per_holder_excess
 from qroute.calibration.insitu_records import _grouped, _net, _of, _route_bytes, _tokens, exchange_times, idle_of, route_exchanges
 from qroute.cost.profile import PathSpec, SmallRegime
+from qroute.cost.terms import monotone
 from qroute.errors import QrouteError
 
 
@@ -85,7 +86,8 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
             fit = _fit_points(routed, {k: t - offset for k, t in fetched.items()}, swept)
     cold, cold_idle = cold_excess(route)
     spec = PathSpec(fit.alpha_s, fit.beta_Bps, source, _small(fit), cold, fetch_offset_s=offset, fetch_beta_Bps=fetch_beta,
-                    cold_idle=cold_idle, chunk_bytes=chunk_bytes if chunk_s else None, chunk_s=chunk_s)  # fmt: skip
+                    cold_idle=cold_idle, chunk_bytes=chunk_bytes if chunk_s else None, chunk_s=chunk_s,
+                    knots=route_knots(routed))  # fmt: skip
     parallel: dict = {}
     per_holder, serial, ports, cap = per_holder_excess(trace, spec, parallel) or (0.0, 0.0, 1.0, None)
     spec = replace(spec, per_holder_s=per_holder, holder_serial=serial, bytes_serial=ports, serial_cap_s=cap)
@@ -94,7 +96,20 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
                    stall_per_exchange_multi=p_multi, stall_s_multi=size_multi)  # fmt: skip
     fetch_extra, fetch_ports = fetch_per_holder_excess(trace, spec) or (None, 1.0)
     spec = replace(spec, fetch_per_holder_s=fetch_extra, fetch_bytes_serial=fetch_ports)
-    return spec, replace(fit, extra=(("parallel", parallel),) + fetch_line)
+    knots = (("knots", [list(k) for k in spec.knots]),) if spec.knots else ()
+    return spec, replace(fit, extra=(("parallel", parallel),) + fetch_line + knots)
+
+
+def route_knots(routed: dict) -> tuple[tuple[float, float], ...]:
+    """The path's knots (profile/12): the warm one-holder route exchanges' median seconds at each size (`routed`:
+    (bytes,) -> seconds), made non-decreasing (`terms.monotone`), where they span `SPAN` over 3 sizes or more; none
+    otherwise. One line through them missed the sizes between (measured on the dev VM, 2026-11-27: gloo's in-situ
+    route points were concave in size, and validation's 209-279 KB exchanges ran 8-17% above the line, its 3.3 MB
+    ones 13-22%; `docs/cost-model.md`, "Knots")."""
+    sizes = sorted(routed)
+    if len(sizes) < 3 or sizes[-1][0] < SPAN * sizes[0][0]:
+        return ()
+    return tuple((float(k[0]), t) for k, t in zip(sizes, monotone([routed[k] for k in sizes])))
 
 
 STALL_OVER, STALL_MIN_EXCHANGES = 1.5, 8  # a stall: over 1.5x its shape's median; shapes with 8 exchanges or more

@@ -268,7 +268,7 @@ def path_flips(a: PathSpec, b: PathSpec) -> list[float]:
     differs on its two sides.
     """
     flips = [x for lo, hi in _regime_bounds(a, b) if (x := _affine_crossing(a, b, lo, hi)) is not None]
-    for cut in sorted({p.small.below_bytes for p in (a, b) if p.small is not None}):
+    for cut in _cuts(a, b):
         before, after = cut * (1 - 1e-9), cut
         if (a.time(before) < b.time(before)) != (a.time(after) < b.time(after)):
             flips.append(float(cut))
@@ -281,17 +281,24 @@ def path_crossover_bytes(a: PathSpec, b: PathSpec) -> float | None:
     return flips[0] if flips else None
 
 
+def _cuts(a: PathSpec, b: PathSpec) -> list[float]:
+    """Sizes where either path changes regime: its small regime's bound and its knots."""
+    return sorted({x for p in (a, b) for x in ([p.small.below_bytes] if p.small else []) + [k[0] for k in p.knots]})
+
+
 def _regime_bounds(a: PathSpec, b: PathSpec) -> list[tuple[float, float]]:
-    cuts = sorted({0.0, float("inf"), *(p.small.below_bytes for p in (a, b) if p.small is not None)})
+    cuts = [0.0, *_cuts(a, b), float("inf")]
     return list(zip(cuts[:-1], cuts[1:]))
 
 
 def _affine_crossing(a: PathSpec, b: PathSpec, lo: float, hi: float) -> float | None:
-    probe = lo if hi == float("inf") else (lo + hi) / 2  # a size inside the interval picks each path's regime
-    inv = 1.0 / a.beta(probe) - 1.0 / b.beta(probe)
-    if inv == 0:
+    """The size in [lo, hi) where `a` and `b` cost the same, both affine there (evaluated at two sizes inside)."""
+    x1 = lo + (hi - lo) / 3 if hi < float("inf") else max(lo, 1.0)
+    x2 = lo + 2 * (hi - lo) / 3 if hi < float("inf") else 2 * x1
+    d1, d2 = a.time(x1) - b.time(x1), a.time(x2) - b.time(x2)
+    if d1 == d2:
         return None
-    x = (b.alpha(probe) - a.alpha(probe)) / inv
+    x = x1 - d1 * (x2 - x1) / (d2 - d1)
     return float(x) if lo <= x < hi and x > 0 else None
 
 

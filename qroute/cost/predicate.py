@@ -166,9 +166,9 @@ def _on_path(request: Request, path: str) -> Request:
 
 
 def _shifted(path, delta: float):
-    """The path with `delta` added to its probe latency (in every regime)."""
+    """The path with `delta` added to its probe latency (in every regime, knots included)."""
     small = path.small and replace(path.small, alpha_s=path.small.alpha_s + delta)
-    return replace(path, alpha_s=path.alpha_s + delta, small=small)
+    return replace(path, alpha_s=path.alpha_s + delta, small=small, knots=tuple((b, t + delta) for b, t in path.knots))
 
 
 def probe_breakeven(model: CostModel, request: Request, path: str) -> BreakEven:

@@ -30,11 +30,11 @@ from typing import Any, Mapping
 import jsonschema
 import numpy as np
 
-from qroute.cost.terms import idle_curve, pick, poisson_median
+from qroute.cost.terms import idle_curve, knot_alpha, like, pick, poisson_median
 from qroute.errors import QrouteError
 
-SCHEMA_ID = "qroute.profile/11"
-READABLE = tuple(f"qroute.profile/{v}" for v in range(1, 11)) + (SCHEMA_ID,)
+SCHEMA_ID = "qroute.profile/12"
+READABLE = tuple(f"qroute.profile/{v}" for v in range(1, 12)) + (SCHEMA_ID,)
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ class PathSpec:
     chunk_s: float = 0.0  # profile/9: a message's seconds per chunk beyond its first (fetches; route exchanges too)
     stall_per_exchange: float | None = None  # profile/10: stalls per warm one-holder route exchange (None: `stall_rate`)
     stall_per_exchange_multi: float | None = None  # the same for exchanges with several holders at once
+    knots: tuple[tuple[float, float], ...] = ()  # profile/12: route exchanges' measured (bytes, seconds), interpolated (`alpha`)
 
     def chunk_extra_s(self, nbytes):
         """Seconds a message of `nbytes` pays for its chunks beyond the first (`chunk_s` each; 0 for a stream): a fetch's
@@ -118,28 +119,41 @@ class PathSpec:
         return float(out) if out.ndim == 0 else out
 
     def fetch_alpha(self, nbytes):
-        """Fixed seconds of one fetch exchange of `nbytes`: the probe moved by `fetch_offset_s`, never below 0."""
-        return np.maximum(self.alpha(nbytes) + self.fetch_offset_s, 0.0)
+        """Fixed seconds of one fetch exchange of `nbytes`: the line's probe moved by `fetch_offset_s`, never below 0
+        (the knots are route exchanges')."""
+        return np.maximum(self.line_alpha(nbytes) + self.fetch_offset_s, 0.0)
 
     def fetch_beta(self, nbytes):
-        """Rate of one fetch exchange of `nbytes`: `fetch_beta_Bps` where fitted, else the route exchanges' `beta`."""
-        return self.beta(nbytes) if self.fetch_beta_Bps is None else self.fetch_beta_Bps + 0 * nbytes
+        """Rate of one fetch exchange of `nbytes`: `fetch_beta_Bps` where fitted, else the line's."""
+        return self.line_beta(nbytes) if self.fetch_beta_Bps is None else self.fetch_beta_Bps + 0 * nbytes
 
     def fetch_time(self, nbytes):
         """Seconds of one fetch exchange of `nbytes`."""
         return self.fetch_alpha(nbytes) + self.fetch_move_s(nbytes)
 
-    def alpha(self, nbytes):
-        """Probe latency of an exchange of `nbytes` (number or numpy array)."""
+    def line_alpha(self, nbytes):
+        """Probe latency of the path's line (and small regime) at `nbytes`, without the knots: what fetches pay."""
         if self.small is None:
             return self.alpha_s + 0 * nbytes
         return pick(self.small.alpha_s, nbytes < self.small.below_bytes, self.alpha_s)
 
-    def beta(self, nbytes):
-        """Rate of an exchange of `nbytes` (number or numpy array)."""
+    def line_beta(self, nbytes):
+        """Rate of the path's line (and small regime) at `nbytes`, without the knots."""
         if self.small is None:
             return self.beta_Bps + 0 * nbytes
         return pick(self.small.beta_Bps, nbytes < self.small.below_bytes, self.beta_Bps)
+
+    def alpha(self, nbytes):
+        """Probe latency of a route exchange of `nbytes` (number or numpy array): from the first knot up, what makes
+        `time` the knots' interpolation at the line's rate (`terms.knot_alpha`); below, the line's (`line_alpha`)."""
+        if not self.knots:
+            return self.line_alpha(nbytes)
+        a, inside = knot_alpha(self.knots, nbytes, self.line_beta(nbytes))
+        return like(nbytes, np.where(inside, a, self.line_alpha(nbytes)))
+
+    def beta(self, nbytes):
+        """Rate of a route exchange of `nbytes` (number or numpy array): the line's (knots move only `alpha`)."""
+        return self.line_beta(nbytes)
 
     def time(self, nbytes):
         """Seconds to exchange `nbytes` (a number or a numpy array)."""
@@ -165,6 +179,8 @@ class PathSpec:
         d.update({k: getattr(self, k) for k in PER_EXCHANGE if getattr(self, k) is not None})
         if self.small is not None:
             d["small"] = asdict(self.small)
+        if self.knots:
+            d["knots"] = [list(k) for k in self.knots]
         return d
 
     @classmethod
@@ -175,7 +191,7 @@ class PathSpec:
                    d.get("holder_serial", 0.0), d.get("fetch_per_holder_s"), d.get("bytes_serial", 1.0),
                    d.get("serial_cap_s"), *(d.get(k, 0.0) for k in STALL_FIELDS), d.get("fetch_beta_Bps"),
                    tuple(map(tuple, d.get("cold_idle", ()))), d.get("fetch_bytes_serial", 1.0), d.get("chunk_bytes"),
-                   d.get("chunk_s", 0.0), *(d.get(k) for k in PER_EXCHANGE))  # fmt: skip
+                   d.get("chunk_s", 0.0), *(d.get(k) for k in PER_EXCHANGE), tuple(map(tuple, d.get("knots", ()))))  # fmt: skip
 
 
 STALL_FIELDS = ("stall_rate", "stall_s", "stall_rate_multi", "stall_s_multi")
@@ -292,6 +308,11 @@ class Profile:
         for p in self.default_paths:
             if p not in self.paths:
                 raise QrouteError(f"profile {self.name!r}: default path {p!r} is not in paths {sorted(self.paths)}")
+        for name, spec in self.paths.items():
+            xs, ys = [k[0] for k in spec.knots], [k[1] for k in spec.knots]
+            if any(b <= a for a, b in zip(xs, xs[1:])) or any(b < a for a, b in zip(ys, ys[1:])):
+                raise QrouteError(f"profile {self.name!r}: path {name!r}: knots={[list(k) for k in spec.knots]}: expected "
+                                  "ascending bytes and non-decreasing seconds")  # fmt: skip
 
     def path(self, name: str) -> PathSpec:
         """The named path, or an error listing the known ones."""
@@ -341,7 +362,7 @@ def _schema() -> dict[str, Any]:
 
 
 def validate(data: Any, origin: str) -> None:
-    """Validate a profile dict against schema `qroute.profile/11` (or /1 to /10); one-line error on failure."""
+    """Validate a profile dict against schema `qroute.profile/12` (or /1 to /11); one-line error on failure."""
     if isinstance(data, dict) and data.get("schema") not in READABLE:
         raise QrouteError(f"profile {origin}: schema={data.get('schema')!r}: expected {SCHEMA_ID!r} (or one of "
                           f"{', '.join(map(repr, READABLE[:-1]))})")  # fmt: skip

@@ -54,3 +54,31 @@ def mean_stall_s(paths, holders: int, exchange_s: float) -> float:
     exchanges pays per exchange (`PathSpec.stalls_s` prices the median request of a given length)."""
     multi = holders > 1
     return max(float(p.stalls_per_exchange(multi, exchange_s)) * (p.stall_s_multi if multi else p.stall_s) for p in paths)
+
+
+def knot_alpha(knots, nbytes, beta_Bps):
+    """(alpha, inside) of a path with measured route exchanges `knots` ((bytes, seconds), ascending bytes) at `nbytes`
+    (a number or numpy array) whose line moves bytes at `beta_Bps` there (a number or array): the knots' piecewise-
+    linear seconds less the line's bytes term, so that alpha + nbytes / beta is the interpolation and the rate stays
+    the line's (what parallel holders' further bytes and the phases' split use); above the last knot its seconds
+    plus the further bytes at the line's rate. `inside` is False below the first knot (the line's own alpha)."""
+    xs, ys = [k[0] for k in knots], [k[1] for k in knots]
+    b = np.asarray(nbytes, dtype=np.float64)
+    seconds = np.interp(b, xs, ys) + np.maximum(b - xs[-1], 0.0) / beta_Bps
+    return seconds - b / beta_Bps, b >= xs[0]
+
+
+def monotone(values) -> list[float]:
+    """The non-decreasing sequence nearest `values` in least squares (pool adjacent violators, equal weights)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m1, n1), (m2, n2) = blocks.pop(-2), blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return [m for m, n in blocks for _ in range(int(n))]
+
+
+def like(nbytes, value):
+    """`value` (a numpy array) as a float where `nbytes` is a number."""
+    return float(value) if np.ndim(nbytes) == 0 else value

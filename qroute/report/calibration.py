@@ -45,6 +45,8 @@ def fit_table(results: dict) -> Table:
         if path.get("small"):
             s = path["small"]
             t.add_row(f"{name} small (< {fmt_bytes(s['below_bytes'])})", f"{fmt_s(s['alpha_s'])}, {s['beta_Bps'] / 1e9:.3g} GB/s", "", "")
+        if path.get("knots"):  # the route exchanges' own medians, interpolated
+            t.add_row(f"{name} route knots", ", ".join(f"{fmt_bytes(b)} {fmt_s(x)}" for b, x in path["knots"]), "", "")
         t.add_row(f"{name} wake-up, per extra holder", f"{fmt_s(path.get('cold_s', 0))}, {fmt_s(path.get('per_holder_s', 0))}"
                   f" (+{path.get('holder_serial', 0):.0%} of their compute{_cap(path)}, {path.get('bytes_serial', 1):.0%} of their bytes)",
                   "", "")  # fmt: skip

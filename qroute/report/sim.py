@@ -74,9 +74,9 @@ def decision_shares(model: CostModel, shapes: list[dict], path: str) -> dict[str
 
 
 def _with_path(model: CostModel, path: str, alpha_s: float, beta_Bps: float) -> CostModel:
-    """`model` with `path` replaced by a plain alpha-beta line (no small-message regime)."""
+    """`model` with `path` replaced by a plain alpha-beta line (no small-message regime, no knots)."""
     profile = model.profile
-    spec = replace(profile.path(path), alpha_s=alpha_s, beta_Bps=beta_Bps, small=None, fetch_beta_Bps=None)
+    spec = replace(profile.path(path), alpha_s=alpha_s, beta_Bps=beta_Bps, small=None, fetch_beta_Bps=None, knots=())
     return replace(model, profile=replace(profile, paths={**profile.paths, path: spec}, provenance="what-if"))
 
 

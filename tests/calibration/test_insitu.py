@@ -546,3 +546,41 @@ def test_a_records_idle_time_is_the_planners_where_it_planned():
     assert idle_of({"planned_idle_s": 0.004, "idle_s": 0.011}) == 0.004  # the planner priced the wake-up from this
     assert idle_of({"planned_idle_s": None, "idle_s": 0.011}) == 0.011
     assert idle_of({"idle_s": None}) == 0.0 and idle_of({}) == 0.0
+
+
+def _concave_trace(seed, sizes):
+    """Warm one-holder route exchanges whose seconds are concave in size (as gloo's in situ on the dev VM), 12 per
+    size with 1% noise and a 4 ms stall now and then, and fetches on a line."""
+    rng = np.random.default_rng(seed)
+    curve = lambda b: 4e-4 + 1.2e-6 * np.sqrt(b)  # noqa: E731
+    trace = []
+    for i, b in enumerate(sizes):
+        for step in range(12):
+            stall = 4e-3 if rng.random() < 0.05 else 0.0
+            trace.append(_route(rng, 100 * i + step, 0, int(b), curve(b) * (1 + rng.normal(0, 0.01)) + stall, False))
+    for b in np.geomspace(1.5e5, 4e6, 4).astype(int):
+        trace.append({"kind": "fetch", "bytes": int(b), "parallel": 1, "holder_compute_s": 0.0, "rtt_s": 5e-4 + b / 1e9})
+    return trace, curve
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_knots_follow_in_situ_exchanges_that_one_line_does_not(seed):
+    sizes = np.array([7e4, 1.4e5, 4.2e5, 5.6e5, 1.7e6, 5e6])
+    trace, curve = _concave_trace(seed, sizes)
+    spec, fit = fit_path_from_trace(trace, "synthetic")
+    assert [k[0] for k in spec.knots] == list(sizes) and dict(fit.extra)["knots"] == [list(k) for k in spec.knots]
+    line = replace(spec, knots=())
+    between = np.sqrt(sizes[1:] * sizes[:-1])  # sizes no request of the trace had
+    knot_err = np.abs(spec.time(between) / curve(between) - 1)
+    line_err = np.abs(line.time(between) / curve(between) - 1)
+    assert knot_err.max() < 0.04 and knot_err.max() < line_err.max() / 2
+    assert np.allclose(spec.time(sizes), curve(sizes), rtol=0.02)  # stalls left out of each size's median
+
+
+def test_knots_are_non_decreasing_and_absent_without_a_span():
+    from qroute.calibration.insitu import route_knots
+
+    assert route_knots({(7e4,): 7e-4, (1.4e5,): 9e-4, (4.2e5,): 8e-4, (1e6,): 1.2e-3}) == (
+        (7e4, 7e-4), (1.4e5, pytest.approx(8.5e-4)), (4.2e5, pytest.approx(8.5e-4)), (1e6, 1.2e-3))  # fmt: skip
+    assert route_knots({(7e4,): 7e-4, (1e5,): 8e-4, (2e5,): 9e-4}) == ()  # spans under 4x: the line alone
+    assert route_knots({(7e4,): 7e-4, (1e6,): 9e-4}) == ()  # two sizes: the line alone

@@ -207,3 +207,42 @@ def test_route_pays_the_stalls_of_its_median_request_once(model):
     exchange = per_layer.total - per_layer.merge - p.cold_s
     assert with_stalls.probe - base.probe == pytest.approx(stalled.stalls_s(32, 2, exchange))
     assert with_stalls.probe - base.probe > 0 and with_stalls.transfer == base.transfer
+
+
+KNOTS = ((7e4, 7e-4), (1.4e5, 8e-4), (4.2e5, 1.0e-3), (5e6, 4.5e-3))
+
+
+def test_knots_price_route_exchanges_between_them_and_fetches_on_the_line():
+    p = PathSpec(6e-4, 1.6e9, knots=KNOTS)
+    for (b0, t0), (b1, t1) in zip(KNOTS, KNOTS[1:]):  # each knot exactly, the chord between two
+        assert p.time(b0) == pytest.approx(t0) and p.time(b1) == pytest.approx(t1)
+        assert p.time((b0 + b1) / 2) == pytest.approx((t0 + t1) / 2)
+    assert p.time(1e7) == pytest.approx(4.5e-3 + 5e6 / 1.6e9)  # above: the last knot, then the line's rate
+    assert p.time(1e3) == pytest.approx(6e-4 + 1e3 / 1.6e9)  # below: the line
+    assert p.fetch_time(2e5) == pytest.approx(6e-4 + 2e5 / 1.6e9)  # fetches: the line, wherever the knots are
+    sizes = np.array([1e3, 7e4, 1e5, 2e5, 5e6, 1e7])
+    assert np.allclose(p.time(sizes), [p.time(float(b)) for b in sizes], rtol=1e-12)
+    assert np.allclose(p.alpha(sizes) + sizes / p.beta(sizes), p.time(sizes), rtol=1e-12)
+
+
+def test_path_flips_with_knots_are_where_the_cheaper_path_changes():
+    knotted = PathSpec(6e-4, 1.6e9, knots=KNOTS)
+    for plain in (PathSpec(8.5e-4, 1e10), PathSpec(5e-4, 1.2e9), PathSpec(7.5e-4, 4e9)):
+        sizes = np.geomspace(1e3, 1e8, 20001)
+        cheaper = knotted.time(sizes) < plain.time(sizes)
+        expected = sizes[1:][cheaper[1:] != cheaper[:-1]]
+        flips = path_flips(knotted, plain)
+        assert len(flips) == len(expected)
+        assert all(f == pytest.approx(e, rel=1e-3) for f, e in zip(flips, expected))
+
+
+def test_knots_survive_the_profile_file_and_out_of_order_ones_are_refused(tmp_path):
+    from qroute.cost import profile as prof
+    from qroute.errors import QrouteError
+
+    p = load_profile("published-h100")
+    q = dataclasses.replace(p, paths=dict(p.paths, ibgda=dataclasses.replace(p.path("ibgda"), knots=KNOTS)))
+    q.save(tmp_path / "q.json")
+    assert prof.load(tmp_path / "q.json") == q
+    with pytest.raises(QrouteError, match=r"path 'ibgda': knots=.*expected ascending bytes and non-decreasing seconds"):
+        dataclasses.replace(p, paths=dict(p.paths, ibgda=dataclasses.replace(p.path("ibgda"), knots=KNOTS[::-1])))

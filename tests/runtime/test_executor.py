@@ -120,12 +120,16 @@ def test_calibrated_profile_and_bfloat16(tiny):
 
 def test_the_quick_calibration_is_calibrate_quick_in_the_cluster(tiny):
     """`--profile auto` serves the quick training grid, scaled to the world's 8-block chunks, through the cluster's
-    own holders and fits the profile to the trace: asking two holders at once included (`per_holder_s`)."""
+    own holders and fits the profile to the trace: asking two holders at once included (`per_holder_s`); the route
+    exchanges' medians as the path's knots."""
     results = run_demo(tiny(instances=3, profile="auto", modes=("route",)))
     profile = results["profile"]
     assert "in situ" in profile["description"]
     path = profile["paths"]["gloo-loopback"]
     assert path["per_holder_s"] is not None and path["holder_serial"] is not None
+    fit = profile["fits"]["path"]["gloo-loopback"][-1]
+    sizes = sorted({p[0] for p, o in zip(fit["points"], fit["origins"]) if o == "route"})
+    assert [k[0] for k in path["knots"]] == sizes and len(sizes) >= 3
     assert "parallel_compute" in profile["fits"] and "merge_after_route" in profile["fits"]
     assert all(run["exact"] for run in results["runs"])
 
