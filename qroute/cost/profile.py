@@ -1,12 +1,12 @@
 """Profiles: the measured (or published, or what-if) constants of one cluster.
 
-A profile is a JSON file, schema `qroute.profile/11` (`profile.schema.json` beside this module; `qroute.profile/1`
-to `/10` files still load, their newer fields taken as 0, `bytes_serial` as 1 and `serial_cap_s` as none), validated
+A profile is a JSON file, schema `qroute.profile/12` (`profile.schema.json` beside this module; `qroute.profile/1`
+to `/11` files still load, their newer fields taken as 0, `bytes_serial` as 1 and `serial_cap_s` as none), validated
 on load and never pickled. Calibration is the only code that writes measured profiles; everything else reads them.
 Built-in profiles live in `profiles/`: `published-h100` carries the paper's published figures, labelled as such.
 
-Per path (`PathSpec`): an exchange of `b` bytes costs `alpha_s + b / beta_Bps` (with a small-message regime below
-`small.below_bytes`), plus what one exchange in a loop does not see: the wake-up of idle holders (`cold_s`, and
+Per path (`PathSpec`, `path.py`): an exchange of `b` bytes costs `alpha_s + b / beta_Bps` (with a small-message regime
+below `small.below_bytes`, and from the first of its `knots` up the knots' interpolation, profile/12), plus what one exchange in a loop does not see: the wake-up of idle holders (`cold_s`, and
 after a measured idle time `cold_idle`, profile/9), several holders at once (`per_holder_s`, the serial fractions of
 their compute and bytes, with a cap), a fetch's own offset, rate, overlap and chunks (profile/8-9), and the tail:
 stalls per exchange, as clusters per request (`stall_per_exchange`, profile/10; per second of exchange before,
