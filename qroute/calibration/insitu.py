@@ -107,7 +107,7 @@ def route_knots(routed: dict) -> tuple[tuple[float, float], ...]:
     route points were concave in size, and validation's 209-279 KB exchanges ran 8-17% above the line, its 3.3 MB
     ones 13-22%; `docs/cost-model.md`, "Knots")."""
     sizes = sorted(routed)
-    if len(sizes) < 3 or sizes[-1][0] < SPAN * sizes[0][0]:
+    if not _spans(sizes):
         return ()
     return tuple((float(k[0]), t) for k, t in zip(sizes, monotone([routed[k] for k in sizes])))
 
@@ -184,7 +184,7 @@ def _own_lines(routed: dict, fetched: dict, sweep: dict[int, float], chunk: floa
     probe down and priced held-out route exchanges 6-36% low (each training repeat against the others); on lines of
     their own, within 4-10% (route) and 5-14% (fetch), fetch rates 1.25-1.27 GB/s on gloo against route's 2.1-2.8."""
     sizes = sorted(routed)
-    if len(sizes) < 3 or sizes[-1][0] < SPAN * sizes[0][0] or len(fetched) < 2:
+    if not _spans(sizes) or len(fetched) < 2:
         return None
     swept = {(b,): t for b, t in sweep.items() if not sizes[0][0] <= b <= sizes[-1][0]}
     fit = _fit_points(routed, {}, swept)
@@ -240,6 +240,11 @@ def _small(fit: PathFit) -> SmallRegime | None:
 SPAN = 4.0  # in-situ exchanges over sizes this far apart (largest / smallest) can fix the line on their own
 
 
+def _spans(sizes: list[tuple]) -> bool:
+    """Whether in-situ exchange sizes (sorted `(bytes,)` keys) fix a line of their own: 3 sizes or more, spanning `SPAN`."""
+    return len(sizes) >= 3 and sizes[-1][0] >= SPAN * sizes[0][0]
+
+
 def _fit_points(routed: dict, fetched: dict, swept: dict) -> PathFit:
     """Of two fits, the one that prices the runtime's own exchanges best (median relative error over them): a line
     through those exchanges alone (where they span `SPAN`), with the ping-pong sweep's points below them as the
@@ -253,7 +258,7 @@ def _fit_points(routed: dict, fetched: dict, swept: dict) -> PathFit:
     origin = {**{k: "sweep" for k in swept}, **{k: "fetch" for k in fetched}, **{k: "route" for k in routed}}
     pooled = _fit_pooled({**swept, **insitu}, origin)
     sizes = sorted(insitu)
-    if len(sizes) < 3 or sizes[-1][0] < SPAN * sizes[0][0]:
+    if not _spans(sizes):
         return pooled
     own = _fit_pooled(insitu, origin)
     below = {k: t for k, t in swept.items() if k < sizes[0]}
