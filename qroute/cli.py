@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_cluster.add_demo(sub)
     cli_cluster.add_calibrate(sub)
     cli_cluster.add_validate(sub)
+    cli_cluster.add_reprice(sub)
     cli_agents.add_bench_agents(sub)
     cli_sim.add_simulate(sub)
     return parser
@@ -152,6 +153,7 @@ def cmd_explain(args) -> None:
 COMMANDS = {
     "models": cmd_models, "plan": cmd_plan, "explain": cmd_explain, "compare": cmd_compare,
     "demo": cli_cluster.cmd_demo, "calibrate": cli_cluster.cmd_calibrate, "validate": cli_cluster.cmd_validate,
+    "reprice": cli_cluster.cmd_reprice,
     "bench-agents": cli_agents.cmd_bench_agents,
     "simulate": cli_sim.cmd_simulate,
 }  # fmt: skip

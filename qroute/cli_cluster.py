@@ -1,4 +1,5 @@
-"""The subcommands that start a cluster: `demo`, `calibrate`, `validate` (flags and thin handlers)."""
+"""The subcommands that start a cluster: `demo`, `calibrate`, `validate` (flags and thin handlers); and `reprice`,
+which scores other profiles on a validation's runs."""
 
 from __future__ import annotations
 
@@ -245,9 +246,46 @@ def add_validate(sub) -> None:
     p.add_argument("--instances", type=int_at_least(2), choices=(2, 3), default=3, help="1 requester + 2 holders (1 holder "
                    "with contiguous placement, then 2 with hashed), or 2 instances: the 1-holder setup only (default: %(default)s)")
     p.add_argument("--fabric", type=fabric_links, default=(), help=f"validate over {FABRIC_HELP}; one holder, every path")
+    p.add_argument("--compare", type=names, default=(), metavar="PROFILES", help="also price every run with these "
+                   "profiles (comma-separated files or built-in names, e.g. repeated calibrations) and report their "
+                   "errors on the same measurements; each must price the validated paths (default: none)")  # fmt: skip
     _host_args(p)
     _model_args(p)
     _output_args(p, 300, "the CSV, JSON and plots")  # fmt: skip
+
+
+EPILOG_REPRICE = """\
+Each validation run keeps what the planner knew when it planned it (the requests, how long each
+holder had sat idle, the primitive and path each holder ran), so any profile can be scored on
+runs already measured, the measurement noise held fixed. Example: is a repeated calibration
+better or worse than the one validated, on the very same runs?
+  qroute validate --profile auto --tag v1 && qroute calibrate --tag again
+  qroute reprice qroute-results/validation-v1-*.json qroute-results/profile-again-*.json
+"""
+
+
+def add_reprice(sub) -> None:
+    text = "score other profiles on a validation's measured runs (no cluster): error, hit rate and regret of each"
+    p = sub.add_parser("reprice", help=text, description=text, epilog=EPILOG_REPRICE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("validation", help="a validation's results: validation-*.json, or gzipped .json.gz")
+    p.add_argument("profiles", nargs="+", help="built-in profile names or profile JSON files, each pricing the paths the runs took")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def cmd_reprice(args) -> None:
+    from qroute.calibration.reprice import compared_profiles, read_validation, with_compared
+    from qroute.report import validation as report
+
+    results = read_validation(args.validation)
+    compared_profiles(tuple(args.profiles), tuple(sorted({r.get("pass") for r in results["rows"]})))  # fail fast
+    results = with_compared(results, tuple(args.profiles))
+    if args.json:
+        keep = ("median_ape", "p90_ape", "n", "per_path", "per_primitive", "hit_rate", "regret")
+        print(json.dumps({"validated": {"profile": results.get("profile_file"), **{k: results["metrics"].get(k) for k in keep}},
+                          "compared": results["compared"]}, indent=2))  # fmt: skip
+        return
+    console.print_tables(report.compared_table(results))
 
 
 def newest_profile(out: str) -> str:
@@ -272,7 +310,7 @@ def cmd_validate(args) -> None:
     cluster = cluster_spec(args, 2 if args.fabric else args.instances, 1, args.fabric)
     config = ValidationConfig(profile, cluster, world, args.step_tokens, args.chunk_blocks, args.steps, args.batches,
                               args.reps, max(args.max_reps, args.reps), args.ci, budget_s=args.budget,
-                              progress=not (args.quiet or args.json), device=device)  # fmt: skip
+                              progress=not (args.quiet or args.json), device=device, compare=args.compare)  # fmt: skip
     calibrated = f"{args.out}/profile-{args.tag or socket.gethostname()}-auto-{dt.date.today():%Y-%m-%d}.json"
     results = run_validation(config, calibrated)
     if results.get("rank") != 0:
@@ -284,7 +322,11 @@ def cmd_validate(args) -> None:
     if args.json:
         keys = ("median_ape", "p90_ape", "n", "per_path", "per_primitive", "per_holders", "per_batch", "per_phase", "signed", "hit_rate", "regret",
                 "decisive_configs", "configs", "drift", "drift_corrected", "online", "measurement")  # fmt: skip
-        print(json.dumps({**{k: m[k] for k in keys}, "profile": results["profile_file"], "files": [str(f) for f in files]}, indent=2))
+        compared = {"compared": results["compared"]} if "compared" in results else {}
+        print(json.dumps({**{k: m[k] for k in keys}, "profile": results["profile_file"], **compared,
+                          "files": [str(f) for f in files]}, indent=2))  # fmt: skip
         return
     console.print_tables(report.metrics_table(results))
+    if "compared" in results:
+        console.print_tables(report.compared_table(results))
     _wrote(files, results["wall_s"])

@@ -117,7 +117,8 @@ def run_host_calibration(config: CalibrationConfig) -> dict:
 def run_host_validation(config, calibrated: str | None = None) -> dict:
     """`qroute validate --host-tier`: the held-out sweep through the host link (one holder), after calibrating on
     the same tier when `config.profile` is "auto" (the fitted profile is written to `calibrated`)."""
-    from qroute.calibration.validate import _sweep, budget_until
+    from qroute.calibration.reprice import with_compared
+    from qroute.calibration.validate import _pricing, _sweep, budget_until
     from qroute.calibration.validation_metrics import metrics
 
     t0, start = time.perf_counter(), time.time()
@@ -135,7 +136,7 @@ def run_host_validation(config, calibrated: str | None = None) -> dict:
     else:
         profile = load_profile(config.profile)
     rows = _sweep(replace(config, until=budget_until(config, start)), tier.world, 1, profile, links=tier.links)
-    return {"rank": 0, "profile": profile.to_dict(), "profile_file": profile_file, "rows": rows,
-            "metrics": metrics(rows, config.margin), "wall_s": time.perf_counter() - t0, "device": str(tier.device),
-            "budget_s": config.budget_s,
-            **extra}  # fmt: skip
+    return with_compared({"rank": 0, "profile": profile.to_dict(), "profile_file": profile_file, "rows": rows,
+                          "metrics": metrics(rows, config.margin), "wall_s": time.perf_counter() - t0,
+                          "device": str(tier.device), "budget_s": config.budget_s, "pricing": _pricing(tier.world),
+                          **extra}, config.compare, config.margin)  # fmt: skip

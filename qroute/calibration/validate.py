@@ -33,6 +33,9 @@ Metrics (pure functions of the rows, `validation_metrics.metrics`):
     online     APE of an online-rescaled profile (`cost.online`): the runs replayed in the
                order they ran, each predicted with the median measured / predicted ratio per
                phase group of the 16 runs of its primitive before it. Beside the plain APE
+    compared   with `--compare`, the same metrics for other profiles (repeated calibrations, a
+               published profile) priced on the very runs measured here, each run planned alike:
+               how far the profiles' errors differ with the measurement noise held fixed
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from qroute.calibration.calibrate import CalibrationConfig, measure
 from qroute.calibration.compute import dtype_name
 from qroute.calibration.fit import speed_spread
 from qroute.calibration.insitu_records import exchange_summary, route_exchanges
+from qroute.calibration.reprice import compared_profiles, plan_record, pricing_record, with_compared
 from qroute.calibration.validation_metrics import GROUPS, median_ci, metrics
 from qroute.cost import CostModel, load_profile
 from qroute.cost.profile import from_dict
@@ -89,6 +93,7 @@ class ValidationConfig:
     until: float | None = None  # set per setup from `budget_s`: the wall-clock time (time.time()) its further passes end
     progress: bool = True
     device: str | None = None  # the host tier on this device ("auto", "cpu", "cuda"), instead of a launched cluster
+    compare: tuple[str, ...] = ()  # further profiles (files or built-in names) priced on the same runs
 
     def __post_init__(self) -> None:
         positive_int("reps", self.reps)
@@ -114,7 +119,9 @@ def run_validation(config: ValidationConfig, calibrated: str | None = None) -> d
     """
     check_spec(config.world)
     if config.profile != "auto":
-        load_profile(config.profile)  # fail fast
+        compared_profiles(config.compare, load_profile(config.profile).default_paths)  # fail fast
+    else:
+        compared_profiles(config.compare)
     if config.device is not None:
         from qroute.calibration.host import run_host_validation
 
@@ -132,6 +139,7 @@ def run_validation(config: ValidationConfig, calibrated: str | None = None) -> d
         if out.get("rank") != 0:
             return out
         rows += out["rows"]
+        extra["pricing"] = out["pricing"]
         if "calibration" in out:
             extra["calibration"] = out["calibration"]
             path = Path(calibrated or "profile-auto.json")
@@ -139,9 +147,13 @@ def run_validation(config: ValidationConfig, calibrated: str | None = None) -> d
             path.write_text(json.dumps(out["calibration"]["profile"], indent=2) + "\n")
             config = replace(config, profile=str(path))
     profile = load_profile(config.profile).to_dict()
-    return {"rank": 0, "profile": profile, "profile_file": config.profile, "rows": rows,
-            "metrics": {**metrics(rows, config.margin), "calibration_speed_spread": calibration_speed_spread(profile)},
-            "wall_s": time.perf_counter() - t0, "budget_s": config.budget_s, **extra}  # fmt: skip
+    return with_compared({"rank": 0, "profile": profile, "profile_file": config.profile, "rows": rows,
+                          "metrics": {**metrics(rows, config.margin), "calibration_speed_spread": calibration_speed_spread(profile)},
+                          "wall_s": time.perf_counter() - t0, "budget_s": config.budget_s, **extra}, config.compare, config.margin)  # fmt: skip
+
+
+def _pricing(world) -> dict:
+    return pricing_record(world.geometry, dtype_name(world.model))
 
 
 def budget_until(config: ValidationConfig, start: float, share: float = 1.0) -> float | None:
@@ -171,8 +183,8 @@ def validate_instance(instance: Instance, config: ValidationConfig, holders: int
         if config.profile == "auto":
             cal = measure(instance, CalibrationConfig(config.cluster, config.world, progress=config.progress), world)
             profile = from_dict(cal["profile"], "calibration")
-            return {"rank": 0, "rows": _sweep(config, world, holders, profile), "calibration": cal}
-        return {"rank": 0, "rows": _sweep(config, world, holders, load_profile(config.profile))}
+            return {"rank": 0, "rows": _sweep(config, world, holders, profile), "calibration": cal, "pricing": _pricing(world)}
+        return {"rank": 0, "rows": _sweep(config, world, holders, load_profile(config.profile)), "pricing": _pricing(world)}
     finally:
         stop_holders(instance.rank, instance.holders)
 
@@ -223,7 +235,8 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
                     if rep == 0:
                         row.update(_describe(executor, world, requests, primitive, sessions))
                     row["runs"] = row.get("runs", []) + [_measured(sessions)]
-                    row["predicted_runs"] = row.get("predicted_runs", []) + [_predicted(executor, sessions)]
+                    row["predicted_runs"] = row.get("predicted_runs", []) + [_predicted(executor.cost, sessions)]
+                    row["plans"] = row.get("plans", []) + [plan_record(sessions)]  # what any profile prices (`reprice`)
                     row["run_order"] = row.get("run_order", []) + [next(order)]  # when it ran, on this path
                     row["speed"] = row.get("speed", []) + [speed[primitive]] if speed else None
                     bar.advance(task)
@@ -279,9 +292,9 @@ def _measured(sessions) -> dict[str, float]:
     return measured.as_dict()
 
 
-def _predicted(executor: Executor, sessions) -> dict[str, float]:
-    """The profile's prediction of one run, from its plans (the requests and the holders' idle times when planned)."""
-    return predicted_groups(combine_batch(executor.cost, [(s.plan.request, s.plan.holders) for s in sessions]))
+def _predicted(cost: CostModel, sessions) -> dict[str, float]:
+    """A profile's prediction of one run, from its plans (the requests and the holders' idle times when planned)."""
+    return predicted_groups(combine_batch(cost, [(s.plan.request, s.plan.holders) for s in sessions]))
 
 
 def _describe(executor: Executor, world, requests: list[AgentRequest], primitive: str, sessions) -> dict:

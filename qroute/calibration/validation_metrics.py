@@ -108,6 +108,17 @@ def metrics(rows: list[dict], margin: float = 0.10) -> dict:
     return out
 
 
+COMPARED = ("median_ape", "p90_ape", "n", "per_path", "per_primitive", "per_holders", "per_batch", "signed", "hit_rate",
+            "decisive_configs", "regret")  # fmt: skip
+
+
+def compared_metrics(rows: list[dict], label: str, margin: float = 0.10) -> dict:
+    """`metrics`' error, hit rate and regret of compared profile `label` (`validate --compare`): each row's measured
+    runs beside that profile's prediction of the same runs (`row["compared"][label]`)."""
+    m = metrics([{**r, "predicted": r["compared"][label]} for r in rows], margin)
+    return {k: m[k] for k in COMPARED}
+
+
 def signed_errors(rows: list[dict]) -> dict:
     """Per primitive and holder count, per phase and in total: the median over configurations of (predicted -
     measured) / measured (+: priced slow). Drift since calibration moves every primitive alike; a term the model

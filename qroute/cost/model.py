@@ -99,6 +99,13 @@ class Shape:
             raise QrouteError(f"offset={self.offset!r}: expected an integer")
 
 
+def predicted_groups(phases: Phases) -> dict:
+    """A prediction in the phase groups the runtime measures (network: probe, transfer and return)."""
+    network = float(phases.probe + phases.transfer + phases.ret)
+    return {"network_s": network, "compute_s": float(phases.compute), "merge_s": float(phases.merge),
+            "total_s": float(phases.total)}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class CostModel:
     """Geometry x profile: `route`, `fetch` and `local` phase times for a request shape."""

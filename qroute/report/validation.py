@@ -56,6 +56,23 @@ def metrics_table(results: dict) -> Table:
     return t
 
 
+def compared_table(results: dict) -> Table:
+    """`validate --compare`: each profile's error on the same runs, beside the validated one's."""
+    t = Table(title="The same runs priced by other profiles (measurement noise held fixed)")
+    paths = list(results["metrics"]["per_path"])
+    for col in ("profile", "median APE", "p90 APE", *(f"{p} p90" for p in paths), "hit rate", "regret"):
+        t.add_column(col, justify="left" if col == "profile" else "right")
+    scored = [(f"{results['profile']['name']} (validated)", results["metrics"])]
+    scored += [(label, m) for label, m in results["compared"].items()]
+    for label, m in scored:
+        if "error" in m:
+            t.add_row(label, f"[red]{m['error']}[/]", *[""] * (len(paths) + 3))
+            continue
+        per = [_pct(m["per_path"].get(p, {}).get("p90_ape")) for p in paths]
+        t.add_row(label, _pct(m["median_ape"]), _pct(m["p90_ape"]), *per, _pct(m["hit_rate"]), _pct(m["regret"]))
+    return t
+
+
 def write_csv(rows: list[dict], path: Path) -> Path:
     fields = ["holders", "placement", "path", "primitive", "step_tokens", "rows", "chunk_tokens", "steps", "batch"]
     groups = ["network_s", "compute_s", "merge_s", "total_s"]

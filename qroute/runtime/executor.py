@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from qroute.cost.model import CostModel, Phases
+from qroute.cost.model import CostModel, predicted_groups
 from qroute.errors import QrouteError
 from qroute.model import MLATransformer
 from qroute.planner import HolderDemand, Plan, Request, combine_batch, forced_plan
@@ -57,13 +57,6 @@ class Measured:
     def as_dict(self) -> dict:
         return {"network_s": self.network, "compute_s": self.compute, "merge_s": self.merge,
                 "total_s": self.total, "base_s": self.base, "messages": self.messages, "bytes": self.bytes}  # fmt: skip
-
-
-def predicted_groups(phases: Phases) -> dict:
-    """A prediction in the measured phase groups."""
-    network = float(phases.probe + phases.transfer + phases.ret)
-    return {"network_s": network, "compute_s": float(phases.compute), "merge_s": float(phases.merge),
-            "total_s": float(phases.total)}  # fmt: skip
 
 
 @dataclass

@@ -71,16 +71,41 @@ def test_validate_cli_small_grid_and_bad_profiles(tmp_path):
     ladder = [rec for rec in routes if rec.get("ladder")]  # the idle ladder's requests, tagged for the stall count
     assert ladder and len(ladder) < len(routes) and any(rec["first_step"] for rec in ladder)
     assert "trace" not in json.loads(next(tmp_path.glob("calibration-t-*.json")).read_text())
+    profile = json.loads(next(tmp_path.glob("profile-t-*.json")).read_text())
+    other = tmp_path / "other"  # not profile-*.json in --out: the validated profile stays the calibration's
+    other.mkdir()
+    slow = json.loads(json.dumps(profile))
+    for spec in slow["paths"].values():  # every route exchange priced 3x its probe
+        spec["alpha_s"] *= 3
+        spec["knots"] = [[b, 3 * t] for b, t in spec.get("knots", [])]
+        if "small" in spec:
+            spec["small"]["alpha_s"] *= 3
+    (other / "same.json").write_text(json.dumps(profile))
+    (other / "slow.json").write_text(json.dumps(slow))
     r = run("validate", "--quiet", "--json", *small, "--step-tokens", "1,4", "--chunk-blocks", "4,16", "--steps", "1",
-            "--reps", "1", "--max-reps", "1", "--out", str(tmp_path), "--tag", "t")  # fmt: skip
+            "--reps", "1", "--max-reps", "1", "--out", str(tmp_path), "--tag", "t",
+            "--compare", f"{other / 'same.json'},{other / 'slow.json'}")  # fmt: skip
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
+    same, slower = out["compared"]["same"], out["compared"]["slow"]  # the same runs priced by each
+    assert (same["median_ape"], same["p90_ape"], same["hit_rate"]) == (out["median_ape"], out["p90_ape"], out["hit_rate"])
+    assert slower["median_ape"] != out["median_ape"] and slower["per_path"]["gloo-loopback"]["n"] == out["per_path"]["gloo-loopback"]["n"]
     assert {"median_ape", "p90_ape", "hit_rate", "regret", "per_path", "per_primitive", "per_phase", "signed"} <= set(out)
     assert out["per_path"]["gloo-loopback"]["n"] > 0 and 0 <= out["regret"] < 10
     assert any(Path(f).suffix == ".csv" for f in out["files"]) and sum(Path(f).suffix == ".png" for f in out["files"]) == 2
     assert set(out["per_holders"]) == {"1", "2"} and set(out["per_batch"]) == {"1", "3"}
     rows = json.loads(next(tmp_path.glob("validation-t-*.json")).read_text())["rows"]
     assert all(r["predicted_spread"] == 0.0 and r["predicted"]["total_s"] > 0 for r in rows)  # one run: one prediction
+    assert all(r["compared"]["same"] == r["predicted"] for r in rows)
+    routed = [r for r in rows if r["primitive"] == "route"]
+    assert routed and all(r["compared"]["slow"]["network_s"] > r["predicted"]["network_s"] for r in routed)
+    assert all(r["compared"]["slow"]["network_s"] == r["predicted"]["network_s"] for r in rows if r["primitive"] == "local")
+    (validation,) = tmp_path.glob("validation-t-*.json")  # its runs' plans, priced again from the file
+    r = run("reprice", str(validation), str(other / "slow.json"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["compared"]["slow"] == out["compared"]["slow"]
+    r = run("reprice", str(validation), "published-h100")  # it prices none of the runs' paths: nothing to score
+    assert r.returncode == 2 and "has no path 'gloo-loopback'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     batched = [r for r in rows if r["batch"] == 3]  # 4-block chunks (below the largest), 3 requests decoded together
     assert {r["chunk_tokens"] for r in batched} == {4 * 8} and {r["primitive"] for r in batched} == {"route", "fetch", "local"}
     assert all(r["max_rel_err"] < 1e-4 for r in rows)  # every request of every batch against the oracle
@@ -88,7 +113,9 @@ def test_validate_cli_small_grid_and_bad_profiles(tmp_path):
             "--steps", "1", "--reps", "1", "--max-reps", "1", "--out", str(tmp_path), "--tag", "t2")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert set(json.loads(r.stdout)["per_holders"]) == {"1"}  # 2 instances (2 GPUs under NCCL): one holder only
-    profile = json.loads(next(tmp_path.glob("profile-t-*.json")).read_text())
+    r = run("validate", "--compare", "published-h100", "--out", str(tmp_path))  # it prices none of the paths
+    assert r.returncode == 2 and "compare profile 'published-h100' has no path 'gloo-loopback'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
     corrupt, foreign = tmp_path / "corrupt.json", tmp_path / "foreign.json"
     corrupt.write_text(json.dumps(profile)[:-40])
     foreign.write_text(json.dumps({**profile, "schema": "qroute.profile/13"}))
