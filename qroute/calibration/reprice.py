@@ -136,7 +136,7 @@ def compared_profiles(names: tuple[str, ...], needed: tuple[str, ...] = ()) -> d
         profile = load_profile(name)
         missing = [p for p in needed if p not in profile.paths]
         if missing:
-            raise QrouteError(f"compare profile {name!r} has no path {missing[0]!r}: expected one of {sorted(needed)} "
-                              f"priced by the validated profile; it has {sorted(profile.paths)}")  # fmt: skip
+            raise QrouteError(f"compare profile {name!r} has no path {missing[0]!r}: expected a profile pricing every path "
+                              f"the runs take ({', '.join(needed)}); it has {', '.join(sorted(profile.paths))}")  # fmt: skip
         out[label] = profile
     return out
