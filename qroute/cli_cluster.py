@@ -274,11 +274,12 @@ def add_reprice(sub) -> None:
 
 
 def cmd_reprice(args) -> None:
-    from qroute.calibration.reprice import compared_profiles, read_validation, with_compared
+    from qroute.calibration.reprice import compared_profile, read_validation, with_compared
     from qroute.report import validation as report
 
     results = read_validation(args.validation)
-    compared_profiles(tuple(args.profiles), tuple(sorted({r.get("pass") for r in results["rows"]})))  # fail fast
+    for name in args.profiles:  # fail fast: nothing is lost
+        compared_profile(name, tuple(sorted({r.get("pass") for r in results["rows"]})))
     results = with_compared(results, tuple(args.profiles))
     if args.json:
         keep = ("median_ape", "p90_ape", "n", "per_path", "per_primitive", "hit_rate", "regret")

@@ -110,10 +110,10 @@ def with_compared(results: dict, compare: tuple[str, ...], margin: float = 0.10)
         results["compared"] = {}
         for label, name in compare_labels(compare).items():
             try:
-                profile = compared_profiles((name,), needed)
-                results["compared"].update(reprice(results, {label: next(iter(profile.values()))}, {label: name}, margin))
+                scored = reprice(results, {label: compared_profile(name, needed)}, {label: name}, margin)
             except QrouteError as exc:
-                results["compared"][label] = {"profile": name, "error": str(exc)}
+                scored = {label: {"profile": name, "error": str(exc)}}
+            results["compared"].update(scored)
     return results
 
 
@@ -129,14 +129,11 @@ def compare_labels(names: tuple[str, ...]) -> dict[str, str]:
     return labels
 
 
-def compared_profiles(names: tuple[str, ...], needed: tuple[str, ...] = ()) -> dict:
-    """label -> the loaded profile of each `--compare` name; each must price every path in `needed` (one-line error)."""
-    out = {}
-    for label, name in compare_labels(names).items():
-        profile = load_profile(name)
-        missing = [p for p in needed if p not in profile.paths]
-        if missing:
-            raise QrouteError(f"compare profile {name!r} has no path {missing[0]!r}: expected a profile pricing every path "
-                              f"the runs take ({', '.join(needed)}); it has {', '.join(sorted(profile.paths))}")  # fmt: skip
-        out[label] = profile
-    return out
+def compared_profile(name: str, needed: tuple[str, ...] = ()):
+    """The profile `name` (a file or built-in name), which must price every path in `needed` (else a one-line error)."""
+    profile = load_profile(name)
+    missing = [p for p in needed if p not in profile.paths]
+    if missing:
+        raise QrouteError(f"compare profile {name!r} has no path {missing[0]!r}: expected a profile pricing every path "
+                          f"the runs take ({', '.join(needed)}); it has {', '.join(sorted(profile.paths))}")  # fmt: skip
+    return profile

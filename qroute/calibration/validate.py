@@ -54,7 +54,7 @@ from qroute.calibration.calibrate import CalibrationConfig, measure
 from qroute.calibration.compute import dtype_name
 from qroute.calibration.fit import speed_spread
 from qroute.calibration.insitu_records import exchange_summary, route_exchanges
-from qroute.calibration.reprice import compared_profiles, plan_record, pricing_record, with_compared
+from qroute.calibration.reprice import compared_profile, plan_record, pricing_record, with_compared
 from qroute.calibration.validation_metrics import GROUPS, median_ci, metrics
 from qroute.cost import CostModel, load_profile
 from qroute.cost.profile import from_dict
@@ -118,10 +118,9 @@ def run_validation(config: ValidationConfig, calibrated: str | None = None) -> d
     written to `calibrated` (a path) and used by the second setup.
     """
     check_spec(config.world)
-    if config.profile != "auto":
-        compared_profiles(config.compare, load_profile(config.profile).default_paths)  # fail fast
-    else:
-        compared_profiles(config.compare)
+    needed = () if config.profile == "auto" else load_profile(config.profile).default_paths  # fail fast
+    for name in config.compare:
+        compared_profile(name, needed)
     if config.device is not None:
         from qroute.calibration.host import run_host_validation
 
