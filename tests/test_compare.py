@@ -69,6 +69,7 @@ def test_the_cli_prints_json_and_a_table(tmp_path, capsys):
 
 def test_labels_drop_what_every_name_shares():
     assert short_labels(["r/profile-vm-repeat1-2026-11-26.json", "profile-vm-repeat2-2026-11-26.json"]) == ["repeat1", "repeat2"]
+    assert short_labels(["r/profile-vm-repeat1-2026-11-26.json.gz", "profile-vm-repeat2-2026-11-26.json"]) == ["repeat1", "repeat2"]
     assert short_labels(["published-h100", "h100-kernels"]) == ["published-h100", "h100-kernels"]
     assert short_labels(["a.json", "a.json"]) == ["a", "a"]
 

@@ -19,6 +19,7 @@ from statistics import median
 from qroute.calibration.validation_metrics import GROUPS, compared_metrics
 from qroute.cost import CostModel, load_profile
 from qroute.cost.model import Phases, predicted_groups
+from qroute.cost.profile import stem as profile_stem
 from qroute.errors import QrouteError
 from qroute.geometry import Geometry, IndexerSpec
 from qroute.planner import HolderDemand, HolderPlan, Request, Session, combine_batch
@@ -118,10 +119,10 @@ def with_compared(results: dict, compare: tuple[str, ...], margin: float = 0.10)
 
 
 def compare_labels(names: tuple[str, ...]) -> dict[str, str]:
-    """A label per compared profile (its file's stem, or the built-in name; numbered where two collide) -> the name."""
+    """A label per compared profile (its file's name less `.json` or `.json.gz`, or the built-in name; numbered where two collide) -> the name."""
     labels: dict[str, str] = {}
     for name in names:
-        stem = Path(name).stem if name.endswith(".json") else name
+        stem = profile_stem(name)
         label, k = stem, 2
         while label in labels:
             label, k = f"{stem}-{k}", k + 1

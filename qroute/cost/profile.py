@@ -20,6 +20,7 @@ and what was measured for it.
 
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -244,13 +245,25 @@ def builtin_names() -> list[str]:
     return sorted(f.name[: -len(".json")] for f in files if f.name.endswith(".json"))
 
 
+def stem(name_or_path: str) -> str:
+    """A profile's short name: a file's name less its folder and `.json` or `.json.gz`; a built-in name as it is."""
+    name = Path(name_or_path).name
+    for suffix in (".json.gz", ".json"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return str(name_or_path)
+
+
 def load(name_or_path: str | Path) -> Profile:
-    """A built-in profile by name, or a profile JSON file by path."""
+    """A built-in profile by name, or a profile JSON file by path (gzipped where it ends in `.gz`)."""
     p = Path(name_or_path)
     if str(name_or_path) in builtin_names():
         text = resources.files("qroute.cost.profiles").joinpath(f"{name_or_path}.json").read_text()
     elif p.is_file():
-        text = p.read_text()
+        try:
+            text = gzip.decompress(p.read_bytes()).decode() if p.suffix == ".gz" else p.read_text()
+        except (OSError, EOFError, UnicodeDecodeError) as exc:
+            raise QrouteError(f"profile {str(name_or_path)!r} is not readable JSON ({str(exc).splitlines()[0][:80]})") from None
     else:
         raise QrouteError(
             f"unknown profile {str(name_or_path)!r}: expected a file or one of {', '.join(builtin_names())}"

@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.table import Table
 
 from qroute.calibration.fit import UNSTEADY
+from qroute.cost.profile import stem as profile_stem
 from qroute.report import write_data
 from qroute.report.console import fmt_bytes, fmt_s
 
@@ -130,7 +131,7 @@ def short_labels(names: list[str]) -> list[str]:
     """Column labels for profiles: file stems less the dash-separated words they all start and end with
     (`profile-h100-repeat1-2026-11-26.json`, `...-repeat2-...` -> `repeat1`, `repeat2`); the stems where that leaves
     a label empty or two alike."""
-    stems = [Path(n).stem if n.endswith(".json") else n for n in names]
+    stems = [profile_stem(n) for n in names]
     words = [s.split("-") for s in stems]
     head = 0
     while all(len(w) > head + 1 for w in words) and len({w[head] for w in words}) == 1:

@@ -86,3 +86,10 @@ def test_old_results_and_bad_files_are_one_line_errors(tmp_path):
     good = tmp_path / "v.json.gz"
     good.write_bytes(gzip.compress(json.dumps({"rows": [], "metrics": {}}).encode()))
     assert read_validation(str(good)) == {"rows": [], "metrics": {}}
+
+
+def test_compare_labels_are_file_stems_numbered_where_they_collide():
+    from qroute.calibration.reprice import compare_labels
+
+    names = ("a/profile-x-2026-11-27.json.gz", "b/profile-x-2026-11-27.json", "published-h100")
+    assert list(compare_labels(names)) == ["profile-x-2026-11-27", "profile-x-2026-11-27-2", "published-h100"]

@@ -66,6 +66,19 @@ def test_not_json_and_unknown_name(tmp_path):
         prof.load("h200-dreams")
 
 
+def test_a_gzipped_profile_file_loads_and_a_broken_one_is_one_line(tmp_path):
+    import gzip
+
+    f = tmp_path / "p.json.gz"
+    f.write_bytes(gzip.compress(json.dumps(published()).encode()))
+    assert prof.load(f) == prof.load("published-h100")
+    bad = tmp_path / "bad.json.gz"
+    bad.write_bytes(b"not gzip")
+    with pytest.raises(QrouteError, match="'.*bad.json.gz' is not readable JSON") as info:
+        prof.load(bad)
+    assert "\n" not in str(info.value)
+
+
 def test_unknown_path_lists_known_ones():
     with pytest.raises(QrouteError, match="unknown path 'roce'.*ibgda"):
         prof.load("published-h100").path("roce")
