@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import replace
 import numpy as np
 
-from qroute.calibration.fit import PathFit, fit_idle_curve, fit_path, robust_median
+from qroute.calibration.fit import PathFit, fit_idle_curve, fit_path, nonneg_lstsq, robust_median
 from qroute.calibration.insitu_parallel import fetch_per_holder_excess, per_holder_excess
 from qroute.calibration.insitu_records import _grouped, _net, _of, _route_bytes, _tokens, exchange_times, idle_of, route_exchanges
 from qroute.cost.profile import PathSpec, SmallRegime
@@ -91,8 +91,8 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
     parallel: dict = {}
     per_holder, serial, ports, cap = per_holder_excess(trace, spec, parallel) or (0.0, 0.0, 1.0, None)
     spec = replace(spec, per_holder_s=per_holder, holder_serial=serial, bytes_serial=ports, serial_cap_s=cap)
-    p, size, p_multi, size_multi = stall_terms(trace)
-    spec = replace(spec, stall_rate=0.0, stall_rate_multi=0.0, stall_per_exchange=p, stall_s=size,
+    p, size, p_multi, size_multi, rate, rate_multi = stall_terms(trace)
+    spec = replace(spec, stall_rate=rate, stall_rate_multi=rate_multi, stall_per_exchange=p, stall_s=size,
                    stall_per_exchange_multi=p_multi, stall_s_multi=size_multi)  # fmt: skip
     fetch_extra, fetch_ports = fetch_per_holder_excess(trace, spec) or (None, 1.0)
     spec = replace(spec, fetch_per_holder_s=fetch_extra, fetch_bytes_serial=fetch_ports)
@@ -114,41 +114,82 @@ def route_knots(routed: dict) -> tuple[tuple[float, float], ...]:
 
 STALL_OVER, STALL_MIN_EXCHANGES = 1.5, 8  # a stall: over 1.5x its shape's median; shapes with 8 exchanges or more
 STALL_MIN_REQUESTS = 12  # requests (by their sessions) that the clustering of stalls is read from
+RATE_SHAPES, RATE_SPAN, RATE_CHI2 = 3, 2.0, 3.84  # the stalls' growth with an exchange's seconds: shapes, span, test
 
 
-def stall_terms(trace: list[dict]) -> tuple[float, float, float, float]:
-    """(`stall_per_exchange`, `stall_s`, `stall_per_exchange_multi`, `stall_s_multi`) from the warm route exchanges of
-    each shape (holders asked at once, their bytes and tokens; 8 exchanges or more): a stall is an exchange whose
-    network time (the wall less the slowest holder's compute) exceeds 1.5x its shape's median, by the excess. Pooled
-    over one-holder shapes and over several-holder shapes; (0, 0) where none stalled. The idle ladder's requests
-    (`ladder` records) are left out.
+def stall_terms(trace: list[dict]) -> tuple[float, float, float, float, float, float]:
+    """(`stall_per_exchange`, `stall_s`, `stall_per_exchange_multi`, `stall_s_multi`, `stall_rate`, `stall_rate_multi`)
+    from the warm route exchanges of each shape (holders asked at once, their bytes and tokens; 8 exchanges or more):
+    a stall is an exchange whose network time (the wall less the slowest holder's compute) exceeds 1.5x its shape's
+    median, by the excess. Pooled over one-holder shapes and over several-holder shapes; zeros where none stalled.
+    The idle ladder's requests (`ladder` records) are left out.
 
-    Counted per exchange, not per second (profile/10): on the dev VM (gloo, one calibration's 588 one-holder
-    exchanges) shapes of 2.5-5 ms stalled in 7.4% of their exchanges and shapes of 1-1.5 ms in 7.2%.
+    Counted per exchange (profile/10): on the dev VM (gloo, one calibration's 588 one-holder exchanges) shapes of
+    2.5-5 ms stalled in 7.4% of their exchanges and shapes of 1-1.5 ms in 7.2%. Where a class's share grows with its
+    shapes' seconds (`_stall_growth`: a line in the exchange's wall seconds, kept where it fits the counts
+    significantly better than a constant share), the share is `stall_per_exchange + stall_rate x seconds`: seven
+    dev-VM calibrations' two-holder gloo exchanges stalled in 3-8% at 1.5 ms and 8-30% at 7-8 ms.
 
     Stalls come in clusters: in that calibration 4 of 126 requests of ~5 warm exchanges stalled 3 times, and 19% of
     them stalled at all, where independent stalls at 6.1% of exchanges give 25%. A request's median count is set by
     how many requests stall at all, so where the records say which sessions they belong to (`sessions`; 12 requests
     or more), a "stall" of the profile is a cluster: its share of exchanges `q` solves `mean((1 - q)^n) = ` the share of
     requests with none (n: each request's warm exchanges), never above the stalls' share `p`, and its seconds are the
-    median excess times `p / q` (so the mean per exchange stays `p` stalls). Elsewhere one stall each (`q = p`)."""
-    shapes: dict[tuple, list[tuple[tuple, float]]] = {}  # shape -> (request, network seconds) of each exchange
+    median excess times `p / q` (so the mean per exchange stays `p` stalls; a growing share is scaled by `q / p`).
+    Elsewhere one stall each (`q = p`)."""
+    shapes: dict[tuple, list[tuple[tuple, float, float]]] = {}  # shape -> (request, network, wall) of each exchange
     for recs in route_exchanges([r for r in trace if not r.get("ladder")]):  # not after a set idle time
         request = (recs[0].get("run", 0), tuple(sorted({x for r in recs for x in r.get("sessions", ())})))
         shape = tuple(sorted((_route_bytes(r), _tokens(r)) for r in recs))
-        shapes.setdefault(shape, []).append((request, exchange_times(recs)[0]))
+        shapes.setdefault(shape, []).append((request, *exchange_times(recs)))
     out: list[float] = []
+    rates: list[float] = []
     for multi in (False, True):
         stalled: dict[tuple, list[bool]] = {}  # request -> whether each of its exchanges stalled
         excess: list[float] = []
+        counts: list[tuple[float, int, int]] = []  # per shape: median wall seconds, stalls, exchanges
         for key, runs in shapes.items():
             if (len(key) > 1) == multi and len(runs) >= STALL_MIN_EXCHANGES:
-                med = float(np.median([t for _, t in runs]))
-                for request, t in runs:
-                    stalled.setdefault(request, []).append(t > STALL_OVER * med)
-                    excess += [t - med] if t > STALL_OVER * med else []
-        out += _stall_class(stalled, excess)
-    return tuple(out)
+                med = float(np.median([t for _, t, _ in runs]))
+                hits = [t > STALL_OVER * med for _, t, _ in runs]
+                for (request, t, _), hit in zip(runs, hits):
+                    stalled.setdefault(request, []).append(hit)
+                    excess += [t - med] if hit else []
+                counts.append((float(np.median([w for *_, w in runs])), sum(hits), len(runs)))
+        q, size = _stall_class(stalled, excess)
+        p = len(excess) / max(sum(map(len, stalled.values())), 1)
+        per, rate = _stall_growth(counts)
+        scale = q / p if p > 0 else 0.0
+        out += [per * scale, size]
+        rates.append(rate * scale)
+    return (*out, *rates)
+
+
+def _stall_growth(counts: list[tuple[float, int, int]]) -> tuple[float, float]:
+    """(share, rate per second) of a class's stalls against its shapes' median wall seconds (`counts`: seconds, stalls,
+    exchanges per shape): a line through the counts (least squares, each shape's residual over the square root of its
+    exchanges; both terms non-negative), kept where the class has `RATE_SHAPES` shapes or more spanning `RATE_SPAN` x
+    in seconds and the line's Poisson deviance is below the constant share's by `RATE_CHI2` or more (a 5% test);
+    else (the stalls' share, 0)."""
+    if not counts:
+        return 0.0, 0.0
+    t, k, n = (np.array(c, dtype=np.float64) for c in zip(*counts))
+    share = k.sum() / n.sum()
+    if len(t) < RATE_SHAPES or t.max() < RATE_SPAN * t.min() or share == 0:
+        return share, 0.0
+    w = 1.0 / np.sqrt(n)
+    coef = nonneg_lstsq(np.stack([n * w, n * t * w], axis=1), k * w, relative=False).coef
+    if coef[1] <= 0:
+        return share, 0.0
+    line = np.maximum(n * (coef[0] + coef[1] * t), 1e-9)
+    flat = n * share
+
+    def deviance(mu):
+        return 2 * float(np.sum(np.where(k > 0, k * np.log(np.maximum(k, 1e-12) / mu), 0.0) - (k - mu)))
+
+    if deviance(flat) - deviance(line) < RATE_CHI2:
+        return share, 0.0
+    return float(coef[0]), float(coef[1])
 
 
 def _stall_class(stalled: dict[tuple, list[bool]], excess: list[float]) -> list[float]:

@@ -78,9 +78,9 @@ class PathSpec:
 
     def stalls_per_exchange(self, multi: bool, exchange_s):
         """Mean stalls of one route exchange of `exchange_s` seconds, one holder or several (`multi`): `stall_per_exchange`
-        where calibrated so (profile/10), else `stall_rate` per second of it."""
+        (profile/10; 0 where None) plus `stall_rate` per second of it (a share that grows with the exchange's length)."""
         per, rate = (self.stall_per_exchange_multi, self.stall_rate_multi) if multi else (self.stall_per_exchange, self.stall_rate)
-        return rate * exchange_s if per is None else per + 0 * exchange_s
+        return (0.0 if per is None else per) + rate * exchange_s
 
     def stalls_s(self, exchanges, holders, exchange_s):
         """Seconds of stalls that the median request of `exchanges` route exchanges of `exchange_s` seconds each with

@@ -92,9 +92,12 @@ def flips_table(results: dict) -> Table:
 
 
 def _stalls(path: dict, cls: str) -> str:
-    """How often a class of route exchanges stalls: per exchange (profile/10) or per second of exchange (older)."""
-    per = path.get(f"stall_per_exchange{cls}")
-    return f"{per:.1%} of exchanges" if per is not None else f"{path.get(f'stall_rate{cls}', 0):.3g}/s"
+    """How often a class of route exchanges stalls: per exchange (profile/10), per second of exchange (older), or
+    both (profile/13: a share growing with the exchange's seconds)."""
+    per, rate = path.get(f"stall_per_exchange{cls}"), path.get(f"stall_rate{cls}", 0)
+    if per is None:
+        return f"{rate:.3g}/s"
+    return f"{per:.1%} of exchanges" + (f" + {rate * 1e-3:.1%} per ms" if rate else "")
 
 
 def _compute_value(c: dict) -> str:

@@ -370,11 +370,37 @@ def test_stalls_per_exchange_and_their_size_are_recovered():
         ladder += [dict(r, ladder=True) for r in _exchange(step, 8000, 1e-3 + (4e-3 if i % 2 else 0.0))]
         step += 1
     assert stall_terms(trace + ladder) == stall_terms(trace)
-    per, size, per_multi, size_multi = stall_terms(trace)
+    per, size, per_multi, size_multi, rate, rate_multi = stall_terms(trace)
     assert per == pytest.approx(4 / 40) and size == pytest.approx(4e-3, rel=0.05)
     assert per_multi == pytest.approx(5 / 20) and size_multi == pytest.approx(3e-3, rel=0.05)
+    assert rate == rate_multi == 0.0  # two shapes, and one: no growth is read
     calm = [r for r in trace if r["payload_out"] != 4500]
-    assert stall_terms([dict(r, wall_s=r["holder_compute_s"] + 1e-3) for r in calm]) == (0.0, 0.0, 0.0, 0.0)
+    assert stall_terms([dict(r, wall_s=r["holder_compute_s"] + 1e-3) for r in calm]) == (0.0,) * 6
+
+
+def _growing_stalls(shares, seed=3):
+    """Two-holder shapes of 1, 2, 4 and 8 ms of network (60 exchanges each), `shares` of them stalled by 5 ms."""
+    rng, trace, step = np.random.default_rng(seed), [], 0
+    for net, share in zip((1e-3, 2e-3, 4e-3, 8e-3), shares):
+        hits = set(rng.choice(60, size=round(60 * share), replace=False).tolist())
+        for i in range(60):
+            trace += _exchange(step, int(net * 1e9), net * rng.uniform(0.95, 1.05) + (5e-3 if i in hits else 0.0), 2)
+            step += 1
+    return trace
+
+
+def test_stalls_that_grow_with_the_exchange_are_priced_per_second_too():
+    """Two-holder shapes whose stalls grow with their seconds (2% + 20 per second of the exchange's wall, as two-holder
+    gloo exchanges on the dev VM): the share and the rate per second come back, and a request of 8 short exchanges
+    is priced no stall where 8 long ones are priced one. The same count of stalls at every length reads no growth."""
+    walls = np.array([1e-3, 2e-3, 4e-3, 8e-3]) + 5e-4  # the network plus the slowest holder's compute
+    per, size, per_multi, size_multi, rate, rate_multi = stall_terms(_growing_stalls(0.02 + 20 * walls))
+    assert rate == 0.0 and rate_multi == pytest.approx(20, rel=0.3) and per_multi < 0.04
+    assert size_multi == pytest.approx(5e-3, rel=0.1)
+    path = PathSpec(1e-4, 1e9, stall_per_exchange_multi=per_multi, stall_rate_multi=rate_multi, stall_s_multi=size_multi)
+    assert path.stalls_s(8, 2, 1.5e-3) == 0.0 and path.stalls_s(8, 2, 8.5e-3) == pytest.approx(size_multi)
+    flat = stall_terms(_growing_stalls([0.1] * 4))
+    assert flat[5] == 0.0 and flat[2] == pytest.approx(0.1, abs=0.01)
 
 
 @pytest.mark.parametrize("clustered", [True, False])

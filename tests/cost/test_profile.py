@@ -1,5 +1,6 @@
 """Profiles: the schema is enforced on load, errors are one line, nothing is pickled."""
 
+from dataclasses import replace
 import json
 
 import numpy as np
@@ -40,7 +41,7 @@ def test_roundtrip_through_a_file(tmp_path):
         (lambda d: d["paths"]["ibgda"].update(alpha_s=-1e-6), r"paths\.ibgda\.alpha_s: -1e-06 is less than the minimum"),
         (lambda d: d["paths"]["ibgda"].update(beta_Bps=0), r"paths\.ibgda\.beta_Bps: 0 is less than or equal"),
         (lambda d: d["compute"].pop("splice"), "'splice' is a required property"),
-        (lambda d: d.update(schema="qroute.profile/0"), "expected 'qroute.profile/12'"),
+        (lambda d: d.update(schema="qroute.profile/0"), "expected 'qroute.profile/13'"),
         (lambda d: d.update(default_paths=["pcie9"]), "default path 'pcie9' is not in paths"),
         (lambda d: d["compute"]["merge"].update(fixed_s="2us"), r"compute\.merge\.fixed_s: '2us' is not of type 'number'"),
         (lambda d: d.update(provenance="guessed"), "provenance: 'guessed' is not one of"),
@@ -139,13 +140,17 @@ def test_stalls_are_the_median_of_a_poisson_count_and_round_trip():
 
 
 def test_stalls_counted_per_exchange_do_not_grow_with_the_exchanges_seconds():
-    """profile/10: 10% of one-holder exchanges stall (the per-second rate, if any, is then not read), 50% of
-    several-holder ones; a request pays the median count whatever its exchanges last, and it round trips."""
+    """profile/10: 10% of one-holder exchanges stall, 50% of several-holder ones; a request pays the median count
+    whatever its exchanges last, and it round trips. profile/13: a per-second rate beside the share adds to it."""
     from qroute.cost.profile import PathSpec
     from qroute.cost.terms import mean_stall_s
 
-    spec = PathSpec(1e-4, 1e9, stall_rate=1e4, stall_s=2e-3, stall_s_multi=4e-3, stall_per_exchange=0.1,
+    spec = PathSpec(1e-4, 1e9, stall_s=2e-3, stall_s_multi=4e-3, stall_per_exchange=0.1,
                     stall_per_exchange_multi=0.5)  # fmt: skip
+    growing = replace(spec, stall_rate_multi=50.0)
+    assert PathSpec.from_dict(growing.to_dict()) == growing
+    assert [growing.stalls_per_exchange(True, t) for t in (0.0, 1e-2)] == pytest.approx([0.5, 1.0])
+    assert growing.stalls_per_exchange(False, 1e-2) == pytest.approx(0.1)
     assert PathSpec.from_dict(spec.to_dict()) == spec and "stall_per_exchange" not in PathSpec(1e-4, 1e9).to_dict()
     for seconds in (1e-4, 1e-2):  # mean 0.4 (median 0), 0.8 (1), 3 (3) over 4, 8 and 30 exchanges
         assert [spec.stalls_s(n, 1, seconds) for n in (4, 8, 30)] == pytest.approx([0.0, 2e-3, 6e-3])
