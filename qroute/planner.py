@@ -242,18 +242,21 @@ def _routed_idle(sessions: Sequence[Session]) -> float | None:
 
 
 def _moved_per_layer(model: CostModel, sessions: Sequence[Session], first_step: bool = False) -> Phases:
-    """Per layer and step, each request's attention over its moved KV and its merge; `first_step`: what they cost more
-    in the first step (`CostModel.moved_first_step`; nothing for a request without moved KV)."""
-    total, waited = Phases(), False
-    for request, holders in sessions:
+    """Per layer and step, each request's attention over its moved KV and its merge, a batch's further requests at
+    their fixed parts `group_s` where fitted (profile/13); `first_step`: what they cost more in the first step
+    (`CostModel.moved_first_step`; nothing for a request without moved KV)."""
+    total, waited, attended = Phases(), False, 0
+    for nth, (request, holders) in enumerate(sessions):
         routed = sum(h.primitive == "route" for h in holders)
         after = routed > 0 and not waited  # only the first merge after the layer's exchange pays `after_route_s`
         waited = waited or after
         moved = sum(h.tokens for h in holders if h.primitive != "route")
-        attend = model.attention_s(request.rows, moved, local=True) if moved else 0.0
+        attend = model.attention_s(request.rows, moved, local=True, further=attended > 0) if moved else 0.0
+        attended += moved > 0
         partials = 1 + routed + (1 if moved else 0)
         owner = "fetch" if any(h.primitive == "fetch" for h in holders) else "local" if moved else "route"
-        part = Phases(compute=attend, merge=model.merge_s(request.rows, partials, routed=after, moved=moved))
+        merge = model.merge_s(request.rows, partials, routed=after, moved=moved, further=nth > 0)
+        part = Phases(compute=attend, merge=merge)
         if first_step:
             part = model.moved_first_step(part) if moved else Phases()
         total = total + model.rescaled(owner, part)

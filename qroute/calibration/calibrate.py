@@ -106,7 +106,8 @@ def calibrate_instance(instance: Instance, config: CalibrationConfig) -> dict:
 
 TRAIN_STEP_TOKENS = (1, 2, 8, 24)  # route exchanges from the smallest a decode step sends; validation uses 1, 4, 16
 TRAIN_LOCAL_STEP_TOKENS = (2, 8)  # local re-prefills the chunk whatever the rows: fewer shapes suffice
-TRAIN_BATCH, TRAIN_BATCH_STEP_TOKENS = 3, (2, 8)  # batches of 3 requests routed to one holder together: `group_s`
+TRAIN_BATCH, TRAIN_BATCH_STEP_TOKENS = 3, (2, 8)  # batches of 3 requests routed to one holder together, then fetched
+# from it: `group_s` (the holder's attention; the requester's attention over moved KV and merges)
 TRAIN_CHUNK_BLOCKS = (2, 6, 12, 20, 30)  # spans the sizes validation uses (4, 16, 32): re-prefill extrapolates badly
 QUICK_CHUNK_BLOCKS = (2, 14, 30)
 TRAIN_STEPS = 4  # validation uses 1 and 4; 4 steps give 3 warm route exchanges per layer and shape (2 gave 1)
@@ -220,7 +221,8 @@ def flips(latency: dict, profile: Profile) -> list[dict]:
 def _train(world, shapes, advance, seed: int, path: str, probes: list | None = None, links: dict | None = None) -> list[dict]:
     """Serve the training grid on `path`, the executor's trace: per shape every primitive forced on one holder, a
     scattered fetch (every other block: the gather), for some shapes a batch of `TRAIN_BATCH` requests routed to one
-    holder together (their rows in one message: `group_s`), and with two holders or more a batch of two requests routed to
+    holder together (their rows in one message: `group_s`) and the same batch fetched (the requester's batched attention
+    over moved KV and merges: their `group_s`), and with two holders or more a batch of two requests routed to
     two holders at once (the parallel exchange) and, for some shapes, a fetch from two holders at once; then a fetch
     `WIDE_BLOCKS` times the largest shape's blocks (`wide_request`), three times."""
     executor = forced_executor(world, links=links)
@@ -243,6 +245,7 @@ def _train(world, shapes, advance, seed: int, path: str, probes: list | None = N
         if k in TRAIN_BATCH_STEP_TOKENS:  # one message carrying several requests' rows (`group_s`)
             batch = [shaped_request(world, 1, k, n, TRAIN_STEPS, seed=s + 10 + j, on=holders[0], nth=j) for j in range(TRAIN_BATCH)]
             serve_together(executor, batch, "route")
+            serve_together(executor, batch, "fetch")  # the requester's attention over moved KV and merges, batched
         if len(holders) > 1:
             pair = [shaped_request(world, 1, k, n, TRAIN_STEPS, seed=s + j, on=h) for j, h in enumerate(holders[:2])]
             serve_together(executor, pair, "route")

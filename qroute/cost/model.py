@@ -133,12 +133,15 @@ class CostModel:
 
     # -- compute-side coefficients (vectorisable in rows / tokens) --------------------
 
-    def attention_s(self, rows, tokens, local: bool = False):
-        """Partial attention of `rows` query rows over `tokens` keys, one layer (on a holder, or `local`ly)."""
+    def attention_s(self, rows, tokens, local: bool = False, further: bool = False):
+        """Partial attention of `rows` query rows over `tokens` keys, one layer (on a holder, or `local`ly); `further`:
+        a local attention of a batch's further request in the layer, its fixed part `group_s` where fitted
+        (profile/13; a holder's batch: `AttentionCoeffs.batched_s`)."""
         a = self.profile.compute.local_attention if local else self.profile.compute.attention
         read = tokens * self.coef.kv_token_layer_bytes / a.read_Bps
         flops = rows * tokens * self.geometry.attn_flops_per_row_token / a.flops_per_s
-        return a.fixed_s + read + flops + rows * a.per_row_s
+        fixed = a.group_s if further and local and a.group_s is not None else a.fixed_s
+        return fixed + read + flops + rows * a.per_row_s
 
     def exchange_compute_s(self, longest, holders: int):
         """The compute phase of a route exchange asking `holders` holders at once whose longest attention alone takes
@@ -151,11 +154,13 @@ class CostModel:
         the holder idle `idle_s` seconds before it (None: unknown)."""
         return attention * self.profile.compute.attention.first_step_at(idle_s)
 
-    def merge_s(self, rows, partials, routed: bool = False, moved=0):
+    def merge_s(self, rows, partials, routed: bool = False, moved=0, further: bool = False):
         """Merge of `partials` states of `rows` rows, one layer; `routed`: it follows a route exchange; `moved`: it
-        follows an attention over that many tokens of moved KV."""
+        follows an attention over that many tokens of moved KV; `further`: a batch's further request in the layer,
+        its fixed part `group_s` where fitted (profile/13)."""
         m = self.profile.compute.merge
-        return (m.fixed_s + rows * partials * self.coef.o_row_bytes / m.Bps + (m.after_route_s if routed else 0.0)
+        fixed = m.group_s if further and m.group_s is not None else m.fixed_s
+        return (fixed + rows * partials * self.coef.o_row_bytes / m.Bps + (m.after_route_s if routed else 0.0)
                 + moved * m.per_moved_token_s)  # fmt: skip
 
     def splice_s(self, tokens, layers):

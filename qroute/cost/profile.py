@@ -52,7 +52,8 @@ class AttentionCoeffs:
     first_step_excess: float = 0.0  # profile/7: a request's first decode step, relative extra (caches cold; local: profile/10)
     parallel_excess: float = 0.0  # profile/8: per holder beyond the first asked at once, relative extra of the slowest
     first_step_idle: tuple[tuple[float, float], ...] = ()  # profile/9: (idle seconds, first-step extra), measured
-    group_s: float | None = None  # profile/11: fixed seconds of each further request in one message (None: fixed_s)
+    group_s: float | None = None  # profile/11: fixed seconds of each further request in one message (None: fixed_s);
+    # local_attention (profile/13): of a batch's further request's attention over moved KV in a layer
 
     def __post_init__(self) -> None:  # from JSON: lists of lists
         object.__setattr__(self, "first_step_idle", tuple(map(tuple, self.first_step_idle)))
@@ -87,6 +88,7 @@ class MergeCoeffs:
     after_route_s: float = 0.0
     per_moved_token_s: float = 0.0
     first_step_excess: float = 0.0  # profile/10: after moved KV in a request's first decode step, relative extra
+    group_s: float | None = None  # profile/13: fixed seconds of a batch's further request's merge in a layer (None: fixed_s)
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,8 @@ class Profile:
         for key in ("after_route_s", "per_moved_token_s", "first_step_excess"):  # profiles that predate them read and write unchanged
             if not d["compute"]["merge"][key]:
                 del d["compute"]["merge"][key]
+        if d["compute"]["merge"]["group_s"] is None:  # profile/13's term, where fitted
+            del d["compute"]["merge"]["group_s"]
         if not self.compute.gather.reply_s:  # the same for the per-reply term (profile/7)
             del d["compute"]["gather"]["reply_s"]
         for name in ("attention", "local_attention"):  # the same for the per-row term (profile/3) and the first step's

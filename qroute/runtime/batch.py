@@ -55,6 +55,7 @@ class BatchContext:
         for b, states in self._route(layer, q).items():  # 2. route
             parts[b] += states
         moved = [0] * len(self.sessions)  # tokens of moved KV each session attended before its merge
+        nth = 0  # sessions of this layer that attended moved KV before (a batch's further requests: `group_s`)
         for b, (s, (a, e)) in enumerate(zip(self.sessions, self.spans)):  # 3. moved KV
             if s.moved is not None:
                 self.ex.sync()
@@ -62,7 +63,8 @@ class BatchContext:
                 keys = s.moved[layer]
                 moved[b] = keys.shape[0]
                 parts[b].append(attend_moved(q[a:e], keys, scale, self.ex.spec.latent, self.ex.corpus.block_size))
-                self._timed("moved", layer, t0, rows=(e - a) * heads, tokens=keys.shape[0], first_step=not s.inputs)
+                self._timed("moved", layer, t0, rows=(e - a) * heads, tokens=keys.shape[0], first_step=not s.inputs, nth=nth)
+                nth += 1
         merged, waited = [], False
         for b, part in enumerate(parts):  # 4. merge
             self.ex.sync()
@@ -72,7 +74,7 @@ class BatchContext:
             routed = bool(self.sessions[b].routed) and not waited  # the first merge after the layer's exchange
             waited = waited or routed
             self._timed("merge", layer, t0, rows=m.lse.numel(), partials=len(part), routed=routed,
-                        moved=moved[b], first_step=not self.sessions[b].inputs)  # fmt: skip
+                        moved=moved[b], first_step=not self.sessions[b].inputs, nth=b)  # fmt: skip
         return AttentionState(torch.cat([o for o, _ in merged]), torch.cat([lse for _, lse in merged]))
 
     def _timed(self, kind: str, layer: int, t0: float, **shape) -> None:

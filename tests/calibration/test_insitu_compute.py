@@ -176,3 +176,64 @@ def test_a_batch_to_one_holder_is_priced_with_group_s():
 
     first = 1 + TRUE.attention.first_step_excess  # one step: the holders' first
     assert compute(None) - compute(1e-4) == pytest.approx(2 * 2 * (3e-4 - 1e-4) * first)
+
+
+def _requester_batches(seed: int, la_group: float | None, merge_group: float | None) -> list[dict]:
+    """`synthetic_compute_trace` plus, where given, batches of 3 fetched requests: their attentions over moved KV and
+    merges in each layer, the first at `fixed_s` and the further ones (`nth` 1, 2) at the given `group_s`."""
+    trace = synthetic_compute_trace(seed)
+    if la_group is None:
+        return trace
+    compute = replace(TRUE, local_attention=replace(TRUE.local_attention, group_s=la_group),
+                      merge=replace(TRUE.merge, group_s=merge_group))  # fmt: skip
+    model = CostModel(GEOMETRY, replace(load_profile("published-h100"), compute=compute))
+    rng = np.random.default_rng(seed + 100)
+    for rows, tokens in ((16, 64), (64, 64), (16, 256), (128, 480)):
+        for nth in (0, 1, 2):
+            for _ in range(5):
+                noise = 1 + rng.normal(0, 0.01)
+                trace.append({"kind": "moved", "rows": rows, "tokens": tokens, "nth": nth,
+                              "seconds": model.attention_s(rows, tokens, local=True, further=nth > 0) * noise})
+                trace.append({"kind": "merge", "rows": rows, "partials": 2, "routed": False, "moved": tokens, "nth": nth,
+                              "seconds": model.merge_s(rows, 2, moved=tokens, further=nth > 0) * noise})  # fmt: skip
+    return trace
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_a_batchs_further_requests_requester_side_fixed_costs_are_recovered(seed):
+    """profile/13: in a batch fetched together, each further request's attention over moved KV and its merge pay
+    their `group_s` instead of `fixed_s` (here 6e-5 of 1e-4, and 5e-5 of 8e-5); the fit gives both back, and the rest
+    as before. Without batches (no `nth` > 0) both stay None: `fixed_s` for every request, as profiles before 13."""
+    fitted = fit_compute_from_trace(_requester_batches(seed, 6e-5, 5e-5), GEOMETRY, GEOMETRY.coefficients(), {})
+    assert fitted.local_attention.group_s == pytest.approx(6e-5, rel=0.1)
+    assert fitted.local_attention.fixed_s == pytest.approx(1e-4, rel=0.05)
+    assert fitted.merge.group_s == pytest.approx(5e-5, rel=0.1) and fitted.merge.fixed_s == pytest.approx(8e-5, rel=0.05)
+    assert fitted.merge.after_route_s == pytest.approx(4e-5, abs=4e-6)
+    plain = fit_compute_from_trace(_requester_batches(seed, None, None), GEOMETRY, GEOMETRY.coefficients(), {})
+    assert plain.local_attention.group_s is None and plain.merge.group_s is None
+
+
+def test_a_fetched_batch_pays_the_requester_side_group_s_for_its_further_requests():
+    """`combine_batch`: three requests fetched together pay, per layer and step, one attention over moved KV and one
+    merge at `fixed_s` and two of each at `group_s`; a request alone pays none of it, and profiles without the terms
+    price as before. The profile keeps the terms through JSON."""
+    from qroute.cost.profile import from_dict
+    from qroute.planner import HolderDemand, Request, combine_batch, forced_plan
+
+    def phases(la_group, merge_group, n):
+        compute = replace(TRUE, local_attention=replace(TRUE.local_attention, group_s=la_group),
+                          merge=replace(TRUE.merge, group_s=merge_group))  # fmt: skip
+        profile = replace(load_profile("published-h100"), compute=compute)
+        model = CostModel(GEOMETRY, profile)
+        request = Request(32, 2, (HolderDemand(1, 256, (profile.default_paths[0],), 256),), 4, False, 0)
+        return combine_batch(model, [(request, forced_plan(model, request, "fetch").holders)] * n), profile
+
+    (base, _), (grouped, profile) = phases(None, None, 3), phases(6e-5, 5e-5, 3)
+    first = 2 * TRUE.local_attention.first_step_excess, 2 * TRUE.merge.first_step_excess  # the first step's extras, 2 layers
+    per_step = 4 * 2  # steps x layers
+    assert float(base.compute - grouped.compute) == pytest.approx(2 * (1e-4 - 6e-5) * (per_step + first[0]))
+    assert float(base.merge - grouped.merge) == pytest.approx(2 * (8e-5 - 5e-5) * (per_step + first[1]))
+    assert float(phases(6e-5, 5e-5, 1)[0].total) == pytest.approx(float(phases(None, None, 1)[0].total))
+    back = from_dict(profile.to_dict(), "test")
+    assert back.compute.local_attention.group_s == 6e-5 and back.compute.merge.group_s == 5e-5
+    assert "group_s" not in load_profile("published-h100").to_dict()["compute"]["merge"]
