@@ -156,8 +156,7 @@ def stall_terms(trace: list[dict]) -> tuple[float, float, float, float, float, f
                     stalled.setdefault(request, []).append(hit)
                     excess += [t - med] if hit else []
                 counts.append((float(np.median([w for *_, w in runs])), sum(hits), len(runs)))
-        q, size = _stall_class(stalled, excess)
-        p = len(excess) / max(sum(map(len, stalled.values())), 1)
+        q, size, p = _stall_class(stalled, excess)
         per, rate = _stall_growth(counts)
         scale = q / p if p > 0 else 0.0
         out += [per * scale, size]
@@ -193,21 +192,22 @@ def _stall_growth(counts: list[tuple[float, int, int]]) -> tuple[float, float]:
 
 
 def _stall_class(stalled: dict[tuple, list[bool]], excess: list[float]) -> list[float]:
-    """[share of exchanges that start a cluster of stalls, a cluster's seconds] of one class (see `stall_terms`)."""
+    """[share of exchanges that start a cluster of stalls, a cluster's seconds, share of exchanges that stalled] of one
+    class (see `stall_terms`)."""
     if not excess:
-        return [0.0, 0.0]
+        return [0.0, 0.0, 0.0]
     p, size = len(excess) / sum(map(len, stalled.values())), float(np.median(excess))
     known = [np.array(v) for (_, sessions), v in stalled.items() if sessions]
     calm = sum(not v.any() for v in known)
     if len(known) < STALL_MIN_REQUESTS or calm == 0:
-        return [p, size]
+        return [p, size, p]
     lengths = np.array([len(v) for v in known], dtype=np.float64)
     lo, hi = 0.0, 1.0  # mean((1 - q)^n) falls with q: bisect for the share of calm requests
     for _ in range(60):
         q = (lo + hi) / 2
         lo, hi = (q, hi) if np.mean((1 - q) ** lengths) > calm / len(known) else (lo, q)
     q = min((lo + hi) / 2, p)
-    return [q, size * p / q] if q > 0 else [p, size]
+    return [q, size * p / q, p] if q > 0 else [p, size, p]
 
 
 def _own_lines(routed: dict, fetched: dict, sweep: dict[int, float], chunk: float | None = None) -> tuple[PathFit, PathSpec, dict] | None:

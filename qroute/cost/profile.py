@@ -14,7 +14,8 @@ stalls per exchange, as clusters per request (`stall_per_exchange`, profile/10; 
 (`Compute`): attention, merge, splice, gather and re-prefill coefficients, with a holder's first decode step (and
 after an idle time), the slowest of parallel holders, a fetched reply's handling, the merge after a route exchange
 or after moved KV, the requester's first step over moved KV (profile/10), and a holder's attention for each further
-request of a batch sharing one message (profile/11). docs/cost-model.md defines every term
+request of a batch sharing one message (profile/11), and the requester's attention over moved KV and merge for each
+further request of a batch (profile/13). docs/cost-model.md defines every term
 and what was measured for it.
 """
 
