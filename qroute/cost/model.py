@@ -163,6 +163,18 @@ class CostModel:
         return (fixed + rows * partials * self.coef.o_row_bytes / m.Bps + (m.after_route_s if routed else 0.0)
                 + moved * m.per_moved_token_s)  # fmt: skip
 
+    def further_saving_s(self, requests: int, attending: int) -> float:
+        """Seconds per layer that `requests` requests decoded together, `attending` of them over moved KV, pay less than
+        each alone: every merge after the layer's first at `merge.group_s`, every attention over moved KV after the
+        first at `local_attention.group_s`, where fitted (profile/13; what `merge_s` and `attention_s` price with
+        `further`, summed: the simulator's batch)."""
+        c, out = self.profile.compute, 0.0
+        if c.merge.group_s is not None:
+            out += max(requests - 1, 0) * (c.merge.fixed_s - c.merge.group_s)
+        if c.local_attention.group_s is not None:
+            out += max(attending - 1, 0) * (c.local_attention.fixed_s - c.local_attention.group_s)
+        return out
+
     def splice_s(self, tokens, layers):
         """RoPE re-rotation of every layer's rope part of `tokens` spliced tokens."""
         s = self.profile.compute.splice

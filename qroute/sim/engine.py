@@ -51,6 +51,7 @@ class Session:
     moved_s: float  # per layer on the requester: attention over moved KV, merge
     cold_s: float  # paid by its first step
     done: int = 0
+    attends: bool = False  # it attends moved KV (fetched, re-prefilled or cached)
 
 
 @dataclass
@@ -188,6 +189,7 @@ class Engine:
         m, rows, comp, path = self.model, {}, {}, {}
         waits = sum(bool(s.routed) for s in sessions)  # only the first merge after the exchange pays `after_route_s`
         moved = sum(s.moved_s for s in sessions) - max(waits - 1, 0) * m.profile.compute.merge.after_route_s
+        moved -= m.further_saving_s(len(sessions), sum(s.attends for s in sessions))  # a batch's further requests
         asked: dict[int, int] = {}
         for s in sessions:
             for h, p, n, c in s.routed:
@@ -258,7 +260,7 @@ class Engine:
         for p in prims.values():
             self.choices[p] += 1
         self.choices["cache"] += bool(hits)
-        return Session(req, t, routed, moved_s, cold), t1
+        return Session(req, t, routed, moved_s, cold, attends=moved > 0), t1
 
     def _fetch(self, r: Requester, req: SimRequest, groups: dict, fetched: list[int], t: float) -> float:
         """All fetched holders asked at once: one probe, then each transfer FIFO on both ports; then gather/splice."""

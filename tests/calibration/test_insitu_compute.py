@@ -233,6 +233,8 @@ def test_a_fetched_batch_pays_the_requester_side_group_s_for_its_further_request
     per_step = 4 * 2  # steps x layers
     assert float(base.compute - grouped.compute) == pytest.approx(2 * (1e-4 - 6e-5) * (per_step + first[0]))
     assert float(base.merge - grouped.merge) == pytest.approx(2 * (8e-5 - 5e-5) * (per_step + first[1]))
+    saving = CostModel(GEOMETRY, profile).further_saving_s(3, 3)  # the simulator's batch: the same, per layer and step
+    assert saving == pytest.approx(2 * (1e-4 - 6e-5) + 2 * (8e-5 - 5e-5))
     assert float(phases(6e-5, 5e-5, 1)[0].total) == pytest.approx(float(phases(None, None, 1)[0].total))
     back = from_dict(profile.to_dict(), "test")
     assert back.compute.local_attention.group_s == 6e-5 and back.compute.merge.group_s == 5e-5

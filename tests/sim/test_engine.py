@@ -52,12 +52,12 @@ def test_one_requester_one_holder_matches_the_plan(policy, chunk_blocks, steps, 
     assert out["throughput"] == pytest.approx(steps * step_tokens / want.total_s, rel=1e-9)
 
 
-def two_sessions_on_three_holders(parallel_excess=0.0, after_route_s=0.0, **nvlink_fields):
+def two_sessions_on_three_holders(parallel_excess=0.0, after_route_s=0.0, merge_group_s=None, **nvlink_fields):
     """Two sessions decoded together, each spread over three holders (hashed placement), always routed: the
     simulated seconds of one step, the sessions as the planner sees them, and the profile."""
     nvlink = dataclasses.replace(PROFILE.path("nvlink4"), **nvlink_fields)
     attention = dataclasses.replace(PROFILE.compute.attention, parallel_excess=parallel_excess)
-    merge = dataclasses.replace(PROFILE.compute.merge, after_route_s=after_route_s)
+    merge = dataclasses.replace(PROFILE.compute.merge, after_route_s=after_route_s, group_s=merge_group_s)
     profile = dataclasses.replace(PROFILE, paths={**PROFILE.paths, "nvlink4": nvlink},
                                   compute=dataclasses.replace(PROFILE.compute, attention=attention, merge=merge))
     layout = Layout.uniform(2, 16, 64)
@@ -98,6 +98,15 @@ def test_chunked_messages_and_one_merge_after_the_exchange_match_combine_batch()
     merged, _, _ = two_sessions_on_three_holders(after_route_s=2e-5)
     assert merged - plain == pytest.approx(L * 2e-5, rel=1e-6)  # once per layer, not once per session
     assert step_s > merged
+
+
+def test_a_batchs_further_merges_match_combine_batch():
+    """profile/13: with the merge of a batch's further request at `group_s` (here half of `fixed_s`), the second
+    session's merge in each layer is simulated as `combine_batch` prices it, cheaper by the difference."""
+    plain, _, _ = two_sessions_on_three_holders()
+    step_s, sessions, profile = two_sessions_on_three_holders(merge_group_s=PROFILE.compute.merge.fixed_s / 2)
+    assert step_s * 6 == pytest.approx(float(combine_batch(CostModel(GEOMETRY, profile), sessions).total), rel=1e-9)
+    assert plain - step_s == pytest.approx(L * PROFILE.compute.merge.fixed_s / 2, rel=1e-6)
 
 
 def test_stalls_are_simulated_at_their_mean_per_exchange():
