@@ -140,8 +140,7 @@ class CostModel:
         a = self.profile.compute.local_attention if local else self.profile.compute.attention
         read = tokens * self.coef.kv_token_layer_bytes / a.read_Bps
         flops = rows * tokens * self.geometry.attn_flops_per_row_token / a.flops_per_s
-        fixed = a.group_s if further and local and a.group_s is not None else a.fixed_s
-        return fixed + read + flops + rows * a.per_row_s
+        return _fixed(a, further and local) + read + flops + rows * a.per_row_s
 
     def exchange_compute_s(self, longest, holders: int):
         """The compute phase of a route exchange asking `holders` holders at once whose longest attention alone takes
@@ -159,8 +158,7 @@ class CostModel:
         follows an attention over that many tokens of moved KV; `further`: a batch's further request in the layer,
         its fixed part `group_s` where fitted (profile/13)."""
         m = self.profile.compute.merge
-        fixed = m.group_s if further and m.group_s is not None else m.fixed_s
-        return (fixed + rows * partials * self.coef.o_row_bytes / m.Bps + (m.after_route_s if routed else 0.0)
+        return (_fixed(m, further) + rows * partials * self.coef.o_row_bytes / m.Bps + (m.after_route_s if routed else 0.0)
                 + moved * m.per_moved_token_s)  # fmt: skip
 
     def further_saving_s(self, requests: int, attending: int) -> float:
@@ -168,12 +166,9 @@ class CostModel:
         each alone: every merge after the layer's first at `merge.group_s`, every attention over moved KV after the
         first at `local_attention.group_s`, where fitted (profile/13; what `merge_s` and `attention_s` price with
         `further`, summed: the simulator's batch)."""
-        c, out = self.profile.compute, 0.0
-        if c.merge.group_s is not None:
-            out += max(requests - 1, 0) * (c.merge.fixed_s - c.merge.group_s)
-        if c.local_attention.group_s is not None:
-            out += max(attending - 1, 0) * (c.local_attention.fixed_s - c.local_attention.group_s)
-        return out
+        m, a = self.profile.compute.merge, self.profile.compute.local_attention
+        return (max(requests - 1, 0) * (m.fixed_s - _fixed(m, True))
+                + max(attending - 1, 0) * (a.fixed_s - _fixed(a, True)))  # fmt: skip
 
     def splice_s(self, tokens, layers):
         """RoPE re-rotation of every layer's rope part of `tokens` spliced tokens."""
@@ -351,6 +346,12 @@ def _waited(compute, holders: int, path: PathSpec):
     beyond the longest: the others' `holder_serial` fraction of at most `serial_cap_s` each (`terms.overlapped`).
     The runtime measures it as network time (the exchange's wall time less the slowest holder's compute)."""
     return (holders - 1) * path.holder_serial * capped(compute, path.serial_cap_s)
+
+
+def _fixed(coeffs, further: bool) -> float:
+    """The fixed seconds of a requester-side computation (`AttentionCoeffs` or `MergeCoeffs`): `group_s` for a batch's
+    `further` request where fitted (profile/13), else `fixed_s`."""
+    return coeffs.group_s if further and coeffs.group_s is not None else coeffs.fixed_s
 
 
 def check_idle(idle_s) -> None:
