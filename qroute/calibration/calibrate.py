@@ -108,6 +108,9 @@ TRAIN_STEP_TOKENS = (1, 2, 8, 24)  # route exchanges from the smallest a decode 
 TRAIN_LOCAL_STEP_TOKENS = (2, 8)  # local re-prefills the chunk whatever the rows: fewer shapes suffice
 TRAIN_BATCH, TRAIN_BATCH_STEP_TOKENS = 3, (2, 8)  # batches of 3 requests routed to one holder together, then fetched
 # from it: `group_s` (the holder's attention; the requester's attention over moved KV and merges)
+TRAIN_WIDE_ROUTE = (24, 6)  # step tokens, chunk blocks of one more batch of 3, routed only: the largest route exchange
+# trained (3 x 24 x heads rows), a knot above validation's largest (3 x 16 x heads rows), which ran 13-17% above the
+# line extrapolated from 3 x 8 (dev VM, 2026-11-27)
 TRAIN_CHUNK_BLOCKS = (2, 6, 12, 20, 30)  # spans the sizes validation uses (4, 16, 32): re-prefill extrapolates badly
 QUICK_CHUNK_BLOCKS = (2, 14, 30)
 TRAIN_STEPS = 4  # validation uses 1 and 4; 4 steps give 3 warm route exchanges per layer and shape (2 gave 1)
@@ -223,8 +226,9 @@ def _train(world, shapes, advance, seed: int, path: str, probes: list | None = N
     scattered fetch (every other block: the gather), for some shapes a batch of `TRAIN_BATCH` requests routed to one
     holder together (their rows in one message: `group_s`) and the same batch fetched (the requester's batched attention
     over moved KV and merges: their `group_s`), and with two holders or more a batch of two requests routed to
-    two holders at once (the parallel exchange) and, for some shapes, a fetch from two holders at once; then a fetch
-    `WIDE_BLOCKS` times the largest shape's blocks (`wide_request`), three times."""
+    two holders at once (the parallel exchange) and, for some shapes, a fetch from two holders at once; then a batch of
+    `TRAIN_WIDE_ROUTE` routed (the largest route exchange) and a fetch `WIDE_BLOCKS` times the largest shape's blocks
+    (`wide_request`), three times."""
     executor = forced_executor(world, links=links)
     executor.force_path = path
     warm_up(executor, world)
@@ -252,6 +256,9 @@ def _train(world, shapes, advance, seed: int, path: str, probes: list | None = N
             if k in TRAIN_LOCAL_STEP_TOKENS:  # a fetch from two holders at once (its size does not depend on k)
                 serve(executor, spanning_request(world, k, n, 1, seed=s), "fetch")
         advance()
+    k, n = TRAIN_WIDE_ROUTE[0], min(TRAIN_WIDE_ROUTE[1], largest)
+    serve_together(executor, [shaped_request(world, 1, k, n, TRAIN_STEPS, seed=1000 * (seed + 1) + 500 + j, on=holders[0],
+                                             nth=j) for j in range(TRAIN_BATCH)], "route")  # fmt: skip
     idle = (IDLE_SHAPE[0], min(IDLE_SHAPE[1], max(n for _, n in shapes)))  # a grid of small chunks: its largest
     idle_ladder(executor, world, shaped_request(world, 1, *idle, TRAIN_STEPS, seed=1000 * (seed + 1) + len(shapes) + 1))
     wide = wide_request(world, WIDE_BLOCKS * max(n for _, n in shapes), seed=1000 * (seed + 1) + len(shapes))

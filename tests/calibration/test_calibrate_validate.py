@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from qroute.calibration import calibrate as cal
 from qroute.calibration.calibrate import CalibrationConfig, run_calibration
 from qroute.cost import profile as prof
 from qroute.errors import QrouteError
@@ -38,6 +39,10 @@ def test_quick_calibration_writes_a_valid_measured_profile(tmp_path):
     own = fit.get("fetch")  # the fetches on a line of their own, or on the route exchanges' with an offset
     fetched = sorted(b for b, _ in own["points"]) if own else sorted(b for (b, _), o in zip(fit["points"], fit["origins"]) if o == "fetch")
     assert fetched[-1] >= 3.9 * fetched[-2]  # the wide fetch (4x the largest chunk) widens the in-situ line
+    routed = sorted({b for (b, _), o in zip(fit["points"], fit["origins"]) if o == "route"})
+    # the smallest route exchange is one step token's rows; the largest the wide batch's (3 x 24 step tokens)
+    assert routed[-1] == pytest.approx(cal.TRAIN_BATCH * cal.TRAIN_WIDE_ROUTE[0] * routed[0]) and min(cal.TRAIN_STEP_TOKENS) == 1
+    assert results["profile"]["paths"]["gloo-loopback"]["knots"][-1][0] == routed[-1]
 
 
 def test_a_holder_gone_mid_sweep_is_a_clear_error_and_keeps_the_partial_sweep(tmp_path):
