@@ -273,7 +273,7 @@ def _once(model: CostModel, request: Request, holders: Sequence[HolderPlan]) -> 
     rebuild = sum(model.reprefill_s(demands[h.holder].rebuild_tokens, layers) for h in holders if h.primitive == "local")
     moved = [model.fetch_bytes(h.tokens, layers) for h in fetched]
     # the holders are asked at once: one probe (they wake together), plus the extra of each further holder
-    probe = max((p.fetch_alpha(n) for p, n in zip(paths, moved)), default=0.0)
+    probe = max((p.fetch_fixed_s(n, request.sparse) for p, n in zip(paths, moved)), default=0.0)
     probe += (len(paths) - 1) * max(p.fetch_extra_s for p in paths) if paths else 0.0
     # the bytes: the largest holder's, and `fetch_bytes_serial` of the others' (1: one port)
     moves = [p.fetch_move_s(n) for p, n in zip(paths, moved)]

@@ -13,7 +13,7 @@ Rank 0 measures; the other instances hold blocks and serve (the runtime's holder
    how it grows with the holder's idle time from route requests after 10-300 ms idle),
    the parallel exchange's extra per holder (`per_holder_s`), the holder's attention, the
    requester's attention, merge, splice, gather and re-prefill.
-The profile (schema `qroute.profile/13`) carries machine and fabric metadata, each fit's
+The profile (schema `qroute.profile/14`) carries machine and fabric metadata, each fit's
 residuals and how far alpha and beta moved between repeats.
 """
 

@@ -58,7 +58,8 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
     price `cold_s` against later steps of the same shape. Fetches (one request message, a holder woken from idle)
     share the line's rate and price their own fixed cost, `fetch_offset_s` (`fetch_offset`). Parallel exchanges
     (several holders at once) price `per_holder_s`, `holder_serial` and `bytes_serial`; parallel fetches
-    `fetch_per_holder_s` and `fetch_bytes_serial`. Warm route exchanges of every shape price the tail
+    `fetch_per_holder_s` and `fetch_bytes_serial`. The fetch line is drawn through contiguous fetches where scattered
+    ones cost more at every size (`fetch_scatter_s`, profile/14), else through all. Warm route exchanges of every shape price the tail
     (`stall_terms`). `chunk_bytes`: the path moves a message in chunks that large (`_own_lines`: `chunk_s`, which
     route exchanges pay too); the line is drawn through route exchanges whose messages fit one chunk.
     """
@@ -66,6 +67,31 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
     fetch = [r for r in _of(trace, "fetch") if r["parallel"] == 1]
     whole = [r for r in route if not chunk_bytes or max(r.get("payload_out", 0), r.get("payload_back", 0)) <= chunk_bytes]
     routed = _grouped([r for r in whole if not r.get("first_step")], lambda r: (_route_bytes(r),), _net)  # one chunk each way
+    cold, cold_idle = cold_excess(route)
+    base = PathSpec(0.0, 1.0, source, cold_s=cold, cold_idle=cold_idle, knots=route_knots(routed))
+    contiguous = [r for r in fetch if not r.get("scattered")]
+    scatter = 0.0
+    if len({r["bytes"] for r in contiguous}) >= 2:  # the fetch line through contiguous fetches; the scattered ones'
+        spec, fit, fetch_line = _line(routed, contiguous, sweep, chunk_bytes, base)  # excess apart, where it holds
+        scatter = fetch_scatter_excess(fetch, spec)
+    if not scatter:
+        spec, fit, fetch_line = _line(routed, fetch, sweep, chunk_bytes, base)
+    parallel: dict = {}
+    per_holder, serial, ports, cap = per_holder_excess(trace, spec, parallel) or (0.0, 0.0, 1.0, None)
+    spec = replace(spec, per_holder_s=per_holder, holder_serial=serial, bytes_serial=ports, serial_cap_s=cap)
+    p, size, p_multi, size_multi, rate, rate_multi = stall_terms(trace)
+    spec = replace(spec, stall_rate=rate, stall_rate_multi=rate_multi, stall_per_exchange=p, stall_s=size,
+                   stall_per_exchange_multi=p_multi, stall_s_multi=size_multi)  # fmt: skip
+    fetch_extra, fetch_ports = fetch_per_holder_excess(trace, spec) or (None, 1.0)
+    spec = replace(spec, fetch_per_holder_s=fetch_extra, fetch_bytes_serial=fetch_ports, fetch_scatter_s=scatter)
+    knots = (("knots", [list(k) for k in spec.knots]),) if spec.knots else ()
+    return spec, replace(fit, extra=(("parallel", parallel),) + fetch_line + knots)
+
+
+def _line(routed: dict, fetch: list[dict], sweep: dict[int, float] | None, chunk_bytes: int | None,
+          base: PathSpec) -> tuple[PathSpec, PathFit, tuple]:
+    """(`base` with the line and the fetches' terms, the line's fit, the fetch line's report entry) through the route
+    exchanges `routed` and the one-holder `fetch` records (`fit_path_from_trace`)."""
     fetched = _grouped(fetch, lambda r: (r["bytes"],), _net)
     lo, hi = min({**routed, **fetched}, default=(float("inf"),))[0], max({**routed, **fetched}, default=(0,))[0]
     swept = {(b,): t for b, t in (sweep or {}).items() if not lo <= b <= hi}  # the sweep extends, never overrules
@@ -84,20 +110,22 @@ def fit_path_from_trace(trace: list[dict], source: str, sweep: dict[int, float] 
         if routed and fetched and fit.knee_bytes:  # the offset came from one line; recentre the fetches on the final fit
             offset += _median_gap(fetched, offset, path_line(fit))
             fit = _fit_points(routed, {k: t - offset for k, t in fetched.items()}, swept)
-    cold, cold_idle = cold_excess(route)
-    spec = PathSpec(fit.alpha_s, fit.beta_Bps, source, _small(fit), cold, fetch_offset_s=offset, fetch_beta_Bps=fetch_beta,
-                    cold_idle=cold_idle, chunk_bytes=chunk_bytes if chunk_s else None, chunk_s=chunk_s,
-                    knots=route_knots(routed))  # fmt: skip
-    parallel: dict = {}
-    per_holder, serial, ports, cap = per_holder_excess(trace, spec, parallel) or (0.0, 0.0, 1.0, None)
-    spec = replace(spec, per_holder_s=per_holder, holder_serial=serial, bytes_serial=ports, serial_cap_s=cap)
-    p, size, p_multi, size_multi, rate, rate_multi = stall_terms(trace)
-    spec = replace(spec, stall_rate=rate, stall_rate_multi=rate_multi, stall_per_exchange=p, stall_s=size,
-                   stall_per_exchange_multi=p_multi, stall_s_multi=size_multi)  # fmt: skip
-    fetch_extra, fetch_ports = fetch_per_holder_excess(trace, spec) or (None, 1.0)
-    spec = replace(spec, fetch_per_holder_s=fetch_extra, fetch_bytes_serial=fetch_ports)
-    knots = (("knots", [list(k) for k in spec.knots]),) if spec.knots else ()
-    return spec, replace(fit, extra=(("parallel", parallel),) + fetch_line + knots)
+    spec = replace(base, alpha_s=fit.alpha_s, beta_Bps=fit.beta_Bps, small=_small(fit), fetch_offset_s=offset,
+                   fetch_beta_Bps=fetch_beta, chunk_bytes=chunk_bytes if chunk_s else None, chunk_s=chunk_s)  # fmt: skip
+    return spec, fit, fetch_line
+
+
+def fetch_scatter_excess(fetch: list[dict], spec: PathSpec) -> float:
+    """`fetch_scatter_s` (profile/14): the robust median, over the sizes of one-holder fetches of a scattered selection
+    (2 sizes or more), of their network seconds beyond the price of a contiguous fetch of those bytes (`spec`'s fetch
+    line, drawn through contiguous fetches), where every size cost more; else 0 (of five sizes, all above by noise
+    alone 1 time in 32: on the dev VM, where the kinds cost the same, a term kept on noise priced hashed two-holder
+    fetches high). Measured in all seven two-H100
+    calibrations of 2026-11-27: 234-333 us over NCCL, 133-175 us over symmetric memory (sizes only one kind of fetch
+    reached); on the dev VM's loopback and shared memory the two kinds cost the same within 7%."""
+    scattered = _grouped([r for r in fetch if r.get("scattered")], lambda r: (r["bytes"],), _net)
+    excess = [t - float(spec.fetch_time(b)) for (b,), t in scattered.items()]
+    return robust_median(excess) if len(excess) >= 2 and min(excess) > 0 else 0.0
 
 
 def route_knots(routed: dict) -> tuple[tuple[float, float], ...]:

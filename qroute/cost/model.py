@@ -249,7 +249,7 @@ class CostModel:
         """All H holders fetched once, then N*L local attentions over the moved tokens."""
         nbytes = self.fetch_bytes(s.tokens, s.layers)
         once = Phases(
-            probe=path.fetch_alpha(nbytes) + (s.holders - 1) * path.fetch_extra_s,
+            probe=path.fetch_fixed_s(nbytes, s.sparse) + (s.holders - 1) * path.fetch_extra_s,
             transfer=(1 + (s.holders - 1) * path.fetch_bytes_serial) * path.fetch_move_s(nbytes),
             compute=self.adapt_s(s),
         )

@@ -47,6 +47,7 @@ class PathSpec:
     stall_per_exchange: float | None = None  # profile/10: stalls per warm one-holder route exchange (None: `stall_rate`)
     stall_per_exchange_multi: float | None = None  # the same for exchanges with several holders at once
     knots: tuple[tuple[float, float], ...] = ()  # profile/12: route exchanges' measured (bytes, seconds), interpolated (`alpha`)
+    fetch_scatter_s: float = 0.0  # profile/14: a fetch of a scattered selection's fixed seconds beyond a contiguous one's
 
     def chunk_extra_s(self, nbytes):
         """Seconds a message of `nbytes` pays for its chunks beyond the first (`chunk_s` each; 0 for a stream): a fetch's
@@ -96,6 +97,11 @@ class PathSpec:
         """Fixed seconds of one fetch exchange of `nbytes`: the line's probe moved by `fetch_offset_s`, never below 0
         (the knots are route exchanges')."""
         return np.maximum(self.line_alpha(nbytes) + self.fetch_offset_s, 0.0)
+
+    def fetch_fixed_s(self, nbytes, scattered: bool = False):
+        """Fixed seconds of one fetch exchange of `nbytes` (`fetch_alpha`), plus `fetch_scatter_s` where its selection is
+        scattered (the holder gathers every block apart: on two H100s such fetches cost 133-333 us more network)."""
+        return self.fetch_alpha(nbytes) + (self.fetch_scatter_s if scattered else 0.0)
 
     def fetch_beta(self, nbytes):
         """Rate of one fetch exchange of `nbytes`: `fetch_beta_Bps` where fitted, else the line's."""
@@ -155,6 +161,8 @@ class PathSpec:
             d["small"] = asdict(self.small)
         if self.knots:
             d["knots"] = [list(k) for k in self.knots]
+        if self.fetch_scatter_s:
+            d["fetch_scatter_s"] = self.fetch_scatter_s
         return d
 
     @classmethod
@@ -165,7 +173,8 @@ class PathSpec:
                    d.get("holder_serial", 0.0), d.get("fetch_per_holder_s"), d.get("bytes_serial", 1.0),
                    d.get("serial_cap_s"), *(d.get(k, 0.0) for k in STALL_FIELDS), d.get("fetch_beta_Bps"),
                    tuple(map(tuple, d.get("cold_idle", ()))), d.get("fetch_bytes_serial", 1.0), d.get("chunk_bytes"),
-                   d.get("chunk_s", 0.0), *(d.get(k) for k in PER_EXCHANGE), tuple(map(tuple, d.get("knots", ()))))  # fmt: skip
+                   d.get("chunk_s", 0.0), *(d.get(k) for k in PER_EXCHANGE), tuple(map(tuple, d.get("knots", ()))),
+                   d.get("fetch_scatter_s", 0.0))  # fmt: skip
 
 
 STALL_FIELDS = ("stall_rate", "stall_s", "stall_rate_multi", "stall_s_multi")

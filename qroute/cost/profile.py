@@ -1,14 +1,15 @@
 """Profiles: the measured (or published, or what-if) constants of one cluster.
 
-A profile is a JSON file, schema `qroute.profile/13` (`profile.schema.json` beside this module; `qroute.profile/1`
-to `/12` files still load, their newer fields taken as 0, `bytes_serial` as 1 and `serial_cap_s` as none), validated
+A profile is a JSON file, schema `qroute.profile/14` (`profile.schema.json` beside this module; `qroute.profile/1`
+to `/13` files still load, their newer fields taken as 0, `bytes_serial` as 1 and `serial_cap_s` as none), validated
 on load and never pickled. Calibration is the only code that writes measured profiles; everything else reads them.
 Built-in profiles live in `profiles/`: `published-h100` carries the paper's published figures, labelled as such.
 
 Per path (`PathSpec`, `path.py`): an exchange of `b` bytes costs `alpha_s + b / beta_Bps` (with a small-message regime
 below `small.below_bytes`, and from the first of its `knots` up the knots' interpolation, profile/12), plus what one exchange in a loop does not see: the wake-up of idle holders (`cold_s`, and
 after a measured idle time `cold_idle`, profile/9), several holders at once (`per_holder_s`, the serial fractions of
-their compute and bytes, with a cap), a fetch's own offset, rate, overlap and chunks (profile/8-9), and the tail:
+their compute and bytes, with a cap), a fetch's own offset, rate, overlap and chunks (profile/8-9) and a scattered
+fetch's extra (profile/14), and the tail:
 stalls per exchange, as clusters per request (`stall_per_exchange`, profile/10; per second of exchange before,
 `stall_rate`, profile/6; both, a share growing with the exchange's seconds, profile/13), the median request paying the median of a Poisson count (`PathSpec.stalls_s`). Compute
 (`Compute`): attention, merge, splice, gather and re-prefill coefficients, with a holder's first decode step (and
@@ -35,8 +36,8 @@ from qroute.cost.path import PER_EXCHANGE, STALL_FIELDS, PathSpec, SmallRegime  
 from qroute.cost.terms import idle_curve
 from qroute.errors import QrouteError
 
-SCHEMA_ID = "qroute.profile/13"
-READABLE = tuple(f"qroute.profile/{v}" for v in range(1, 13)) + (SCHEMA_ID,)
+SCHEMA_ID = "qroute.profile/14"
+READABLE = tuple(f"qroute.profile/{v}" for v in range(1, 14)) + (SCHEMA_ID,)
 
 
 
@@ -209,7 +210,7 @@ def _schema() -> dict[str, Any]:
 
 
 def validate(data: Any, origin: str) -> None:
-    """Validate a profile dict against schema `qroute.profile/13` (or /1 to /12); one-line error on failure."""
+    """Validate a profile dict against schema `qroute.profile/14` (or /1 to /13); one-line error on failure."""
     if isinstance(data, dict) and data.get("schema") not in READABLE:
         raise QrouteError(f"profile {origin}: schema={data.get('schema')!r}: expected {SCHEMA_ID!r} (or one of "
                           f"{', '.join(map(repr, READABLE[:-1]))})")  # fmt: skip

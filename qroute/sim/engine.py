@@ -268,7 +268,8 @@ class Engine:
         paths = [self._path(r.instance, h) for h in fetched]
         nbytes = [m.fetch_bytes(len(groups[h]) * bs, L) for h in fetched]
         specs = [self.paths[p] for p in paths]
-        cursor = t + max(float(s.fetch_alpha(n)) for s, n in zip(specs, nbytes))
+        scattered = self._scattered(req, groups)
+        cursor = t + max(float(s.fetch_fixed_s(n, scattered)) for s, n in zip(specs, nbytes))
         cursor += (len(fetched) - 1) * max(s.fetch_extra_s for s in specs)
         moves = [float(s.fetch_move_s(n)) for s, n in zip(specs, nbytes)]
         serial = max(s.fetch_bytes_serial for s in specs)  # the others' bytes beside the largest's (1: one port)
@@ -279,7 +280,7 @@ class Engine:
             self.answered[fetched[i]] = max(self.answered.get(fetched[i], 0.0), cursor)
             self.bytes["fetch"] += nbytes[i]
         tokens = bs * sum(len(groups[h]) for h in fetched)
-        return cursor + m.fetched_adapt_s(tokens, len(fetched), L, self._scattered(req, groups), req.offset)
+        return cursor + m.fetched_adapt_s(tokens, len(fetched), L, scattered, req.offset)
 
     # ------------------------------------------------------------------ planning
 

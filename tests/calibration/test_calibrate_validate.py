@@ -124,7 +124,7 @@ def test_validate_cli_small_grid_and_bad_profiles(tmp_path):
     corrupt, foreign = tmp_path / "corrupt.json", tmp_path / "foreign.json"
     corrupt.write_text(json.dumps(profile)[:-40])
     foreign.write_text(json.dumps({**profile, "schema": "qroute.profile/99"}))
-    for bad, needle in ((corrupt, "not valid JSON"), (foreign, "expected 'qroute.profile/13'")):
+    for bad, needle in ((corrupt, "not valid JSON"), (foreign, "expected 'qroute.profile/14'")):
         r = run("validate", "--profile", str(bad), "--out", str(tmp_path))
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
 

@@ -610,3 +610,24 @@ def test_knots_are_non_decreasing_and_absent_without_a_span():
         (7e4, 7e-4), (1.4e5, pytest.approx(8.5e-4)), (4.2e5, pytest.approx(8.5e-4)), (1e6, 1.2e-3))  # fmt: skip
     assert route_knots({(7e4,): 7e-4, (1e5,): 8e-4, (2e5,): 9e-4}) == ()  # spans under 4x: the line alone
     assert route_knots({(7e4,): 7e-4, (1e6,): 9e-4}) == ()  # two sizes: the line alone
+
+
+@pytest.mark.parametrize("extra", [0.0, 3e-4])
+def test_scattered_fetches_price_their_extra_apart_and_leave_the_fetch_line_to_contiguous_ones(extra):
+    """Scattered fetches (every other block) that cost `extra` more than contiguous ones of their bytes (two H100s:
+    133-333 us) give `fetch_scatter_s` back; the line is the contiguous fetches', so a contiguous fetch is priced as
+    before and a scattered selection (`fetch_fixed_s(b, scattered=True)`) pays the extra. Without scattered fetches
+    (or with one size of them) the term stays 0."""
+    alpha, beta, offset = 5e-4, 1e9, 2e-4
+    trace = synthetic_trace(alpha, beta, 0.0, 1e-4, seed=11, fetch_offset=offset)
+    rng = np.random.default_rng(5)
+    for b in np.geomspace(2e5, 1.5e6, 4).astype(int):
+        for _ in range(5):
+            trace.append({"kind": "fetch", "bytes": int(b), "parallel": 1, "holder_compute_s": 5e-5, "scattered": True,
+                          "rtt_s": (alpha + b / beta) * (1 + rng.normal(0, 0.01)) + offset + extra + 5e-5})  # fmt: skip
+    spec, _ = fit_path_from_trace(trace, "synthetic")
+    assert spec.fetch_scatter_s == pytest.approx(extra, abs=0.03 * (alpha + 1e6 / beta))
+    assert spec.fetch_time(1e6) == pytest.approx(alpha + offset + 1e6 / beta, rel=0.05)  # the contiguous line
+    assert spec.fetch_fixed_s(1e6, scattered=True) - spec.fetch_fixed_s(1e6) == pytest.approx(spec.fetch_scatter_s)
+    one_size = [r for r in trace if not (r.get("scattered") and r["bytes"] != trace[-1]["bytes"])]
+    assert fit_path_from_trace(one_size, "synthetic")[0].fetch_scatter_s == 0.0

@@ -246,3 +246,26 @@ def test_knots_survive_the_profile_file_and_out_of_order_ones_are_refused(tmp_pa
     assert prof.load(tmp_path / "q.json") == q
     with pytest.raises(QrouteError, match=r"path 'ibgda': knots=.*expected ascending bytes and non-decreasing seconds"):
         dataclasses.replace(p, paths=dict(p.paths, ibgda=dataclasses.replace(p.path("ibgda"), knots=KNOTS[::-1])))
+
+
+def test_a_scattered_fetch_pays_its_extra_once_in_the_model_and_the_planner(model):
+    """`fetch_scatter_s` (profile/14) is added once to a fetch of a scattered selection (`sparse`), by the model and by
+    the planner alike, and nothing else moves; a contiguous fetch and route do not pay it; it survives the file."""
+    from qroute.planner import uniform_phases, uniform_request
+
+    base = model.profile.path("ibgda")
+    scat = dataclasses.replace(base, fetch_scatter_s=3e-4)
+    for holders in (1, 2):
+        shape = Shape(16, 512, 27, steps=2, holders=holders, sparse=True)
+        assert model.fetch(shape, scat).total - model.fetch(shape, base).total == pytest.approx(3e-4)
+        contiguous = dataclasses.replace(shape, sparse=False)
+        assert model.fetch(contiguous, scat).total == pytest.approx(model.fetch(contiguous, base).total)
+        assert model.route(shape, scat).total == pytest.approx(model.route(shape, base).total)
+    profile = dataclasses.replace(model.profile, paths={**model.profile.paths, "ibgda": scat}, default_paths=("ibgda",))
+    other = dataclasses.replace(model, profile=profile)
+    plain = dataclasses.replace(model, profile=dataclasses.replace(model.profile, default_paths=("ibgda",)))
+    for sparse, paid in ((True, 3e-4), (False, 0.0)):
+        request = uniform_request(16, 512, 2, 27, steps=2, sparse=sparse)
+        gap = uniform_phases(other, request, "fetch").total - uniform_phases(plain, request, "fetch").total
+        assert gap == pytest.approx(paid, abs=1e-12)
+    assert PathSpec.from_dict(scat.to_dict()) == scat and "fetch_scatter_s" not in base.to_dict()

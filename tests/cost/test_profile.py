@@ -41,7 +41,7 @@ def test_roundtrip_through_a_file(tmp_path):
         (lambda d: d["paths"]["ibgda"].update(alpha_s=-1e-6), r"paths\.ibgda\.alpha_s: -1e-06 is less than the minimum"),
         (lambda d: d["paths"]["ibgda"].update(beta_Bps=0), r"paths\.ibgda\.beta_Bps: 0 is less than or equal"),
         (lambda d: d["compute"].pop("splice"), "'splice' is a required property"),
-        (lambda d: d.update(schema="qroute.profile/0"), "expected 'qroute.profile/13'"),
+        (lambda d: d.update(schema="qroute.profile/0"), "expected 'qroute.profile/14'"),
         (lambda d: d.update(default_paths=["pcie9"]), "default path 'pcie9' is not in paths"),
         (lambda d: d["compute"]["merge"].update(fixed_s="2us"), r"compute\.merge\.fixed_s: '2us' is not of type 'number'"),
         (lambda d: d.update(provenance="guessed"), "provenance: 'guessed' is not one of"),
