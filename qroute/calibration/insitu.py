@@ -120,9 +120,9 @@ def fetch_scatter_excess(fetch: list[dict], spec: PathSpec) -> float:
     (2 sizes or more), of their network seconds beyond the price of a contiguous fetch of those bytes (`spec`'s fetch
     line, drawn through contiguous fetches), where every size cost more; else 0 (of five sizes, all above by noise
     alone 1 time in 32: on the dev VM, where the kinds cost the same, a term kept on noise priced hashed two-holder
-    fetches high). Measured in all seven two-H100
-    calibrations of 2026-11-27: 234-333 us over NCCL, 133-175 us over symmetric memory (sizes only one kind of fetch
-    reached); on the dev VM's loopback and shared memory the two kinds cost the same within 7%."""
+    fetches high). Measured in all seven two-H100 calibrations of 2026-11-27: 234-333 us over NCCL, 133-175 us over
+    symmetric memory (sizes only one kind of fetch reached); on the dev VM's loopback and shared memory the two kinds
+    cost the same within 7%."""
     scattered = _grouped([r for r in fetch if r.get("scattered")], lambda r: (r["bytes"],), _net)
     excess = [t - float(spec.fetch_time(b)) for (b,), t in scattered.items()]
     return robust_median(excess) if len(excess) >= 2 and min(excess) > 0 else 0.0
