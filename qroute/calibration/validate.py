@@ -189,59 +189,94 @@ def validate_instance(instance: Instance, config: ValidationConfig, holders: int
 
 
 def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict | None = None) -> list[dict]:
-    """Every shape x primitive, on each path of the profile in turn (predicted and executed on that path).
+    """Every shape x primitive on every path of the profile (predicted and executed on that path).
 
     The runs of one configuration are spread over the sweep (`reps` passes over every configuration, round
-    robin), so that a machine whose speed drifts over minutes moves every configuration's median alike rather
-    than the configurations measured while it was slow. Further passes, up to `max_reps`, rerun the
-    configurations whose median is not yet known within `ci` (`median_ci`): short requests on a busy machine
-    spread by tens of percent from run to run, and five runs leave their median uncertain by as much. No further
-    pass starts after `config.until` (from `budget_s`); the first `reps` passes always run.
+    robin, the paths interleaved pass by pass), so that a machine whose speed drifts over minutes moves every
+    configuration's median alike, on every path, rather than the configurations (or the path) measured while it
+    was slow. Further passes, up to `max_reps`, rerun the configurations whose median is not yet known within
+    `ci` (`median_ci`): short requests on a busy machine spread by tens of percent from run to run, and five runs
+    leave their median uncertain by as much. No further pass starts after `config.until` (from `budget_s`); the
+    first `reps` passes always run. (Until 2026-11-27 the paths ran one after the other, and the first took every
+    further pass the budget allowed: on a slow machine the second path kept its 5 runs.)
     """
     from rich.progress import Progress
 
-    dtype = dtype_name(world.model)
-    names = paths.opened(profile).default_paths
-    rows, order = [], itertools.count()
+    order = itertools.count()
     alive = KeepAlive.of(world, config.cluster.timeout_s)
+    shapes = sweep_shapes(config)
+    names = paths.opened(profile).default_paths
     with Progress(disable=not config.progress, transient=True) as bar:
         label = f"validating ({holders} holder{'s' * (holders > 1)}, {len(names)} path{'s' * (len(names) > 1)})"
-        task = bar.add_task(label, total=len(names) * len(sweep_shapes(config)) * len(PRIMITIVES) * config.reps)
-        for name in names:
-            cost = CostModel(world.geometry, replace(profile, default_paths=(name,)), dtype, dtype)
-            executor = Executor(0, world.model, world.corpus, world.directory, cost, links=links)
-            executor.force_path = name if paths.names() else None
-            warm_up(executor, world)
-            configs = [(batch_requests(world, holders, k, n, s, b, seed=100 * i), p)
-                       for i, (k, n, s, b) in enumerate(sweep_shapes(config)) for p in PRIMITIVES]  # fmt: skip
-            rows += [{"holders": holders, "pass": name} for _ in configs]
-            reference = profile.fits.get("speed_probe", {}).get(name)
-            todo = list(zip(configs, rows[-len(configs) :]))
-            for rep in range(config.max_reps):
-                if rep >= config.reps:  # only the configurations whose median is still uncertain
-                    if config.until is not None and time.time() > config.until:
-                        break
-                    todo = [(c, row) for c, row in todo if median_ci([r["total_s"] for r in row["runs"]]) > config.ci]
-                    if not todo:
-                        break
-                    bar.update(task, total=next(t.total for t in bar.tasks if t.id == task) + len(todo))
-                speed = _speed(executor, world, reference)
-                for (requests, primitive), row in todo:
-                    alive()
-                    first = len(executor.trace)
-                    sessions = serve_together(executor, requests, primitive)
-                    row["exchanges"] = row.get("exchanges", []) + route_exchanges(executor.trace[first:])
-                    if rep == 0:
-                        row.update(_describe(executor, world, requests, primitive, sessions))
-                    row["runs"] = row.get("runs", []) + [_measured(sessions)]
-                    row["predicted_runs"] = row.get("predicted_runs", []) + [_predicted(executor.cost, sessions)]
-                    row["plans"] = row.get("plans", []) + [plan_record(sessions)]  # what any profile prices (`reprice`)
-                    row["run_order"] = row.get("run_order", []) + [next(order)]  # when it ran, on this path
-                    row["speed"] = row.get("speed", []) + [speed[primitive]] if speed else None
-                    bar.advance(task)
+        task = bar.add_task(label, total=len(names) * len(shapes) * len(PRIMITIVES) * config.reps)
+        lanes = [_Lane.open(config, world, holders, profile, name, shapes, links) for name in names]
+        rows = [row for lane in lanes for _, row in lane.todo]
+        grow = lambda n: bar.update(task, total=next(t.total for t in bar.tasks if t.id == task) + n)  # noqa: E731
+        run_passes(lanes, config, lambda lane, rep: lane.run_pass(world, rep, alive, order, lambda: bar.advance(task)), grow)
     for row in rows:
         _settle(row)
     return rows
+
+
+def run_passes(lanes: list, config: ValidationConfig, run_pass, grow=lambda n: None, clock=time.time) -> None:
+    """The sweep's passes over every lane (a path's configurations, `lane.todo`: (configuration, row) pairs whose
+    rows gather `runs`): `reps` passes over all, then up to `max_reps` over those whose median is still uncertain
+    (`median_ci` above `ci`), until `config.until` (by `clock`); within a pass the lanes take turns
+    (`run_pass(lane, rep)`), in reverse order every other pass. `grow(n)`: n more runs are planned."""
+    for rep in range(config.max_reps):
+        if rep >= config.reps:  # only the configurations whose median is still uncertain
+            if config.until is not None and clock() > config.until:
+                return
+            for lane in lanes:
+                lane.todo = [(c, row) for c, row in lane.todo if median_ci([r["total_s"] for r in row["runs"]]) > config.ci]
+            left = sum(len(lane.todo) for lane in lanes)
+            if not left:
+                return
+            grow(left)
+        for lane in lanes if rep % 2 == 0 else lanes[::-1]:  # neither path always first after the other
+            if lane.todo:
+                run_pass(lane, rep)
+
+
+@dataclass
+class _Lane:
+    """One path's share of the sweep: its executor (forced onto the path), its reference speed probe and the
+    configurations still to run, each beside its row."""
+
+    executor: Executor
+    reference: dict | None
+    todo: list[tuple[tuple[list[AgentRequest], str], dict]]
+
+    @classmethod
+    def open(cls, config: ValidationConfig, world, holders: int, profile, name: str, shapes, links) -> _Lane:
+        dtype = dtype_name(world.model)
+        cost = CostModel(world.geometry, replace(profile, default_paths=(name,)), dtype, dtype)
+        executor = Executor(0, world.model, world.corpus, world.directory, cost, links=links)
+        executor.force_path = name if paths.names() else None
+        warm_up(executor, world)
+        configs = [(batch_requests(world, holders, k, n, s, b, seed=100 * i), p)
+                   for i, (k, n, s, b) in enumerate(shapes) for p in PRIMITIVES]  # fmt: skip
+        todo = [(c, {"holders": holders, "pass": name}) for c in configs]
+        return cls(executor, profile.fits.get("speed_probe", {}).get(name), todo)
+
+    def run_pass(self, world, rep: int, alive, order, advance) -> None:
+        """One run of each configuration still to do, after a speed probe; each run's measured and predicted
+        phases, plans, route exchanges and place in the order of runs kept in its row."""
+        executor = self.executor
+        speed = _speed(executor, world, self.reference)
+        for (requests, primitive), row in self.todo:
+            alive()
+            first = len(executor.trace)
+            sessions = serve_together(executor, requests, primitive)
+            row["exchanges"] = row.get("exchanges", []) + route_exchanges(executor.trace[first:])
+            if rep == 0:
+                row.update(_describe(executor, world, requests, primitive, sessions))
+            row["runs"] = row.get("runs", []) + [_measured(sessions)]
+            row["predicted_runs"] = row.get("predicted_runs", []) + [_predicted(executor.cost, sessions)]
+            row["plans"] = row.get("plans", []) + [plan_record(sessions)]  # what any profile prices (`reprice`)
+            row["run_order"] = row.get("run_order", []) + [next(order)]  # when it ran, among all the setup's runs
+            row["speed"] = row.get("speed", []) + [speed[primitive]] if speed else None
+            advance()
 
 
 def _settle(row: dict) -> None:

@@ -149,6 +149,31 @@ def test_validation_config_rejects_bad_repetition_settings(bad, match):
         ValidationConfig("published-h100", **bad)
 
 
+def test_passes_interleave_the_paths_and_share_the_budget():
+    from types import SimpleNamespace
+
+    from qroute.calibration.validate import ValidationConfig, run_passes
+
+    clock, calls = [0.0], []
+    lanes = [SimpleNamespace(name=n, todo=[(None, {"runs": []}) for _ in range(2)]) for n in ("gloo", "shm")]
+
+    def run_pass(lane, rep):  # every run 10% apart from the last: no median ever settles; a pass takes 1 s
+        calls.append((lane.name, rep))
+        for _, row in lane.todo:
+            row["runs"].append({"total_s": 1.0 + 0.1 * (len(row["runs"]) % 2)})
+        clock[0] += 1.0
+
+    config = ValidationConfig("published-h100", reps=2, max_reps=40, ci=0.01, until=9.5)
+    run_passes(lanes, config, run_pass, clock=lambda: clock[0])
+    runs = {lane.name: {len(row["runs"]) for _, row in lane.todo} for lane in lanes}
+    assert runs == {"gloo": {5}, "shm": {5}}  # the budget shared: no path takes every further pass
+    assert calls[:4] == [("gloo", 0), ("shm", 0), ("shm", 1), ("gloo", 1)]  # in turns, first place alternating
+    row = {"runs": []}  # identical runs: settled after the reps
+    settled = [SimpleNamespace(todo=[(None, row)])]
+    run_passes(settled, ValidationConfig("published-h100", reps=3, max_reps=40), lambda lane, rep: row["runs"].append({"total_s": 1.0}))
+    assert len(row["runs"]) == 3 and settled[0].todo == []
+
+
 def test_online_metric_replays_runs_in_the_order_they_ran():
     from qroute.calibration.validation_metrics import online
 
