@@ -239,7 +239,8 @@ def add_validate(sub) -> None:
     p.add_argument("--max-reps", type=int_at_least(1), default=15, help="further passes rerun the shapes whose median is "
                    "not yet known within --ci, up to this many runs (default: %(default)s; = --reps for a fixed count)")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS", help="start no further pass (beyond --reps) "
-                   "after this many seconds of the whole run, shared evenly by the setups; the runs taken are kept "
+                   "after this many seconds of the whole run, shared evenly by the setups (the paths take turns within "
+                   "each); the runs taken are kept "
                    "(default: none)")  # fmt: skip
     p.add_argument("--ci", type=float, default=0.03, help="target half-width of each measured median's ~95%% confidence "
                    "interval, relative (default: %(default)s)")
