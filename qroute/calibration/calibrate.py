@@ -141,9 +141,10 @@ def measure(instance: Instance, config: CalibrationConfig, world) -> dict:
 
 
 def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int, sweeps, links: dict | None = None,
-                  fabric: str | None = None) -> dict:  # fmt: skip
+                  fabric: str | None = None, ladder: bool = True) -> dict:  # fmt: skip
     """Per path: `sweeps(name, sizes, latency, bandwidth, advance)` (OSU-style tables, filled in place), then the
-    training grid served through an executor (holders reached through `links` where given); the fits."""
+    training grid served through an executor (holders reached through `links` where given; `ladder`: with the idle
+    ladder, `idle_ladder`); the fits."""
     from rich.progress import Progress
 
     sizes = QUICK_SIZES if config.quick else LATENCY_SIZES
@@ -160,8 +161,8 @@ def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int,
             try:
                 sweeps(name, sizes, latency, bandwidth, advance)
                 probes[name] = []
-                traces[name] = [_train(world, shapes, advance, seed=r, path=name, probes=probes[name], links=links)
-                                for r in range(repeats)]  # fmt: skip
+                traces[name] = [_train(world, shapes, advance, seed=r, path=name, probes=probes[name], links=links,
+                                       ladder=ladder) for r in range(repeats)]  # fmt: skip
             except (RuntimeError, ConnectionError, OSError) as exc:
                 kept = _keep_partial(config, latency, bandwidth)
                 raise QrouteError(f"path {name!r} failed mid-sweep ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
@@ -221,14 +222,15 @@ def flips(latency: dict, profile: Profile) -> list[dict]:
     return out
 
 
-def _train(world, shapes, advance, seed: int, path: str, probes: list | None = None, links: dict | None = None) -> list[dict]:
+def _train(world, shapes, advance, seed: int, path: str, probes: list | None = None, links: dict | None = None,
+           ladder: bool = True) -> list[dict]:  # fmt: skip
     """Serve the training grid on `path`, the executor's trace: per shape every primitive forced on one holder, a
     scattered fetch (every other block: the gather), for some shapes a batch of `TRAIN_BATCH` requests routed to one
     holder together (their rows in one message: `group_s`) and the same batch fetched (the requester's batched attention
     over moved KV and merges: their `group_s`), and with two holders or more a batch of two requests routed to
     two holders at once (the parallel exchange) and, for some shapes, a fetch from two holders at once; then a batch of
-    `TRAIN_WIDE_ROUTE` routed (the largest route exchange) and a fetch `WIDE_BLOCKS` times the largest shape's blocks
-    (`wide_request`), three times."""
+    `TRAIN_WIDE_ROUTE` routed (the largest route exchange), the idle ladder (`idle_ladder`, unless `ladder` is off)
+    and a fetch `WIDE_BLOCKS` times the largest shape's blocks (`wide_request`), three times."""
     executor = forced_executor(world, links=links)
     executor.force_path = path
     warm_up(executor, world)
@@ -260,7 +262,8 @@ def _train(world, shapes, advance, seed: int, path: str, probes: list | None = N
     serve_together(executor, [shaped_request(world, 1, k, n, TRAIN_STEPS, seed=1000 * (seed + 1) + 500 + j, on=holders[0],
                                              nth=j) for j in range(TRAIN_BATCH)], "route")  # fmt: skip
     idle = (IDLE_SHAPE[0], min(IDLE_SHAPE[1], max(n for _, n in shapes)))  # a grid of small chunks: its largest
-    idle_ladder(executor, world, shaped_request(world, 1, *idle, TRAIN_STEPS, seed=1000 * (seed + 1) + len(shapes) + 1))
+    if ladder:
+        idle_ladder(executor, world, shaped_request(world, 1, *idle, TRAIN_STEPS, seed=1000 * (seed + 1) + len(shapes) + 1))
     wide = wide_request(world, WIDE_BLOCKS * max(n for _, n in shapes), seed=1000 * (seed + 1) + len(shapes))
     for _ in range(FETCH_SAMPLES if wide is not None else 0):
         serve(executor, wide, "fetch")

@@ -30,7 +30,9 @@ def test_copy_sweeps_fill_their_rows_as_they_go():
 
 
 def test_host_tier_calibration_then_validation(tmp_path):
-    results = run_calibration(CalibrationConfig(world=SMALL, quick=True, progress=False, device="cpu"))
+    results = run_calibration(CalibrationConfig(world=SMALL, quick=True, progress=False, device="cpu", keep_trace=True))
+    records = [r for runs in results["trace"].values() for run in runs for r in run]
+    assert records and not any(r.get("ladder") for r in records)  # no idle ladder in the host tier's training
     p = prof.from_dict(results["profile"], "calibration")
     assert list(p.paths) == ["host-memcpy"] and p.default_paths == ("host-memcpy",)
     assert p.machine["backend"] == "in-process (host tier)" and "host tier" in p.machine["fabric"]
