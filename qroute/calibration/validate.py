@@ -134,7 +134,7 @@ def run_validation(config: ValidationConfig, calibrated: str | None = None) -> d
     for i, (placement, holders) in enumerate(setups):
         world = replace(config.world, placement=Placement(placement))
         until = budget_until(config, start, (i + 1) / len(setups))
-        out = launch(config.cluster, validate_instance, replace(config, world=world, until=until), holders)[0]
+        out = launch(_lasting(config.cluster, until), validate_instance, replace(config, world=world, until=until), holders)[0]
         if out.get("rank") != 0:
             return out
         rows += out["rows"]
@@ -153,6 +153,14 @@ def run_validation(config: ValidationConfig, calibrated: str | None = None) -> d
 
 def _pricing(world) -> dict:
     return pricing_record(world.geometry, dtype_name(world.model))
+
+
+def _lasting(cluster: ClusterSpec, until: float | None) -> ClusterSpec:
+    """`cluster` allowed to run until `until` (a budget's end, time.time()) and its usual margin after it (2 x its
+    timeout: the passes begun by then finish): a budget longer than the margin alone must not read as a hang."""
+    if until is None:
+        return cluster
+    return replace(cluster, run_s=max(0.0, until - time.time()) + 2 * cluster.timeout_s)
 
 
 def budget_until(config: ValidationConfig, start: float, share: float = 1.0) -> float | None:

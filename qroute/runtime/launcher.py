@@ -60,6 +60,7 @@ class ClusterSpec:
     retain_heap: bool = True  # freed host memory stays in each instance's heap (`runtime.heap`): no page faults per step
     shm: bool = False  # a second path beside the world group: shared memory on this host (`runtime.shm`)
     symm: bool = False  # every message by one-sided writes into the GPUs' symmetric memory instead of NCCL (`runtime.symm`)
+    run_s: float | None = None  # the longest a launch may run before it is taken as hung (None: 2 x `timeout_s`)
 
     def __post_init__(self) -> None:
         if self.links and (self.world_size, self.requesters) != (2, 1):
@@ -288,7 +289,8 @@ def _spawn(spec: ClusterSpec, fn: Callable[..., Any], args: tuple, endpoints: li
 
 def _collect(spec: ClusterSpec, procs: list, results: Any) -> list[Any]:
     out: dict[int, Any] = {}
-    deadline = time.monotonic() + spec.timeout_s * 2
+    limit = spec.run_s or spec.timeout_s * 2
+    deadline = time.monotonic() + limit
     while len(out) < len(procs):
         try:
             rank, status, value = results.get(timeout=0.2)
@@ -297,7 +299,7 @@ def _collect(spec: ClusterSpec, procs: list, results: Any) -> list[Any]:
             if dead:
                 raise QrouteError(f"instance {dead[0].name} exited with code {dead[0].exitcode} before reporting")
             if time.monotonic() > deadline:
-                raise QrouteError(f"cluster did not finish within {spec.timeout_s * 2:.0f} s: expected all instances to report")
+                raise QrouteError(f"cluster did not finish within {limit:.0f} s: expected all instances to report")
             continue
         if status == "error":
             raise QrouteError(f"instance {rank} failed: {value}")

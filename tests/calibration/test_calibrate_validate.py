@@ -174,6 +174,17 @@ def test_passes_interleave_the_paths_and_share_the_budget():
     assert len(row["runs"]) == 3 and settled[0].todo == []
 
 
+def test_a_budgeted_setup_may_run_its_budget_and_the_usual_margin():
+    import time
+
+    from qroute.calibration.validate import _lasting
+
+    spec = ClusterSpec(2, timeout_s=300.0)
+    assert _lasting(spec, None) is spec  # no budget: a launch is taken as hung after 2 x its timeout
+    budgeted = _lasting(spec, time.time() + 900.0)  # a fabric's one setup with --budget 900: it must not read as hung
+    assert 1499.0 < budgeted.run_s <= 1500.0 and budgeted.timeout_s == 300.0
+
+
 def test_online_metric_replays_runs_in_the_order_they_ran():
     from qroute.calibration.validation_metrics import online
 

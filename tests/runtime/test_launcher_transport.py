@@ -48,6 +48,17 @@ def test_world_size_one():
     assert launch(ClusterSpec(world_size=1, **SPEC), world_of_one) == [(0, 1, True, [0])]
 
 
+def sleep_then_report(instance, seconds):
+    time.sleep(seconds)
+    return "done"
+
+
+def test_a_launch_runs_past_twice_its_timeout_only_when_told_to():
+    with pytest.raises(QrouteError, match="cluster did not finish within 6 s"):  # taken as hung: 2 x timeout_s
+        launch(ClusterSpec(world_size=1, timeout_s=3.0), sleep_then_report, 8.0)
+    assert launch(ClusterSpec(world_size=1, timeout_s=3.0, run_s=15.0), sleep_then_report, 8.0) == ["done"]
+
+
 def fail_on_rank_one(instance):
     if instance.rank == 1:
         raise QrouteError("holder refused: bad block id 99")
