@@ -261,8 +261,8 @@ def _train(world, shapes, advance, seed: int, path: str, probes: list | None = N
     k, n = TRAIN_WIDE_ROUTE[0], min(TRAIN_WIDE_ROUTE[1], largest)
     serve_together(executor, [shaped_request(world, 1, k, n, TRAIN_STEPS, seed=1000 * (seed + 1) + 500 + j, on=holders[0],
                                              nth=j) for j in range(TRAIN_BATCH)], "route")  # fmt: skip
-    idle = (IDLE_SHAPE[0], min(IDLE_SHAPE[1], max(n for _, n in shapes)))  # a grid of small chunks: its largest
     if ladder:
+        idle = (IDLE_SHAPE[0], min(IDLE_SHAPE[1], max(n for _, n in shapes)))  # a grid of small chunks: its largest
         idle_ladder(executor, world, shaped_request(world, 1, *idle, TRAIN_STEPS, seed=1000 * (seed + 1) + len(shapes) + 1))
     wide = wide_request(world, WIDE_BLOCKS * max(n for _, n in shapes), seed=1000 * (seed + 1) + len(shapes))
     for _ in range(FETCH_SAMPLES if wide is not None else 0):

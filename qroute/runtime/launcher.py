@@ -66,6 +66,8 @@ class ClusterSpec:
         if self.links and (self.world_size, self.requesters) != (2, 1):
             raise QrouteError(f"an emulated fabric joins 2 instances (1 requester, 1 holder): got instances={self.world_size}")
         positive_int("instances", self.world_size)
+        if self.run_s is not None and not self.run_s > 0:
+            raise QrouteError(f"run_s={self.run_s!r}: expected None or a positive number of seconds")
         positive_int("requesters", self.requesters)
         if self.requesters > self.world_size:
             raise QrouteError(f"requesters={self.requesters}: expected <= instances={self.world_size}")
