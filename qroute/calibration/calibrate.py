@@ -25,6 +25,7 @@ import os
 import platform
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,9 +143,14 @@ def measure(instance: Instance, config: CalibrationConfig, world) -> dict:
 
 def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int, sweeps, links: dict | None = None,
                   fabric: str | None = None, ladder: bool = True) -> dict:  # fmt: skip
-    """Per path: `sweeps(name, sizes, latency, bandwidth, advance)` (OSU-style tables, filled in place), then the
+    """Per path `sweeps(name, sizes, latency, bandwidth, advance)` (OSU-style tables, filled in place); then the
     training grid served through an executor (holders reached through `links` where given; `ladder`: with the idle
-    ladder, `idle_ladder`); the fits."""
+    ladder, `idle_ladder`), `repeats` times, the paths taking turns repeat by repeat; the fits.
+
+    Taking turns, every path's constants are fitted over the whole training, not over a block of it: a machine
+    whose speed moves during calibration moves every path alike. Until 2026-11-27 each path trained in one block
+    after the other; on the dev VM the holder's speed moved 0.86 -> 0.94 over the first path's block and 0.86 ->
+    1.23 over the second's in one such calibration (`python -m benchmarks.drift`, `drift-dev-2core-*`)."""
     from rich.progress import Progress
 
     sizes = QUICK_SIZES if config.quick else LATENCY_SIZES
@@ -158,16 +164,28 @@ def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int,
         alive = KeepAlive.of(world, config.cluster.timeout_s)
         advance = lambda *_: (bar.advance(task), alive())  # noqa: E731
         for name in names:
-            try:
+            with _kept(config, name, latency, bandwidth):
                 sweeps(name, sizes, latency, bandwidth, advance)
-                probes[name] = []
-                traces[name] = [_train(world, shapes, advance, seed=r, path=name, probes=probes[name], links=links,
-                                       ladder=ladder) for r in range(repeats)]  # fmt: skip
-            except (RuntimeError, ConnectionError, OSError) as exc:
-                kept = _keep_partial(config, latency, bandwidth)
-                raise QrouteError(f"path {name!r} failed mid-sweep ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
-                                  f"measurements taken so far kept in {kept}") from None  # fmt: skip
+        for name in names:
+            traces[name], probes[name] = [], []
+        for r in range(repeats):  # the paths take turns, repeat by repeat, each first every other repeat
+            for name in names if r % 2 == 0 else names[::-1]:
+                with _kept(config, name, latency, bandwidth):
+                    traces[name].append(train_grid(world, shapes, advance, seed=r, path=name, probes=probes[name],
+                                                   links=links, ladder=ladder))  # fmt: skip
     return _results(config, world, peer, latency, bandwidth, traces, probes, fabric or _fabric(config))
+
+
+@contextmanager
+def _kept(config: CalibrationConfig, name: str, latency: dict, bandwidth: dict):
+    """A path that fails here fails the calibration with a one-line error naming it, the sweep rows measured so far
+    kept (`_keep_partial`)."""
+    try:
+        yield
+    except (RuntimeError, ConnectionError, OSError) as exc:
+        kept = _keep_partial(config, latency, bandwidth)
+        raise QrouteError(f"path {name!r} failed mid-sweep ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+                          f"measurements taken so far kept in {kept}") from None  # fmt: skip
 
 
 def _keep_partial(config: CalibrationConfig, latency: dict, bandwidth: dict) -> str:
@@ -222,7 +240,7 @@ def flips(latency: dict, profile: Profile) -> list[dict]:
     return out
 
 
-def _train(world, shapes, advance, seed: int, path: str, probes: list | None = None, links: dict | None = None,
+def train_grid(world, shapes, advance, seed: int, path: str, probes: list | None = None, links: dict | None = None,
            ladder: bool = True) -> list[dict]:  # fmt: skip
     """Serve the training grid on `path`, the executor's trace: per shape every primitive forced on one holder, a
     scattered fetch (every other block: the gather), for some shapes a batch of `TRAIN_BATCH` requests routed to one

@@ -217,7 +217,7 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
     with Progress(disable=not config.progress, transient=True) as bar:
         label = f"validating ({holders} holder{'s' * (holders > 1)}, {len(names)} path{'s' * (len(names) > 1)})"
         task = bar.add_task(label, total=len(names) * len(shapes) * len(PRIMITIVES) * config.reps)
-        lanes = [_Lane.open(config, world, holders, profile, name, shapes, links) for name in names]
+        lanes = [Lane.open(config, world, holders, profile, name, shapes, links) for name in names]
         rows = [row for lane in lanes for _, row in lane.todo]
         grow = lambda n: bar.update(task, total=next(t.total for t in bar.tasks if t.id == task) + n)  # noqa: E731
         run_passes(lanes, config, lambda lane, rep: lane.run_pass(world, rep, alive, order, lambda: bar.advance(task)), grow)
@@ -247,7 +247,7 @@ def run_passes(lanes: list, config: ValidationConfig, run_pass, grow=lambda n: N
 
 
 @dataclass
-class _Lane:
+class Lane:
     """One path's share of the sweep: its executor (forced onto the path), its reference speed probe and the
     configurations still to run, each beside its row."""
 
@@ -256,7 +256,7 @@ class _Lane:
     todo: list[tuple[tuple[list[AgentRequest], str], dict]]
 
     @classmethod
-    def open(cls, config: ValidationConfig, world, holders: int, profile, name: str, shapes, links) -> _Lane:
+    def open(cls, config: ValidationConfig, world, holders: int, profile, name: str, shapes, links) -> Lane:
         dtype = dtype_name(world.model)
         cost = CostModel(world.geometry, replace(profile, default_paths=(name,)), dtype, dtype)
         executor = Executor(0, world.model, world.corpus, world.directory, cost, links=links)

@@ -169,6 +169,7 @@ class BatchContext:
             "first_step": first_step, "t_post": t_post, "idle_s": idle_s, "planned_idle_s": planned_idle_s,
             "sessions": sorted(self.sessions[b].serial for b in members),
             "holder_start": reply.meta[2] / 1e9 if len(reply.meta) > 2 else None,  # same host: same clock
+            "holder_cpu_s": reply.meta[3] / 1e9 if len(reply.meta) > 3 else None,  # its CPU time: a core shared or not
         })  # fmt: skip
 
     def _inplace(self, layer: int, q: Tensor, out: dict[int, list[AttentionState]]) -> None:

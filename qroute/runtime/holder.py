@@ -2,7 +2,8 @@
 
 Protocol (message kinds; see transport.py for framing):
     ROUTE  meta [layer]; tensors q [n, H, D] (n tokens), groups [G, 4] (first, tokens, offset, count),
-           blocks [sum count] -> ROUTED meta [compute_ns, busy_ppm, start_ns (perf_counter_ns, this host)]; tensors o [n, H, latent], lse [n, H] float32
+           blocks [sum count] -> ROUTED meta [compute_ns, busy_ppm, start_ns (perf_counter_ns, this host), cpu_ns (the
+           serving thread's CPU time during the compute)]; tensors o [n, H, latent], lse [n, H] float32
     FETCH  tensors blocks [n] -> FETCHED meta [gather_ns, busy_ppm]; tensors kv [L, n * block_size, D]
     PING   any payload -> PONG with the same payload (calibration: ping-pong)
     STREAM meta [remaining]; any payload -> ACK when remaining == 0 (calibration: streaming rate)
@@ -182,12 +183,14 @@ def _serve_route(store: BlockStore, spec: AttentionSpec, msg: transport.Message,
     (layer,) = msg.meta
     q, groups, blocks = msg.tensors
     t0 = time.perf_counter_ns()  # the host's monotonic clock: a requester on this host reads it as its own
+    cpu0 = time.thread_time_ns()
     state = route_states(store, spec, layer, q, groups, blocks)
     _sync(store)
     elapsed = (time.perf_counter_ns() - t0) / 1e9
+    cpu = time.thread_time_ns() - cpu0  # this thread's CPU time meanwhile: below `elapsed` where it waited for a core
     stats.routed_rows += q.shape[0] * q.shape[1]
     stats.route_messages += 1
-    transport.send(msg.src, ROUTED, [int(elapsed * 1e9), stats.busy(elapsed), t0], [state.o, state.lse], group)
+    transport.send(msg.src, ROUTED, [int(elapsed * 1e9), stats.busy(elapsed), t0, cpu], [state.o, state.lse], group)
 
 
 def _serve_fetch(store: BlockStore, msg: transport.Message, stats: ServeStats, group=None) -> None:

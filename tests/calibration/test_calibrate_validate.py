@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,33 @@ def test_a_holder_gone_mid_sweep_is_a_clear_error_and_keeps_the_partial_sweep(tm
         run_calibration(config)
     kept = json.loads(partial.read_text())
     assert kept["partial"] and 1 <= len(kept["latency"]["gloo-loopback"]) < 6
+
+
+def test_calibration_paths_take_turns_repeat_by_repeat(monkeypatch):
+    """Every path's sweeps first, then the training repeats with the paths taking turns (each first every other
+    repeat), each repeat's trace and speed probes kept under its path; a path failing in training names itself."""
+    served = []
+
+    def train(world, shapes, advance, seed, path, probes, links=None, ladder=True):
+        served.append((path, seed))
+        probes += [{"route": 1.0}, {"route": 1.0}]
+        if path == "b" and seed == 2 and fail:
+            raise ConnectionError("peer closed")
+        return [{"path": path, "seed": seed}]
+
+    monkeypatch.setattr(cal, "train_grid", train)
+    monkeypatch.setattr(cal, "_results", lambda config, world, peer, latency, bandwidth, traces, probes, fabric: (traces, probes))
+    monkeypatch.setattr(cal.KeepAlive, "of", classmethod(lambda cls, world, timeout_s: lambda *_: None))
+    swept = []
+    config = CalibrationConfig(ClusterSpec(3), SMALL, repeats=3, progress=False)
+    fail = False
+    traces, probes = cal.measure_paths(config, None, ["a", "b"], 1, lambda name, *_: swept.append((name, len(served))))
+    assert swept == [("a", 0), ("b", 0)]
+    assert served == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2)]
+    assert [r["seed"] for t in traces["b"] for r in t] == [0, 1, 2] and len(probes["a"]) == 6
+    fail, served[:] = True, []
+    with pytest.raises(QrouteError, match="path 'b' failed mid-sweep \\(ConnectionError: peer closed\\)"):
+        cal.measure_paths(replace(config, partial=os.devnull), None, ["a", "b"], 1, lambda *_: None)
 
 
 def test_unreachable_peer_under_torchrun_is_one_line(tmp_path):
