@@ -172,26 +172,9 @@ def measure_blocks(instance, args) -> dict:
 
 
 def _instance(instance, args, _holders=None) -> dict:
-    import torch.distributed as dist
+    from qroute.calibration.validate import holders_serve
 
-    from qroute.runtime import holder
-    from qroute.runtime.control import stop_holders
-    from qroute.runtime.holder import AttentionSpec, build_store
-    from qroute.runtime.world import build_world
-
-    world = build_world(args["validation"].world, instance.holders)
-    if not instance.is_requester:
-        store = build_store(instance.rank, world.corpus, world.directory, world.model)
-        dist.barrier()
-        holder.serve(store, AttentionSpec.of(world.model), instance.requester_ranks)
-        return {"rank": instance.rank}
-    dist.barrier()
-    try:
-        if instance.rank != 0:
-            return {"rank": instance.rank}
-        return {"rank": 0, **measure_blocks(instance, {**args, "world": world})}
-    finally:
-        stop_holders(instance.rank, instance.holders)
+    return holders_serve(instance, args["validation"].world, lambda world: measure_blocks(instance, {**args, "world": world}))
 
 
 def plot(blocks: list[dict], path) -> None:

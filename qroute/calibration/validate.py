@@ -177,7 +177,21 @@ def calibration_speed_spread(profile: dict) -> dict[str, float]:
 
 
 def validate_instance(instance: Instance, config: ValidationConfig, holders: int) -> dict:
-    world = build_world(config.world, instance.holders)
+    return holders_serve(instance, config.world, lambda world: _validate(instance, config, world, holders))
+
+
+def _validate(instance: Instance, config: ValidationConfig, world, holders: int) -> dict:
+    if config.profile == "auto":
+        cal = measure(instance, CalibrationConfig(config.cluster, config.world, progress=config.progress), world)
+        profile = from_dict(cal["profile"], "calibration")
+        return {"rows": _sweep(config, world, holders, profile), "calibration": cal, "pricing": _pricing(world)}
+    return {"rows": _sweep(config, world, holders, load_profile(config.profile)), "pricing": _pricing(world)}
+
+
+def holders_serve(instance: Instance, world_spec: WorldSpec, measure_on) -> dict:
+    """Every instance builds the world of `world_spec`; the holders serve until the requesters stop them; rank 0
+    returns `{"rank": 0, **measure_on(world)}` and then stops the holders (another requester returns at once)."""
+    world = build_world(world_spec, instance.holders)
     if not instance.is_requester:
         store = build_store(instance.rank, world.corpus, world.directory, world.model)
         dist.barrier()
@@ -187,11 +201,7 @@ def validate_instance(instance: Instance, config: ValidationConfig, holders: int
     try:
         if instance.rank != 0:
             return {"rank": instance.rank}
-        if config.profile == "auto":
-            cal = measure(instance, CalibrationConfig(config.cluster, config.world, progress=config.progress), world)
-            profile = from_dict(cal["profile"], "calibration")
-            return {"rank": 0, "rows": _sweep(config, world, holders, profile), "calibration": cal, "pricing": _pricing(world)}
-        return {"rank": 0, "rows": _sweep(config, world, holders, load_profile(config.profile)), "pricing": _pricing(world)}
+        return {"rank": 0, **measure_on(world)}
     finally:
         stop_holders(instance.rank, instance.holders)
 
