@@ -14,7 +14,8 @@ term of its own):
             (alpha at its bytes and both payloads moved).
 A level of 1.10 means the block ran 10% slower than the profile. `waited`: the share of the holders' compute time
 in which their serving thread did not run (1 - its CPU time over its wall time, the mean over the block): a core
-shared with another process. Per path:
+shared with another process. `faults`: the page faults the instances took during the block (the calibration's
+together, `calibration_faults`). Per path:
   - `drift`: how far the levels moved over the run, (max - min) / median over every block (calibration repeats
     included): the machine's speed;
   - `shape_bias`: each validation pass's level over the training block's right after it, the median over passes:
@@ -26,7 +27,7 @@ minutes, between two modes about 1.2-1.4x apart, while the holder's shape bias w
 0.89-1.08 (no sign held from run to run); the holders' threads ran for all of their compute time (`waited` near 0).
 On the H100 host's 16 cores the levels moved 10-19%.
 
-Run: python -m benchmarks.drift [--passes 3] [--no-shm] [--tag T]   (~5-6 minutes on 2 cores). Writes
+Run: python -m benchmarks.drift [--passes 3] [--warm N] [--no-shm] [--tag T]   (~4-5 minutes on 2 cores). Writes
 benchmarks/results/drift-<tag>-<date>.json and a PNG of the levels over time beside it.
 """
 
