@@ -133,9 +133,8 @@ def measure_blocks(instance, args) -> dict:
     from qroute.calibration.compute import dtype_name
     from qroute.cost.model import CostModel
     from qroute.cost.profile import from_dict
-    from qroute.runtime.control import KeepAlive
-
     from qroute.runtime import paths
+    from qroute.runtime.control import KeepAlive
 
     world, vconfig = args["world"], args["validation"]
     shapes = [(k, n) for k in calibrate.TRAIN_STEP_TOKENS for n in calibrate.TRAIN_CHUNK_BLOCKS]
