@@ -58,7 +58,7 @@ def record_levels(record: dict, model) -> dict[str, float]:
     """One warm route record's measured over priced, per quantity (`model`: a CostModel with the profile)."""
     rows, tokens = record["groups"][0]
     path = model.profile.path(record["path"])
-    exchange, c = model.route_bytes(rows), model.coef
+    exchange, c = model.route_bytes(rows), model.coef  # `CostModel.route`'s probe, transfer and return at one holder
     network = path.alpha(exchange) + path.route_move_s(rows * c.q_row_bytes, exchange) + \
         path.route_move_s(rows * c.o_row_bytes, exchange)  # fmt: skip
     wall = record.get("wall_s", record["rtt_s"])
@@ -137,7 +137,7 @@ def measure_blocks(instance, args) -> dict:
     from qroute.runtime.control import KeepAlive
 
     world, vconfig = args["world"], args["validation"]
-    shapes = [(k, n) for k in calibrate.TRAIN_STEP_TOKENS for n in calibrate.TRAIN_CHUNK_BLOCKS]
+    shapes = calibrate.train_shapes()
     pids = instance_pids()
     for rnd in range(args.get("warm", 0)):  # untimed: the processes' heaps grown, every shape served once
         for name in paths.names() or [paths.world_path()]:

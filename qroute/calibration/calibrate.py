@@ -141,6 +141,11 @@ def measure(instance: Instance, config: CalibrationConfig, world) -> dict:
     return measure_paths(config, world, paths.names() or [paths.world_path()], peer, sweeps)
 
 
+def train_shapes(blocks: tuple[int, ...] = TRAIN_CHUNK_BLOCKS) -> list[tuple[int, int]]:
+    """The training grid's (step tokens, chunk blocks) shapes over chunks of `blocks` blocks."""
+    return [(k, n) for k in TRAIN_STEP_TOKENS for n in blocks]
+
+
 def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int, sweeps, links: dict | None = None,
                   fabric: str | None = None, ladder: bool = True) -> dict:  # fmt: skip
     """Per path `sweeps(name, sizes, latency, bandwidth, advance)` (OSU-style tables, filled in place); then the
@@ -156,7 +161,7 @@ def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int,
     sizes = QUICK_SIZES if config.quick else LATENCY_SIZES
     repeats = 1 if config.quick else config.repeats
     blocks = config.chunk_blocks or (QUICK_CHUNK_BLOCKS if config.quick else TRAIN_CHUNK_BLOCKS)
-    shapes = [(k, n) for k in TRAIN_STEP_TOKENS for n in blocks]
+    shapes = train_shapes(blocks)
     latency, bandwidth, traces, probes = {}, {}, {}, {}
     with Progress(disable=not config.progress, transient=True) as bar:
         steps = len(names) * (len(sizes) + len(BANDWIDTH_SIZES) + repeats * len(shapes) * 2)
