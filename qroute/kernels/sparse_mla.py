@@ -38,7 +38,7 @@ WHAT = "sparse_mla"
 # (more programs) was 10% faster. TMA page slabs took 20-24% less time than per-token gathers at B >= 32
 # and 10-12% less than pointer page slabs; 32-token tiles with 3-4 stages were slower (smaller MMAs), 3 stages
 # of 64 tokens exceed shared memory. fp32 tiles are twice as big: fewer tokens per step.
-# "kernel": "gluon" = `sparse_mla_hopper` (Hopper, bf16/fp16, D=576: 1.5-1.6x faster than the Triton kernel at B >= 32 on
+# "kernel": "gluon" = `sparse_mla_hopper` (Hopper, bf16/fp16, D=576: 1.7x faster than the Triton kernel at B >= 32 on
 # an H100) where it applies, else `sparse_mla_triton`; the other keys configure the Triton kernel.
 CONFIGS = {
     "half": {"BLOCK_H": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "tiles": "tma", "kernel": "gluon"},

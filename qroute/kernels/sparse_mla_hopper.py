@@ -16,9 +16,13 @@ are warp-specialized (`gl.warp_specialize`), in the manner of FlashMLA / FlashIn
   - warpgroup 1 (the worker): the TMA loads, and O[:, 256:] += P V[:, 256:] once P is ready, so its
     half of the value dot runs while warpgroup 0 computes the next tile's scores.
 K tiles (64 tokens = one page slab, 73.7 KB) come by TMA into two stages; a stage is refilled once
-both warpgroups have released it (an mbarrier of count 2). A padded table entry points past the
-last row, so the copy fills zeros without reading memory (its scores are masked). Q (72 KB) and two
-K stages take 216 KB of the 227 KB of shared memory, which caps the pipeline at two stages.
+both warpgroups have released it (an mbarrier of count 2); the first two tiles are issued beside Q, before
+the warpgroups split. A padded table entry points past the last row, so the copy fills zeros without
+reading memory (its scores are masked). Q (72 KB) and two K stages take 216 KB of the 227 KB of shared
+memory, which caps the pipeline at two stages. Each warpgroup writes its half of O through shared memory
+it no longer reads (Q's, a K stage), a whole row of 256 values per warp store: stored straight from the
+accumulator's layout (4 bytes a thread) the halves took 3-7 us at the end of every program, a sixth of
+the kernel at 32 queries (docs/kernels.md).
 """
 
 from functools import lru_cache
@@ -42,6 +46,7 @@ try:  # Gluon ships with triton >= 3.5; its TMA load was renamed after 3.6 (asyn
 
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
     _barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # renamed after 3.6 too: a barrier of the partition's warps
+    _NEW_REINTERPRET = gl.constexpr(hasattr(gl.shared_memory_descriptor, "reinterpret"))  # `_reinterpret` up to 3.6
 except (ImportError, AttributeError):
     gluon = None
 
@@ -95,7 +100,17 @@ if gluon is not None:
         e0 = split * entries_per_split
         t0 = e0 * bs
         n_t = (gl.minimum(e0 + entries_per_split, M) * bs - t0) // BLOCK_N  # tiles of this split
-        tiles = (table_ptr + b.to(gl.int64) * stride_tb, stride_te, t0, bs, n_t)
+        table_row = table_ptr + b.to(gl.int64) * stride_tb
+        # both stages start free: the first two tiles are loaded now, beside Q, rather than once the worker starts (the
+        # first K tile then came ~2.5 us after the program's start); a table entry is a TMA row, int32
+        first = gl.load(table_row + (t0 // bs) * stride_te, mask=n_t > 0, other=-1).to(gl.int32)
+        second = gl.load(table_row + ((t0 + BLOCK_N) // bs) * stride_te, mask=n_t > 1, other=-1).to(gl.int32)
+        if n_t > 0:
+            _load_tile(k_desc, pe_desc, smem[2].index(0), smem[3].index(0), bars.index(0), first, t0, bs, k_desc.shape[0], DV)
+        if n_t > 1:
+            _load_tile(k_desc, pe_desc, smem[2].index(1), smem[3].index(1), bars.index(1), second, t0 + BLOCK_N, bs,
+                       k_desc.shape[0], DV)  # fmt: skip
+        tiles = (table_row, stride_te, t0, bs, n_t)
         o_base = o_ptr + split.to(gl.int64) * stride_os + b.to(gl.int64) * stride_ob
         lse_base = lse_ptr + split.to(gl.int64) * stride_ls + b.to(gl.int64) * stride_lb
         out = (o_base, hg * BLOCK_H, H, stride_oh)
@@ -151,7 +166,7 @@ if gluon is not None:
         lse = gl.where(empty, float("-inf"), (m_i + gl.log2(gl.where(empty, 1.0, l_i))) * 0.6931471805599453)
         hs = out[1] + gl.arange(0, BLOCK_H, gl.SliceLayout(1, S_L))
         gl.store(lse_base + hs, lse, mask=hs < out[2])
-        _write_half(acc, gl.convert_layout(l_i, gl.SliceLayout(1, O_L)), out, 0)
+        _write_half(acc, gl.convert_layout(l_i, gl.SliceLayout(1, O_L)), out, 0, q_smem)  # Q: its scores are done
 
     @gluon.jit
     def _loads_and_right(k_desc, pe_desc, smem, bars, tiles, out, BLOCK_N: gl.constexpr):
@@ -163,13 +178,7 @@ if gluon is not None:
         BLOCK_H: gl.constexpr = alpha_smem.shape[1]
         rows_total = k_desc.shape[0]
         acc = gl.zeros([BLOCK_H, HALF], gl.float32, O_L)
-        for j in gl.static_range(2):  # both stages start free
-            if j < n_t:
-                t = t0 + j * BLOCK_N
-                page = gl.load(table_row + (t // bs) * stride_te).to(gl.int32)  # TMA rows are int32
-                _load_tile(k_desc, pe_desc, k_smem.index(j), pe_smem.index(j), bars.index(j), page, t, bs, rows_total,
-                           2 * HALF)  # fmt: skip
-        for j in range(n_t):
+        for j in range(n_t):  # tiles 0 and 1 were issued before the split (`_sparse_mla_hopper`)
             s = j % 2
             mbarrier.wait(bars.index(4 + s), (j // 2) & 1)  # P ready
             acc = acc * alpha_smem.index(s).load(gl.SliceLayout(1, O_L))[:, None]
@@ -183,18 +192,28 @@ if gluon is not None:
                 _load_tile(k_desc, pe_desc, k_smem.index(s), pe_smem.index(s), bars.index(s), page, t, bs, rows_total,
                            2 * HALF)  # fmt: skip
         mbarrier.wait(bars.index(6), 0)  # warpgroup 0's final row sums
-        _write_half(acc, stat_smem.index(1).load(gl.SliceLayout(1, O_L)), out, HALF)
+        _write_half(acc, stat_smem.index(1).load(gl.SliceLayout(1, O_L)), out, HALF, k_smem.index(0))  # every tile done
 
     @gluon.jit
-    def _write_half(acc, l_i, out, col0):
-        # o[h, col0 : col0 + HALF] = acc / l for heads h0 + [0, BLOCK_H) below H (an empty row: 0)
+    def _write_half(acc, l_i, out, col0, buf):
+        # o[h, col0 : col0 + HALF] = acc / l for heads h0 + [0, BLOCK_H) below H (an empty row: 0), staged through
+        # `buf` (shared memory no warpgroup reads any more) so that each warp stores whole rows in 16-byte vectors: the
+        # accumulator's own layout stores 4 bytes a thread, 8 rows x 16 bytes a warp, and took 3-6 us per program
         o_base, h0, H, stride_oh = out
         BLOCK_H: gl.constexpr = acc.shape[0]
         HALF: gl.constexpr = acc.shape[1]
-        o = acc / gl.where(l_i == 0.0, 1.0, l_i)[:, None]
-        h = h0 + gl.arange(0, BLOCK_H, gl.SliceLayout(1, acc.type.layout))
-        dv = col0 + gl.arange(0, HALF, gl.SliceLayout(0, acc.type.layout))
-        gl.store(o_base + h[:, None] * stride_oh + dv[None, :], o.to(o_base.dtype.element_ty), mask=h[:, None] < H)
+        dtype: gl.constexpr = o_base.dtype.element_ty
+        STAGE: gl.constexpr = gl.SwizzledSharedLayout(vec=8, per_phase=1, max_phase=8, order=[1, 0])
+        ROWS: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [gl.num_warps(), 1], [1, 0])
+        if _NEW_REINTERPRET:
+            part = buf.reinterpret(dtype, [BLOCK_H, HALF], STAGE)
+        else:
+            part = buf._reinterpret(dtype, [BLOCK_H, HALF], STAGE)
+        part.store((acc / gl.where(l_i == 0.0, 1.0, l_i)[:, None]).to(dtype))
+        _barrier()
+        h = h0 + gl.arange(0, BLOCK_H, gl.SliceLayout(1, ROWS))
+        dv = col0 + gl.arange(0, HALF, gl.SliceLayout(0, ROWS))
+        gl.store(o_base + h[:, None] * stride_oh + dv[None, :], part.load(ROWS), mask=h[:, None] < H)
 
 def available() -> bool:
     """True when this Triton has Gluon with Hopper's TMA and wgmma."""
