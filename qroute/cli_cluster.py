@@ -237,7 +237,8 @@ def add_validate(sub) -> None:
                    "batches beyond 1 of the shapes with the most steps over chunks below the largest (default: 1,3)")
     p.add_argument("--reps", type=int_at_least(1), default=5, help="runs per shape, spread over passes of the whole sweep; the median is compared (default: %(default)s)")
     p.add_argument("--max-reps", type=int_at_least(1), default=15, help="further passes rerun the shapes whose median is "
-                   "not yet known within --ci, up to this many runs (default: %(default)s; = --reps for a fixed count)")
+                   "not yet known within --ci, up to this many runs; the widest intervals run every pass, the others at "
+                   "a stride (default: %(default)s; = --reps for a fixed count)")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS", help="start no further pass (beyond --reps) "
                    "after this many seconds of the whole run, shared evenly by the setups (the paths take turns within "
                    "each); the runs taken are kept "

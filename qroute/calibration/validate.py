@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -214,7 +215,8 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
     configuration's median alike, on every path, rather than the configurations (or the path) measured while it
     was slow. Further passes, up to `max_reps`, rerun the configurations whose median is not yet known within
     `ci` (`median_ci`): short requests on a busy machine spread by tens of percent from run to run, and five runs
-    leave their median uncertain by as much. No further pass starts after `config.until` (from `budget_s`); the
+    leave their median uncertain by as much; each runs in a share of those passes that grows with its interval
+    (`run_passes`, `shares`). No further pass starts after `config.until` (from `budget_s`); the
     first `reps` passes always run. (Until 2026-11-27 the paths ran one after the other, and the first took every
     further pass the budget allowed: on a slow machine the second path kept its 5 runs.)
     """
@@ -236,24 +238,51 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
     return rows
 
 
-def run_passes(lanes: list, config: ValidationConfig, run_pass, grow=lambda n: None, clock=time.time) -> None:
+FLOOR_SHARE = 0.25  # the least share of the further passes an uncertain configuration runs in: its runs stay spread
+
+
+def run_passes(lanes: list, config: ValidationConfig, run_pass, grow=lambda n: None, clock=time.time,
+               floor: float = FLOOR_SHARE) -> None:
     """The sweep's passes over every lane (a path's configurations, `lane.todo`: (configuration, row) pairs whose
-    rows gather `runs`): `reps` passes over all, then up to `max_reps` over those whose median is still uncertain
-    (`median_ci` above `ci`), until `config.until` (by `clock`); within a pass the lanes take turns
-    (`run_pass(lane, rep)`), in reverse order every other pass. `grow(n)`: n more runs are planned."""
-    for rep in range(config.max_reps):
+    rows gather `runs`): `reps` passes over all, then further passes over those whose median is still uncertain
+    (`median_ci` above `ci`, fewer than `max_reps` runs), until `config.until` (by `clock`). Within a pass the lanes
+    take turns (`run_pass(lane, rep)` runs `lane.todo`, set to the pass's share), in reverse order every other pass.
+    In the further passes each configuration runs in a share of them (`shares`), at a steady stride, so that its runs
+    stay spread over the sweep: the widest intervals every pass, the others less often, the budget going where the
+    medians are least known (`floor` = 1: every uncertain configuration every pass, the rule until 2026-11-27).
+    `grow(n)`: n more runs are planned."""
+    every = [list(lane.todo) for lane in lanes]
+    credit: dict[int, float] = {}
+    for rep in itertools.count():
         if rep >= config.reps:  # only the configurations whose median is still uncertain
             if config.until is not None and clock() > config.until:
                 return
-            for lane in lanes:
-                lane.todo = [(c, row) for c, row in lane.todo if median_ci([r["total_s"] for r in row["runs"]]) > config.ci]
-            left = sum(len(lane.todo) for lane in lanes)
-            if not left:
+            known = [[(c, row, median_ci([r["total_s"] for r in row["runs"]])) for c, row in todo
+                      if len(row["runs"]) < config.max_reps] for todo in every]  # fmt: skip
+            uncertain = [[(c, row) for c, row, ci in k if ci > config.ci] for k in known]
+            share = shares([[ci for _, _, ci in k if ci > config.ci] for k in known], floor)
+            for lane, u, s in zip(lanes, uncertain, share):
+                for (_, row), x in zip(u, s):
+                    credit[id(row)] = credit.get(id(row), 0.0) + x
+                lane.todo = [(c, row) for c, row in u if credit[id(row)] >= 1.0]
+                for _, row in lane.todo:
+                    credit[id(row)] -= 1.0
+            if not any(uncertain):
                 return
-            grow(left)
+            grow(sum(len(lane.todo) for lane in lanes))
         for lane in lanes if rep % 2 == 0 else lanes[::-1]:  # neither path always first after the other
             if lane.todo:
                 run_pass(lane, rep)
+
+
+def shares(cis: list[list[float]], floor: float = FLOOR_SHARE) -> list[list[float]]:
+    """Per configuration (grouped by lane), the share of the further passes it runs in: its interval's half-width over
+    the widest's, squared (so that n_i ~ ci_i^2 runs bring every interval towards the same width), at least
+    `floor`; 1 for an interval not yet known (fewer than 3 runs). The widest runs every pass."""
+    finite = [c for lane in cis for c in lane if math.isfinite(c)]
+    widest = max(finite, default=0.0)
+    return [[1.0 if not math.isfinite(c) or widest <= 0 else max(floor, min(1.0, (c / widest) ** 2)) for c in lane]
+            for lane in cis]  # fmt: skip
 
 
 @dataclass
@@ -284,8 +313,9 @@ class Lane:
         speed = _speed(executor, world, self.reference)
         for (requests, primitive), row in self.todo:
             alive()
-            first = len(executor.trace)
+            first, t0 = len(executor.trace), time.perf_counter()
             sessions = serve_together(executor, requests, primitive)
+            row["wall_runs"] = row.get("wall_runs", []) + [time.perf_counter() - t0]
             row["exchanges"] = row.get("exchanges", []) + route_exchanges(executor.trace[first:])
             if rep == 0:
                 row.update(_describe(executor, world, requests, primitive, sessions))

@@ -192,14 +192,41 @@ def test_passes_interleave_the_paths_and_share_the_budget():
         clock[0] += 1.0
 
     config = ValidationConfig("published-h100", reps=2, max_reps=40, ci=0.01, until=9.5)
+    rows = {lane.name: [row for _, row in lane.todo] for lane in lanes}
     run_passes(lanes, config, run_pass, clock=lambda: clock[0])
-    runs = {lane.name: {len(row["runs"]) for _, row in lane.todo} for lane in lanes}
+    runs = {name: {len(row["runs"]) for row in r} for name, r in rows.items()}
     assert runs == {"gloo": {5}, "shm": {5}}  # the budget shared: no path takes every further pass
     assert calls[:4] == [("gloo", 0), ("shm", 0), ("shm", 1), ("gloo", 1)]  # in turns, first place alternating
     row = {"runs": []}  # identical runs: settled after the reps
     settled = [SimpleNamespace(todo=[(None, row)])]
     run_passes(settled, ValidationConfig("published-h100", reps=3, max_reps=40), lambda lane, rep: row["runs"].append({"total_s": 1.0}))
     assert len(row["runs"]) == 3 and settled[0].todo == []
+
+
+def test_further_passes_go_where_the_medians_are_least_known():
+    from types import SimpleNamespace
+
+    from qroute.calibration.validate import FLOOR_SHARE, ValidationConfig, run_passes, shares
+
+    assert shares([[0.2, 0.1], [0.05, float("inf")]]) == [[1.0, 0.25], [FLOOR_SHARE, 1.0]]
+    assert shares([[0.2, 0.16]], floor=0.1) == [[1.0, pytest.approx(0.64)]]
+    assert shares([[0.0, 0.0]]) == [[1.0, 1.0]]  # no width to compare against: every one runs
+    spread = {"noisy": 0.4, "quiet": 0.1}  # runs alternate 1 +- spread: the quiet one's interval is a quarter as wide
+    rows = {name: {"runs": []} for name in spread}
+    lane = SimpleNamespace(todo=[(name, rows[name]) for name in spread])
+    when, clock = {name: [] for name in spread}, [0.0]
+
+    def run_pass(lane, rep):  # a pass takes 1 s
+        for name, row in lane.todo:
+            row["runs"].append({"total_s": 1.0 + spread[name] * (-1) ** len(row["runs"])})
+            when[name].append(rep)
+        clock[0] += 1.0
+
+    config = ValidationConfig("published-h100", reps=4, max_reps=100, ci=0.01, until=23.5)  # 24 passes
+    run_passes([lane], config, run_pass, clock=lambda: clock[0])
+    assert len(rows["noisy"]["runs"]) == 24  # every pass
+    assert len(rows["quiet"]["runs"]) == 4 + 5  # every 4th further pass (the floor share): still spread over the sweep
+    assert when["quiet"][4:] == list(range(7, 24, 4))
 
 
 def test_a_budgeted_setup_may_run_its_budget_and_the_usual_margin():

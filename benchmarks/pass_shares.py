@@ -1,0 +1,121 @@
+"""Replay a validation's measured runs under two ways of spending its further passes.
+
+    python -m benchmarks.pass_shares VALIDATION.json[.gz] [...] [--costs VALIDATION.json] [--seeds 20] [--out DIR]
+
+`qroute validate` runs every configuration `reps` times, then spends the rest of its budget on the configurations
+whose median is not yet known within `--ci`. Until 2026-11-27 each of those ran once in every further pass
+("every pass"); since then each runs in a share of them that grows with its confidence interval (`validate.shares`,
+"shares"). Both rules go through `validate.run_passes` itself here, with a clock that advances by each run's cost:
+
+- a configuration's runs are drawn (with replacement) from the runs that validation measured for it;
+- a run costs the configuration's median wall time (`wall_runs`, kept by validations since 2026-11-27; for older files
+  from `--costs`, a newer validation of the same sweep, matched by configuration; else its measured total);
+- the further passes get the time the validation itself spent beyond `reps` at those costs.
+
+Per rule, means over the seeds: the p90 over configurations of the medians' CI half-widths (`median_ci`), the median
+and p90 APE against each row's prediction, and the runs per configuration. Runs drawn this way carry no drift in
+time: this compares how the rules spend a budget, not how a machine moves. Writes DIR/pass-shares-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import socket
+import time
+from pathlib import Path
+from statistics import median
+from types import SimpleNamespace
+
+import numpy as np
+
+from qroute.calibration.validate import FLOOR_SHARE, ValidationConfig, run_passes
+from qroute.calibration.validation_metrics import median_ci
+
+KEY = ("holders", "pass", "primitive", "rows", "chunk_tokens", "steps", "batch")
+RULES = {"every pass": 1.0, "shares": FLOOR_SHARE}
+
+
+def load(path: str) -> dict:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        return json.load(f)
+
+
+def key(row: dict) -> tuple:
+    return tuple(row.get(k) for k in KEY)
+
+
+def costs_of(rows: list[dict]) -> dict[tuple, float]:
+    """Median wall time of a run, per configuration, where the rows kept them."""
+    return {key(r): median(r["wall_runs"]) for r in rows if r.get("wall_runs")}
+
+
+def replay(rows: list[dict], cost: dict[tuple, float], floor: float, seed: int, reps: int = 5, max_reps: int = 40,
+           ci: float = 0.02) -> dict:  # fmt: skip
+    """One replay of `rows` (a validation's) under the rule `floor` (1: every pass; `FLOOR_SHARE`: shares)."""
+    rng = np.random.default_rng(seed)
+    rows = [r for r in rows if r["measured"]["total_s"] > 0 and r.get("measured_runs")]
+    c = [cost.get(key(r), r["measured"]["total_s"]) for r in rows]
+    budget = sum(max(0, len(r["measured_runs"]) - reps) * x for r, x in zip(rows, c))
+    clock = [0.0]
+    lane = SimpleNamespace(todo=[(i, {"runs": []}) for i in range(len(rows))])
+    replayed = [row for _, row in lane.todo]
+
+    def run_pass(lane, rep):
+        for i, row in lane.todo:
+            row["runs"].append({"total_s": float(rng.choice(rows[i]["measured_runs"]))})
+            clock[0] += c[i] if rep >= reps else 0.0
+
+    config = ValidationConfig("published-h100", reps=reps, max_reps=max_reps, ci=ci, until=budget)
+    run_passes([lane], config, run_pass, clock=lambda: clock[0], floor=floor)
+    runs = [[x["total_s"] for x in row["runs"]] for row in replayed]
+    cis = [median_ci(x) for x in runs]
+    apes = [abs(r["predicted"]["total_s"] - median(x)) / median(x) for r, x in zip(rows, runs)]
+    return {"ci_p90": float(np.percentile(cis, 90)), "ape_median": float(np.median(apes)),
+            "ape_p90": float(np.percentile(apes, 90)), "runs_median": float(np.median([len(x) for x in runs])),
+            "spent_s": clock[0], "budget_s": budget}  # fmt: skip
+
+
+def compare(rows: list[dict], cost: dict[tuple, float], seeds: int = 20) -> dict:
+    """Each rule's replay metrics, means over `seeds` seeds (the same seeds for both)."""
+    out = {}
+    for name, floor in RULES.items():
+        got = [replay(rows, cost, floor, seed) for seed in range(seeds)]
+        out[name] = {k: float(np.mean([g[k] for g in got])) for k in got[0]}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 2)[2])  # fmt: skip
+    p.add_argument("validations", nargs="+", help="validation JSON files (qroute validate --out), .json or .json.gz")
+    p.add_argument("--costs", help="a validation whose rows kept wall_runs, for files older than them")
+    p.add_argument("--seeds", type=int, default=20, help="replays per rule and file (default: %(default)s)")
+    p.add_argument("--out", default="benchmarks/results", help="folder for the result file (default: %(default)s)")
+    args = p.parse_args(argv)
+    shared = costs_of(load(args.costs)["rows"]) if args.costs else {}
+    files = []
+    for path in args.validations:
+        rows = load(path)["rows"]
+        got = compare(rows, {**shared, **costs_of(rows)}, args.seeds)
+        files.append({"file": Path(path).name, **got})
+        print(Path(path).name)
+        for name, m in got.items():
+            print(f"  {name:10s} CI p90 {100 * m['ci_p90']:5.1f}%  APE {100 * m['ape_median']:4.1f} / {100 * m['ape_p90']:4.1f}%"
+                  f"  runs {m['runs_median']:4.1f}")  # fmt: skip
+    result = {"kind": "pass-shares", "date": time.strftime("%Y-%m-%d"), "machine": socket.gethostname(),
+              "config": {"seeds": args.seeds, "costs": args.costs and Path(args.costs).name, "reps": 5, "max_reps": 40,
+                         "ci": 0.02, "command": "python -m benchmarks.pass_shares " + " ".join(
+                             [*(Path(v).name for v in args.validations), *(["--costs", Path(args.costs).name] if args.costs else [])])},
+              "files": files}  # fmt: skip
+    out = Path(args.out) / f"pass-shares-{result['date']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"-> {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
