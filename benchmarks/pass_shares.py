@@ -20,7 +20,6 @@ time: this compares how the rules spend a budget, not how a machine moves. Write
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import socket
 import time
@@ -30,17 +29,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from qroute.calibration.reprice import read_validation
 from qroute.calibration.validate import FLOOR_SHARE, ValidationConfig, run_passes
 from qroute.calibration.validation_metrics import median_ci
+from qroute.errors import QrouteError
 
 KEY = ("holders", "pass", "primitive", "rows", "chunk_tokens", "steps", "batch")
 RULES = {"every pass": 1.0, "shares": FLOOR_SHARE}
-
-
-def load(path: str) -> dict:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt") as f:
-        return json.load(f)
 
 
 def key(row: dict) -> tuple:
@@ -95,10 +90,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, default=20, help="replays per rule and file (default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results", help="folder for the result file (default: %(default)s)")
     args = p.parse_args(argv)
-    shared = costs_of(load(args.costs)["rows"]) if args.costs else {}
+    try:
+        shared = costs_of(read_validation(args.costs)["rows"]) if args.costs else {}
+        validations = [(path, read_validation(path)["rows"]) for path in args.validations]
+    except QrouteError as exc:
+        raise SystemExit(f"pass_shares: {exc}") from None
     files = []
-    for path in args.validations:
-        rows = load(path)["rows"]
+    for path, rows in validations:
         got = compare(rows, {**shared, **costs_of(rows)}, args.seeds)
         files.append({"file": Path(path).name, **got})
         print(Path(path).name)

@@ -38,8 +38,10 @@ def test_main_writes_the_comparison(tmp_path):
 
     path = tmp_path / "validation-x.json.gz"
     with gzip.open(path, "wt") as f:
-        json.dump({"rows": _rows()}, f)
+        json.dump({"rows": _rows(), "metrics": {}}, f)
     result = main([str(path), "--seeds", "2", "--out", str(tmp_path)])
     written = json.loads(next(tmp_path.glob("pass-shares-*.json")).read_text())
     assert written["files"][0]["file"] == "validation-x.json.gz" and set(written["files"][0]) == {"file", "every pass", "shares"}
     assert written == json.loads(json.dumps(result))
+    with pytest.raises(SystemExit, match="pass_shares: validation file .* does not exist"):
+        main([str(tmp_path / "missing.json")])
