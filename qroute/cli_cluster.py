@@ -237,14 +237,16 @@ def add_validate(sub) -> None:
                    "batches beyond 1 of the shapes with the most steps over chunks below the largest (default: 1,3)")
     p.add_argument("--reps", type=int_at_least(1), default=5, help="runs per shape, spread over passes of the whole sweep; the median is compared (default: %(default)s)")
     p.add_argument("--max-reps", type=int_at_least(1), default=15, help="further passes rerun the shapes whose median is "
-                   "not yet known within --ci, up to this many runs; the widest intervals run every pass, the others at "
-                   "a stride (default: %(default)s; = --reps for a fixed count)")
+                   "not yet known within --ci, up to this many runs (default: %(default)s; = --reps for a fixed count)")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS", help="start no further pass (beyond --reps) "
                    "after this many seconds of the whole run, shared evenly by the setups (the paths take turns within "
                    "each); the runs taken are kept "
                    "(default: none)")  # fmt: skip
     p.add_argument("--ci", type=float, default=0.03, help="target half-width of each measured median's ~95%% confidence "
                    "interval, relative (default: %(default)s)")
+    p.add_argument("--share-floor", type=float, default=1.0, help="below 1, each shape still uncertain runs in a share of "
+                   "the further passes, (its interval / the widest)^2 but at least this, at a steady stride; 1: every "
+                   "further pass (default: %(default)s)")
     p.add_argument("--instances", type=int_at_least(2), choices=(2, 3), default=3, help="1 requester + 2 holders (1 holder "
                    "with contiguous placement, then 2 with hashed), or 2 instances: the 1-holder setup only (default: %(default)s)")
     p.add_argument("--fabric", type=fabric_links, default=(), help=f"validate over {FABRIC_HELP}; one holder, every path")
@@ -312,7 +314,7 @@ def cmd_validate(args) -> None:
     world = _world(args, CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=blocks))
     cluster = cluster_spec(args, 2 if args.fabric else args.instances, 1, args.fabric)
     config = ValidationConfig(profile, cluster, world, args.step_tokens, args.chunk_blocks, args.steps, args.batches,
-                              args.reps, max(args.max_reps, args.reps), args.ci, budget_s=args.budget,
+                              args.reps, max(args.max_reps, args.reps), args.ci, args.share_floor, budget_s=args.budget,
                               progress=not (args.quiet or args.json), device=device, compare=args.compare)  # fmt: skip
     calibrated = f"{args.out}/profile-{args.tag or socket.gethostname()}-auto-{dt.date.today():%Y-%m-%d}.json"
     results = run_validation(config, calibrated)

@@ -41,7 +41,23 @@ def test_main_writes_the_comparison(tmp_path):
         json.dump({"rows": _rows(), "metrics": {}}, f)
     result = main([str(path), "--seeds", "2", "--out", str(tmp_path)])
     written = json.loads(next(tmp_path.glob("pass-shares-*.json")).read_text())
-    assert written["files"][0]["file"] == "validation-x.json.gz" and set(written["files"][0]) == {"file", "every pass", "shares"}
+    assert set(written["files"][0]) == {"file", "static", "level_floor", "every pass", "shares"}
+    assert written["files"][0]["file"] == "validation-x.json.gz" and written["summary"]["static"]["files"] == 1
     assert written == json.loads(json.dumps(result))
     with pytest.raises(SystemExit, match="pass_shares: validation file .* does not exist"):
         main([str(tmp_path / "missing.json")])
+
+
+def test_the_level_floor_takes_out_one_factor_per_group():
+    from benchmarks.pass_shares import level_floor
+
+    def row(primitive, measured, predicted):
+        return {"pass": "gloo", "primitive": primitive, "holders": 1, "measured": {"total_s": measured},
+                "predicted": {"total_s": predicted}}
+
+    rows = [row("route", 1.2, 1.0), row("route", 2.4, 2.0), row("route", 3.6, 3.0), row("fetch", 1.0, 1.0)]
+    got = level_floor(rows)
+    assert got["level_floor"]["p90_ape"] < 1e-12  # route priced 1/1.2 of what it took at every shape: one factor
+    assert got["static"]["median_ape"] > 0.1
+    shaped = level_floor([row("route", 1.0, 1.0), row("route", 2.0, 1.0), row("route", 3.0, 1.0)])
+    assert shaped["level_floor"]["median_ape"] == pytest.approx(1 / 3)  # scaled by 2: 100%, 0% and 33% off: shape error stays

@@ -89,6 +89,7 @@ class ValidationConfig:
     reps: int = 5
     max_reps: int = 15  # more passes for configurations whose median is not yet within `ci` (noisy short requests)
     ci: float = 0.03  # target half-width of the median's ~95% confidence interval, relative to the median
+    share_floor: float = 1.0  # an uncertain configuration's least share of the further passes (`shares`); 1: every pass
     margin: float = 0.10
     budget_s: float | None = None  # no further pass (beyond `reps`) starts after this many seconds, shared by the setups
     until: float | None = None  # set per setup from `budget_s`: the wall-clock time (time.time()) its further passes end
@@ -102,6 +103,8 @@ class ValidationConfig:
             raise QrouteError(f"max reps={self.max_reps}: expected >= reps={self.reps}")
         if not 0 < self.ci < 1:
             raise QrouteError(f"ci={self.ci!r}: expected a fraction in (0, 1)")
+        if not 0 < self.share_floor <= 1:
+            raise QrouteError(f"share floor={self.share_floor!r}: expected a fraction in (0, 1]")
         if self.budget_s is not None and not self.budget_s > 0:
             raise QrouteError(f"budget={self.budget_s!r} s: expected a positive number of seconds")
         if self.device is None and self.cluster.world_size < 2:
@@ -215,8 +218,8 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
     configuration's median alike, on every path, rather than the configurations (or the path) measured while it
     was slow. Further passes, up to `max_reps`, rerun the configurations whose median is not yet known within
     `ci` (`median_ci`): short requests on a busy machine spread by tens of percent from run to run, and five runs
-    leave their median uncertain by as much; each runs in a share of those passes that grows with its interval
-    (`run_passes`, `shares`). No further pass starts after `config.until` (from `budget_s`); the
+    leave their median uncertain by as much (with `share_floor` below 1, each in a share of those passes that grows
+    with its interval: `run_passes`, `shares`). No further pass starts after `config.until` (from `budget_s`); the
     first `reps` passes always run. (Until 2026-11-27 the paths ran one after the other, and the first took every
     further pass the budget allowed: on a slow machine the second path kept its 5 runs.)
     """
@@ -238,18 +241,15 @@ def _sweep(config: ValidationConfig, world, holders: int, profile, links: dict |
     return rows
 
 
-FLOOR_SHARE = 0.25  # the least share of the further passes an uncertain configuration runs in: its runs stay spread
-
-
-def run_passes(lanes: list, config: ValidationConfig, run_pass, grow=lambda n: None, clock=time.time,
-               floor: float = FLOOR_SHARE) -> None:
+def run_passes(lanes: list, config: ValidationConfig, run_pass, grow=lambda n: None, clock=time.time) -> None:
     """The sweep's passes over every lane (a path's configurations, `lane.todo`: (configuration, row) pairs whose
     rows gather `runs`): `reps` passes over all, then further passes over those whose median is still uncertain
     (`median_ci` above `ci`, fewer than `max_reps` runs), until `config.until` (by `clock`). Within a pass the lanes
     take turns (`run_pass(lane, rep)` runs `lane.todo`, set to the pass's share), in reverse order every other pass.
-    In the further passes each configuration runs in a share of them (`shares`), at a steady stride, so that its runs
-    stay spread over the sweep: the widest intervals every pass, the others less often, the budget going where the
-    medians are least known (`floor` = 1: every uncertain configuration every pass, the rule until 2026-11-27).
+    With `config.share_floor` below 1, each configuration runs in a share of the further passes (`shares`), at a
+    steady stride so that its runs stay spread over the sweep: the widest intervals every pass, the others less often.
+    By default (1) every uncertain configuration runs in every further pass: shares knew the medians better in a replay
+    (`benchmarks.pass_shares`), not yet in a live run (README, "Where validation's further passes go").
     `grow(n)`: n more runs are planned."""
     every = [list(lane.todo) for lane in lanes]
     credit: dict[int, float] = {}
@@ -260,7 +260,7 @@ def run_passes(lanes: list, config: ValidationConfig, run_pass, grow=lambda n: N
             known = [[(c, row, median_ci([r["total_s"] for r in row["runs"]])) for c, row in todo
                       if len(row["runs"]) < config.max_reps] for todo in every]  # fmt: skip
             uncertain = [[(c, row) for c, row, ci in k if ci > config.ci] for k in known]
-            share = shares([[ci for _, _, ci in k if ci > config.ci] for k in known], floor)
+            share = shares([[ci for _, _, ci in k if ci > config.ci] for k in known], config.share_floor)
             for lane, u, s in zip(lanes, uncertain, share):
                 for (_, row), x in zip(u, s):
                     credit[id(row)] = credit.get(id(row), 0.0) + x
@@ -275,7 +275,7 @@ def run_passes(lanes: list, config: ValidationConfig, run_pass, grow=lambda n: N
                 run_pass(lane, rep)
 
 
-def shares(cis: list[list[float]], floor: float = FLOOR_SHARE) -> list[list[float]]:
+def shares(cis: list[list[float]], floor: float) -> list[list[float]]:
     """Per configuration (grouped by lane), the share of the further passes it runs in: its interval's half-width over
     the widest's, squared (so that n_i ~ ci_i^2 runs bring every interval towards the same width), at least
     `floor`; 1 for an interval not yet known (fewer than 3 runs). The widest runs every pass."""

@@ -169,7 +169,8 @@ def test_median_ci_is_the_order_statistics_interval():
 
 @pytest.mark.parametrize("bad, match", [(dict(reps=5, max_reps=3), "max reps=3: expected >= reps=5"),
                                         (dict(ci=0.0), "ci=0.0: expected a fraction"),
-                                        (dict(budget_s=0.0), "budget=0.0 s: expected a positive")])  # fmt: skip
+                                        (dict(budget_s=0.0), "budget=0.0 s: expected a positive"),
+                                        (dict(share_floor=0.0), "share floor=0.0: expected a fraction in")])  # fmt: skip
 def test_validation_config_rejects_bad_repetition_settings(bad, match):
     from qroute.calibration.validate import ValidationConfig
 
@@ -206,11 +207,11 @@ def test_passes_interleave_the_paths_and_share_the_budget():
 def test_further_passes_go_where_the_medians_are_least_known():
     from types import SimpleNamespace
 
-    from qroute.calibration.validate import FLOOR_SHARE, ValidationConfig, run_passes, shares
+    from qroute.calibration.validate import ValidationConfig, run_passes, shares
 
-    assert shares([[0.2, 0.1], [0.05, float("inf")]]) == [[1.0, 0.25], [FLOOR_SHARE, 1.0]]
+    assert shares([[0.2, 0.1], [0.05, float("inf")]], 0.25) == [[1.0, 0.25], [0.25, 1.0]]
     assert shares([[0.2, 0.16]], floor=0.1) == [[1.0, pytest.approx(0.64)]]
-    assert shares([[0.0, 0.0]]) == [[1.0, 1.0]]  # no width to compare against: every one runs
+    assert shares([[0.0, 0.0]], 0.25) == [[1.0, 1.0]]  # no width to compare against: every one runs
     spread = {"noisy": 0.4, "quiet": 0.1}  # runs alternate 1 +- spread: the quiet one's interval is a quarter as wide
     rows = {name: {"runs": []} for name in spread}
     lane = SimpleNamespace(todo=[(name, rows[name]) for name in spread])
@@ -222,7 +223,7 @@ def test_further_passes_go_where_the_medians_are_least_known():
             when[name].append(rep)
         clock[0] += 1.0
 
-    config = ValidationConfig("published-h100", reps=4, max_reps=100, ci=0.01, until=23.5)  # 24 passes
+    config = ValidationConfig("published-h100", reps=4, max_reps=100, ci=0.01, share_floor=0.25, until=23.5)  # 24 passes
     run_passes([lane], config, run_pass, clock=lambda: clock[0])
     assert len(rows["noisy"]["runs"]) == 24  # every pass
     assert len(rows["quiet"]["runs"]) == 4 + 5  # every 4th further pass (the floor share): still spread over the sweep
