@@ -9,7 +9,7 @@ step), reports the exchanges' median, mean / median, p90 / median, and median(su
 8 and 32, drawn with replacement from that shape's exchanges (fixed seed). An exchange's cost here is its network
 share: the wall time until the last reply and the sends completed, less the slowest holder's compute.
 
-Measured on the dev VM (2 cores; `exchange-tails-dev-2core-*`): see the result file and README ("What the median
+Measured on the dev VM (2 cores; `exchange-tails-dev-2core-*`): see the result file and docs/measurements.md ("What the median
 of one exchange misses").
 
 Run: python -m benchmarks.exchange_tails [--trace FILE] [--shm] [--tag T]

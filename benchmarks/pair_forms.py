@@ -11,7 +11,7 @@ tokens, rows = tokens x heads to each holder) and two chunk sizes (2 and 8 block
 and reports the warm exchanges' network seconds (the wall as the step paid it, less the slowest holder's compute):
 median and quartiles per form, size and chunk.
 
-Measured on the dev VM (2 cores, 2026-11-27; `pair-forms-dev-2core-*`): see the result file and README ("The widest
+Measured on the dev VM (2 cores, 2026-11-27; `pair-forms-dev-2core-*`): see the result file and docs/measurements.md ("The widest
 route batch in the grid").
 
 Run: python -m benchmarks.pair_forms [--tokens 8,16,24] [--reps 12] [--tag T]

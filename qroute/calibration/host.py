@@ -96,7 +96,7 @@ def measure_host(config: CalibrationConfig, tier: HostTier) -> dict:
 
     # no idle ladder: the holder lives in the requester's process, and a first step after the ladder's gaps (the GPU
     # prefilling, the host CPUs idle) cost +53% on an H100 host where the validation's first steps, after as long an
-    # idle time between other requests, cost +15%, the grid's own median (README, "The paths take turns")
+    # idle time between other requests, cost +15%, the grid's own median (docs/measurements.md, "The paths take turns")
     out = measure_paths(config, tier.world, [tier.path], HOST_HOLDER, sweeps, links=tier.links, fabric=fabric(tier),
                         ladder=False)  # fmt: skip
     out["profile"]["machine"]["backend"] = "in-process (host tier)"
