@@ -244,8 +244,8 @@ def add_validate(sub) -> None:
                    "(default: none)")  # fmt: skip
     p.add_argument("--ci", type=float, default=0.03, help="target half-width of each measured median's ~95%% confidence "
                    "interval, relative (default: %(default)s)")
-    p.add_argument("--share-floor", type=float, default=1.0, help="below 1, each shape still uncertain runs in a share of "
-                   "the further passes, (its interval / the widest)^2 but at least this, at a steady stride; 1: every "
+    p.add_argument("--share-floor", type=float, default=0.25, help="each shape still uncertain runs in a share of the "
+                   "further passes, (its interval / the widest)^2 but at least this, at a steady stride; 1: every "
                    "further pass (default: %(default)s)")
     p.add_argument("--instances", type=int_at_least(2), choices=(2, 3), default=3, help="1 requester + 2 holders (1 holder "
                    "with contiguous placement, then 2 with hashed), or 2 instances: the 1-holder setup only (default: %(default)s)")

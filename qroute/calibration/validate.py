@@ -89,7 +89,7 @@ class ValidationConfig:
     reps: int = 5
     max_reps: int = 15  # more passes for configurations whose median is not yet within `ci` (noisy short requests)
     ci: float = 0.03  # target half-width of the median's ~95% confidence interval, relative to the median
-    share_floor: float = 1.0  # an uncertain configuration's least share of the further passes (`shares`); 1: every pass
+    share_floor: float = 0.25  # an uncertain configuration's least share of the further passes (`shares`); 1: every pass
     margin: float = 0.10
     budget_s: float | None = None  # no further pass (beyond `reps`) starts after this many seconds, shared by the setups
     until: float | None = None  # set per setup from `budget_s`: the wall-clock time (time.time()) its further passes end
@@ -248,9 +248,10 @@ def run_passes(lanes: list, config: ValidationConfig, run_pass, grow=lambda n: N
     take turns (`run_pass(lane, rep)` runs `lane.todo`, set to the pass's share), in reverse order every other pass.
     With `config.share_floor` below 1, each configuration runs in a share of the further passes (`shares`), at a
     steady stride so that its runs stay spread over the sweep: the widest intervals every pass, the others less often.
-    By default (1) every uncertain configuration runs in every further pass: shares knew the medians better in a replay
-    (`benchmarks.pass_shares`), not yet in a live run (README, "Where validation's further passes go").
-    `grow(n)`: n more runs are planned."""
+    With 1 every uncertain configuration runs in every further pass (the default until 2026-11-27: shares, 0.25, knew
+    the medians better in replays of 12 validations and in two live A/B pairs on one lease of two GPUs; docs/
+    measurements.md, "Where validation's further passes go" and the section after it). `grow(n)`: n more runs are
+    planned."""
     every = [list(lane.todo) for lane in lanes]
     credit: dict[int, float] = {}
     for rep in itertools.count():
