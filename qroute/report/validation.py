@@ -132,11 +132,17 @@ def crossover_map(decisions: list[dict], path: Path) -> Path:
     return path
 
 
+def plot_validation(results: dict, stem: Path) -> list[Path]:
+    """A validation's two plots, STEM-scatter.png and STEM-crossover.png, from its results (as `run_validation` returns
+    them or its JSON file holds them: `rows` and `metrics.decisions`)."""
+    return [scatter(results["rows"], stem.with_name(f"{stem.name}-scatter.png")),
+            crossover_map(results["metrics"]["decisions"], stem.with_name(f"{stem.name}-crossover.png"))]  # fmt: skip
+
+
 def write_validation(results: dict, out_dir: str | Path, tag: str | None = None) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"validation-{tag or socket.gethostname()}-{dt.date.today():%Y-%m-%d}"
     data = out / f"{stem}.json"
     write_data(data, results)
-    return [data, write_csv(results["rows"], out / f"{stem}.csv"), scatter(results["rows"], out / f"{stem}-scatter.png"),
-            crossover_map(results["metrics"]["decisions"], out / f"{stem}-crossover.png")]  # fmt: skip
+    return [data, write_csv(results["rows"], out / f"{stem}.csv"), *plot_validation(results, out / stem)]
