@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 from statistics import mean, median, pstdev
 
+from benchmarks.pass_shares import group_levels, group_of
 from qroute.calibration.reprice import read_validation
 from qroute.errors import QrouteError
 
-GROUP = ("pass", "primitive", "holders")  # a validation's pass is the path it ran on (local rows have no path)
-KEY = (*GROUP, "step_tokens", "chunk_tokens", "steps", "batch")
+KEY = ("pass", "primitive", "holders", "step_tokens", "chunk_tokens", "steps", "batch")
 PHASES = ("network_s", "compute_s", "merge_s")
 
 
@@ -40,14 +40,10 @@ def _key(row: dict) -> tuple:
 
 
 def residuals(rows: list[dict]) -> dict[tuple, float]:
-    """One validation's rows -> {configuration: log(measured / predicted) less its group's median}."""
+    """One validation's rows -> {configuration: log(measured / predicted) less the log of its group's level}."""
     rows = [r for r in rows if r["measured"]["total_s"] > 0 and r["predicted"]["total_s"] > 0]
-    logs = {_key(r): math.log(r["measured"]["total_s"] / r["predicted"]["total_s"]) for r in rows}
-    groups: dict[tuple, list[float]] = {}
-    for k, v in logs.items():
-        groups.setdefault(k[: len(GROUP)], []).append(v)
-    level = {g: median(v) for g, v in groups.items()}
-    return {k: v - level[k[: len(GROUP)]] for k, v in logs.items()}
+    level = group_levels(rows)
+    return {_key(r): math.log(r["measured"]["total_s"] / r["predicted"]["total_s"] / level[group_of(r)]) for r in rows}
 
 
 def phase_errors(rows: list[dict]) -> dict[tuple, dict[str, float]]:

@@ -80,17 +80,28 @@ def _summary(apes: list[float]) -> dict:
     return {"median_ape": float(np.median(apes)), "p90_ape": float(np.percentile(apes, 90))}
 
 
+def group_of(row: dict) -> tuple:
+    """A row's group: (pass, primitive, holders); the pass is the path the sweep ran on (`path` in older files)."""
+    return row.get("pass", row.get("path")), row["primitive"], row["holders"]
+
+
+def group_levels(rows: list[dict]) -> dict[tuple, float]:
+    """Each group's level: the median of its rows' measured / predicted totals (rows with both positive)."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r["measured"]["total_s"] > 0 and r["predicted"]["total_s"] > 0:
+            groups.setdefault(group_of(r), []).append(r["measured"]["total_s"] / r["predicted"]["total_s"])
+    return {g: median(v) for g, v in groups.items()}
+
+
 def level_floor(rows: list[dict]) -> dict:
     """The validation's APE, and the APE left once each (pass, primitive, holders) group's predictions are scaled by
-    the median of its measured / predicted totals."""
+    its level (`group_levels`)."""
     rows = [r for r in rows if r["measured"]["total_s"] > 0]
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r.get("pass"), r["primitive"], r["holders"]), []).append(r)
-    scale = {g: median(r["measured"]["total_s"] / r["predicted"]["total_s"] for r in rs) for g, rs in groups.items()}
+    scale = group_levels(rows)
     ape = lambda r, k=1.0: abs(k * r["predicted"]["total_s"] - r["measured"]["total_s"]) / r["measured"]["total_s"]  # noqa: E731
     return {"static": _summary([ape(r) for r in rows]),
-            "level_floor": _summary([ape(r, scale[(r.get("pass"), r["primitive"], r["holders"])]) for r in rows])}  # fmt: skip
+            "level_floor": _summary([ape(r, scale[group_of(r)]) for r in rows])}  # fmt: skip
 
 
 def compare(rows: list[dict], cost: dict[tuple, float], seeds: int = 20) -> dict:
