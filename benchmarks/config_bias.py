@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from statistics import mean, median, pstdev
 
-from benchmarks.pass_shares import group_levels, group_of
 from qroute.calibration.reprice import read_validation
+from qroute.calibration.validation_metrics import group_levels, group_of
 from qroute.errors import QrouteError
 
 KEY = ("pass", "primitive", "holders", "step_tokens", "chunk_tokens", "steps", "batch")

@@ -34,6 +34,7 @@ import numpy as np
 
 from qroute.calibration.reprice import read_validation
 from qroute.calibration.validate import ValidationConfig, run_passes
+from qroute.calibration import validation_metrics
 from qroute.calibration.validation_metrics import median_ci
 from qroute.errors import QrouteError
 
@@ -80,28 +81,13 @@ def _summary(apes: list[float]) -> dict:
     return {"median_ape": float(np.median(apes)), "p90_ape": float(np.percentile(apes, 90))}
 
 
-def group_of(row: dict) -> tuple:
-    """A row's group: (pass, primitive, holders); the pass is the path the sweep ran on (`path` in older files)."""
-    return row.get("pass", row.get("path")), row["primitive"], row["holders"]
-
-
-def group_levels(rows: list[dict]) -> dict[tuple, float]:
-    """Each group's level: the median of its rows' measured / predicted totals (rows with both positive)."""
-    groups: dict[tuple, list[float]] = {}
-    for r in rows:
-        if r["measured"]["total_s"] > 0 and r["predicted"]["total_s"] > 0:
-            groups.setdefault(group_of(r), []).append(r["measured"]["total_s"] / r["predicted"]["total_s"])
-    return {g: median(v) for g, v in groups.items()}
-
-
 def level_floor(rows: list[dict]) -> dict:
     """The validation's APE, and the APE left once each (pass, primitive, holders) group's predictions are scaled by
-    its level (`group_levels`)."""
+    its level (`validation_metrics.level_floor`)."""
     rows = [r for r in rows if r["measured"]["total_s"] > 0]
-    scale = group_levels(rows)
-    ape = lambda r, k=1.0: abs(k * r["predicted"]["total_s"] - r["measured"]["total_s"]) / r["measured"]["total_s"]  # noqa: E731
-    return {"static": _summary([ape(r) for r in rows]),
-            "level_floor": _summary([ape(r, scale[group_of(r)]) for r in rows])}  # fmt: skip
+    floor = validation_metrics.level_floor(rows)
+    ape = [abs(r["predicted"]["total_s"] - r["measured"]["total_s"]) / r["measured"]["total_s"] for r in rows]
+    return {"static": _summary(ape), "level_floor": {k: floor[k] for k in ("median_ape", "p90_ape")}}
 
 
 def compare(rows: list[dict], cost: dict[tuple, float], seeds: int = 20) -> dict:

@@ -79,6 +79,31 @@ def online(rows: list[dict], window: int = ONLINE_WINDOW) -> dict:
     return {**_summary(list(apes.values())), "window": window, "per_path": by("path"), "per_primitive": by("primitive")}
 
 
+def group_of(row: dict) -> tuple:
+    """A row's group: (pass, primitive, holders); the pass is the path the sweep ran on (`path` in older files)."""
+    return row.get("pass", row.get("path")), row["primitive"], row["holders"]
+
+
+def group_levels(rows: list[dict]) -> dict[tuple, float]:
+    """Each group's level: the median of its rows' measured / predicted totals (rows with both positive)."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r["measured"]["total_s"] > 0 and r["predicted"]["total_s"] > 0:
+            groups.setdefault(group_of(r), []).append(r["measured"]["total_s"] / r["predicted"]["total_s"])
+    return {g: median(v) for g, v in groups.items()}
+
+
+def level_floor(rows: list[dict]) -> dict:
+    """The APE left once each group's predictions are scaled by its level (`group_levels`): the best any rescale of a
+    primitive as a whole (the machine's speed since calibration, `cost.online`) can do on these runs. What is left is
+    each configuration's own error and the noise of its median. Overall and per path."""
+    scale = group_levels(rows)
+    apes = [(r, abs(scale[group_of(r)] * r["predicted"]["total_s"] - m) / m) for r in rows
+            if (m := r["measured"]["total_s"]) > 0 and group_of(r) in scale]  # fmt: skip
+    paths = sorted({r.get("path") for r, _ in apes if r.get("path")}, key=str)
+    return {**_summary([a for _, a in apes]), "per_path": {v: _summary([a for r, a in apes if r.get("path") == v]) for v in paths}}
+
+
 def _summary(values: list[float]) -> dict:
     if not values:
         return {"median_ape": None, "p90_ape": None, "n": 0}
@@ -100,6 +125,7 @@ def metrics(rows: list[dict], margin: float = 0.10) -> dict:
                           "median_ci_median": float(np.median(cis)) if cis else None,
                           "median_ci_p90": float(np.percentile(cis, 90)) if cis else None}  # fmt: skip
     out["online"] = online(rows)
+    out["level_floor"] = level_floor(rows)
     corrected = [a for r in rows if (a := _corrected_ape(r)) is not None]
     out["drift_corrected"] = {**_summary(corrected), "per_path": {
         v: _summary([a for r in rows if r["path"] == v and (a := _corrected_ape(r)) is not None])

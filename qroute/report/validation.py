@@ -41,6 +41,10 @@ def metrics_table(results: dict) -> Table:
         t.add_row(f"all, rescaled online (last {o['window']} runs)", _pct(o["median_ape"]), _pct(o["p90_ape"]), str(o["n"]))
         for name, s in o["per_path"].items():
             t.add_row(f"  path {name}, online", _pct(s["median_ape"]), _pct(s["p90_ape"]), str(s["n"]))
+    f = m.get("level_floor") or {}
+    if f.get("n"):
+        t.add_row("all, each primitive's level fitted to its runs", _pct(f["median_ape"]), _pct(f["p90_ape"]),
+                  "the floor of any rescale")  # fmt: skip
     d = m.get("drift") or {}
     if d.get("run_spread_p90") is not None:
         t.add_row("single runs around their median", "", _pct(d["run_spread_p90"]), "noise floor")

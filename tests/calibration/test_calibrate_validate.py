@@ -276,6 +276,21 @@ def test_signed_errors_are_medians_per_primitive_holders_and_phase():
     assert set(out) == {"fetch", "local"} and set(out["fetch"]) == {"1", "2"}
 
 
+def test_the_level_floor_takes_out_one_factor_per_path_primitive_and_holders():
+    from qroute.calibration.validation_metrics import level_floor
+
+    def row(path, prim, measured, predicted):
+        return {"pass": path, "path": path, "primitive": prim, "holders": 1, "measured": {"total_s": measured},
+                "predicted": {"total_s": predicted}}  # fmt: skip
+
+    # gloo's routes all ran 1.2x their price, shm's 0.9x: levels, which the floor takes out
+    rows = [row("gloo", "route", 1.2 * t, t) for t in (1.0, 2.0, 3.0)] + [row("shm", "route", 0.9 * t, t) for t in (1.0, 2.0)]
+    got = level_floor(rows)
+    assert got["p90_ape"] < 1e-12 and got["n"] == 5 and set(got["per_path"]) == {"gloo", "shm"}
+    shaped = level_floor([row("gloo", "fetch", m, 1.0) for m in (1.0, 2.0, 3.0)])  # one shape priced off: it stays
+    assert shaped["median_ape"] == pytest.approx(1 / 3) and shaped["per_path"]["gloo"]["n"] == 3
+
+
 def test_validate_auto_builds_a_corpus_the_training_grid_fits(tmp_path):
     # the sweep's chunks (4 blocks) are smaller than calibration's training grid needs: the corpus fits both
     r = run("validate", "--profile", "auto", "--quiet", "--json", "--layers", "1", "--hidden", "64", "--block-size", "8",
