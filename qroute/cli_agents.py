@@ -27,7 +27,7 @@ def add_bench_agents(sub) -> None:
     g.add_argument("--policy", type=names, default=("always-fetch", "always-route", "predicate", "reuse", "load"),
                    help="comma-separated policies, each serving the same requests (default: all five)")
     g.add_argument("--cache-blocks", type=int_at_least(1), default=128, help="block cache of reuse and load, in blocks (default: %(default)s)")
-    g.add_argument("--profile", default="auto", help="'auto' (calibrate this cluster first: `qroute calibrate --quick` inside it, ~10 s on 2 cores), a built-in profile, or a profile JSON (default: %(default)s)")
+    g.add_argument("--profile", default="auto", help="'auto' (calibrate this cluster first: `qroute calibrate --quick` inside it, 20-25 s on 2 cores), a built-in profile, or a profile JSON (default: %(default)s)")
     g = p.add_argument_group("workload")
     add_agent_workload_args(g, agents=8, decode_steps=4, topk_blocks=4, rate=10.0)
     g.add_argument("--record", default=None, help="write the generated workload to this JSONL trace")
