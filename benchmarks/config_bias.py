@@ -9,7 +9,8 @@ predicted) total less its group's median is the configuration's residual; over t
 configuration: the mean residual (its bias, in the same sign as the rows' measured over predicted: + means priced
 low), the spread (sd) between validations and how many. A bias that stays several standard errors away from 0 is a
 term the model lacks; one whose sign changes between validations is noise. The rows of every file must come from
-the same sweep (configurations are matched by pass (the path the sweep ran on), primitive, holders, step tokens, chunk tokens, steps and batch).
+the same sweep: configurations are matched by pass (the path the sweep ran on), primitive, holders, step tokens,
+chunk tokens, steps and batch.
 
 Prints and writes: the mean |bias| and the mean sd over configurations, the mean bias by each of those features, and
 the `--top` configurations by |bias| with each phase's median signed error (predicted / measured - 1) over the
