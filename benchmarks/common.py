@@ -46,9 +46,10 @@ def _cpu_model() -> str:
 
 
 def summary(samples: list[float]) -> dict:
-    """Median with spread (p10, p90, min, max) of repeated measurements."""
+    """Median with spread (p10, p90, min, max) of repeated measurements; the deciles interpolate between samples
+    (never beyond the smallest and largest, as the default method does for a few samples: until 2026-11-27)."""
     s = sorted(samples)
-    q = statistics.quantiles(s, n=10) if len(s) >= 2 else [s[0]] * 9
+    q = statistics.quantiles(s, n=10, method="inclusive") if len(s) >= 2 else [s[0]] * 9
     return {"median": statistics.median(s), "p10": q[0], "p90": q[-1], "min": s[0], "max": s[-1], "n": len(s)}
 
 

@@ -125,7 +125,7 @@ def add_demo(sub) -> None:
     g.add_argument("--sparse", action="store_true", help="select the top-k blocks of a chunk instead of the whole chunk")
     g.add_argument("--seed", type=int_at_least(0), default=0, help="seed of weights and workload (default: %(default)s)")
     g = p.add_argument_group("planning and output")
-    g.add_argument("--profile", default="auto", help="'auto' (calibrate this cluster first: `qroute calibrate --quick` inside it, 20-25 s on 2 cores), a built-in profile, or a profile JSON (default: %(default)s)")
+    g.add_argument("--profile", default="auto", help="'auto' (calibrate this cluster first: `qroute calibrate --quick` inside it, 17-22 s on 2 cores), a built-in profile, or a profile JSON (default: %(default)s)")
     g.add_argument("--modes", type=names, default=("predicate", "route", "fetch", "local"), help="comma-separated modes (default: predicate,route,fetch,local)")
     g.add_argument("--online", action="store_true", help="plan and predict with the profile rescaled online: per primitive "
                    "and phase group, the median measured / predicted of the last 16 batches served with that primitive")
@@ -182,7 +182,7 @@ def add_calibrate(sub) -> None:
     p = sub.add_parser("calibrate", help="measure this cluster's constants (paths and compute) and write a profile",
                        description=calibrate.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--instances", type=int_at_least(2), default=3, help="instances (rank 0 measures, the rest serve; 3 or more also fit the extra of each further holder in a parallel exchange; default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="fewer sizes, one training pass, fewer shapes (about 30 s on 2 cores with 3 instances)")
+    p.add_argument("--quick", action="store_true", help="fewer sizes, shapes and samples, one training pass, half the corpus (23-27 s on 2 cores with 3 instances; see docs/cli.md)")
     p.add_argument("--repeats", type=int_at_least(1), default=3, help="training runs, to report the spread of alpha and beta (default: %(default)s)")
     p.add_argument("--name", default=None, help="profile name (default: measured-<host>)")
     p.add_argument("--fabric", type=fabric_links, default=(), help=f"calibrate {FABRIC_HELP}")
@@ -194,12 +194,13 @@ def add_calibrate(sub) -> None:
 
 
 def cmd_calibrate(args) -> None:
-    from qroute.calibration.calibrate import CalibrationConfig, run_calibration
+    from qroute.calibration.calibrate import CalibrationConfig, quick_corpus_tokens, run_calibration
     from qroute.report import calibration as report
     from qroute.workload.corpus import CorpusSpec
 
-    world = _world(args, CorpusSpec(max_tokens=8192, block_size=args.block_size, chunk_blocks=32))
     cluster = cluster_spec(args, 2 if args.fabric else args.instances, 1, args.fabric)
+    tokens = quick_corpus_tokens(cluster.world_size - 1) if args.quick else 8192  # the holders' prefill: 5 s of 8192
+    world = _world(args, CorpusSpec(max_tokens=tokens, block_size=args.block_size, chunk_blocks=32))
     config = CalibrationConfig(cluster, world, args.quick, args.repeats, args.name, progress=not (args.quiet or args.json),
                                partial=f"{args.out}/calibration-{_stem(args)}.partial.json", device=_device(args),
                                keep_trace=args.keep_trace)  # fmt: skip

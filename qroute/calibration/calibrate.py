@@ -37,7 +37,7 @@ from qroute.calibration.compute import dtype_name
 from qroute.calibration.fit import fit_path, rel_spread, speed_spread
 from qroute.calibration.insitu import fit_path_from_trace, path_line
 from qroute.calibration.insitu_compute import fit_compute_from_trace
-from qroute.calibration.shapes import (forced_executor, serve, serve_together, shaped_request, spanning_request, speed_probe,
+from qroute.calibration.shapes import (WARM_BUDGET_S, forced_executor, serve, serve_together, shaped_request, spanning_request, speed_probe,
                                       warm_up, wide_request)
 from qroute.calibration.sweeps import BANDWIDTH_SIZES, LATENCY_SIZES, bandwidth_sweep, latency_sweep
 from qroute.cost.model import PRIMITIVES, path_flips
@@ -80,14 +80,18 @@ def run_calibration(config: CalibrationConfig) -> dict:
         from qroute.calibration.host import run_host_calibration
 
         return run_host_calibration(config)
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     out = launch(config.cluster, calibrate_instance, config)[0]
     if out.get("rank") == 0:
         out["wall_s"] = time.perf_counter() - t0
+        clock = out.pop("clock")  # rank 0's wall clock (one host: the same clock)
+        out["phase_s"] = {"launch": clock["entered"] - started, "holders_ready": clock["ready"] - clock["entered"],
+                          **out["phase_s"], "stop": started + out["wall_s"] - clock["measured"]}  # fmt: skip
     return out
 
 
 def calibrate_instance(instance: Instance, config: CalibrationConfig) -> dict:
+    entered = time.time()
     world = build_world(config.world, instance.holders)
     if not instance.is_requester:
         store = build_store(instance.rank, world.corpus, world.directory, world.model)
@@ -100,7 +104,9 @@ def calibrate_instance(instance: Instance, config: CalibrationConfig) -> dict:
     if instance.rank != 0:
         stop_holders(instance.rank, instance.holders)
         return {"role": "requester", "rank": instance.rank}
+    ready = time.time()  # every holder has prefilled its blocks
     result = measure(instance, config, world)
+    result["clock"] = {"entered": entered, "ready": ready, "measured": time.time()}
     stop_holders(instance.rank, instance.holders)
     return result
 
@@ -114,12 +120,32 @@ TRAIN_WIDE_ROUTE = (24, 6)  # step tokens, chunk blocks of one more batch of 3, 
 # line extrapolated from 3 x 8 (dev VM, 2026-11-27)
 TRAIN_CHUNK_BLOCKS = (2, 6, 12, 20, 30)  # spans the sizes validation uses (4, 16, 32): re-prefill extrapolates badly
 QUICK_CHUNK_BLOCKS = (2, 14, 30)
+QUICK_CORPUS_TOKENS = 2048  # `calibrate --quick`'s corpus per holder, at least 4096 in all (`quick_corpus_tokens`)
+
+
+def quick_corpus_tokens(holders: int) -> int:
+    """The corpus of `calibrate --quick` with `holders` holders: the holders prefill half as much as at 8,192 tokens
+    (with 2), and each still holds four 32-block chunks, which the wide fetch needs (`WIDE_BLOCKS` x 30 blocks)."""
+    return max(2 * QUICK_CORPUS_TOKENS, QUICK_CORPUS_TOKENS * holders)
 TRAIN_STEPS = 4  # validation uses 1 and 4; 4 steps give 3 warm route exchanges per layer and shape (2 gave 1)
-PROBE_REPS = 7  # runs per primitive of each speed probe, median taken (a second or so per path on 2 cores)
-FETCH_SAMPLES = 3  # a request makes one fetch record but steps x layers route records: fetches are served 3 times,
-# so that each shape's median resists a stall (beta moved 18.6% between repeats on the dev VM with one)
 IDLE_GAPS = (0.01, 0.03, 0.1, 0.3)  # seconds the holders sit idle before a route request of `idle_ladder`
-IDLE_SAMPLES = 2  # requests per gap and training repeat (about 1 s per path and repeat)
+
+
+@dataclass(frozen=True)
+class Samples:
+    """How many times a training pass serves what it times."""
+
+    probe_reps: int = 7  # runs per primitive of each speed probe, median taken (a second or so per path on 2 cores)
+    fetch: int = 3  # a request makes one fetch record but steps x layers route records: fetches are served 3 times,
+    # so that each shape's median resists a stall (beta moved 18.6% between repeats on the dev VM with one)
+    idle: int = 2  # requests per gap of the idle ladder and training repeat (about 1 s per path and repeat)
+    warm_budget_s: float = WARM_BUDGET_S  # the warm-up's speed probes stop after this long (`shapes.warm_up`)
+
+
+FULL = Samples()
+QUICK = Samples(probe_reps=3, fetch=2, idle=1, warm_budget_s=1.0)  # `--quick` (and `--profile auto`): 4-5 s less of
+# its one pass on the dev VM with 3 instances. A warm-up on 2 cores runs its 8 probes (about 1.7 s): two in a row
+# rarely agree within 5% there; on a GPU the 8 take well under a second, so the budget cuts only the CPU's
 IDLE_SHAPE = (2, 12)  # its step tokens and chunk blocks (a training shape)
 WIDE_BLOCKS = 4  # x the largest training chunk: one fetch that large per pass, so the in-situ line spans ~4x more bytes
 
@@ -162,14 +188,14 @@ def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int,
     repeats = 1 if config.quick else config.repeats
     blocks = config.chunk_blocks or (QUICK_CHUNK_BLOCKS if config.quick else TRAIN_CHUNK_BLOCKS)
     shapes = train_shapes(blocks)
-    latency, bandwidth, traces, probes = {}, {}, {}, {}
+    latency, bandwidth, traces, probes, seconds = {}, {}, {}, {}, {}
     with Progress(disable=not config.progress, transient=True) as bar:
         steps = len(names) * (len(sizes) + len(BANDWIDTH_SIZES) + repeats * len(shapes) * 2)
         task = bar.add_task("calibrating", total=steps)
         alive = KeepAlive.of(world, config.cluster.timeout_s)
         advance = lambda *_: (bar.advance(task), alive())  # noqa: E731
         for name in names:
-            with _kept(config, name, latency, bandwidth):
+            with _kept(config, name, latency, bandwidth), timed(seconds, "sweeps"):
                 sweeps(name, sizes, latency, bandwidth, advance)
         for name in names:
             traces[name], probes[name] = [], []
@@ -177,8 +203,23 @@ def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int,
             for name in names if r % 2 == 0 else names[::-1]:
                 with _kept(config, name, latency, bandwidth):
                     traces[name].append(train_grid(world, shapes, advance, seed=r, path=name, probes=probes[name],
-                                                   links=links, ladder=ladder))  # fmt: skip
-    return _results(config, world, peer, latency, bandwidth, traces, probes, fabric or _fabric(config))
+                                                   links=links, ladder=ladder, seconds=seconds,
+                                                   samples=QUICK if config.quick else FULL))  # fmt: skip
+    with timed(seconds, "fits"):
+        out = _results(config, world, peer, latency, bandwidth, traces, probes, fabric or _fabric(config))
+    return {**out, "phase_s": seconds} if isinstance(out, dict) else out
+
+
+@contextmanager
+def timed(seconds: dict | None, phase: str):
+    """Add the wall seconds of the block to `seconds[phase]` (nothing where `seconds` is None): where a calibration
+    spends its time (the results' `phase_s`)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        if seconds is not None:
+            seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - t0
 
 
 @contextmanager
@@ -246,56 +287,67 @@ def flips(latency: dict, profile: Profile) -> list[dict]:
 
 
 def train_grid(world, shapes, advance, seed: int, path: str, probes: list | None = None, links: dict | None = None,
-           ladder: bool = True) -> list[dict]:  # fmt: skip
+               ladder: bool = True, seconds: dict | None = None, samples: Samples = FULL) -> list[dict]:  # fmt: skip
     """Serve the training grid on `path`, the executor's trace: per shape every primitive forced on one holder, a
     scattered fetch (every other block: the gather), for some shapes a batch of `TRAIN_BATCH` requests routed to one
     holder together (their rows in one message: `group_s`) and the same batch fetched (the requester's batched attention
     over moved KV and merges: their `group_s`), and with two holders or more a batch of two requests routed to
     two holders at once (the parallel exchange) and, for some shapes, a fetch from two holders at once; then a batch of
     `TRAIN_WIDE_ROUTE` routed (the largest route exchange), the idle ladder (`idle_ladder`, unless `ladder` is off)
-    and a fetch `WIDE_BLOCKS` times the largest shape's blocks (`wide_request`), three times."""
+    and a fetch `WIDE_BLOCKS` times the largest shape's blocks (`wide_request`), `samples.fetch` times."""
     executor = forced_executor(world, links=links)
     executor.force_path = path
-    warm_up(executor, world)
     largest = max(n for _, n in shapes)  # its first re-prefill allocates: 0.57 s, then 0.25 s (dev VM, 480 tokens)
-    serve(executor, shaped_request(world, 1, TRAIN_LOCAL_STEP_TOKENS[0], largest, 1, seed=999 + seed), "local")
+    with timed(seconds, "warm_up"):
+        warm_up(executor, world, budget_s=samples.warm_budget_s)
+        serve(executor, shaped_request(world, 1, TRAIN_LOCAL_STEP_TOKENS[0], largest, 1, seed=999 + seed), "local")
     executor.trace.clear()  # the warm-up's records are no measurement
     if probes is not None:
-        probes.append(speed_probe(executor, world, reps=PROBE_REPS))
+        with timed(seconds, "speed_probes"):
+            probes.append(speed_probe(executor, world, reps=samples.probe_reps))
     holders = sorted(set(world.directory.holders))
     for i, (k, n) in enumerate(shapes):
         s = 1000 * (seed + 1) + i
         request = shaped_request(world, 1, k, n, TRAIN_STEPS, seed=s)
         for primitive in PRIMITIVES if k in TRAIN_LOCAL_STEP_TOKENS else ("route", "fetch"):
-            for _ in range(FETCH_SAMPLES if primitive == "fetch" else 1):
-                serve(executor, request, primitive)
+            with timed(seconds, primitive):
+                for _ in range(samples.fetch if primitive == "fetch" else 1):
+                    serve(executor, request, primitive)
         advance()
-        serve(executor, shaped_request(world, 1, k, max(2, n // 2), TRAIN_STEPS, seed=s, stride=2), "fetch")
-        if k in TRAIN_BATCH_STEP_TOKENS:  # one message carrying several requests' rows (`group_s`)
-            batch = [shaped_request(world, 1, k, n, TRAIN_STEPS, seed=s + 10 + j, on=holders[0], nth=j) for j in range(TRAIN_BATCH)]
-            serve_together(executor, batch, "route")
-            serve_together(executor, batch, "fetch")  # the requester's attention over moved KV and merges, batched
-        if len(holders) > 1:
-            pair = [shaped_request(world, 1, k, n, TRAIN_STEPS, seed=s + j, on=h) for j, h in enumerate(holders[:2])]
-            serve_together(executor, pair, "route")
-            if k in TRAIN_LOCAL_STEP_TOKENS:  # a fetch from two holders at once (its size does not depend on k)
-                serve(executor, spanning_request(world, k, n, 1, seed=s), "fetch")
+        with timed(seconds, "scattered"):
+            serve(executor, shaped_request(world, 1, k, max(2, n // 2), TRAIN_STEPS, seed=s, stride=2), "fetch")
+        with timed(seconds, "batches"):
+            if k in TRAIN_BATCH_STEP_TOKENS:  # one message carrying several requests' rows (`group_s`)
+                batch = [shaped_request(world, 1, k, n, TRAIN_STEPS, seed=s + 10 + j, on=holders[0], nth=j) for j in range(TRAIN_BATCH)]
+                serve_together(executor, batch, "route")
+                serve_together(executor, batch, "fetch")  # the requester's attention over moved KV and merges, batched
+        with timed(seconds, "pairs"):
+            if len(holders) > 1:
+                pair = [shaped_request(world, 1, k, n, TRAIN_STEPS, seed=s + j, on=h) for j, h in enumerate(holders[:2])]
+                serve_together(executor, pair, "route")
+                if k in TRAIN_LOCAL_STEP_TOKENS:  # a fetch from two holders at once (its size does not depend on k)
+                    serve(executor, spanning_request(world, k, n, 1, seed=s), "fetch")
         advance()
     k, n = TRAIN_WIDE_ROUTE[0], min(TRAIN_WIDE_ROUTE[1], largest)
-    serve_together(executor, [shaped_request(world, 1, k, n, TRAIN_STEPS, seed=1000 * (seed + 1) + 500 + j, on=holders[0],
-                                             nth=j) for j in range(TRAIN_BATCH)], "route")  # fmt: skip
+    with timed(seconds, "batches"):
+        serve_together(executor, [shaped_request(world, 1, k, n, TRAIN_STEPS, seed=1000 * (seed + 1) + 500 + j,
+                                                 on=holders[0], nth=j) for j in range(TRAIN_BATCH)], "route")  # fmt: skip
     if ladder:
-        idle = (IDLE_SHAPE[0], min(IDLE_SHAPE[1], max(n for _, n in shapes)))  # a grid of small chunks: its largest
-        idle_ladder(executor, world, shaped_request(world, 1, *idle, TRAIN_STEPS, seed=1000 * (seed + 1) + len(shapes) + 1))
-    wide = wide_request(world, WIDE_BLOCKS * max(n for _, n in shapes), seed=1000 * (seed + 1) + len(shapes))
-    for _ in range(FETCH_SAMPLES if wide is not None else 0):
-        serve(executor, wide, "fetch")
+        idle = (IDLE_SHAPE[0], min(IDLE_SHAPE[1], largest))  # a grid of small chunks: its largest
+        with timed(seconds, "idle_ladder"):
+            idle_ladder(executor, world, shaped_request(world, 1, *idle, TRAIN_STEPS, seed=1000 * (seed + 1) + len(shapes) + 1),
+                        samples=samples.idle)  # fmt: skip
+    wide = wide_request(world, WIDE_BLOCKS * largest, seed=1000 * (seed + 1) + len(shapes))
+    with timed(seconds, "fetch"):
+        for _ in range(samples.fetch if wide is not None else 0):
+            serve(executor, wide, "fetch")
     if probes is not None:  # and after: a machine whose speed moved during the training is told (`speed_spread`)
-        probes.append(speed_probe(executor, world, reps=PROBE_REPS))
+        with timed(seconds, "speed_probes"):
+            probes.append(speed_probe(executor, world, reps=samples.probe_reps))
     return [r for r in executor.trace if r.get("kind") not in ("route", "fetch") or r.get("path") == path]
 
 
-def idle_ladder(executor, world, request, gaps=IDLE_GAPS, samples: int = IDLE_SAMPLES) -> None:
+def idle_ladder(executor, world, request, gaps=IDLE_GAPS, samples: int = FULL.idle) -> None:
     """Route `request` after the holders sat idle `gaps` seconds, `samples` times each, the requester computing
     meanwhile (the model's prefill, as it would serve other work): its first steps price how the wake-up grows with
     the holder's idle time (`cold_idle_s`, `first_step_idle_excess`); the grid's requests come back to back. Its

@@ -103,11 +103,12 @@ WARM_TOL, WARM_ROUNDS, WARM_BUDGET_S = 0.05, 8, 20.0
 def warm_up(executor: Executor, world, tol: float = WARM_TOL, rounds: int = WARM_ROUNDS,
             budget_s: float = WARM_BUDGET_S) -> list[dict[str, float]]:  # fmt: skip
     """Speed probes (one run each, timed for nothing) until two in a row agree within `tol` on every primitive, or
-    `rounds` probes or `budget_s` seconds: the probes seen. A GPU idles at a fraction of its clock and raises it only
-    under sustained load (the H100s here: 345 of 1980 MHz, seen flipping between the two under light load), and
-    first uses connect NCCL channels and load kernels; timing any of that would price the cold machine."""
-    t0 = time.perf_counter()
+    `rounds` probes or `budget_s` seconds after the first: the probes seen. A GPU idles at a fraction of its clock
+    and raises it only under sustained load (the H100s here: 345 of 1980 MHz, seen flipping between the two under
+    light load), and first uses connect NCCL channels and load kernels (the first probe, however long it takes);
+    timing any of that would price the cold machine."""
     probes = [speed_probe(executor, world, reps=1)]
+    t0 = time.perf_counter()
     while len(probes) < rounds and time.perf_counter() - t0 < budget_s:
         probes.append(speed_probe(executor, world, reps=1))
         last, now = probes[-2], probes[-1]

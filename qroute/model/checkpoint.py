@@ -23,7 +23,7 @@ from torch import Tensor
 from qroute.errors import QrouteError
 from qroute.geometry import load_config_json
 from qroute.model.config import ModelConfig
-from qroute.model.transformer import MLATransformer
+from qroute.model.transformer import MLATransformer, empty_model
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -46,7 +46,7 @@ def load_pretrained(
     root = Path(path)
     raw = load_config_json(root)
     config = ModelConfig.from_hf(raw)
-    model = _empty_model(config, dtype or config_dtype(raw), device)
+    model = empty_model(config, dtype or config_dtype(raw), device)
     targets = _targets(model)
     with ExitStack() as stack:
         shards = Shards(root, stack)
@@ -130,16 +130,6 @@ def _weight_map(root: Path) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- filling the model
-
-
-def _empty_model(config: ModelConfig, dtype: torch.dtype, device: str | torch.device) -> MLATransformer:
-    """The model with uninitialised storage of the right dtype (every tensor is then loaded)."""
-    with torch.device("meta"):
-        model = MLATransformer(config)
-    model.cast(dtype)
-    model.to_empty(device=device)
-    model.tie_weights()
-    return model
 
 
 def _targets(model: MLATransformer) -> dict[str, Tensor]:

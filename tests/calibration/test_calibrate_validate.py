@@ -44,6 +44,9 @@ def test_quick_calibration_writes_a_valid_measured_profile(tmp_path):
     # the smallest route exchange is one step token's rows; the largest the wide batch's (3 x 24 step tokens)
     assert routed[-1] == pytest.approx(cal.TRAIN_BATCH * cal.TRAIN_WIDE_ROUTE[0] * routed[0]) and min(cal.TRAIN_STEP_TOKENS) == 1
     assert results["profile"]["paths"]["gloo-loopback"]["knots"][-1][0] == routed[-1]
+    phases = results["phase_s"]  # where the time went: the start, each part of the training pass, the fits
+    assert {"launch", "holders_ready", "sweeps", "warm_up", "speed_probes", "route", "fetch", "local", "fits"} <= set(phases)
+    assert all(v >= 0 for v in phases.values()) and sum(phases.values()) <= results["wall_s"] * 1.01
 
 
 def test_a_holder_gone_mid_sweep_is_a_clear_error_and_keeps_the_partial_sweep(tmp_path):
@@ -61,7 +64,8 @@ def test_calibration_paths_take_turns_repeat_by_repeat(monkeypatch):
     repeat), each repeat's trace and speed probes kept under its path; a path failing in training names itself."""
     served = []
 
-    def train(world, shapes, advance, seed, path, probes, links=None, ladder=True):
+    def train(world, shapes, advance, seed, path, probes, links=None, ladder=True, seconds=None, samples=cal.FULL):
+        assert samples == cal.FULL and seconds is not None
         served.append((path, seed))
         probes += [{"route": 1.0}, {"route": 1.0}]
         if path == "b" and seed == 2 and fail:
@@ -298,3 +302,17 @@ def test_validate_auto_builds_a_corpus_the_training_grid_fits(tmp_path):
             "--max-reps", "1", "--out", str(tmp_path), "--tag", "a")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["n"] == 3 and next(tmp_path.glob("profile-a-auto-*.json"))
+
+
+@pytest.mark.parametrize("holders", [1, 2, 3, 4])
+def test_the_quick_corpus_holds_the_wide_fetch_on_a_holder(holders):
+    """`calibrate --quick`'s corpus (half the full one with 2 holders) still holds a wide fetch's blocks on one
+    holder, whatever the holders."""
+    from qroute.calibration.shapes import wide_request
+    from qroute.runtime.world import build_world
+
+    tokens = cal.quick_corpus_tokens(holders)
+    assert tokens == (4096 if holders <= 2 else 2048 * holders)
+    world = build_world(WorldSpec(corpus=CorpusSpec(max_tokens=tokens, chunk_blocks=32)), list(range(1, holders + 1)))
+    wide = wide_request(world, cal.WIDE_BLOCKS * max(cal.QUICK_CHUNK_BLOCKS), seed=1)
+    assert wide is not None and len(wide.blocks) == cal.WIDE_BLOCKS * max(cal.QUICK_CHUNK_BLOCKS)

@@ -9,6 +9,7 @@ from qroute.attention.rope import RopeSpec
 from qroute.errors import QrouteError
 from qroute.geometry import preset, preset_config, preset_names
 from qroute.model import MLATransformer, ModelConfig
+from qroute.model.transformer import empty_model
 from tests.model.mla_tiny import random_tokens, tiny_config
 
 MLA_PRESETS = [n for n in preset_names() if preset(n).kind == "mla"]
@@ -108,3 +109,33 @@ def test_config_validation(change, match):
 def test_config_is_frozen():
     with pytest.raises(AttributeError):
         tiny_config().hidden_size = 3
+
+
+def test_empty_model_has_the_dtypes_and_device_and_restores_what_it_changed():
+    """Parameters in the dtype asked, router correction biases in float32, the default dtype and torch.nn.init as
+    they were; a bad dtype is one line."""
+    init_normal = torch.nn.init.normal_
+    cfg = tiny_config()
+    model = empty_model(cfg, torch.bfloat16, "cpu")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {b.dtype for b in model.buffers()} <= {torch.float32} and model.device == torch.device("cpu")
+    assert torch.get_default_dtype() == torch.float32 and torch.nn.init.normal_ is init_normal
+    reference = MLATransformer.random(cfg, seed=4, dtype=torch.bfloat16)
+    assert [(n, t.shape, t.dtype) for n, t in reference.state_dict().items()] == [
+        (n, t.shape, t.dtype) for n, t in model.state_dict().items()
+    ]
+    with pytest.raises(QrouteError, match="model dtype torch.int8: expected one of"):
+        empty_model(cfg, torch.int8, "cpu")
+    assert torch.get_default_dtype() == torch.float32
+
+
+def test_building_a_model_imports_neither_dynamo_nor_sympy():
+    """Built on the meta device and moved, a model cost each process ~3 s of imports (torch._dynamo, sympy) on 2
+    cores: every cluster instance builds one at start."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tests.model.mla_tiny import tiny_config; from qroute.model import MLATransformer; "
+            "MLATransformer.random(tiny_config(), seed=1); print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
