@@ -120,13 +120,14 @@ TRAIN_WIDE_ROUTE = (24, 6)  # step tokens, chunk blocks of one more batch of 3, 
 # line extrapolated from 3 x 8 (dev VM, 2026-11-27)
 TRAIN_CHUNK_BLOCKS = (2, 6, 12, 20, 30)  # spans the sizes validation uses (4, 16, 32): re-prefill extrapolates badly
 QUICK_CHUNK_BLOCKS = (2, 14, 30)
-QUICK_CORPUS_TOKENS = 2048  # `calibrate --quick`'s corpus per holder, at least 4096 in all (`quick_corpus_tokens`)
+QUICK_CORPUS_TOKENS = 2048  # `calibrate --quick`'s corpus per holder (`quick_corpus_tokens`)
 
 
 def quick_corpus_tokens(holders: int) -> int:
-    """The corpus of `calibrate --quick` with `holders` holders: the holders prefill half as much as at 8,192 tokens
-    (with 2), and each still holds four 32-block chunks, which the wide fetch needs (`WIDE_BLOCKS` x 30 blocks)."""
-    return max(2 * QUICK_CORPUS_TOKENS, QUICK_CORPUS_TOKENS * holders)
+    """The corpus of `calibrate --quick` with `holders` holders: each prefills 2,048 tokens (against 4,096 with 2
+    holders at 8,192, 8,192 with 1; 0.4 s a 512-token chunk on the dev VM) and still holds four 32-block chunks,
+    which the wide fetch needs (`WIDE_BLOCKS` x 30 blocks)."""
+    return QUICK_CORPUS_TOKENS * max(1, holders)
 TRAIN_STEPS = 4  # validation uses 1 and 4; 4 steps give 3 warm route exchanges per layer and shape (2 gave 1)
 IDLE_GAPS = (0.01, 0.03, 0.1, 0.3)  # seconds the holders sit idle before a route request of `idle_ladder`
 

@@ -306,13 +306,13 @@ def test_validate_auto_builds_a_corpus_the_training_grid_fits(tmp_path):
 
 @pytest.mark.parametrize("holders", [1, 2, 3, 4])
 def test_the_quick_corpus_holds_the_wide_fetch_on_a_holder(holders):
-    """`calibrate --quick`'s corpus (half the full one with 2 holders) still holds a wide fetch's blocks on one
-    holder, whatever the holders."""
+    """`calibrate --quick`'s corpus (2,048 tokens a holder: half the full one with 2 holders) still holds a wide
+    fetch's blocks on one holder, whatever the holders."""
     from qroute.calibration.shapes import wide_request
     from qroute.runtime.world import build_world
 
     tokens = cal.quick_corpus_tokens(holders)
-    assert tokens == (4096 if holders <= 2 else 2048 * holders)
+    assert tokens == 2048 * holders
     world = build_world(WorldSpec(corpus=CorpusSpec(max_tokens=tokens, chunk_blocks=32)), list(range(1, holders + 1)))
     wide = wide_request(world, cal.WIDE_BLOCKS * max(cal.QUICK_CHUNK_BLOCKS), seed=1)
     assert wide is not None and len(wide.blocks) == cal.WIDE_BLOCKS * max(cal.QUICK_CHUNK_BLOCKS)
