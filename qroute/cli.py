@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from qroute import cli_agents, cli_cluster, cli_sim, queries
@@ -16,7 +15,6 @@ from qroute.cli_args import fraction, int_any, int_at_least, int_list, names, no
 from qroute.cost import CostModel, builtin_names, load_profile
 from qroute.errors import QrouteError
 from qroute.report import console
-from qroute.runtime import forks
 
 EPILOG_PLAN = """\
 Rows are the query rows (tokens x heads) of one decode step at one layer; with MLA one row
@@ -161,19 +159,8 @@ COMMANDS = {
 }  # fmt: skip
 
 
-LAUNCHING = ("demo", "calibrate", "validate", "bench-agents")  # commands that launch a cluster of instances
-
-
-def launches(args) -> bool:
-    """Whether the command will fork instances from the launcher's forkserver: a cluster command, not on the
-    host-memory tier (one process), not under torchrun (which started the instances)."""
-    return args.command in LAUNCHING and not getattr(args, "host_tier", False) and "RANK" not in os.environ
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if launches(args):
-        forks.start()  # it imports torch while this process does: 1.5-2 s less of every cluster command on 2 cores
     try:
         COMMANDS[args.command](args)
     except QrouteError as exc:

@@ -1,7 +1,6 @@
 """benchmarks.calibration_time: per-mode summaries against the targets, and one-line errors."""
 
 import argparse
-import json
 
 import pytest
 
@@ -30,16 +29,3 @@ def test_bad_modes_and_a_failing_calibration_are_one_line(tmp_path):
     with pytest.raises(SystemExit, match=r"qroute calibrate \(quick\) exited with 2: .*instances"):
         ct.run_once("quick", 1, tmp_path, "t", timeout_s=120)
 
-
-def test_cluster_start_times_both_ways_in_fresh_processes(tmp_path, monkeypatch):
-    """benchmarks.cluster_start: every trial a fresh process whose cluster meets; both ways summarized."""
-    from benchmarks import cluster_start, common
-
-    monkeypatch.setattr(common, "RESULTS", tmp_path)
-    path = cluster_start.main(["--runs", "1", "--instances", "2", "--tag", "t"])
-    out = json.loads(path.read_text())
-    assert [t["way"] for t in out["results"]] == ["early", "late"] and path.parent == tmp_path
-    assert all(0 < t["imports_s"] < t["cluster_s"] for t in out["results"])
-    assert out["summary"]["early"]["cluster_s"]["n"] == 1
-    with pytest.raises(SystemExit):
-        cluster_start.main(["--runs", "0"])

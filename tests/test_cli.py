@@ -137,21 +137,3 @@ def test_help_explains_itself():
     assert r.returncode == 0
     for flag in ("--rows", "--chunk-tokens", "--holders", "--layers", "--sparse", "--offset", "--reuse-steps", "--json"):
         assert flag in r.stdout
-
-
-def test_cluster_commands_start_the_forkserver_first(monkeypatch):
-    """The commands that launch instances start the launcher's forkserver before they import torch (its import then
-    runs beside theirs); the others, the host tier and torchrun jobs do not."""
-    from qroute import cli
-
-    started = []
-    monkeypatch.setattr(cli.forks, "start", lambda: started.append(True))
-    monkeypatch.delenv("RANK", raising=False)
-    parse = cli.build_parser().parse_args
-    assert [cli.launches(parse(a.split())) for a in ("calibrate --quick", "validate", "demo", "bench-agents")] == [True] * 4
-    assert not cli.launches(parse(["calibrate", "--host-tier"])) and not cli.launches(parse(["models"]))
-    monkeypatch.setenv("RANK", "0")
-    assert not cli.launches(parse(["demo"]))
-    monkeypatch.delenv("RANK")
-    assert main(["calibrate", "--quick", "--model", "no-such-model"]) == 2 and started == [True]  # still one line
-    assert main(["models", "--json"]) == 0 and started == [True]
