@@ -121,13 +121,6 @@ TRAIN_WIDE_ROUTE = (24, 6)  # step tokens, chunk blocks of one more batch of 3, 
 TRAIN_CHUNK_BLOCKS = (2, 6, 12, 20, 30)  # spans the sizes validation uses (4, 16, 32): re-prefill extrapolates badly
 QUICK_CHUNK_BLOCKS = (2, 14, 30)
 QUICK_CORPUS_TOKENS = 2048  # `calibrate --quick`'s corpus per holder (`quick_corpus_tokens`)
-
-
-def quick_corpus_tokens(holders: int) -> int:
-    """The corpus of `calibrate --quick` with `holders` holders: each prefills 2,048 tokens (against 4,096 with 2
-    holders at 8,192, 8,192 with 1; 0.4 s a 512-token chunk on the dev VM) and still holds four 32-block chunks,
-    which the wide fetch needs (`WIDE_BLOCKS` x 30 blocks)."""
-    return QUICK_CORPUS_TOKENS * max(1, holders)
 TRAIN_STEPS = 4  # validation uses 1 and 4; 4 steps give 3 warm route exchanges per layer and shape (2 gave 1)
 IDLE_GAPS = (0.01, 0.03, 0.1, 0.3)  # seconds the holders sit idle before a route request of `idle_ladder`
 
@@ -144,11 +137,18 @@ class Samples:
 
 
 FULL = Samples()
-QUICK = Samples(probe_reps=3, fetch=2, idle=1, warm_budget_s=1.0)  # `--quick` (and `--profile auto`): 4-5 s less of
-# its one pass on the dev VM with 3 instances. A warm-up on 2 cores runs its 8 probes (about 1.7 s): two in a row
+QUICK = Samples(probe_reps=3, fetch=2, idle=1, warm_budget_s=1.0)  # `--quick` (and `--profile auto`): about 3 s less
+# of its one pass on the dev VM with 3 instances. A warm-up on 2 cores runs its 8 probes (about 1.7 s): two in a row
 # rarely agree within 5% there; on a GPU the 8 take well under a second, so the budget cuts only the CPU's
 IDLE_SHAPE = (2, 12)  # its step tokens and chunk blocks (a training shape)
 WIDE_BLOCKS = 4  # x the largest training chunk: one fetch that large per pass, so the in-situ line spans ~4x more bytes
+
+
+def quick_corpus_tokens(holders: int) -> int:
+    """The corpus of `calibrate --quick` with `holders` holders: each prefills 2,048 tokens (against 4,096 with 2
+    holders at 8,192, 8,192 with 1; 0.4 s a 512-token chunk on the dev VM) and still holds four 32-block chunks,
+    which the wide fetch needs (`WIDE_BLOCKS` x 30 blocks)."""
+    return QUICK_CORPUS_TOKENS * max(1, holders)
 
 
 def measure(instance: Instance, config: CalibrationConfig, world) -> dict:
@@ -208,7 +208,7 @@ def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int,
                                                    samples=QUICK if config.quick else FULL))  # fmt: skip
     with timed(seconds, "fits"):
         out = _results(config, world, peer, latency, bandwidth, traces, probes, fabric or _fabric(config))
-    return {**out, "phase_s": seconds} if isinstance(out, dict) else out
+    return {**out, "phase_s": seconds}
 
 
 @contextmanager

@@ -73,12 +73,15 @@ def test_calibration_paths_take_turns_repeat_by_repeat(monkeypatch):
         return [{"path": path, "seed": seed}]
 
     monkeypatch.setattr(cal, "train_grid", train)
-    monkeypatch.setattr(cal, "_results", lambda config, world, peer, latency, bandwidth, traces, probes, fabric: (traces, probes))
+    monkeypatch.setattr(cal, "_results", lambda config, world, peer, latency, bandwidth, traces, probes, fabric:
+                        {"traces": traces, "probes": probes})  # fmt: skip
     monkeypatch.setattr(cal.KeepAlive, "of", classmethod(lambda cls, world, timeout_s: lambda *_: None))
     swept = []
     config = CalibrationConfig(ClusterSpec(3), SMALL, repeats=3, progress=False)
     fail = False
-    traces, probes = cal.measure_paths(config, None, ["a", "b"], 1, lambda name, *_: swept.append((name, len(served))))
+    out = cal.measure_paths(config, None, ["a", "b"], 1, lambda name, *_: swept.append((name, len(served))))
+    traces, probes = out["traces"], out["probes"]
+    assert {"sweeps", "fits"} <= set(out["phase_s"])
     assert swept == [("a", 0), ("b", 0)]
     assert served == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2)]
     assert [r["seed"] for t in traces["b"] for r in t] == [0, 1, 2] and len(probes["a"]) == 6
