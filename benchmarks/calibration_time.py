@@ -4,7 +4,7 @@
 
 Runs `qroute calibrate` as a user would (a fresh process each time, `--quiet`), the modes taking turns run by run,
 and writes `benchmarks/results/calibration-time-<tag>-<date>.json`: per run the command's wall seconds, the
-calibration's own `wall_s` (launch to the last holder stopped) and its `phase_s` (`calibrate.timed`: the cluster's
+calibration's own `wall_s` (launch to the last holder stopped) and its `phase_s` (`grid.timed`: the cluster's
 launch, the holders' prefill, the sweeps, each part of the training passes, the fits); per mode the median with
 spread and how many runs met the issue's targets (`--quick` under 30 s, the default under 120 s). The profiles
 each run wrote are kept beside (`--keep DIR`) so that `qroute validate --compare` can score them on the same runs.

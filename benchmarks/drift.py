@@ -129,7 +129,7 @@ def _faults_since(before: dict[str, int], pids: list[int]) -> dict[str, int]:
 
 def measure_blocks(instance, args) -> dict:
     """On rank 0 of the launched cluster: calibrate, then the rounds; every block's levels against the profile."""
-    from qroute.calibration import calibrate, validate
+    from qroute.calibration import calibrate, grid, validate
     from qroute.calibration.compute import dtype_name
     from qroute.cost.model import CostModel
     from qroute.cost.profile import from_dict
@@ -137,11 +137,11 @@ def measure_blocks(instance, args) -> dict:
     from qroute.runtime.control import KeepAlive
 
     world, vconfig = args["world"], args["validation"]
-    shapes = calibrate.train_shapes()
+    shapes = grid.train_shapes()
     pids = instance_pids()
     for rnd in range(args.get("warm", 0)):  # untimed: the processes' heaps grown, every shape served once
         for name in paths.names() or [paths.world_path()]:
-            calibrate.train_grid(world, shapes, lambda *_: None, seed=200 + rnd, path=name)
+            grid.train_grid(world, shapes, lambda *_: None, seed=200 + rnd, path=name)
     t0, faults = time.perf_counter(), page_faults(pids)
     cal = calibrate.measure(instance, calibrate.CalibrationConfig(vconfig.cluster, vconfig.world, progress=False,
                                                                   keep_trace=True), world)  # fmt: skip
@@ -162,7 +162,7 @@ def measure_blocks(instance, args) -> dict:
                            **block_levels(lane.executor.trace[first:], model), "faults": _faults_since(faults, pids)})  # fmt: skip
         for name in names:
             faults = page_faults(pids)
-            trace = calibrate.train_grid(world, shapes, lambda *_: alive(), seed=100 + rnd, path=name)
+            trace = grid.train_grid(world, shapes, lambda *_: alive(), seed=100 + rnd, path=name)
             blocks.append({"kind": "training", "round": rnd, "path": name, **block_levels(trace, model),
                            "faults": _faults_since(faults, pids)})  # fmt: skip
     for b in blocks:  # seconds since the calibration began

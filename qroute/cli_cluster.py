@@ -194,7 +194,8 @@ def add_calibrate(sub) -> None:
 
 
 def cmd_calibrate(args) -> None:
-    from qroute.calibration.calibrate import CalibrationConfig, quick_corpus_tokens, run_calibration
+    from qroute.calibration.calibrate import CalibrationConfig, run_calibration
+    from qroute.calibration.grid import quick_corpus_tokens
     from qroute.report import calibration as report
     from qroute.workload.corpus import CorpusSpec
 
@@ -307,7 +308,7 @@ def cmd_validate(args) -> None:
 
     device = _device(args)
     profile = args.profile or ("auto" if device else newest_profile(args.out))
-    from qroute.calibration.calibrate import TRAIN_CHUNK_BLOCKS
+    from qroute.calibration.grid import TRAIN_CHUNK_BLOCKS
     from qroute.calibration.shapes import PROBE
 
     # the speed probe's request needs a chunk of PROBE[1] blocks; calibrating first, the training grid's largest

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import socket
 
-from qroute.calibration.calibrate import QUICK_CHUNK_BLOCKS, CalibrationConfig, measure
+from qroute.calibration.calibrate import CalibrationConfig, measure
+from qroute.calibration.grid import QUICK_CHUNK_BLOCKS
 from qroute.calibration.compute import dtype_name, quick_profile
 from qroute.calibration.shapes import PROBE, shaped_request
 from qroute.cost import load_profile

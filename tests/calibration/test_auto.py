@@ -1,7 +1,7 @@
 import pytest
 
 from qroute.calibration.auto import quick_chunk_blocks
-from qroute.calibration.calibrate import QUICK_CHUNK_BLOCKS
+from qroute.calibration.grid import QUICK_CHUNK_BLOCKS
 from qroute.runtime.store import Placement
 from qroute.runtime.world import WorldSpec, build_world
 from qroute.workload.corpus import CorpusSpec

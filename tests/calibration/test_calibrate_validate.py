@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from qroute.calibration import calibrate as cal
+from qroute.calibration import grid
 from qroute.calibration.calibrate import CalibrationConfig, run_calibration
 from qroute.cost import profile as prof
 from qroute.errors import QrouteError
@@ -42,7 +43,7 @@ def test_quick_calibration_writes_a_valid_measured_profile(tmp_path):
     assert fetched[-1] >= 3.9 * fetched[-2]  # the wide fetch (4x the largest chunk) widens the in-situ line
     routed = sorted({b for (b, _), o in zip(fit["points"], fit["origins"]) if o == "route"})
     # the smallest route exchange is one step token's rows; the largest the wide batch's (3 x 24 step tokens)
-    assert routed[-1] == pytest.approx(cal.TRAIN_BATCH * cal.TRAIN_WIDE_ROUTE[0] * routed[0]) and min(cal.TRAIN_STEP_TOKENS) == 1
+    assert routed[-1] == pytest.approx(grid.TRAIN_BATCH * grid.TRAIN_WIDE_ROUTE[0] * routed[0]) and min(grid.TRAIN_STEP_TOKENS) == 1
     assert results["profile"]["paths"]["gloo-loopback"]["knots"][-1][0] == routed[-1]
     phases = results["phase_s"]  # where the time went: the start, each part of the training pass, the fits
     assert {"launch", "holders_ready", "sweeps", "warm_up", "speed_probes", "route", "fetch", "local", "fits"} <= set(phases)
@@ -64,8 +65,8 @@ def test_calibration_paths_take_turns_repeat_by_repeat(monkeypatch):
     repeat), each repeat's trace and speed probes kept under its path; a path failing in training names itself."""
     served = []
 
-    def train(world, shapes, advance, seed, path, probes, links=None, ladder=True, seconds=None, samples=cal.FULL):
-        assert samples == cal.FULL and seconds is not None
+    def train(world, shapes, advance, seed, path, probes, links=None, ladder=True, seconds=None, samples=grid.FULL):
+        assert samples == grid.FULL and seconds is not None
         served.append((path, seed))
         probes += [{"route": 1.0}, {"route": 1.0}]
         if path == "b" and seed == 2 and fail:
@@ -306,16 +307,3 @@ def test_validate_auto_builds_a_corpus_the_training_grid_fits(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["n"] == 3 and next(tmp_path.glob("profile-a-auto-*.json"))
 
-
-@pytest.mark.parametrize("holders", [1, 2, 3, 4])
-def test_the_quick_corpus_holds_the_wide_fetch_on_a_holder(holders):
-    """`calibrate --quick`'s corpus (2,048 tokens a holder: half the full one with 2 holders) still holds a wide
-    fetch's blocks on one holder, whatever the holders."""
-    from qroute.calibration.shapes import wide_request
-    from qroute.runtime.world import build_world
-
-    tokens = cal.quick_corpus_tokens(holders)
-    assert tokens == 2048 * holders
-    world = build_world(WorldSpec(corpus=CorpusSpec(max_tokens=tokens, chunk_blocks=32)), list(range(1, holders + 1)))
-    wide = wide_request(world, cal.WIDE_BLOCKS * max(cal.QUICK_CHUNK_BLOCKS), seed=1)
-    assert wide is not None and len(wide.blocks) == cal.WIDE_BLOCKS * max(cal.QUICK_CHUNK_BLOCKS)
