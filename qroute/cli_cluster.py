@@ -219,6 +219,8 @@ def cmd_calibrate(args) -> None:
     if results["flips"]:
         tables.append(report.flips_table(results))
     console.print_tables(*tables)
+    if results.get("phase_s"):
+        print(report.phase_text(results["phase_s"]))
     _wrote(files, results["wall_s"])
 
 

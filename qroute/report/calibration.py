@@ -113,6 +113,24 @@ def _compute_value(c: dict) -> str:
     return ", ".join(parts)
 
 
+START_PHASES = ("launch", "holders_ready", "sweeps")  # `phase_s` keys outside the training passes
+END_PHASES = ("fits", "stop")
+
+
+def phase_text(phase_s: dict[str, float]) -> str:
+    """Where a calibration's seconds went, one line: the start, the sweeps, the training passes (their largest parts
+    named) and the fits, from the results' `phase_s` (empty where there is none: a host-tier calibration's start)."""
+    if not phase_s:
+        return ""
+    training = {k: v for k, v in phase_s.items() if k not in START_PHASES + END_PHASES}
+    top = sorted(training, key=training.get, reverse=True)[:3]
+    names = {"holders_ready": "holders' prefill"}
+    parts = [f"{names.get(k, k)} {phase_s[k]:.1f}" for k in START_PHASES if k in phase_s]
+    parts.append(f"training {sum(training.values()):.1f} (" + ", ".join(f"{k.replace('_', ' ')} {training[k]:.1f}" for k in top) + ")")
+    parts += [f"{k} {phase_s[k]:.1f}" for k in END_PHASES if k in phase_s]
+    return "seconds: " + ", ".join(parts)
+
+
 def write_calibration(results: dict, out_dir: str | Path, tag: str | None = None) -> list[Path]:
     """`profile-<tag>-<date>.json` (the profile alone, loadable with --profile) and `calibration-<tag>-<date>.json`;
     with a raw trace in the results (`calibrate --keep-trace`), that apart in `trace-<tag>-<date>.json`."""

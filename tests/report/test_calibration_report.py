@@ -61,3 +61,14 @@ def test_the_wake_up_after_idle_and_the_first_step_after_idle_get_their_points()
     text = _text(results)
     assert "shm wake-up after idle" in text and "11 ms: 66 us, 310 ms: 570 us" in text
     assert "first step after idle 11 ms: +10%, 310 ms: +33%" in text
+
+
+def test_phase_text_names_the_start_the_training_and_its_largest_parts():
+    from qroute.report.calibration import phase_text
+
+    phases = {"launch": 2.6, "holders_ready": 2.4, "sweeps": 1.7, "warm_up": 1.8, "speed_probes": 1.0, "route": 1.3,
+              "fetch": 2.2, "batches": 2.5, "pairs": 2.0, "fits": 0.2, "stop": 0.1}  # fmt: skip
+    assert phase_text(phases) == ("seconds: launch 2.6, holders' prefill 2.4, sweeps 1.7, training 10.8 (batches 2.5, "
+                                  "fetch 2.2, pairs 2.0), fits 0.2, stop 0.1")  # fmt: skip
+    assert phase_text({"sweeps": 1.0, "route": 2.0, "fits": 0.1}) == "seconds: sweeps 1.0, training 2.0 (route 2.0), fits 0.1"
+    assert phase_text({}) == ""
