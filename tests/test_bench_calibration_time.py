@@ -23,8 +23,9 @@ def test_summary_counts_the_runs_under_each_modes_target():
 
 
 def test_bad_modes_and_a_failing_calibration_are_one_line(tmp_path):
-    assert ct.modes("quick, full") == ["quick", "full"]
-    with pytest.raises(argparse.ArgumentTypeError, match="modes 'fast': expected a comma-separated list of quick, full"):
+    assert ct.modes("quick, full,quick-shm") == ["quick", "full", "quick-shm"] and set(ct.FLAGS) == set(ct.TARGET_S)
+    assert ct.FLAGS["quick-shm"] == ["--quick", "--shm"] and ct.FLAGS["full"] == []
+    with pytest.raises(argparse.ArgumentTypeError, match="modes 'fast': expected a comma-separated list of quick, full, quick-shm"):
         ct.modes("fast")
     with pytest.raises(SystemExit, match=r"qroute calibrate \(quick\) exited with 2: .*instances"):
         ct.run_once("quick", 1, tmp_path, "t", timeout_s=120)

@@ -37,7 +37,8 @@ from qroute.calibration.compute import dtype_name
 from qroute.calibration.fit import fit_path, rel_spread, speed_spread
 from qroute.calibration.insitu import fit_path_from_trace, path_line
 from qroute.calibration.insitu_compute import fit_compute_from_trace
-from qroute.calibration.grid import FULL, QUICK, QUICK_CHUNK_BLOCKS, TRAIN_CHUNK_BLOCKS, timed, train_grid, train_shapes
+from qroute.calibration.grid import (FULL, QUICK, QUICK_CHUNK_BLOCKS, TRAIN_CHUNK_BLOCKS, path_shapes, timed, train_grid,
+                                    train_shapes)  # fmt: skip
 from qroute.calibration.sweeps import BANDWIDTH_SIZES, LATENCY_SIZES, bandwidth_sweep, latency_sweep
 from qroute.cost.model import PRIMITIVES, path_flips
 from qroute.cost.profile import Profile
@@ -142,10 +143,11 @@ def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int,
     sizes = QUICK_SIZES if config.quick else LATENCY_SIZES
     repeats = 1 if config.quick else config.repeats
     blocks = config.chunk_blocks or (QUICK_CHUNK_BLOCKS if config.quick else TRAIN_CHUNK_BLOCKS)
-    shapes = train_shapes(blocks)
+    samples = QUICK if config.quick else FULL
+    shapes = path_shapes(train_shapes(blocks), names, samples.split_paths)
     latency, bandwidth, traces, probes, seconds = {}, {}, {}, {}, {}
     with Progress(disable=not config.progress, transient=True) as bar:
-        steps = len(names) * (len(sizes) + len(BANDWIDTH_SIZES) + repeats * len(shapes) * 2)
+        steps = sum(len(sizes) + len(BANDWIDTH_SIZES) + repeats * len(shapes[name]) * 2 for name in names)
         task = bar.add_task("calibrating", total=steps)
         alive = KeepAlive.of(world, config.cluster.timeout_s)
         advance = lambda *_: (bar.advance(task), alive())  # noqa: E731
@@ -155,11 +157,11 @@ def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int,
         for name in names:
             traces[name], probes[name] = [], []
         for r in range(repeats):  # the paths take turns, repeat by repeat, each first every other repeat
-            for name in names if r % 2 == 0 else names[::-1]:
+            for j, name in enumerate(names if r % 2 == 0 else names[::-1]):
                 with _kept(config, name, latency, bandwidth):
-                    traces[name].append(train_grid(world, shapes, advance, seed=r, path=name, probes=probes[name],
-                                                   links=links, ladder=ladder, seconds=seconds,
-                                                   samples=QUICK if config.quick else FULL))  # fmt: skip
+                    traces[name].append(train_grid(world, shapes[name], advance, seed=r, path=name, probes=probes[name],
+                                                   links=links, ladder=ladder, seconds=seconds, samples=samples,
+                                                   first=j == 0))  # fmt: skip
     with timed(seconds, "fits"):
         out = _results(config, world, peer, latency, bandwidth, traces, probes, fabric or _fabric(config))
     return {**out, "phase_s": seconds}

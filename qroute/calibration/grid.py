@@ -43,12 +43,16 @@ class Samples:
     # so that each shape's median resists a stall (beta moved 18.6% between repeats on the dev VM with one)
     idle: int = 2  # requests per gap of the idle ladder and training repeat (about 1 s per path and repeat)
     warm_budget_s: float = WARM_BUDGET_S  # the warm-up's speed probes stop after this long (`shapes.warm_up`)
+    split_paths: bool = False  # several paths share out the grid's shapes (`path_shapes`) instead of each serving all
+    rewarm: bool = True  # a repeat's later paths warm the machine up again (off: one probe opens the path, no more)
 
 
 FULL = Samples()
-QUICK = Samples(probe_reps=3, fetch=2, idle=1, warm_budget_s=1.0)  # `--quick` (and `--profile auto`): about 3 s less
-# of its one pass on the dev VM with 3 instances. A warm-up on 2 cores runs its 8 probes (about 1.7 s): two in a row
-# rarely agree within 5% there; on a GPU the 8 take well under a second, so the budget cuts only the CPU's
+QUICK = Samples(probe_reps=3, fetch=2, idle=1, warm_budget_s=1.0, split_paths=True,
+                rewarm=False)  # `--quick` (and `--profile
+# auto`): about 3 s less of its one pass on the dev VM with 3 instances. A warm-up on 2 cores runs its 8 probes (about
+# 1.7 s): two in a row rarely agree within 5% there; on a GPU the 8 take well under a second, so the budget cuts only
+# the CPU's. With two paths (`--quick --shm`) each serves half the shapes: 40.6 s -> see docs/measurements.md
 IDLE_SHAPE = (2, 12)  # its step tokens and chunk blocks (a training shape)
 WIDE_BLOCKS = 4  # x the largest training chunk: one fetch that large per pass, so the in-situ line spans ~4x more bytes
 
@@ -65,6 +69,20 @@ def train_shapes(blocks: tuple[int, ...] = TRAIN_CHUNK_BLOCKS) -> list[tuple[int
     return [(k, n) for k in TRAIN_STEP_TOKENS for n in blocks]
 
 
+def path_shapes(shapes: list[tuple[int, int]], names: list[str], split: bool) -> dict[str, list[tuple[int, int]]]:
+    """The training shapes each path in `names` serves: all of them, or with `split` a share of them (shape
+    (k_i, n_j) of the grid to path (i + j) mod paths, a diagonal pattern). A path's share still holds every step-token
+    count and every chunk size, so each path's route exchanges and fetches span the sizes a full pass gives it (route
+    bytes follow the step tokens, fetch bytes the chunk); the compute constants, fitted over every path's trace
+    together, still see every shape. Where there are more paths than step-token counts or chunk sizes, a share could
+    not hold them all: every path serves every shape."""
+    ks, ns = sorted({k for k, _ in shapes}), sorted({n for _, n in shapes})
+    if not split or len(names) < 2 or len(names) > min(len(ks), len(ns)):
+        return {name: list(shapes) for name in names}
+    share = lambda shape: (ks.index(shape[0]) + ns.index(shape[1])) % len(names)  # noqa: E731
+    return {name: [shape for shape in shapes if share(shape) == p] for p, name in enumerate(names)}
+
+
 @contextmanager
 def timed(seconds: dict | None, phase: str):
     """Add the wall seconds of the block to `seconds[phase]` (nothing where `seconds` is None): where a calibration
@@ -78,20 +96,20 @@ def timed(seconds: dict | None, phase: str):
 
 
 def train_grid(world, shapes, advance, seed: int, path: str, probes: list | None = None, links: dict | None = None,
-               ladder: bool = True, seconds: dict | None = None, samples: Samples = FULL) -> list[dict]:  # fmt: skip
+               ladder: bool = True, seconds: dict | None = None, samples: Samples = FULL, first: bool = True) -> list[dict]:  # fmt: skip
     """Serve the training grid on `path`, the executor's trace: per shape every primitive forced on one holder, a
     scattered fetch (every other block: the gather), for some shapes a batch of `TRAIN_BATCH` requests routed to one
     holder together (their rows in one message: `group_s`) and the same batch fetched (the requester's batched attention
     over moved KV and merges: their `group_s`), and with two holders or more a batch of two requests routed to
     two holders at once (the parallel exchange) and, for some shapes, a fetch from two holders at once; then a batch of
     `TRAIN_WIDE_ROUTE` routed (the largest route exchange), the idle ladder (`idle_ladder`, unless `ladder` is off)
-    and a fetch `WIDE_BLOCKS` times the largest shape's blocks (`wide_request`), `samples.fetch` times."""
+    and a fetch `WIDE_BLOCKS` times the largest shape's blocks (`wide_request`), `samples.fetch` times; after
+    `warm_pass` (its repeat's `first` pass or not)."""
     executor = forced_executor(world, links=links)
     executor.force_path = path
     largest = max(n for _, n in shapes)  # its first re-prefill allocates: 0.57 s, then 0.25 s (dev VM, 480 tokens)
     with timed(seconds, "warm_up"):
-        warm_up(executor, world, budget_s=samples.warm_budget_s)
-        serve(executor, shaped_request(world, 1, TRAIN_LOCAL_STEP_TOKENS[0], largest, 1, seed=999 + seed), "local")
+        warm_pass(executor, world, samples, first, largest, seed)
     executor.trace.clear()  # the warm-up's records are no measurement
     if probes is not None:
         with timed(seconds, "speed_probes"):
@@ -136,6 +154,17 @@ def train_grid(world, shapes, advance, seed: int, path: str, probes: list | None
         with timed(seconds, "speed_probes"):
             probes.append(speed_probe(executor, world, reps=samples.probe_reps))
     return [r for r in executor.trace if r.get("kind") not in ("route", "fetch") or r.get("path") == path]
+
+
+def warm_pass(executor, world, samples: Samples, first: bool, largest: int, seed: int) -> None:
+    """Before a training pass: speed probes until the machine runs steady (`shapes.warm_up`, `samples.warm_budget_s`)
+    and one re-prefill of `largest` blocks, whose first allocates; or, for a pass that is not its repeat's `first`
+    where `samples` do not `rewarm`, one speed probe (the path's first exchanges), the machine warm from the pass
+    before it."""
+    rewarm = first or samples.rewarm
+    warm_up(executor, world, budget_s=samples.warm_budget_s if rewarm else 0.0)
+    if rewarm:
+        serve(executor, shaped_request(world, 1, TRAIN_LOCAL_STEP_TOKENS[0], largest, 1, seed=999 + seed), "local")
 
 
 def idle_ladder(executor, world, request, gaps=IDLE_GAPS, samples: int = FULL.idle) -> None:

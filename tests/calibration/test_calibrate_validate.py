@@ -65,9 +65,12 @@ def test_calibration_paths_take_turns_repeat_by_repeat(monkeypatch):
     repeat), each repeat's trace and speed probes kept under its path; a path failing in training names itself."""
     served = []
 
-    def train(world, shapes, advance, seed, path, probes, links=None, ladder=True, seconds=None, samples=grid.FULL):
-        assert samples == grid.FULL and seconds is not None
+    def train(world, shapes, advance, seed, path, probes, links=None, ladder=True, seconds=None, samples=grid.FULL,
+              first=True):
+        assert samples == (grid.QUICK if config.quick else grid.FULL) and seconds is not None
         served.append((path, seed))
+        shares.setdefault(path, shapes)
+        firsts.append(first)
         probes += [{"route": 1.0}, {"route": 1.0}]
         if path == "b" and seed == 2 and fail:
             raise ConnectionError("peer closed")
@@ -77,7 +80,7 @@ def test_calibration_paths_take_turns_repeat_by_repeat(monkeypatch):
     monkeypatch.setattr(cal, "_results", lambda config, world, peer, latency, bandwidth, traces, probes, fabric:
                         {"traces": traces, "probes": probes})  # fmt: skip
     monkeypatch.setattr(cal.KeepAlive, "of", classmethod(lambda cls, world, timeout_s: lambda *_: None))
-    swept = []
+    swept, shares, firsts = [], {}, []
     config = CalibrationConfig(ClusterSpec(3), SMALL, repeats=3, progress=False)
     fail = False
     out = cal.measure_paths(config, None, ["a", "b"], 1, lambda name, *_: swept.append((name, len(served))))
@@ -85,10 +88,16 @@ def test_calibration_paths_take_turns_repeat_by_repeat(monkeypatch):
     assert {"sweeps", "fits"} <= set(out["phase_s"])
     assert swept == [("a", 0), ("b", 0)]
     assert served == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2)]
+    assert firsts == [True, False] * 3  # each repeat's first pass warms the machine up
+    assert shares["a"] == shares["b"] == grid.train_shapes()  # the full calibration: every path serves every shape
     assert [r["seed"] for t in traces["b"] for r in t] == [0, 1, 2] and len(probes["a"]) == 6
-    fail, served[:] = True, []
+    full, config, served[:], shares = config, replace(config, quick=True), [], {}  # --quick: one repeat, the paths
+    cal.measure_paths(config, None, ["a", "b"], 1, lambda *_: None)  # share out the grid
+    assert served == [("a", 0), ("b", 0)] and shares == grid.path_shapes(grid.train_shapes(grid.QUICK_CHUNK_BLOCKS), ["a", "b"], True)
+    assert len(shares["a"]) == len(grid.train_shapes(grid.QUICK_CHUNK_BLOCKS)) // 2
+    fail, served[:], config = True, [], full
     with pytest.raises(QrouteError, match="path 'b' failed mid-sweep \\(ConnectionError: peer closed\\)"):
-        cal.measure_paths(replace(config, partial=os.devnull), None, ["a", "b"], 1, lambda *_: None)
+        cal.measure_paths(replace(full, partial=os.devnull), None, ["a", "b"], 1, lambda *_: None)
 
 
 def test_unreachable_peer_under_torchrun_is_one_line(tmp_path):
@@ -307,3 +316,22 @@ def test_validate_auto_builds_a_corpus_the_training_grid_fits(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["n"] == 3 and next(tmp_path.glob("profile-a-auto-*.json"))
 
+
+
+def test_quick_calibration_over_two_paths_fits_each_on_its_share():
+    """`--quick --shm`: the two paths share out the training grid (`grid.path_shapes`), and each still gets its line
+    through route exchanges of every step-token count and fetches of every chunk size."""
+    results = run_calibration(CalibrationConfig(ClusterSpec(2, timeout_s=60.0, shm=True), SMALL, quick=True, progress=False))
+    p = prof.from_dict(results["profile"], "calibration")
+    assert set(results["profile"]["paths"]) == {"gloo-loopback", "shm"}
+    sizes = {}
+    for name in ("gloo-loopback", "shm"):
+        assert 1e-6 < p.path(name).alpha_s < 0.1 and p.path(name).beta_Bps > 1e6
+        fit = results["profile"]["fits"]["path"][name][0]
+        routed = {b for (b, _), o in zip(fit["points"], fit["origins"]) if o == "route"}
+        own = fit.get("fetch")
+        fetched = {b for b, _ in own["points"]} if own else {b for (b, _), o in zip(fit["points"], fit["origins"]) if o == "fetch"}
+        sizes[name] = (routed, fetched)
+        assert len(routed) >= len(grid.TRAIN_STEP_TOKENS) and len(fetched) >= len(grid.QUICK_CHUNK_BLOCKS) + 1
+    (route_a, fetch_a), (route_b, fetch_b) = sizes.values()  # the same exchange sizes from different shapes (the
+    assert route_a == route_b and len(fetch_a & fetch_b) >= len(grid.QUICK_CHUNK_BLOCKS) + 1  # scattered: per fit)
