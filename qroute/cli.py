@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from qroute import cli_agents, cli_cluster, cli_sim, queries
@@ -15,6 +16,7 @@ from qroute.cli_args import fraction, int_any, int_at_least, int_list, names, no
 from qroute.cost import CostModel, builtin_names, load_profile
 from qroute.errors import QrouteError
 from qroute.report import console
+from qroute.runtime import forks
 
 EPILOG_PLAN = """\
 Rows are the query rows (tokens x heads) of one decode step at one layer; with MLA one row
@@ -159,7 +161,20 @@ COMMANDS = {
 }  # fmt: skip
 
 
+LAUNCHING = ("demo", "calibrate", "validate", "bench-agents")  # commands that launch a cluster of instances
+
+
+def launches(argv: list[str]) -> bool:
+    """Whether the command line `argv` will fork instances from the launcher's forkserver: a cluster command, not
+    asking for help, not on the host-memory tier (one process), not under torchrun (which started the instances).
+    Read from the raw words, before the parser is built: building it imports torch."""
+    return (bool(argv) and argv[0] in LAUNCHING and not {"-h", "--help", "--host-tier"} & set(argv)
+            and "RANK" not in os.environ)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
+    if launches(sys.argv[1:] if argv is None else argv):
+        forks.start()  # it imports torch while this process does (see `runtime.forks`)
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)

@@ -137,3 +137,28 @@ def test_help_explains_itself():
     assert r.returncode == 0
     for flag in ("--rows", "--chunk-tokens", "--holders", "--layers", "--sparse", "--offset", "--reuse-steps", "--json"):
         assert flag in r.stdout
+
+
+def test_cluster_commands_start_the_forkserver_before_building_the_parser(monkeypatch):
+    """The commands that launch instances start the launcher's forkserver before they import torch (building the
+    parser does: its import then runs beside theirs); the others, help, the host tier and torchrun jobs do not."""
+    from qroute import cli
+
+    started = []
+    monkeypatch.setattr(cli.forks, "start", lambda: started.append("torch" in sys.modules))
+    monkeypatch.delenv("RANK", raising=False)
+    assert [cli.launches(a.split()) for a in ("calibrate --quick", "validate", "demo --shm", "bench-agents")] == [True] * 4
+    for words in ("calibrate --host-tier", "models", "demo --help", "validate -h", "plan --rows 1", ""):
+        assert not cli.launches(words.split()), words
+    monkeypatch.setenv("RANK", "0")
+    assert not cli.launches(["demo"])
+    monkeypatch.delenv("RANK")
+    assert main(["calibrate", "--quick", "--model", "no-such-model"]) == 2 and len(started) == 1  # still one line
+    assert main(["models", "--json"]) == 0 and len(started) == 1
+
+
+def test_the_cli_imports_no_torch_before_it_parses():
+    """`qroute.cli` and `runtime.forks` import no torch: the early forkserver's import runs beside the command's."""
+    code = "import sys, qroute.cli, qroute.runtime.forks; print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr

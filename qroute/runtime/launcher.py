@@ -36,10 +36,10 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+import torch.multiprocessing  # noqa: F401 - torch's reductions for what the results queue carries
 
 from qroute.errors import QrouteError, positive_int
-from qroute.runtime import heap
+from qroute.runtime import forks, heap
 
 PR_SET_PDEATHSIG = 1
 
@@ -272,8 +272,7 @@ def _spawn(spec: ClusterSpec, fn: Callable[..., Any], args: tuple, endpoints: li
                           "one GPU per instance (NCCL refuses two ranks on one GPU)")  # fmt: skip
     host = "0.0.0.0" if spec.links else spec.host  # with a fabric, instances reach the store over control links
     store = dist.TCPStore(host, 0, spec.world_size + 1, True, timeout=_timeout(spec), wait_for_workers=False)
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "torch.distributed", "qroute.runtime.launcher"])
+    ctx = forks.context()  # started early by a cluster command (`forks.start`), else now
     results: Any = ctx.Queue()
     procs = [
         ctx.Process(target=_child, args=(rank, spec, store.port, fn, args, results, os.getpid(), endpoints[rank]),
