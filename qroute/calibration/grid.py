@@ -5,7 +5,8 @@ rows x chunk sizes (`TRAIN_*`; `--quick`: `QUICK_CHUNK_BLOCKS`, on a corpus of `
 fetches, batches of requests routed to one holder together and fetched, pairs routed to two holders at once, the
 widest route batch, the idle ladder and one wide fetch, between speed probes; its trace is what every constant is
 fitted to (`insitu`, `insitu_parallel`, `insitu_compute`). `Samples` says how many times each part is served
-(`FULL`, `QUICK`); `timed` adds up where the seconds went (the results' `phase_s`).
+(`FULL`, `QUICK`) and whether several paths share out the shapes (`path_shapes`); `timed` adds up where the seconds
+went (the results' `phase_s`).
 """
 
 from __future__ import annotations
@@ -48,11 +49,11 @@ class Samples:
 
 
 FULL = Samples()
-QUICK = Samples(probe_reps=3, fetch=2, idle=1, warm_budget_s=1.0, split_paths=True,
-                rewarm=False)  # `--quick` (and `--profile
-# auto`): about 3 s less of its one pass on the dev VM with 3 instances. A warm-up on 2 cores runs its 8 probes (about
-# 1.7 s): two in a row rarely agree within 5% there; on a GPU the 8 take well under a second, so the budget cuts only
-# the CPU's. With two paths (`--quick --shm`) each serves half the shapes: 40.6 s -> see docs/measurements.md
+QUICK = Samples(probe_reps=3, fetch=2, idle=1, warm_budget_s=1.0, split_paths=True, rewarm=False)
+# `--quick` (and `--profile auto`): about 3 s less of its one pass on the dev VM with 3 instances. A warm-up on 2 cores
+# runs its 8 probes (about 1.7 s): two in a row rarely agree within 5% there; on a GPU the 8 take well under a second,
+# so the budget cuts only the CPU's. Two paths (`--quick --shm`) share out the shapes and warm up once: 39-48 s ->
+# 25-29 s on the dev VM (docs/measurements.md)
 IDLE_SHAPE = (2, 12)  # its step tokens and chunk blocks (a training shape)
 WIDE_BLOCKS = 4  # x the largest training chunk: one fetch that large per pass, so the in-situ line spans ~4x more bytes
 
@@ -96,7 +97,8 @@ def timed(seconds: dict | None, phase: str):
 
 
 def train_grid(world, shapes, advance, seed: int, path: str, probes: list | None = None, links: dict | None = None,
-               ladder: bool = True, seconds: dict | None = None, samples: Samples = FULL, first: bool = True) -> list[dict]:  # fmt: skip
+               ladder: bool = True, seconds: dict | None = None, samples: Samples = FULL,
+               first: bool = True) -> list[dict]:  # fmt: skip
     """Serve the training grid on `path`, the executor's trace: per shape every primitive forced on one holder, a
     scattered fetch (every other block: the gather), for some shapes a batch of `TRAIN_BATCH` requests routed to one
     holder together (their rows in one message: `group_s`) and the same batch fetched (the requester's batched attention
