@@ -10,7 +10,9 @@ from qroute.runtime.launcher import ClusterSpec, launch
 def wait_forever(instance, folder):
     import os
 
-    Path(folder, f"{instance.rank}.pid").write_text(str(os.getpid()))
+    tmp = Path(folder, f"{instance.rank}.tmp")  # then renamed: the test never reads a file created but not written
+    tmp.write_text(str(os.getpid()))
+    os.replace(tmp, Path(folder, f"{instance.rank}.pid"))
     while True:
         time.sleep(0.1)
 
