@@ -7,7 +7,8 @@ Rank 0 measures; the other instances hold blocks and serve (the runtime's holder
    forced (rows x chunk sizes; none of them a validation shape), plus scattered fetches,
    one fetch 4x the largest chunk (so the line spans wide enough to fix beta) and, with two
    holders or more, pairs of requests routed to two holders at once,
-   `--repeats` times, and fits every constant to the executor's trace: alpha and beta of
+   `--repeats` times (several paths share the shapes out, the shares rotating repeat by
+   repeat, unless `--every-shape`), and fits every constant to the executor's trace: alpha and beta of
    the path (with a small-message regime where one line misses) from the route and fetch
    exchanges, the holder's wake-up (`cold_s`: a request's first step against later ones;
    how it grows with the holder's idle time from route requests after 10-300 ms idle),
@@ -26,7 +27,7 @@ import platform
 import socket
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ from qroute.calibration.compute import dtype_name
 from qroute.calibration.fit import fit_path, rel_spread, speed_spread
 from qroute.calibration.insitu import fit_path_from_trace, path_line
 from qroute.calibration.insitu_compute import fit_compute_from_trace
-from qroute.calibration.grid import (FULL, QUICK, QUICK_CHUNK_BLOCKS, TRAIN_CHUNK_BLOCKS, path_shapes, timed, train_grid,
+from qroute.calibration.grid import (EVERY_SHAPE, FULL, QUICK, QUICK_CHUNK_BLOCKS, TRAIN_CHUNK_BLOCKS, timed, train_grid,
                                     train_shapes)  # fmt: skip
 from qroute.calibration.sweeps import BANDWIDTH_SIZES, LATENCY_SIZES, bandwidth_sweep, latency_sweep
 from qroute.cost.model import PRIMITIVES, path_flips
@@ -66,6 +67,7 @@ class CalibrationConfig:
     device: str | None = None  # the host tier on this device ("auto", "cpu", "cuda"), instead of a launched cluster
     keep_trace: bool = False  # the results carry the raw trace (`trace`: per path, per training run, its records)
     chunk_blocks: tuple[int, ...] | None = None  # the training grid's chunk sizes (None: QUICK_ or TRAIN_CHUNK_BLOCKS)
+    every_shape: bool = False  # every path serves every training shape in every repeat, each warming up (`--every-shape`)
 
     def __post_init__(self) -> None:
         positive_int("repeats", self.repeats)
@@ -143,11 +145,11 @@ def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int,
     sizes = QUICK_SIZES if config.quick else LATENCY_SIZES
     repeats = 1 if config.quick else config.repeats
     blocks = config.chunk_blocks or (QUICK_CHUNK_BLOCKS if config.quick else TRAIN_CHUNK_BLOCKS)
-    samples = QUICK if config.quick else FULL
-    shapes = path_shapes(train_shapes(blocks), names, samples.split_paths)
+    samples = replace(QUICK if config.quick else FULL, **(EVERY_SHAPE if config.every_shape else {}))
+    shapes = [samples.shares(train_shapes(blocks), names, r) for r in range(repeats)]
     latency, bandwidth, traces, probes, seconds = {}, {}, {}, {}, {}
     with Progress(disable=not config.progress, transient=True) as bar:
-        steps = sum(len(sizes) + len(BANDWIDTH_SIZES) + repeats * len(shapes[name]) * 2 for name in names)
+        steps = sum(len(sizes) + len(BANDWIDTH_SIZES) + sum(len(share[name]) * 2 for share in shapes) for name in names)
         task = bar.add_task("calibrating", total=steps)
         alive = KeepAlive.of(world, config.cluster.timeout_s)
         advance = lambda *_: (bar.advance(task), alive())  # noqa: E731
@@ -159,7 +161,7 @@ def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int,
         for r in range(repeats):  # the paths take turns, repeat by repeat, each first every other repeat
             for j, name in enumerate(names if r % 2 == 0 else names[::-1]):
                 with _kept(config, name, latency, bandwidth):
-                    traces[name].append(train_grid(world, shapes[name], advance, seed=r, path=name, probes=probes[name],
+                    traces[name].append(train_grid(world, shapes[r][name], advance, seed=r, path=name, probes=probes[name],
                                                    links=links, ladder=ladder, seconds=seconds, samples=samples,
                                                    first=j == 0))  # fmt: skip
     with timed(seconds, "fits"):

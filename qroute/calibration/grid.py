@@ -39,16 +39,28 @@ IDLE_GAPS = (0.01, 0.03, 0.1, 0.3)  # seconds the holders sit idle before a rout
 class Samples:
     """How many times a training pass serves what it times."""
 
-    probe_reps: int = 7  # runs per primitive of each speed probe, median taken (a second or so per path on 2 cores)
+    probe_reps: int = 5  # runs per primitive of each speed probe, median taken (under a second per probe on 2 cores;
+    # 7 until 2026-11-28: two paths' 12 probes took 15 s of the default calibration's 2 minutes)
     fetch: int = 3  # a request makes one fetch record but steps x layers route records: fetches are served 3 times,
     # so that each shape's median resists a stall (beta moved 18.6% between repeats on the dev VM with one)
     idle: int = 2  # requests per gap of the idle ladder and training repeat (about 1 s per path and repeat)
     warm_budget_s: float = WARM_BUDGET_S  # the warm-up's speed probes stop after this long (`shapes.warm_up`)
     split_paths: bool = False  # several paths share out the grid's shapes (`path_shapes`) instead of each serving all
+    rotate: bool = False  # with `split_paths`, the shares move on by one path each repeat: over the repeats every path
+    # serves every shape (with 2 paths and 3 repeats each shape 1 or 2 times on a path, against 3 unsplit)
     rewarm: bool = True  # a repeat's later paths warm the machine up again (off: one probe opens the path, no more)
 
+    def shares(self, shapes: list[tuple[int, int]], names: list[str], repeat: int) -> dict[str, list[tuple[int, int]]]:
+        """The shapes each path in `names` serves in training repeat `repeat` (`path_shapes`)."""
+        return path_shapes(shapes, names, self.split_paths, turn=repeat if self.rotate else 0)
 
-FULL = Samples()
+
+FULL = Samples(split_paths=True, rotate=True, rewarm=False)
+# Two paths (`calibrate --shm`) share out the shapes repeat by repeat, the shares rotating, and only each repeat's first
+# pass warms up: 158.7-178.8 s with every shape on every path on the dev VM (3 instances; over the 2 minutes),
+# 101.7-120.4 s shared, against 88.4-98.7 s for one path in turns (docs/measurements.md). `--every-shape` (the config's
+# `every_shape`) sets the three flags back.
+EVERY_SHAPE = dict(split_paths=False, rotate=False, rewarm=True)
 QUICK = Samples(probe_reps=3, fetch=2, idle=1, warm_budget_s=1.0, split_paths=True, rewarm=False)
 # `--quick` (and `--profile auto`): about 3 s less of its one pass on the dev VM with 3 instances. A warm-up on 2 cores
 # runs its 8 probes (about 1.7 s): two in a row rarely agree within 5% there; on a GPU the 8 take well under a second,
@@ -70,9 +82,11 @@ def train_shapes(blocks: tuple[int, ...] = TRAIN_CHUNK_BLOCKS) -> list[tuple[int
     return [(k, n) for k in TRAIN_STEP_TOKENS for n in blocks]
 
 
-def path_shapes(shapes: list[tuple[int, int]], names: list[str], split: bool) -> dict[str, list[tuple[int, int]]]:
+def path_shapes(shapes: list[tuple[int, int]], names: list[str], split: bool,
+                turn: int = 0) -> dict[str, list[tuple[int, int]]]:  # fmt: skip
     """The training shapes each path in `names` serves: all of them, or with `split` a share of them (shape
-    (k_i, n_j) of the grid to path (i + j) mod paths, a diagonal pattern). A path's share still holds every step-token
+    (k_i, n_j) of the grid to path (i + j + turn) mod paths, a diagonal pattern; `turn`, the training repeat where the
+    shares rotate, moves each share on to the next path). A path's share still holds every step-token
     count and every chunk size, so each path's route exchanges and fetches span the sizes a full pass gives it (route
     bytes follow the step tokens, fetch bytes the chunk); the compute constants, fitted over every path's trace
     together, still see every shape. Where there are more paths than step-token counts or chunk sizes, a share could
@@ -80,7 +94,7 @@ def path_shapes(shapes: list[tuple[int, int]], names: list[str], split: bool) ->
     ks, ns = sorted({k for k, _ in shapes}), sorted({n for _, n in shapes})
     if not split or len(names) < 2 or len(names) > min(len(ks), len(ns)):
         return {name: list(shapes) for name in names}
-    share = lambda shape: (ks.index(shape[0]) + ns.index(shape[1])) % len(names)  # noqa: E731
+    share = lambda shape: (ks.index(shape[0]) + ns.index(shape[1]) + turn) % len(names)  # noqa: E731
     return {name: [shape for shape in shapes if share(shape) == p] for p, name in enumerate(names)}
 
 

@@ -67,9 +67,11 @@ def test_calibration_paths_take_turns_repeat_by_repeat(monkeypatch):
 
     def train(world, shapes, advance, seed, path, probes, links=None, ladder=True, seconds=None, samples=grid.FULL,
               first=True):
-        assert samples == (grid.QUICK if config.quick else grid.FULL) and seconds is not None
+        expected = grid.QUICK if config.quick else grid.FULL
+        assert samples == (replace(expected, **grid.EVERY_SHAPE) if config.every_shape else expected) and seconds is not None
         served.append((path, seed))
         shares.setdefault(path, shapes)
+        by_repeat[path, seed] = shapes
         firsts.append(first)
         probes += [{"route": 1.0}, {"route": 1.0}]
         if path == "b" and seed == 2 and fail:
@@ -80,7 +82,7 @@ def test_calibration_paths_take_turns_repeat_by_repeat(monkeypatch):
     monkeypatch.setattr(cal, "_results", lambda config, world, peer, latency, bandwidth, traces, probes, fabric:
                         {"traces": traces, "probes": probes})  # fmt: skip
     monkeypatch.setattr(cal.KeepAlive, "of", classmethod(lambda cls, world, timeout_s: lambda *_: None))
-    swept, shares, firsts = [], {}, []
+    swept, shares, firsts, by_repeat = [], {}, [], {}
     config = CalibrationConfig(ClusterSpec(3), SMALL, repeats=3, progress=False)
     fail = False
     out = cal.measure_paths(config, None, ["a", "b"], 1, lambda name, *_: swept.append((name, len(served))))
@@ -89,8 +91,16 @@ def test_calibration_paths_take_turns_repeat_by_repeat(monkeypatch):
     assert swept == [("a", 0), ("b", 0)]
     assert served == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2)]
     assert firsts == [True, False] * 3  # each repeat's first pass warms the machine up
-    assert shares["a"] == shares["b"] == grid.train_shapes()  # the full calibration: every path serves every shape
+    every = grid.train_shapes()  # the full calibration: each repeat the paths share the shapes out, the shares rotating
+    for r in range(3):
+        assert sorted(by_repeat["a", r] + by_repeat["b", r]) == sorted(every) and not set(by_repeat["a", r]) & set(by_repeat["b", r])
+    assert by_repeat["a", 0] == by_repeat["b", 1] == by_repeat["a", 2] and by_repeat["b", 0] == by_repeat["a", 1]
     assert [r["seed"] for t in traces["b"] for r in t] == [0, 1, 2] and len(probes["a"]) == 6
+    served[:], by_repeat = [], {}  # --every-shape: every path serves every shape in every repeat
+    config = replace(config, every_shape=True)
+    cal.measure_paths(config, None, ["a", "b"], 1, lambda *_: None)
+    assert len(served) == 6 and all(shapes == every for shapes in by_repeat.values())
+    config = replace(config, every_shape=False)
     full, config, served[:], shares = config, replace(config, quick=True), [], {}  # --quick: one repeat, the paths
     cal.measure_paths(config, None, ["a", "b"], 1, lambda *_: None)  # share out the grid
     assert served == [("a", 0), ("b", 0)] and shares == grid.path_shapes(grid.train_shapes(grid.QUICK_CHUNK_BLOCKS), ["a", "b"], True)
@@ -98,6 +108,18 @@ def test_calibration_paths_take_turns_repeat_by_repeat(monkeypatch):
     fail, served[:], config = True, [], full
     with pytest.raises(QrouteError, match="path 'b' failed mid-sweep \\(ConnectionError: peer closed\\)"):
         cal.measure_paths(replace(full, partial=os.devnull), None, ["a", "b"], 1, lambda *_: None)
+
+
+@pytest.mark.parametrize("flags, every", [((), False), (("--every-shape",), True)])
+def test_every_shape_flag_reaches_the_calibration(monkeypatch, tmp_path, flags, every):
+    """`qroute calibrate --every-shape` sets `CalibrationConfig.every_shape` (the paths then serve every shape)."""
+    from qroute import cli
+
+    seen = []
+    monkeypatch.setattr(cli.forks, "start", lambda: None)
+    monkeypatch.setattr(cal, "run_calibration", lambda config: seen.append(config) or {"rank": 1})
+    assert cli.main(["calibrate", "--shm", *flags, "--out", str(tmp_path)]) == 0
+    assert [c.every_shape for c in seen] == [every]
 
 
 def test_unreachable_peer_under_torchrun_is_one_line(tmp_path):

@@ -36,6 +36,24 @@ def test_paths_share_out_the_grid_each_share_spanning_every_size(blocks, paths):
     assert all(share == shapes for share in grid.path_shapes(shapes, names, split=False).values())
 
 
+@pytest.mark.parametrize("paths", [2, 3])
+def test_rotating_shares_give_every_path_every_shape_over_the_repeats(paths):
+    """The default calibration's shares rotate (`Samples.rotate`): each repeat's shares make up the grid, a share
+    moves on to the next path each repeat, and over `paths` repeats every path has served every shape once; without
+    `rotate` (`--quick`'s one repeat) the shares stay put."""
+    shapes, names = grid.train_shapes(), [f"p{i}" for i in range(paths)]
+    repeats = [grid.FULL.shares(shapes, names, r) for r in range(paths)]
+    for shares in repeats:
+        assert sorted(s for share in shares.values() for s in share) == sorted(shapes)
+    for r in range(1, paths):
+        assert all(repeats[r][names[(p + 1) % paths]] == repeats[r - 1][names[p]] for p in range(paths))
+    for name in names:
+        assert sorted(s for shares in repeats for s in shares[name]) == sorted(shapes)
+    assert grid.QUICK.shares(shapes, names, 1) == grid.QUICK.shares(shapes, names, 0)
+    one = grid.FULL.shares(shapes, ["p0"], 2)  # one path serves every shape every repeat
+    assert one == {"p0": shapes}
+
+
 def test_more_paths_than_sizes_each_serve_every_shape():
     """A share could not span every size with more paths than chunk sizes: every path then serves every shape."""
     shapes = grid.train_shapes((2, 14))
