@@ -22,9 +22,9 @@ from pathlib import Path
 
 from benchmarks.common import summary, write_result
 
-TARGET_S = {"quick": 30.0, "full": 120.0, "quick-shm": 30.0, "full-shm": 120.0, "full-shm-every": 120.0}  # issue 4: `--quick` under 30 s, the
-# default under 2 minutes, on 2 cores; `-shm`: with `--shm` (two paths, gloo and shared memory); `-every`: with
-# `--every-shape` (every path serves every shape)
+# issue 4: `--quick` under 30 s, the default under 2 minutes, on 2 cores; `-shm`: with `--shm` (two paths, gloo and
+# shared memory); `-every`: with `--every-shape` (every path serves every shape)
+TARGET_S = {"quick": 30.0, "full": 120.0, "quick-shm": 30.0, "full-shm": 120.0, "full-shm-every": 120.0}
 FLAGS = {"quick": ["--quick"], "full": [], "quick-shm": ["--quick", "--shm"], "full-shm": ["--shm"],
          "full-shm-every": ["--shm", "--every-shape"]}
 
