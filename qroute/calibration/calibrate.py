@@ -166,6 +166,9 @@ def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int,
                                                    first=j == 0))  # fmt: skip
     with timed(seconds, "fits"):
         out = _results(config, world, peer, latency, bandwidth, traces, probes, fabric or _fabric(config))
+    every = len(train_shapes(blocks))
+    for name, spread_ in out.get("spread", {}).items():  # each repeat on a share: its spread mixes shapes with repeats
+        spread_["shares"] = any(len(share[name]) < every for share in shapes)
     return {**out, "phase_s": seconds}
 
 

@@ -61,7 +61,8 @@ def fit_table(results: dict) -> Table:
                   f"{_stalls(path, '_multi')} of {fmt_s(path.get('stall_s_multi', 0))}", "", "")  # fmt: skip
         sp = results["spread"][name]
         if sp["repeats"] > 1:
-            t.add_row(f"{name} repeat spread ({sp['repeats']} runs)", f"alpha {sp['alpha_rel_spread']:.1%}, beta {sp['beta_rel_spread']:.1%}, predicted exchange "
+            shares = ", each on a share of the shapes" if sp.get("shares") else ""
+            t.add_row(f"{name} repeat spread ({sp['repeats']} runs{shares})", f"alpha {sp['alpha_rel_spread']:.1%}, beta {sp['beta_rel_spread']:.1%}, predicted exchange "
                       f"{sp.get('time_rel_spread', 0):.1%}" + (f" ({sp['time_rel_spread_at_speed']:.1%} at one speed)"
                       if sp.get("time_rel_spread_at_speed") is not None else ""), "", "")
         if sp.get("speed_rel_spread") is not None:

@@ -80,7 +80,7 @@ def test_calibration_paths_take_turns_repeat_by_repeat(monkeypatch):
 
     monkeypatch.setattr(cal, "train_grid", train)
     monkeypatch.setattr(cal, "_results", lambda config, world, peer, latency, bandwidth, traces, probes, fabric:
-                        {"traces": traces, "probes": probes})  # fmt: skip
+                        {"traces": traces, "probes": probes, "spread": {n: {} for n in traces}})  # fmt: skip
     monkeypatch.setattr(cal.KeepAlive, "of", classmethod(lambda cls, world, timeout_s: lambda *_: None))
     swept, shares, firsts, by_repeat = [], {}, [], {}
     config = CalibrationConfig(ClusterSpec(3), SMALL, repeats=3, progress=False)
@@ -96,10 +96,12 @@ def test_calibration_paths_take_turns_repeat_by_repeat(monkeypatch):
         assert sorted(by_repeat["a", r] + by_repeat["b", r]) == sorted(every) and not set(by_repeat["a", r]) & set(by_repeat["b", r])
     assert by_repeat["a", 0] == by_repeat["b", 1] == by_repeat["a", 2] and by_repeat["b", 0] == by_repeat["a", 1]
     assert [r["seed"] for t in traces["b"] for r in t] == [0, 1, 2] and len(probes["a"]) == 6
+    assert out["spread"] == {"a": {"shares": True}, "b": {"shares": True}}  # its repeat spread mixes shapes with repeats
     served[:], by_repeat = [], {}  # --every-shape: every path serves every shape in every repeat
     config = replace(config, every_shape=True)
-    cal.measure_paths(config, None, ["a", "b"], 1, lambda *_: None)
+    out = cal.measure_paths(config, None, ["a", "b"], 1, lambda *_: None)
     assert len(served) == 6 and all(shapes == every for shapes in by_repeat.values())
+    assert out["spread"] == {"a": {"shares": False}, "b": {"shares": False}}
     config = replace(config, every_shape=False)
     full, config, served[:], shares = config, replace(config, quick=True), [], {}  # --quick: one repeat, the paths
     cal.measure_paths(config, None, ["a", "b"], 1, lambda *_: None)  # share out the grid

@@ -43,6 +43,13 @@ def test_the_repeat_spread_row_adds_the_spread_at_one_speed_where_measured():
     assert "predicted exchange 5.0% (2.1% at one speed)" in _text(results)
 
 
+def test_the_repeat_spread_row_says_where_each_repeat_served_a_share_of_the_shapes():
+    assert "shm repeat spread (3 runs)" in _text(_results(0.05))
+    results = _results(0.05)
+    results["spread"]["shm"]["shares"] = True
+    assert "shm repeat spread (3 runs, each on a share of the shapes)" in _text(results)
+
+
 def test_a_fetch_rate_of_its_own_gets_a_row():
     assert "fetch rate" not in _text(_results(0.05))
     results = _results(0.05)
