@@ -182,7 +182,7 @@ def add_calibrate(sub) -> None:
     p = sub.add_parser("calibrate", help="measure this cluster's constants (paths and compute) and write a profile",
                        description=calibrate.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--instances", type=int_at_least(2), default=3, help="instances (rank 0 measures, the rest serve; 3 or more also fit the extra of each further holder in a parallel exchange; default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="fewer sizes, shapes and samples, one training pass (several paths share it out), half the corpus (21-27 s on 2 cores with 3 instances, 25-29 s with --shm; see docs/cli.md)")
+    p.add_argument("--quick", action="store_true", help="fewer sizes, shapes and samples, one training pass (several paths share it out), half the corpus (18-20 s on 2 cores with 3 instances, 23-27 s with --shm; see docs/cli.md)")
     p.add_argument("--repeats", type=int_at_least(1), default=3, help="training runs, to report the spread of alpha and beta (default: %(default)s)")
     p.add_argument("--every-shape", action="store_true", help="with several paths (--shm, --fabric): every path serves every training shape in every repeat, each pass warming up, instead of the paths sharing the shapes out (about 1.5 times as long with two paths; see docs/cli.md)")
     p.add_argument("--name", default=None, help="profile name (default: measured-<host>)")

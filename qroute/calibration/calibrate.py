@@ -96,7 +96,7 @@ def calibrate_instance(instance: Instance, config: CalibrationConfig) -> dict:
     entered = time.time()
     world = build_world(config.world, instance.holders)
     if not instance.is_requester:
-        store = build_store(instance.rank, world.corpus, world.directory, world.model)
+        store = build_store(instance.rank, world.corpus, world.directory, world.model, timing_only=True)  # one prefill
         dist.barrier()
         holder.serve(store, AttentionSpec.of(world.model), instance.requester_ranks, limit=config.holder_stops_after)
         if config.holder_stops_after is not None:

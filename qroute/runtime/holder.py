@@ -51,17 +51,27 @@ class AttentionSpec:
 
 
 def build_store(rank: int, corpus: Corpus, directory: Directory, model: MLATransformer,
-                device: torch.device | str | None = None) -> BlockStore:  # fmt: skip
+                device: torch.device | str | None = None, timing_only: bool = False) -> BlockStore:  # fmt: skip
     """Prefill every chunk with a block held on `rank` at canonical positions; keep those blocks on `device`
-    (default: the model's, a holder's GPU under NCCL)."""
+    (default: the model's, a holder's GPU under NCCL).
+
+    `timing_only` (calibration, which times exchanges and compute and checks no output): prefill only the longest
+    chunk held and store its first tokens for every other one, a real prefill's values at the same canonical
+    positions, the same shapes and bytes; what the blocks hold then answers no query exactly."""
     c = model.config
     held = set(directory.blocks_on(rank))
     store = BlockStore(sorted(held), c.num_layers, corpus.block_size, c.latent_width, model.dtype,
                        model.device if device is None else device)  # fmt: skip
-    for chunk in corpus.chunks:
-        if held.intersection(chunk.blocks(corpus.block_size)):
-            kv = model.reprefill(chunk.tokens, torch.arange(chunk.tokens.numel()))
-            store.put_chunk(chunk.first_block, kv)
+    chunks = [chunk for chunk in corpus.chunks if held.intersection(chunk.blocks(corpus.block_size))]
+    if timing_only and chunks:
+        longest = max(chunks, key=lambda chunk: chunk.tokens.numel())
+        kv = model.reprefill(longest.tokens, torch.arange(longest.tokens.numel()))
+        for chunk in chunks:
+            store.put_chunk(chunk.first_block, kv[..., : chunk.tokens.numel(), :])
+        return store
+    for chunk in chunks:
+        kv = model.reprefill(chunk.tokens, torch.arange(chunk.tokens.numel()))
+        store.put_chunk(chunk.first_block, kv)
     return store
 
 
