@@ -146,7 +146,8 @@ def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int,
     repeats = 1 if config.quick else config.repeats
     blocks = config.chunk_blocks or (QUICK_CHUNK_BLOCKS if config.quick else TRAIN_CHUNK_BLOCKS)
     samples = replace(QUICK if config.quick else FULL, **(EVERY_SHAPE if config.every_shape else {}))
-    shapes = [samples.shares(train_shapes(blocks), names, r) for r in range(repeats)]
+    grid_shapes = train_shapes(blocks)
+    shapes = [samples.shares(grid_shapes, names, r) for r in range(repeats)]  # per repeat, each path's share
     latency, bandwidth, traces, probes, seconds = {}, {}, {}, {}, {}
     with Progress(disable=not config.progress, transient=True) as bar:
         steps = sum(len(sizes) + len(BANDWIDTH_SIZES) + sum(len(share[name]) * 2 for share in shapes) for name in names)
@@ -166,9 +167,8 @@ def measure_paths(config: CalibrationConfig, world, names: list[str], peer: int,
                                                    first=j == 0))  # fmt: skip
     with timed(seconds, "fits"):
         out = _results(config, world, peer, latency, bandwidth, traces, probes, fabric or _fabric(config))
-    every = len(train_shapes(blocks))
     for name, spread_ in out.get("spread", {}).items():  # each repeat on a share: its spread mixes shapes with repeats
-        spread_["shares"] = any(len(share[name]) < every for share in shapes)
+        spread_["shares"] = any(len(share[name]) < len(grid_shapes) for share in shapes)
     return {**out, "phase_s": seconds}
 
 
