@@ -69,7 +69,7 @@ def silent(instance):
 def test_a_silent_peer_is_a_clear_error_after_the_timeout():
     with pytest.raises(QrouteError, match=r"instance 0 failed: shared-memory path: waited \d+ s for a message from "
                                           r"instance 1: expected it within the cluster timeout \(2 s\)"):  # fmt: skip
-        launch(ClusterSpec(world_size=2, timeout_s=2.0, shm=True), silent)
+        launch(ClusterSpec(world_size=2, timeout_s=2.0, shm=True, run_s=60.0), silent)
 
 
 def idle_paths(instance, world_only: bool):
@@ -95,7 +95,8 @@ def idle_paths(instance, world_only: bool):
 
 
 def test_keep_alive_pings_every_path_group_and_a_holder_that_lost_a_path_fails():
-    spec = ClusterSpec(world_size=3, **{**SPEC, "timeout_s": 2.0})
+    # run_s: the 3 s idle loop plus start-up on a loaded 2-core CI machine outlasts the default 2 x timeout_s
+    spec = ClusterSpec(world_size=3, **{**SPEC, "timeout_s": 2.0, "run_s": 60.0})
     assert launch(spec, idle_paths, False) == ["done", [0], [0]]
     with pytest.raises(QrouteError, match=r"instance [12] failed: shared-memory path: waited \d+ s for a message from "
                                           r"instance 0: expected it within the cluster timeout \(2 s\)"):  # fmt: skip
