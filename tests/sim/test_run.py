@@ -1,7 +1,5 @@
 """Policies through the simulator: bytes per primitive, the block cache, determinism, a small scale run."""
 
-import time
-
 import pytest
 
 from qroute.cost import CostModel, load_profile
@@ -75,13 +73,12 @@ def test_paced_admission_waits_for_arrivals():
     assert paced["mean_s"] <= eager["mean_s"] * 1.0001
 
 
-def test_small_scale_run_is_quick():
+def test_a_128_instance_run_accounts_for_every_session_step():
+    """A 16-node cluster end to end (its speed is `benchmarks/sim_scale`'s, not a timed assertion)."""
     wl = SimWorkload(agents=512, requests_per_agent=4, decode_steps=(8, 16), chunks=256, chunk_blocks=16)
     cfg = SimConfig(topology=Topology(nodes=16, gpus_per_node=8), requesters=64, workload=wl, concurrency=8,
                     policies=("predicate",))  # fmt: skip
-    t0 = time.perf_counter()
     out = simulate(cfg)
-    assert time.perf_counter() - t0 < 5.0
     p = out["policies"]["predicate"]
     assert p["session_steps"] == out["session_steps"] == sum(r.steps for q in prepare(cfg).queues for r in q)
     assert out["instances"] == 128 and out["holders"] == 64
