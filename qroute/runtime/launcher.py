@@ -142,6 +142,7 @@ def cpu_set(rank: int, world_size: int, available, per: int = PIN_CORES, request
 
 
 PINNED: list[int] | None = None  # this instance's cores, if `_pin` pinned it (the profile records them)
+AVAILABLE: list[int] | None = None  # the cores this instance could run on before `_pin` (the host's share for the cluster)
 DEVICE = torch.device("cpu")  # where this instance computes and keeps its blocks: its GPU under NCCL (`_use_device`)
 
 
@@ -175,7 +176,9 @@ def _open_shm(rank: int, spec: ClusterSpec) -> None:
     from qroute.runtime import paths, shm
 
     paths.register(paths.LOOPBACK, None)  # the world group: gloo over loopback
-    paths.register(shm.NAME, shm.ShmGroup.open(rank, spec.world_size, spec.timeout_s))
+    cores = len(AVAILABLE or os.sched_getaffinity(0))  # the host's, before `_pin` took this instance's share
+    spin = shm.spin_window(cores, spec.world_size, PIN_CORES)
+    paths.register(shm.NAME, shm.ShmGroup.open(rank, spec.world_size, spec.timeout_s, spin_s=spin))
 
 
 def _open_symm(rank: int, spec: ClusterSpec) -> None:
@@ -210,7 +213,9 @@ def connection_order(rank: int, world: int) -> list[tuple[int, bool]]:
 
 
 def _pin(rank: int, spec: ClusterSpec) -> None:
-    global PINNED
+    global PINNED, AVAILABLE
+    if hasattr(os, "sched_getaffinity"):
+        AVAILABLE = sorted(os.sched_getaffinity(0))
     if spec.pin and hasattr(os, "sched_setaffinity"):
         cores = cpu_set(rank, spec.world_size, os.sched_getaffinity(0), requesters=spec.requesters, one_per_holder=spec.backend == "gloo")
         if cores:

@@ -11,6 +11,8 @@ the slot is free as soon as it is read. Each instance also owns a doorbell (a na
 whoever moves a counter rings the other side's, and a waiter sleeps in `select` on its own
 until it rings (re-checking the counters: a ring may be for another slot), so an idle
 instance takes no CPU and a woken one does not wait out a sleep quantum.
+A waiter first looks for a while (`spin_window`: 5 ms where the host gives every instance 2
+cores, else 300 us), so that within a decode step it is rarely put to sleep and woken.
 
 `ShmGroup.open` is a collective on the world group: rank 0 names the inboxes, every
 instance creates its own inbox and doorbell, opens all of them, and unlinks its own once
@@ -43,6 +45,20 @@ SLOT = 1 << 20  # bytes per sender and receiver
 CTRL = 64  # bytes before each slot's data: WRITTEN and CONSUMED, then padding to a cache line
 WRITTEN, CONSUMED = 0, 1
 SPIN_S, NAP_S = 300e-6, 0.05  # look (yielding the core) this long, then sleep on the doorbell (waking at least this often)
+SPARE_SPIN_S = 5e-3  # the look where the host has cores to spare (`spin_window`): a reply or the next layer's exchange
+# comes within it, so a waiting instance is never put to sleep and woken inside a decode step
+
+
+def spin_window(cores: int, world: int, per: int = 2) -> float:
+    """How long an instance looks for a message before it sleeps on its doorbell: `SPARE_SPIN_S` where the host's
+    `cores` give every one of the `world` instances `per` cores or more (`launcher.cpu_set` pins each to a share of
+    its own), else `SPIN_S`, so that on a host of fewer cores a waiting instance does not take a core another
+    instance computes on. Measured on an H200 host's 16 cores (3 instances, 5 cores each; `calibrate --quick --shm`
+    in turns, 2026-11-28): shm's route exchanges in situ took 0.46-0.55 ms against 0.72-0.80 ms at their smallest
+    size (alpha 448-564 against 725-752 us; gloo over loopback, the control, 658-893 against 867-1,031 us). On the dev
+    VM's 2 cores (one core per holder; `spin_window` keeps `SPIN_S` there) a 5 ms look made validated shm routes 6%
+    faster and gloo's, the control, 3-10% slower: no clear gain."""
+    return SPARE_SPIN_S if cores // max(1, world) >= per else SPIN_S
 
 
 def _dir() -> str:
@@ -54,8 +70,10 @@ class ShmGroup:
 
     direct = True  # transport hands whole messages to it instead of torch.distributed
 
-    def __init__(self, rank: int, world: int, boxes: list[Tensor], bells: list[int], slot: int, timeout_s: float) -> None:
+    def __init__(self, rank: int, world: int, boxes: list[Tensor], bells: list[int], slot: int, timeout_s: float,
+                 spin_s: float = SPIN_S) -> None:  # fmt: skip
         self.rank, self.world, self.slot, self.timeout_s, self.bells = rank, world, slot, timeout_s, bells
+        self.spin_s = spin_s  # how long `_wait` looks before it sleeps on the doorbell (`spin_window`)
         self.ctrl = [b[:, :CTRL].view(torch.int64).numpy() for b in boxes]  # [world, CTRL / 8] per owner; numpy: fast
         self.data = [b[:, CTRL:] for b in boxes]  # [world, slot] per owner
         self.base = [b.data_ptr() + CTRL for b in boxes]  # address of each owner's first slot's data
@@ -65,8 +83,9 @@ class ShmGroup:
         self.turn = 0
 
     @classmethod
-    def open(cls, rank: int, world: int, timeout_s: float, slot: int = SLOT) -> "ShmGroup":
-        """Collective over the world group: every instance's inbox created, mapped by all, and unlinked."""
+    def open(cls, rank: int, world: int, timeout_s: float, slot: int = SLOT, spin_s: float = SPIN_S) -> "ShmGroup":
+        """Collective over the world group: every instance's inbox created, mapped by all, and unlinked; `spin_s`: how
+        long a wait looks before it sleeps (`spin_window`)."""
         if platform.machine().lower() not in ("x86_64", "amd64"):
             raise QrouteError(f"the shared-memory path on {platform.machine()}: expected x86-64 (its counters rely on "
                               "x86's store order)")  # fmt: skip
@@ -86,7 +105,7 @@ class ShmGroup:
             for f in (own, own + ".bell"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f)
-        return cls(rank, world, boxes, bells, slot, timeout_s)
+        return cls(rank, world, boxes, bells, slot, timeout_s, spin_s)
 
     # ------------------------------------------------------------------ sending
 
@@ -177,8 +196,8 @@ class ShmGroup:
             pass
 
     def _wait(self, ready, what: str) -> None:
-        """Return once `ready()`: look again and again for SPIN_S (yielding the core between looks), then sleep on this
-        instance's doorbell; a clear error once the cluster timeout has passed. Measured on 2 cores, 3 instances: a
+        """Return once `ready()`: look again and again for `spin_s` (yielding the core between looks), then sleep on
+        this instance's doorbell; a clear error once the cluster timeout has passed. Measured on 2 cores, 3 instances: a
         round trip of 8 B took 100-116 us looking for 2 ms and 190-250 us sleeping after 20 us."""
         t0 = time.perf_counter()
         bell = self.bells[self.rank]
@@ -187,7 +206,7 @@ class ShmGroup:
             if waited > self.timeout_s:
                 raise QrouteError(f"shared-memory path: waited {waited:.0f} s for {what}: expected it within "
                                   f"the cluster timeout ({self.timeout_s:.0f} s)")  # fmt: skip
-            if waited <= SPIN_S:
+            if waited <= self.spin_s:
                 os.sched_yield()  # a reply often comes within microseconds: look again, but let others run
             else:
                 select.select([bell], [], [], NAP_S)

@@ -60,6 +60,52 @@ def test_route_fetch_and_local_over_shared_memory_match_the_reference():
     assert used == {shm.NAME}
 
 
+@pytest.mark.parametrize("cores, world, spare", [(16, 3, True), (6, 3, True), (5, 3, False), (2, 3, False), (2, 2, False)])
+def test_a_wait_looks_longer_where_every_instance_has_two_cores(cores, world, spare):
+    assert shm.spin_window(cores, world) == (shm.SPARE_SPIN_S if spare else shm.SPIN_S)
+
+
+@pytest.mark.parametrize("spin_s, sleeps", [(0.5, False), (0.0, True)])
+def test_a_wait_sleeps_on_the_doorbell_only_after_its_spin(monkeypatch, spin_s, sleeps):
+    """A message that comes 20 ms into the wait: looked for all along within a 0.5 s spin, slept for without one."""
+    import time
+
+    read, write = os.pipe()
+    os.set_blocking(read, False)  # as a doorbell: drained without blocking
+    group = object.__new__(shm.ShmGroup)
+    group.rank, group.bells, group.timeout_s, group.spin_s = 0, [read], 5.0, spin_s
+    slept = []
+    monkeypatch.setattr(shm.select, "select", lambda r, w, x, t: slept.append(t) or time.sleep(0.005) or ([], [], []))
+    due = time.perf_counter() + 0.02
+    try:
+        group._wait(lambda: time.perf_counter() >= due, "a test message")
+    finally:
+        os.close(read), os.close(write)
+    assert bool(slept) == sleeps
+
+
+def spin_of(instance):
+    return paths.group(shm.NAME).spin_s
+
+
+def test_the_cluster_picks_the_spin_for_its_host():
+    spin = shm.spin_window(len(os.sched_getaffinity(0)), 2)
+    assert launch(ClusterSpec(world_size=2, **SPEC), spin_of) == [spin, spin]
+
+
+@pytest.mark.parametrize("cores, spin", [(16, shm.SPARE_SPIN_S), (2, shm.SPIN_S)])
+def test_the_spin_follows_the_cores_before_pinning(monkeypatch, cores, spin):
+    """`_open_shm` counts the cores the instance had before `_pin` took its share (16: 5 each for 3 instances)."""
+    from qroute.runtime import launcher
+
+    opened, registered = [], []
+    monkeypatch.setattr(launcher, "AVAILABLE", list(range(cores)))
+    monkeypatch.setattr(shm.ShmGroup, "open", lambda rank, world, timeout_s, spin_s: opened.append(spin_s) or "group")
+    monkeypatch.setattr(paths, "register", lambda name, group: registered.append(name))
+    launcher._open_shm(0, ClusterSpec(world_size=3, **SPEC))
+    assert opened == [spin] and registered == [paths.LOOPBACK, shm.NAME]
+
+
 def silent(instance):
     if instance.rank == 0:
         transport.recv(1, paths.group(shm.NAME))  # rank 1 never sends
