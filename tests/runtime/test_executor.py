@@ -16,6 +16,8 @@ def assert_exact(results):
 def test_every_primitive_is_exact_and_really_moves_data(tiny):
     results = run_demo(tiny())
     assert_exact(results)
+    assert [(r["batch"], r["mode"]) for r in results["runs"]] == [  # batch by batch, the modes' order rotating
+        (0, "route"), (0, "fetch"), (0, "local"), (0, "predicate"), (1, "fetch"), (1, "local"), (1, "predicate"), (1, "route")]
     by_mode = {m: s for m, s in results["summary"].items()}
     assert set(by_mode["route"]["choices"]) == {"route"}
     assert set(by_mode["fetch"]["choices"]) == {"fetch"}
