@@ -214,10 +214,9 @@ def connection_order(rank: int, world: int) -> list[tuple[int, bool]]:
 
 def _pin(rank: int, spec: ClusterSpec) -> None:
     global PINNED, AVAILABLE
-    if hasattr(os, "sched_getaffinity"):
-        AVAILABLE = sorted(os.sched_getaffinity(0))
-    if spec.pin and hasattr(os, "sched_setaffinity"):
-        cores = cpu_set(rank, spec.world_size, os.sched_getaffinity(0), requesters=spec.requesters, one_per_holder=spec.backend == "gloo")
+    AVAILABLE = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    if spec.pin and AVAILABLE and hasattr(os, "sched_setaffinity"):
+        cores = cpu_set(rank, spec.world_size, AVAILABLE, requesters=spec.requesters, one_per_holder=spec.backend == "gloo")
         if cores:
             os.sched_setaffinity(0, cores)  # before torch.distributed starts its threads: they inherit it
             PINNED = sorted(cores)
